@@ -1,0 +1,103 @@
+# Custos developer tasks.  `make help` lists them.
+#
+# Local services (PostgreSQL + Azurite) come from scripts/devservices.py (stdlib-only python3).
+# `devservices.py up --profile P` writes two files with the same settings:
+#   .local/P/services.env  raw KEY=VALUE lines (for python / dotenv);
+#   .local/P/services.sh   `export KEY='VALUE'` lines, shell-quoted.
+# Recipes load the settings with `. .local/P/services.sh`: the values contain `;` and `=`
+# (the storage connection string), so the raw services.env must not be sourced by a shell.
+# To get the same settings in your own shell:  . .local/run/services.sh
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.ONESHELL:
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.requirements.stamp
+NODE_STAMP := node_modules/.package-lock.json
+DEVSERVICES := $(PYTHON) scripts/devservices.py
+LOCAL := .local
+PORT ?= 7071
+PYTEST_ARGS ?= -q
+PROFILE ?= run
+
+.PHONY: help venv node run test services services-down services-status lint
+
+help:
+	@echo "make venv             create .venv and install requirements-dev.txt (when they change)"
+	@echo "make node             npm ci (Azurite) when node_modules is missing or stale"
+	@echo "make run [PORT=7071]  start services (profile run), migrate, run devhost; Ctrl-C stops all"
+	@echo "make test [PYTEST_ARGS=-q]  start services (profile test), run pytest, stop services"
+	@echo "make services [PROFILE=run|test]   start services only;  . .local/<profile>/services.sh"
+	@echo "make services-down [PROFILE=...]   stop them (data is kept)"
+	@echo "make services-status [PROFILE=...]"
+	@echo "make lint             ruff check + mypy"
+
+# ---------------------------------------------------------------- dependencies
+
+venv: $(VENV_STAMP)
+
+# Locked so that `make run` and `make test` started together on a new machine don't both
+# pip-install into the same venv.
+$(VENV_STAMP): requirements.txt requirements-dev.txt
+	@mkdir -p $(LOCAL)
+	exec 9>$(LOCAL)/.venv.lock
+	if command -v flock >/dev/null; then flock 9; fi
+	if [ -f $@ ] && [ $@ -nt requirements.txt ] && [ $@ -nt requirements-dev.txt ]; then exit 0; fi
+	echo "installing requirements-dev.txt into $(VENV)"
+	[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+# npm ci when node_modules is missing or older than package-lock.json (devservices.py
+# checks that and takes a lock, for the same reason as above).
+node:
+	@$(DEVSERVICES) node
+
+# ---------------------------------------------------------------- run / test
+
+# One shell (.ONESHELL): the EXIT trap stops the services this recipe started (by PID,
+# through devservices.py down) after devhost ends, including on Ctrl-C.  Data is kept, so
+# the next `make run` finds it again.
+run: venv node
+	@trap 'rc=$$?; trap - EXIT; $(DEVSERVICES) down --profile run || true; exit $$rc' EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	$(DEVSERVICES) up --profile run >/dev/null
+	. $(LOCAL)/run/services.sh
+	echo "+ $(VPY) -m shared.cli migrate"
+	$(VPY) -m shared.cli migrate
+	echo "+ $(VPY) -m devhost --port $(PORT)"
+	$(VPY) -m devhost --port $(PORT)
+
+# The tests start devhost themselves.  Services are always stopped afterwards; the exit
+# status is pytest's.
+test: venv node
+	@trap 'rc=$$?; trap - EXIT; $(DEVSERVICES) down --profile test || true; exit $$rc' EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	$(DEVSERVICES) up --profile test >/dev/null
+	. $(LOCAL)/test/services.sh
+	echo "+ $(VPY) -m pytest $(PYTEST_ARGS)"
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+# ---------------------------------------------------------------- services only
+
+services: node
+	@$(DEVSERVICES) up --profile $(PROFILE) >/dev/null
+	echo "services of profile $(PROFILE) are up; load their settings with:  . $(LOCAL)/$(PROFILE)/services.sh"
+
+services-down:
+	@$(DEVSERVICES) down --profile $(PROFILE)
+
+services-status:
+	@$(DEVSERVICES) status --profile $(PROFILE)
+
+# ---------------------------------------------------------------- checks
+
+lint: venv
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy shared functions devhost

@@ -1,0 +1,109 @@
+"""``python -m devhost``: load local settings, import the FunctionApp, serve it with uvicorn.
+
+Usage: ``python -m devhost [--host 127.0.0.1] [--port 7071] [--app function_app:app]
+[--settings local.settings.json] [--route-prefix PREFIX]``. The port may also come from
+``DEVHOST_PORT`` or ``Host.LocalHttpPort`` in the settings file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from collections.abc import MutableMapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import azure.functions as func
+import uvicorn
+
+from devhost.server import create_asgi_app
+
+log = logging.getLogger("devhost")
+
+DEFAULT_PORT = 7071
+#: The Functions host's route prefix when host.json does not set one.
+DEFAULT_ROUTE_PREFIX = "api"
+
+
+def load_local_settings(path: Path, environ: MutableMapping[str, str] | None = None) -> dict[str, Any]:
+    """Copy ``Values`` from a local.settings.json into the environment, as ``func start`` does.
+
+    Variables already in the environment win. Returns the parsed file ({} if absent).
+    """
+    env = os.environ if environ is None else environ
+    if not path.is_file():
+        return {}
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if settings.get("IsEncrypted"):
+        raise SystemExit(f"{path} is encrypted; devhost needs plain values")
+    for name, value in (settings.get("Values") or {}).items():
+        if value is None or name in env:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        env[name] = str(value)
+    return dict(settings)
+
+
+def read_route_prefix(host_json: Path) -> str:
+    """``extensions.http.routePrefix`` from host.json, or the host's default ``api``."""
+    if not host_json.is_file():
+        return DEFAULT_ROUTE_PREFIX
+    config = json.loads(host_json.read_text(encoding="utf-8"))
+    prefix = config.get("extensions", {}).get("http", {}).get("routePrefix")
+    return DEFAULT_ROUTE_PREFIX if prefix is None else str(prefix)
+
+
+def import_app(spec: str) -> func.FunctionApp:
+    """Import ``module:attribute`` (attribute defaults to ``app``) from the working directory."""
+    module_name, _, attribute = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    app = getattr(importlib.import_module(module_name), attribute or "app")
+    if not isinstance(app, func.FunctionApp):
+        raise SystemExit(f"{spec} is a {type(app).__name__}, not an azure.functions.FunctionApp")
+    return app
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m devhost", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    parser.add_argument("--port", type=int, default=None, help="default: $DEVHOST_PORT or 7071")
+    parser.add_argument("--app", default="function_app:app", help="module:attribute")
+    parser.add_argument("--settings", default="local.settings.json", type=Path)
+    parser.add_argument("--route-prefix", default=None, help="default: host.json extensions.http.routePrefix")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m devhost``."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_local_settings(args.settings)
+    port = (
+        args.port
+        or int(os.environ.get("DEVHOST_PORT") or 0)
+        or int((settings.get("Host") or {}).get("LocalHttpPort") or 0)
+        or DEFAULT_PORT
+    )
+    route_prefix = args.route_prefix
+    if route_prefix is None:
+        route_prefix = read_route_prefix(Path("host.json"))
+    asgi_app = create_asgi_app(import_app(args.app), route_prefix=route_prefix)
+    uvicorn.run(
+        asgi_app,
+        host=args.host,
+        port=port,
+        lifespan="on",
+        proxy_headers=False,  # never let X-Forwarded-For rewrite the peer address
+        server_header=False,
+        log_level="info",
+    )
+
+
+if __name__ == "__main__":
+    main()

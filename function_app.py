@@ -1,0 +1,27 @@
+"""Custos: the Azure Functions app. Creates the app and registers one Blueprint per domain."""
+
+import azure.functions as func
+
+from functions import audit, system, tenants, timers, wellknown
+from shared.settings import load_settings
+
+BLUEPRINTS = (system.bp, wellknown.bp, tenants.bp, audit.bp, timers.bp)
+
+
+def create_app() -> func.FunctionApp:
+    """A FunctionApp with every Blueprint registered.
+
+    `FunctionApp.get_functions()` may be called once per app object (it records the names
+    it has seen), and the worker makes that call when it indexes. Code that needs the
+    function list again (the OpenAPI document, tests) builds a fresh app with this.
+    """
+    new = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    for blueprint in BLUEPRINTS:
+        new.register_functions(blueprint)
+    return new
+
+
+load_settings()  # a missing or malformed setting stops start-up here, naming the setting
+
+# Authentication is the endpoint wrapper's job (shared/http.py), so no function keys.
+app = create_app()

@@ -1,0 +1,1 @@
+"""Thin triggers: one Blueprint per domain. Logic lives in `shared/`."""

@@ -1,0 +1,82 @@
+"""The audit trail: list, verify, export; operators verify any tenant."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import azure.functions as func
+from pydantic import BaseModel, ConfigDict, Field
+
+from shared import audit, checkpoints, db
+from shared.audit_export import export_jsonl
+from shared.errors import NotFound
+from shared.http import Reply, RequestContext, endpoint
+from shared.tenants import get_tenant
+
+bp = func.Blueprint()
+
+
+class AuditQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    actor: str | None = Field(None, max_length=200, description="Actor id")
+    action: str | None = Field(None, max_length=100, description="Action, e.g. tenant.setting_changed")
+    target_type: str | None = Field(None, max_length=100)
+    target_id: str | None = Field(None, max_length=200)
+    since: datetime | None = Field(None, description="Events at or after this time (ISO 8601 with offset)")
+    until: datetime | None = Field(None, description="Events before this time")
+    after: int = Field(0, ge=0, description="Cursor: return events with seq greater than this")
+    limit: int = Field(100, ge=1, le=1000)
+
+
+@bp.route(route="api/audit", methods=["GET"])
+@endpoint(permission="audit.read", query=AuditQuery, tags=("audit",))
+def list_audit(ctx: RequestContext) -> dict[str, Any]:
+    """The tenant's audit events in seq order, filtered, paginated by seq cursor."""
+    q: AuditQuery = ctx.query
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        events = audit.list_events(
+            conn, after_seq=q.after, limit=q.limit + 1, actor_id=q.actor, action=q.action,
+            target_type=q.target_type, target_id=q.target_id, since=q.since, until=q.until,
+        )
+    more = len(events) > q.limit
+    events = events[: q.limit]
+    return {"events": events, "next": str(events[-1]["seq"]) if more else None}
+
+
+@bp.route(route="api/audit/verify", methods=["GET"])
+@endpoint(tags=("audit",))
+def verify_audit(ctx: RequestContext) -> dict[str, Any]:
+    """Walk the tenant's chain and compare it with the newest signed checkpoint."""
+    return checkpoints.verify_tenant(ctx.tenant_id).as_dict()
+
+
+@bp.route(route="api/audit/export", methods=["GET"])
+@endpoint(permission="audit.export", tags=("audit",))
+def export_audit(ctx: RequestContext) -> Reply:
+    """The tenant's events with their checksums and the signed checkpoints, as JSON Lines."""
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        audit.record(conn, ctx, "audit.exported", target_type="tenant", target_id=ctx.tenant_id)
+    body = export_jsonl(ctx.tenant_id)
+    return Reply(
+        body=body,
+        media_type="application/jsonl",
+        headers={"Content-Disposition": f'attachment; filename="audit-{ctx.tenant_id}.jsonl"'},
+    )
+
+
+@bp.route(route="api/platform/tenants/{id}/audit/verify", methods=["GET"])
+@endpoint(operator=True, tags=("platform",))
+def operator_verify_audit(ctx: RequestContext) -> dict[str, Any]:
+    """A platform operator verifies any tenant's chain (no event content is returned)."""
+    tenant_id = str(ctx.uuid_param("id"))
+    if get_tenant(tenant_id) is None:
+        raise NotFound()
+    result = checkpoints.verify_tenant(tenant_id).as_dict()
+    with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+        audit.record(
+            conn, ctx, "platform.audit_verified", tenant_id=audit.PLATFORM_CHAIN,
+            target_type="tenant", target_id=tenant_id, after={"valid": result["valid"]},
+        )
+    return result

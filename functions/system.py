@@ -1,0 +1,43 @@
+"""Service endpoints: health, the OpenAPI document, CORS preflight."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import azure.functions as func
+
+from shared import health
+from shared.http import Reply, RequestContext, endpoint
+from shared.openapi import build_openapi
+from shared.settings import get_settings
+
+bp = func.Blueprint()
+
+
+@bp.route(route="api/health", methods=["GET"])
+@endpoint(auth=False, tags=("system",))
+def health_check(ctx: RequestContext) -> Reply:
+    """Readiness: database and storage; 503 names the failed part."""
+    result = health.check()
+    return Reply(body=result, status=200 if result["ok"] else 503)
+
+
+@bp.route(route="api/openapi.json", methods=["GET"])
+@endpoint(auth=False, tags=("system",))
+def openapi_document(ctx: RequestContext) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of this API."""
+    return _openapi()
+
+
+@functools.cache
+def _openapi() -> dict[str, Any]:
+    from function_app import create_app  # function_app imports this module: import late
+
+    return build_openapi(create_app(), version=get_settings().app_version)
+
+
+@bp.route(route="{*path}", methods=["OPTIONS"])
+@endpoint(auth=False, preflight=True)
+def cors_preflight(ctx: RequestContext) -> None:
+    """CORS preflight for every route (the wrapper answers it)."""

@@ -1,0 +1,44 @@
+"""/.well-known: security.txt (RFC 9116) and the JWKS of access-token keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+
+from shared.checkpoints import audit_keys
+from shared.http import Reply, RequestContext, endpoint
+from shared.settings import get_settings
+from shared.tokens import keyring
+
+bp = func.Blueprint()
+
+
+@bp.route(route=".well-known/security.txt", methods=["GET"])
+@endpoint(auth=False, tags=("well-known",))
+def security_txt(ctx: RequestContext) -> Reply:
+    """RFC 9116 security contact information."""
+    s = get_settings()
+    lines = [
+        f"Contact: {s.security_contact}",
+        f"Expires: {s.security_txt_expires}",
+        f"Policy: {s.security_policy_url}",
+        f"Preferred-Languages: {s.security_preferred_languages}",
+        f"Canonical: {s.security_canonical_url}",
+    ]
+    return Reply(body="\n".join(lines) + "\n", media_type="text/plain; charset=utf-8")
+
+
+@bp.route(route=".well-known/jwks.json", methods=["GET"])
+@endpoint(auth=False, tags=("well-known",))
+def jwks(ctx: RequestContext) -> Reply:
+    """Public keys that verify Custos access tokens."""
+    body: dict[str, Any] = keyring().jwks()
+    return Reply(body=body, media_type="application/jwk-set+json")
+
+
+@bp.route(route=".well-known/audit-keys.json", methods=["GET"])
+@endpoint(auth=False, tags=("well-known",))
+def audit_checkpoint_keys(ctx: RequestContext) -> Reply:
+    """Public Ed25519 keys that verify signed audit checkpoints."""
+    return Reply(body=audit_keys().jwks(), media_type="application/jwk-set+json")

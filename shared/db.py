@@ -1,0 +1,86 @@
+"""PostgreSQL access: one lazily created pool per worker, tenant-scoped transactions.
+
+Pool connections are autocommit, and every unit of work opens an explicit top-level
+transaction. That matters for row-level security: `set_config('app.tenant_id', ..., true)`
+is transaction-local, and on a non-autocommit connection a nested `conn.transaction()` is
+only a savepoint in which a tenant set earlier would still be in force.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from shared.errors import ServiceUnavailable
+from shared.settings import get_settings
+
+_pool: ConnectionPool | None = None
+_pool_lock = threading.Lock()
+
+
+def pool() -> ConnectionPool:
+    """The worker's pool, created on first use (never at import)."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                s = get_settings()
+                p = ConnectionPool(
+                    s.database_url,
+                    min_size=s.db_pool_min,
+                    max_size=s.db_pool_max,
+                    kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
+                    check=ConnectionPool.check_connection,
+                    timeout=s.db_connect_timeout_s,
+                    name="custos",
+                    open=False,
+                )
+                p.open(wait=False)
+                _pool = p
+    return _pool
+
+
+def close_pool() -> None:
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.close()
+            _pool = None
+
+
+@contextmanager
+def _connection(timeout: float | None = None) -> Iterator[psycopg.Connection]:
+    try:
+        with pool().connection(timeout=timeout) as conn:
+            yield conn
+    except (PoolTimeout, psycopg.OperationalError) as exc:
+        raise ServiceUnavailable("the database is unavailable", component="database") from exc
+
+
+@contextmanager
+def tenant_tx(tenant_id: uuid.UUID | str) -> Iterator[psycopg.Connection]:
+    """A top-level transaction in which row-level security admits exactly one tenant."""
+    tid = str(uuid.UUID(str(tenant_id)))
+    with _connection() as conn, conn.transaction():
+        conn.execute("select set_config('app.tenant_id', %s, true)", (tid,))
+        yield conn
+
+
+@contextmanager
+def platform_tx() -> Iterator[psycopg.Connection]:
+    """A top-level transaction with no tenant set: tenant tables show no rows in it."""
+    with _connection() as conn, conn.transaction():
+        conn.execute("select set_config('app.tenant_id', '', true)")
+        yield conn
+
+
+def ping(timeout: float = 2.0) -> None:
+    """Raises ServiceUnavailable when the database cannot answer `select 1` in time."""
+    with _connection(timeout=timeout) as conn:
+        conn.execute("select 1")

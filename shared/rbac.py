@@ -1,0 +1,82 @@
+"""Roles and permissions: the one role-to-permission table of Custos.
+
+Everything that decides what a user may do reads `ROLE_PERMISSIONS`; the README's table
+is checked against it by a test. Designations and per-user overrides (deny wins) build on
+this table in later work.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "ADMIN"
+    MANAGER = "MANAGER"
+    REVIEWER = "REVIEWER"
+    OPERATOR = "OPERATOR"
+    VIEWER = "VIEWER"
+
+
+PLATFORM_OPERATOR = "PLATFORM_OPERATOR"
+"""Role claim of platform operators: accounts outside every tenant."""
+
+PERMISSIONS: dict[str, str] = {
+    "records.read": "Read records, versions, attachments and signatures",
+    "records.create": "Create records",
+    "records.update": "Edit records (new versions) and add attachments",
+    "records.retire": "Retire records",
+    "record_types.manage": "Create and change record types and their schemas",
+    "signatures.sign": "Sign record versions as author",
+    "signatures.review": "Sign record versions as reviewer",
+    "signatures.approve": "Sign record versions as approver",
+    "vocabulary.manage": "Manage signature meanings and reasons",
+    "audit.read": "Read the tenant's audit trail",
+    "audit.export": "Export the tenant's audit trail",
+    "users.read": "List and read users",
+    "users.invite": "Invite users",
+    "users.update": "Change users' names, time zones and roles",
+    "users.deactivate": "Deactivate users",
+    "designations.read": "List designations",
+    "designations.manage": "Create, change and delete designations and assign them",
+    "overrides.manage": "Grant or deny single permissions to users",
+    "sessions.manage": "See and revoke other users' sessions",
+    "mfa.reset": "Reset another user's second factors",
+    "exports.create": "Export tenant data",
+    "tenant.settings.read": "Read tenant settings",
+    "tenant.settings.manage": "Change tenant settings and grant support access",
+}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
+    Role.ADMIN: frozenset(PERMISSIONS),
+    Role.MANAGER: frozenset(
+        {
+            "records.read", "records.create", "records.update", "records.retire",
+            "signatures.sign", "audit.read", "users.read", "users.invite",
+            "designations.read", "exports.create", "tenant.settings.read",
+        }
+    ),
+    Role.REVIEWER: frozenset(
+        {"records.read", "signatures.sign", "signatures.review", "signatures.approve", "audit.read"}
+    ),
+    Role.OPERATOR: frozenset({"records.read", "records.create", "records.update", "signatures.sign"}),
+    Role.VIEWER: frozenset({"records.read"}),
+}
+
+
+def role_permissions(role: str) -> frozenset[str]:
+    """Permissions a role grants; an unknown role grants nothing."""
+    try:
+        return ROLE_PERMISSIONS[Role(role)]
+    except ValueError:
+        return frozenset()
+
+
+def _check_table() -> None:
+    for role, perms in ROLE_PERMISSIONS.items():
+        unknown = perms - PERMISSIONS.keys()
+        if unknown:
+            raise AssertionError(f"{role} names unknown permissions {sorted(unknown)}")
+
+
+_check_table()

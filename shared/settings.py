@@ -1,0 +1,186 @@
+"""Every setting Custos reads, in one validated class.
+
+Settings come from environment variables: Azure Functions turns `local.settings.json`
+Values and App Service settings into environment variables, and in Azure secret settings
+are Key Vault references. `load_settings()` validates them all at once and raises
+`SettingsError` naming each missing or malformed setting, so a misconfigured worker stops
+at start-up instead of failing on some later request.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names it."""
+
+
+class Settings(BaseSettings):
+    """All settings. Field names are the environment variable names (case-insensitive)."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    # --- runtime -----------------------------------------------------------------------
+    custos_env: Literal["local", "test", "production"] = Field(
+        "production", description="Deployment kind. Only local/test may generate dev keys."
+    )
+    app_version: str = Field("0.1.0", description="Version written into audit events and logs.")
+    custos_local_dir: Path = Field(
+        Path(".local"), description="Where local/test dev keys are generated (git-ignored)."
+    )
+
+    # --- database --------------------------------------------------------------------
+    database_url: str = Field(
+        ..., description="PostgreSQL URL of the app role (NOSUPERUSER NOBYPASSRLS, owns nothing)."
+    )
+    database_owner_url: str = Field(
+        "", description="PostgreSQL URL of the schema owner; only the migration runner uses it."
+    )
+    database_app_role: str = Field(
+        "custos_app", description="Login role the app connects as; migrations grant it membership."
+    )
+    db_pool_min: int = Field(1, ge=0, le=50, description="Pool connections kept open per worker.")
+    db_pool_max: int = Field(10, ge=1, le=200, description="Pool connections at most per worker.")
+    db_connect_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Seconds to wait for a pooled connection."
+    )
+
+    # --- storage ---------------------------------------------------------------------
+    storage_connection_string: str = Field(
+        "", description="Storage connection string (Azurite locally). Empty in Azure."
+    )
+    storage_account_name: str = Field(
+        "", description="Storage account name for managed-identity access when no connection string."
+    )
+
+    # --- HTTP --------------------------------------------------------------------------
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=104_857_600, description="Largest JSON request body accepted."
+    )
+    cors_allowed_origins: str = Field(
+        "", description="Comma-separated exact origins allowed for CORS; empty allows none."
+    )
+    cors_max_age_s: int = Field(600, ge=0, le=86_400, description="Preflight cache lifetime.")
+
+    # --- tokens ------------------------------------------------------------------------
+    jwt_issuer: str = Field("https://custos.local", description="`iss` of access tokens.")
+    jwt_audience: str = Field("custos-api", description="`aud` of access tokens.")
+    jwt_access_ttl_s: int = Field(900, ge=60, le=3600, description="Access token lifetime.")
+    jwt_leeway_s: int = Field(30, ge=0, le=120, description="Clock skew tolerated on exp/nbf/iat.")
+    jwt_signing_key: str = Field(
+        "", description="PEM EC P-256 private key that signs access tokens (Key Vault in Azure)."
+    )
+    jwt_verify_keys: str = Field(
+        "", description="PEM public keys of retired signing keys that still verify, concatenated."
+    )
+
+    # --- audit trail -------------------------------------------------------------------
+    audit_signing_key: str = Field(
+        "", description="PEM Ed25519 private key that signs audit checkpoints (Key Vault in Azure)."
+    )
+    audit_verify_keys: str = Field(
+        "", description="PEM public keys of retired checkpoint keys that still verify, concatenated."
+    )
+    audit_export_max_events: int = Field(
+        1_000_000, ge=1000, description="Most events one audit export returns."
+    )
+
+    # --- timers (NCRONTAB: six fields, seconds first) -----------------------------------
+    heartbeat_schedule: str = Field(
+        ..., description="When the heartbeat job probes the database and storage."
+    )
+    audit_checkpoint_schedule: str = Field(
+        ..., description="When signed checkpoints of moved audit chain heads are written."
+    )
+    audit_verify_schedule: str = Field(..., description="When every audit chain is verified.")
+
+    # --- security.txt (RFC 9116) -----------------------------------------------------------
+    security_contact: str = Field(
+        "mailto:security@custos.invalid", description="security.txt Contact."
+    )
+    security_policy_url: str = Field(
+        "https://custos.invalid/security/policy", description="security.txt Policy."
+    )
+    security_txt_expires: str = Field(
+        "2027-11-01T00:00:00Z", description="security.txt Expires (ISO 8601, under a year ahead)."
+    )
+    security_preferred_languages: str = Field("en", description="security.txt Preferred-Languages.")
+    security_canonical_url: str = Field(
+        "https://custos.invalid/.well-known/security.txt", description="security.txt Canonical."
+    )
+
+    @field_validator("database_url", "database_owner_url")
+    @classmethod
+    def _postgres_url(cls, v: str) -> str:
+        if v and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule")
+    @classmethod
+    def _ncrontab(cls, v: str) -> str:
+        if len(v.split()) != 6:
+            raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
+        return v
+
+    @field_validator("cors_allowed_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        for origin in _split(v):
+            if origin == "*" or not origin.startswith(("https://", "http://")) or origin.endswith("/"):
+                raise ValueError(f"{origin!r} is not an exact origin like https://app.example.com")
+        return v
+
+    @model_validator(mode="after")
+    def _storage_and_keys(self) -> Settings:
+        if not self.storage_connection_string and not self.storage_account_name:
+            raise ValueError(
+                "storage_connection_string or storage_account_name must be set"
+            )
+        if self.custos_env == "production" and not self.jwt_signing_key:
+            raise ValueError("jwt_signing_key must be set in production")
+        if self.custos_env == "production" and not self.audit_signing_key:
+            raise ValueError("audit_signing_key must be set in production")
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("db_pool_min must not exceed db_pool_max")
+        return self
+
+    @property
+    def cors_origins(self) -> frozenset[str]:
+        return frozenset(_split(self.cors_allowed_origins))
+
+    @property
+    def dev_keys_allowed(self) -> bool:
+        return self.custos_env in ("local", "test")
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def load_settings() -> Settings:
+    """Read and validate every setting from the environment.
+
+    Raises:
+        SettingsError: naming every missing or malformed setting.
+    """
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            name = ".".join(str(p) for p in err["loc"]).upper() or "settings"
+            problems.append(f"{name}: {err['msg']}")
+        raise SettingsError("invalid settings: " + "; ".join(problems)) from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The validated settings of this worker, read once."""
+    return load_settings()

@@ -1,0 +1,89 @@
+"""Tenants: created by platform operators, cancelled, and after 30 days purged."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from shared import audit, db
+from shared.errors import Conflict, ValidationFailed
+
+SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+REGIONS = frozenset({"uksouth", "westeurope", "eastus", "australiaeast"})
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    slug: str
+    name: str
+    status: str
+    data_region: str
+    created_at: datetime
+    cancelled_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Tenant:
+        return cls(**{**row, "id": str(row["id"])})
+
+
+def validate_new(slug: str, name: str, region: str) -> None:
+    errors = []
+    if not SLUG.match(slug):
+        errors.append({"location": ["slug"], "message": "lowercase letters, digits and inner hyphens, 1-63"})
+    if not name.strip() or len(name) > 200:
+        errors.append({"location": ["name"], "message": "1 to 200 characters"})
+    if region not in REGIONS:
+        errors.append({"location": ["data_region"], "message": f"one of {sorted(REGIONS)}"})
+    if errors:
+        raise ValidationFailed("the tenant is not valid", errors=errors)
+
+
+def create_tenant(
+    conn: psycopg.Connection,
+    *,
+    slug: str,
+    name: str,
+    region: str,
+    actor: audit.Actor = audit.SYSTEM,
+    meta: audit.RequestMeta | None = None,
+) -> Tenant:
+    """Insert a tenant and the first event of its audit chain, in the caller's transaction.
+
+    Raises:
+        ValidationFailed: slug, name or region malformed.
+        Conflict: the slug is taken.
+    """
+    validate_new(slug, name, region)
+    try:
+        with conn.transaction():
+            row = conn.execute(
+                """insert into tenants (slug, name, data_region) values (%s, %s, %s)
+                   returning id, slug, name, status, data_region, created_at, cancelled_at""",
+                (slug, name.strip(), region),
+            ).fetchone()
+    except psycopg.errors.UniqueViolation:
+        raise Conflict(f"tenant slug {slug!r} is taken") from None
+    assert row is not None
+    tenant = Tenant.from_row(row)
+    conn.execute("select set_config('app.tenant_id', %s, true)", (tenant.id,))
+    audit.append(
+        conn, tenant_id=tenant.id, actor=actor, action="tenant.created", target_type="tenant",
+        target_id=tenant.id, after={"slug": tenant.slug, "name": tenant.name, "data_region": tenant.data_region},
+        meta=meta,
+    )
+    conn.execute("select set_config('app.tenant_id', '', true)")  # back to the caller's platform scope
+    return tenant
+
+
+def get_tenant(tenant_id: str) -> Tenant | None:
+    with db.platform_tx() as conn:
+        row = conn.execute(
+            "select id, slug, name, status, data_region, created_at, cancelled_at from tenants where id = %s",
+            (tenant_id,),
+        ).fetchone()
+    return Tenant.from_row(row) if row else None

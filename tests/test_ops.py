@@ -1,0 +1,124 @@
+"""Operations: settings at start-up, timers on demand, the CLI, health while the database is down."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from shared import db
+from shared.settings import SettingsError, load_settings
+from tests.conftest import ROOT, Host, free_port
+
+
+def test_missing_setting_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL")
+    with pytest.raises(SettingsError, match="DATABASE_URL"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DATABASE_URL", "mysql://nope"),
+        ("MAX_BODY_BYTES", "lots"),
+        ("CORS_ALLOWED_ORIGINS", "*"),
+        ("HEARTBEAT_SCHEDULE", "*/5 * * * *"),
+        ("CUSTOS_ENV", "staging"),
+    ],
+)
+def test_malformed_setting_is_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=name):
+        load_settings()
+
+
+def test_production_requires_a_signing_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUSTOS_ENV", "production")
+    monkeypatch.setenv("JWT_SIGNING_KEY", "")
+    with pytest.raises(SettingsError, match="jwt_signing_key"):
+        load_settings()
+
+
+def test_host_start_up_stops_on_a_missing_setting() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "HEARTBEAT_SCHEDULE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "devhost", "--port", str(free_port()), "--settings", "/nonexistent.json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "HEARTBEAT_SCHEDULE" in proc.stdout + proc.stderr
+
+
+def test_timer_runs_through_admin_endpoint(client: httpx.Client) -> None:
+    with db.platform_tx() as conn:
+        before = conn.execute("select last_run_at from job_heartbeats where name = 'heartbeat'").fetchone()
+    resp = client.post("/admin/functions/heartbeat", json={"input": ""})
+    assert resp.status_code == 202, resp.text
+    with db.platform_tx() as conn:
+        after = conn.execute("select last_run_at, ok from job_heartbeats where name = 'heartbeat'").fetchone()
+    assert after is not None and after["ok"] is True
+    assert before is None or after["last_run_at"] > before["last_run_at"]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_cli_create_tenant_and_duplicate() -> None:
+    slug = f"cli-{uuid.uuid4().hex[:10]}"
+    out = _cli("create-tenant", "--slug", slug, "--name", "CLI Tenant")
+    assert out.returncode == 0, out.stderr
+    tenant = json.loads(out.stdout)["tenant"]
+    assert tenant["slug"] == slug and tenant["status"] == "ACTIVE"
+    uuid.UUID(tenant["id"])
+    again = _cli("create-tenant", "--slug", slug, "--name", "CLI Tenant")
+    assert again.returncode == 2
+    assert "taken" in again.stderr
+    bad = _cli("create-tenant", "--slug", "Not A Slug", "--name", "x")
+    assert bad.returncode == 2 and "slug" in bad.stderr
+
+
+def test_cli_check_and_migrate() -> None:
+    out = _cli("check")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["components"] == {"database": "ok", "storage": "ok"}
+    out = _cli("migrate")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"applied": []}
+
+
+def _devservices(*args: str) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "devservices.py"), *args, "--profile", os.environ.get("CUSTOS_PROFILE", "test")],
+        cwd=ROOT, check=True, capture_output=True, timeout=120,
+    )
+
+
+@pytest.mark.skipif(not os.environ.get("CUSTOS_PROFILE"), reason="needs the services devservices.py started")
+def test_health_is_503_while_database_is_down() -> None:
+    h = Host()
+    try:
+        with httpx.Client(base_url=h.url, timeout=30) as c:
+            assert c.get("/api/health").status_code == 200
+            _devservices("pg-stop")
+            try:
+                resp = c.get("/api/health")
+                assert resp.status_code == 503
+                assert resp.json()["components"] == {"database": "unavailable", "storage": "ok"}
+            finally:
+                _devservices("pg-start")
+            deadline = time.monotonic() + 30
+            while c.get("/api/health").status_code != 200:
+                assert time.monotonic() < deadline, "health did not recover after the database came back"
+                time.sleep(0.5)
+    finally:
+        h.stop()
