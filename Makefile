@@ -24,7 +24,7 @@ PORT ?= 7071
 PYTEST_ARGS ?= -q
 PROFILE ?= run
 
-.PHONY: help venv node run test services services-down services-status lint
+.PHONY: help venv node run test services services-down services-status services-destroy lint
 
 help:
 	@echo "make venv             create .venv and install requirements-dev.txt (when they change)"
@@ -34,6 +34,7 @@ help:
 	@echo "make services [PROFILE=run|test]   start services only;  . .local/<profile>/services.sh"
 	@echo "make services-down [PROFILE=...]   stop them (data is kept)"
 	@echo "make services-status [PROFILE=...]"
+	@echo "make services-destroy [PROFILE=...]  stop them and delete their data"
 	@echo "make lint             ruff check + mypy"
 
 # ---------------------------------------------------------------- dependencies
@@ -68,6 +69,9 @@ run: venv node
 	trap 'exit 143' TERM
 	$(DEVSERVICES) up --profile run >/dev/null
 	. $(LOCAL)/run/services.sh
+	# Like `func start`, devhost and the CLI read local.settings.json; the services' own
+	# settings (database, storage) come from services.sh and win over the file.
+	[ -f local.settings.json ] || cp local.settings.sample.json local.settings.json
 	echo "+ $(VPY) -m shared.cli migrate"
 	$(VPY) -m shared.cli migrate
 	echo "+ $(VPY) -m devhost --port $(PORT)"
@@ -95,6 +99,11 @@ services-down:
 
 services-status:
 	@$(DEVSERVICES) status --profile $(PROFILE)
+
+# Stop, then delete the profile's database, blobs and generated passwords (e.g. after
+# migrations were edited: `make services-destroy PROFILE=test`).
+services-destroy:
+	@$(DEVSERVICES) destroy --profile $(PROFILE)
 
 # ---------------------------------------------------------------- checks
 

@@ -2,10 +2,12 @@
 
 import azure.functions as func
 
-from functions import audit, system, tenants, timers, wellknown
+from functions import audit, designations, platform, support, system, tenants, timers, users, wellknown
 from shared.settings import load_settings
 
-BLUEPRINTS = (system.bp, wellknown.bp, tenants.bp, audit.bp, timers.bp)
+BLUEPRINTS = (
+    system.bp, wellknown.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp, audit.bp, timers.bp,
+)
 
 
 def create_app() -> func.FunctionApp:

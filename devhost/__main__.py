@@ -13,40 +13,20 @@ import json
 import logging
 import os
 import sys
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import azure.functions as func
 import uvicorn
 
 from devhost.server import create_asgi_app
+from shared.settings import SettingsError, load_local_settings
 
 log = logging.getLogger("devhost")
 
 DEFAULT_PORT = 7071
 #: The Functions host's route prefix when host.json does not set one.
 DEFAULT_ROUTE_PREFIX = "api"
-
-
-def load_local_settings(path: Path, environ: MutableMapping[str, str] | None = None) -> dict[str, Any]:
-    """Copy ``Values`` from a local.settings.json into the environment, as ``func start`` does.
-
-    Variables already in the environment win. Returns the parsed file ({} if absent).
-    """
-    env = os.environ if environ is None else environ
-    if not path.is_file():
-        return {}
-    settings = json.loads(path.read_text(encoding="utf-8"))
-    if settings.get("IsEncrypted"):
-        raise SystemExit(f"{path} is encrypted; devhost needs plain values")
-    for name, value in (settings.get("Values") or {}).items():
-        if value is None or name in env:
-            continue
-        if isinstance(value, bool):
-            value = "true" if value else "false"
-        env[name] = str(value)
-    return dict(settings)
 
 
 def read_route_prefix(host_json: Path) -> str:
@@ -83,7 +63,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m devhost``."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = load_local_settings(args.settings)
+    try:
+        settings = load_local_settings(args.settings)
+    except SettingsError as exc:
+        raise SystemExit(str(exc)) from None
     port = (
         args.port
         or int(os.environ.get("DEVHOST_PORT") or 0)

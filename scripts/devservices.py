@@ -79,7 +79,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 LOCAL_ROOT = ROOT / ".local"
 VENV = ROOT / ".venv"
-ROOT_PG_BASE = Path("/var/tmp/custos-pg")
+ROOT_PG_BASE = Path("/var/tmp/custos-pg")  # noqa: S108  (owner and mode are checked before use)
 PGSERVER_REQUIREMENT = "pgserver==0.1.4"
 
 PROFILES: dict[str, dict[str, int]] = {
@@ -339,8 +339,17 @@ def pg_run_as() -> str | None:
             return name
     log("no 'postgres' system user: creating 'custos-pg' to run PostgreSQL (it refuses to run as root)")
     subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", str(ROOT_PG_BASE),
-         "--shell", "/usr/sbin/nologin", "custos-pg"],
+        [
+            "useradd",
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            str(ROOT_PG_BASE),
+            "--shell",
+            "/usr/sbin/nologin",
+            "custos-pg",
+        ],
         check=True,
     )
     return "custos-pg"
@@ -357,7 +366,7 @@ def as_user(cmd: list[str], user: str | None) -> list[str]:
 
 
 def ensure_root_base(user: str, profile: Profile) -> Path:
-    """/var/tmp/custos-pg/<checkout-hash>-<profile>/, owned by the postgres user, mode 700."""
+    """ROOT_PG_BASE/<checkout-hash>-<profile>/, owned by the postgres user, mode 700."""
     ROOT_PG_BASE.mkdir(mode=0o755, exist_ok=True)
     st = os.lstat(ROOT_PG_BASE)
     if not os.path.isdir(ROOT_PG_BASE) or os.path.islink(ROOT_PG_BASE) or st.st_uid != 0 or st.st_mode & 0o022:
@@ -511,7 +520,9 @@ def run_pg_cmd(plan: dict[str, Any], cmd: list[str], logfile: Path, check: bool 
         lf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
         lf.flush()
         # cwd must be reachable by the postgres user (the checkout may be under /root).
-        rc = subprocess.run(full, check=False, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, cwd=plan["base"]).returncode
+        rc = subprocess.run(
+            full, check=False, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, cwd=plan["base"]
+        ).returncode
     if check and rc != 0:
         raise DevServicesError(f"{shlex.join(cmd)} failed (exit {rc}); last lines of {logfile}:\n{tail(logfile)}")
     return rc
@@ -539,8 +550,10 @@ def pg_initdb(profile: Profile, plan: dict[str, Any], superuser_pw: str) -> None
     if datadir.exists():
         log(f"removing incomplete data directory {datadir}")
         shutil.rmtree(datadir)
-    log(f"initdb {datadir} ({plan['mode']} PostgreSQL {pg_major(bindir)}"
-        + (f", as user {plan['run_as']})" if plan.get("run_as") else ")"))
+    log(
+        f"initdb {datadir} ({plan['mode']} PostgreSQL {pg_major(bindir)}"
+        + (f", as user {plan['run_as']})" if plan.get("run_as") else ")")
+    )
     base = Path(plan["base"])
     fd, pwfile = tempfile.mkstemp(dir=base, prefix=".pwfile.")
     try:
@@ -553,8 +566,18 @@ def pg_initdb(profile: Profile, plan: dict[str, Any], superuser_pw: str) -> None
         locale_args = ["--locale=C"] + (["--lc-ctype=C.UTF-8"] if c_utf8_available() else [])
         run_pg_cmd(
             plan,
-            [str(bindir / "initdb"), "-D", str(datadir), "-U", SUPERUSER, f"--pwfile={pwfile}",
-             "--auth-local=peer", "--auth-host=scram-sha-256", "--encoding=UTF8", *locale_args],
+            [
+                str(bindir / "initdb"),
+                "-D",
+                str(datadir),
+                "-U",
+                SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth-local=peer",
+                "--auth-host=scram-sha-256",
+                "--encoding=UTF8",
+                *locale_args,
+            ],
             profile.pg_log,
         )
     finally:
@@ -563,8 +586,14 @@ def pg_initdb(profile: Profile, plan: dict[str, Any], superuser_pw: str) -> None
 
 
 def pg_server_options(profile: Profile, plan: dict[str, Any], port: int) -> str:
-    opts = ["-c", f"listen_addresses={LOCALHOST}", "-p", str(port),
-            "-c", f"unix_socket_directories={plan['socket_dir']}"]
+    opts = [
+        "-c",
+        f"listen_addresses={LOCALHOST}",
+        "-p",
+        str(port),
+        "-c",
+        f"unix_socket_directories={plan['socket_dir']}",
+    ]
     if profile.name == "test":  # throwaway data: trade crash safety for speed
         opts += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
     return " ".join(shlex.quote(o) for o in opts)  # pg_ctl hands -o to /bin/sh
@@ -581,8 +610,17 @@ def pg_start(profile: Profile, plan: dict[str, Any], port: int) -> int:
     # open a file under the (possibly root-only) checkout.
     run_pg_cmd(
         plan,
-        [str(Path(plan["bindir"]) / "pg_ctl"), "start", "-D", plan["datadir"], "-w", "-t", str(int(START_TIMEOUT)),
-         "-o", pg_server_options(profile, plan, port)],
+        [
+            str(Path(plan["bindir"]) / "pg_ctl"),
+            "start",
+            "-D",
+            plan["datadir"],
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-o",
+            pg_server_options(profile, plan, port),
+        ],
         profile.pg_log,
     )
     if not wait_until(lambda: pg_ready(plan, port), START_TIMEOUT):
@@ -607,12 +645,17 @@ def pg_stop(profile: Profile, plan: dict[str, Any]) -> bool:
     if postmaster_info(plan) is None:
         return False
     log(f"stopping PostgreSQL ({plan['datadir']})")
-    run_pg_cmd(plan, [str(Path(plan["bindir"]) / "pg_ctl"), "stop", "-D", plan["datadir"], "-m", "fast", "-w", "-t", "60"],
-               profile.pg_log)
+    run_pg_cmd(
+        plan,
+        [str(Path(plan["bindir"]) / "pg_ctl"), "stop", "-D", plan["datadir"], "-m", "fast", "-w", "-t", "60"],
+        profile.pg_log,
+    )
     return True
 
 
-def ensure_postgres(profile: Profile, state: dict[str, Any], plan: dict[str, Any], pws: dict[str, str], port: int) -> None:
+def ensure_postgres(
+    profile: Profile, state: dict[str, Any], plan: dict[str, Any], pws: dict[str, str], port: int
+) -> None:
     if plan["mode"] == "external":
         state["postgres"] = {"mode": "external", "pid": None}
         return
@@ -638,7 +681,22 @@ def ensure_postgres(profile: Profile, state: dict[str, Any], plan: dict[str, Any
 
 def check_login(user: str, password: str, port: int) -> bool:
     env = {**os.environ, "PGPASSWORD": password, "PGCONNECT_TIMEOUT": "5"}
-    cmd = [psql_exe(), "-X", "-q", "-w", "-h", LOCALHOST, "-p", str(port), "-U", user, "-d", "postgres", "-c", "select 1"]
+    cmd = [
+        psql_exe(),
+        "-X",
+        "-q",
+        "-w",
+        "-h",
+        LOCALHOST,
+        "-p",
+        str(port),
+        "-U",
+        user,
+        "-d",
+        "postgres",
+        "-c",
+        "select 1",
+    ]
     return subprocess.run(cmd, check=False, env=env, capture_output=True).returncode == 0
 
 
@@ -650,8 +708,26 @@ def reset_superuser_password(profile: Profile, plan: dict[str, Any], password: s
             f"`python3 scripts/devservices.py destroy --profile {profile.name}` to start afresh"
         )
     log(f"resetting the {SUPERUSER} password over the unix socket (password file was regenerated)")
-    cmd = as_user([psql_exe(), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", plan["socket_dir"], "-p", str(port),
-                   "-U", SUPERUSER, "-d", "postgres", "-f", "-"], plan["run_as"])
+    cmd = as_user(
+        [
+            psql_exe(),
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            plan["socket_dir"],
+            "-p",
+            str(port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-f",
+            "-",
+        ],
+        plan["run_as"],
+    )
     sql = f"\\set pw '{password}'\nALTER ROLE {SUPERUSER} PASSWORD :'pw';\n"
     subprocess.run(cmd, input=sql, text=True, check=True, cwd=plan["base"], capture_output=True)
 
@@ -675,7 +751,9 @@ def split_password(url: str) -> tuple[str, str | None]:
     host = parts.hostname or ""
     if ":" in host:
         host = f"[{host}]"
-    netloc = (urllib.parse.quote(urllib.parse.unquote(parts.username or ""), safe="") + "@" if parts.username else "") + host
+    netloc = (
+        urllib.parse.quote(urllib.parse.unquote(parts.username or ""), safe="") + "@" if parts.username else ""
+    ) + host
     if parts.port:
         netloc += f":{parts.port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), urllib.parse.unquote(parts.password)
@@ -819,18 +897,33 @@ def azurite_start(profile: Profile, state: dict[str, Any]) -> subprocess.Popen[b
     ensure_node()
     profile.azurite_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        str(azurite_bin()), "--silent", "--disableTelemetry", "--skipApiVersionCheck", "--loose",
-        "--location", str(profile.azurite_dir),
-        "--blobHost", LOCALHOST, "--blobPort", str(profile.blob_port),
-        "--queueHost", LOCALHOST, "--queuePort", str(profile.queue_port),
-        "--tableHost", LOCALHOST, "--tablePort", str(profile.table_port),
+        str(azurite_bin()),
+        "--silent",
+        "--disableTelemetry",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--location",
+        str(profile.azurite_dir),
+        "--blobHost",
+        LOCALHOST,
+        "--blobPort",
+        str(profile.blob_port),
+        "--queueHost",
+        LOCALHOST,
+        "--queuePort",
+        str(profile.queue_port),
+        "--tableHost",
+        LOCALHOST,
+        "--tablePort",
+        str(profile.table_port),
     ]
     log(f"starting Azurite on {LOCALHOST}:{profile.blob_port}-{profile.table_port} (log {profile.azurite_log})")
     with open(profile.azurite_log, "ab") as lf:
         lf.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(cmd)}\n".encode())
         lf.flush()
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=lf, stderr=subprocess.STDOUT, start_new_session=True
+        )
     state["azurite"] = {"pid": proc.pid, "ports": azurite_ports(profile)}
     return proc
 
@@ -852,6 +945,7 @@ def kill_group(pid: int, needle: str, timeout: float = 15.0) -> bool:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         return False
+
     def sig_target(sig: int) -> None:
         if pgid == pid:
             os.killpg(pid, sig)  # Azurite leads its own process group (start_new_session)
@@ -939,17 +1033,22 @@ def cmd_up(profile: Profile) -> int:
         profile.save_state(state)
         ensure_postgres(profile, state, plan, pws, port)
         profile.save_state(state)
-        admin_url = plan["admin_url"] if plan["mode"] == "external" else with_credentials(
-            f"postgresql://{LOCALHOST}:{port}/postgres", SUPERUSER, pws[SUPERUSER], "postgres")
+        admin_url = (
+            plan["admin_url"]
+            if plan["mode"] == "external"
+            else with_credentials(f"postgresql://{LOCALHOST}:{port}/postgres", SUPERUSER, pws[SUPERUSER], "postgres")
+        )
         provision(admin_url, pws, profile)
         azurite_wait(profile, proc)
         values = service_values(profile, plan, pws, port)
         write_private(profile.env_file, render_env(values))
         write_private(profile.sh_file, render_sh(values))
     where = "external (DATABASE_URL)" if plan["mode"] == "external" else f"{LOCALHOST}:{port}"
-    log(f"profile {profile.name}: PostgreSQL {where}, "
+    log(
+        f"profile {profile.name}: PostgreSQL {where}, "
         f"Azurite {profile.blob_port}/{profile.queue_port}/{profile.table_port}; "
-        f"shell env: . {profile.sh_file}")
+        f"shell env: . {profile.sh_file}"
+    )
     print(profile.env_file)
     return 0
 
@@ -962,6 +1061,8 @@ def cmd_down(profile: Profile) -> int:
         state = profile.load_state()
         az = state.get("azurite") or {}
         pid = az.get("pid") if isinstance(az, dict) else None
+        if not (pid and pid_alive(int(pid), "azurite")):
+            pid = find_azurite_by_location(profile.azurite_dir)  # pids.json lost
         if pid and pid_alive(int(pid), "azurite"):
             log(f"stopping Azurite (pid {pid})")
             kill_group(int(pid), "azurite")
@@ -1026,7 +1127,9 @@ def cmd_status(profile: Profile) -> int:
         info = postmaster_info(plan)
         port = (state.get("postgres") or {}).get("port") or profile.pg_port
         if info:
-            print(f"  postgres: running pid {info[0]} on {LOCALHOST}:{info[1]} ({plan['mode']}, data {plan['datadir']})")
+            print(
+                f"  postgres: running pid {info[0]} on {LOCALHOST}:{info[1]} ({plan['mode']}, data {plan['datadir']})"
+            )
         else:
             ok = False
             print(f"  postgres: stopped (port {port}, {plan['mode']}, data {plan['datadir']})")
@@ -1038,7 +1141,9 @@ def cmd_status(profile: Profile) -> int:
     if not pid_alive(pid, "azurite"):
         pid = find_azurite_by_location(profile.azurite_dir)
     if pid:
-        print(f"  azurite:  running pid {pid} on {LOCALHOST}:{'/'.join(map(str, az.get('ports') or azurite_ports(profile)))}")
+        print(
+            f"  azurite:  running pid {pid} on {LOCALHOST}:{'/'.join(map(str, az.get('ports') or azurite_ports(profile)))}"
+        )
     else:
         ok = False
         print(f"  azurite:  stopped (ports {'/'.join(map(str, azurite_ports(profile)))})")

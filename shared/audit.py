@@ -95,7 +95,9 @@ def context_actor(ctx: RequestContext) -> tuple[Actor, RequestMeta]:
     if p is None:
         actor = Actor(id=None, name="anonymous", type="system")
     else:
-        actor = Actor(id=p.user_id, name=p.name or p.user_id, type="operator" if p.is_operator else "user")
+        actor = Actor(
+            id=p.user_id, name=p.name or p.user_id, type="operator" if p.is_operator or p.is_support else "user"
+        )
     meta = RequestMeta(
         ip=ctx.client_ip or None,
         user_agent=ctx.user_agent or None,

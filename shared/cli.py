@@ -10,13 +10,18 @@ import getpass
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
+
 from shared import audit, db, health, storage
-from shared.errors import AppError
+from shared.errors import AppError, Conflict
 from shared.migrate import MigrationError, migrate
-from shared.settings import SettingsError, get_settings
-from shared.tenants import create_tenant
+from shared.settings import SettingsError, get_settings, load_local_settings
+from shared.tenants import create_tenant, create_tenant_with_admin
+from shared.users import normalize_email
 
 
 class CheckFailed(AppError):
@@ -33,12 +38,46 @@ def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
     return {"applied": applied}
 
 
+def _cli_actor() -> audit.Actor:
+    return audit.Actor(id=None, name=f"ops CLI ({getpass.getuser()})", type="operator")
+
+
 def cmd_create_tenant(args: argparse.Namespace) -> dict[str, Any]:
-    """Create a tenant."""
-    actor = audit.Actor(id=None, name=f"ops CLI ({getpass.getuser()})", type="operator")
+    """Create a tenant; with --admin-email also invite its first ADMIN (token printed once)."""
     with db.platform_tx() as conn:
-        tenant = create_tenant(conn, slug=args.slug, name=args.name, region=args.region, actor=actor)
-    return {"tenant": tenant.__dict__}
+        if not args.admin_email:
+            return {"tenant": create_tenant(conn, slug=args.slug, name=args.name, region=args.region,
+                                            actor=_cli_actor()).__dict__}
+        tenant, invitation = create_tenant_with_admin(
+            conn, slug=args.slug, name=args.name, region=args.region, admin_email=args.admin_email,
+            admin_name=args.admin_name, actor=_cli_actor(), meta=None, reason="tenant onboarding (CLI)",
+        )
+    return {
+        "tenant": tenant.__dict__,
+        "admin": invitation.user,
+        "invitation": {"token": invitation.token, "expires_at": invitation.expires_at},
+    }
+
+
+def cmd_create_operator(args: argparse.Namespace) -> dict[str, Any]:
+    """Create a platform operator (as the owner role: the app itself cannot make operators)."""
+    s = get_settings()
+    if not s.database_owner_url:
+        raise SettingsError("DATABASE_OWNER_URL: required to create operators")
+    email = normalize_email(args.email)
+    try:
+        with psycopg.connect(s.database_owner_url, row_factory=dict_row) as conn:
+            row = conn.execute(
+                "insert into platform_operators (email, display_name) values (%s, %s) returning id, email, display_name, status, created_at",
+                (email, args.name or email),
+            ).fetchone()
+            assert row is not None
+            conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
+            audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=_cli_actor(), action="platform.operator_created",
+                         target_type="operator", target_id=str(row["id"]), after={"email": email})
+    except psycopg.errors.UniqueViolation:
+        raise Conflict("an operator with that email exists") from None
+    return {"operator": {**row, "id": str(row["id"])}}
 
 
 def cmd_check(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,6 +95,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-tenant": cmd_create_tenant,
     "check": cmd_check,
+    "create-operator": cmd_create_operator,
 }
 
 
@@ -67,6 +107,11 @@ def parser() -> argparse.ArgumentParser:
     ct.add_argument("--slug", required=True)
     ct.add_argument("--name", required=True)
     ct.add_argument("--region", default="uksouth")
+    ct.add_argument("--admin-email", help="invite this address as the tenant's first ADMIN")
+    ct.add_argument("--admin-name", default="")
+    co = sub.add_parser("create-operator", help=cmd_create_operator.__doc__)
+    co.add_argument("--email", required=True)
+    co.add_argument("--name", default="")
     sub.add_parser("check", help=cmd_check.__doc__)
     return p
 
@@ -74,6 +119,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        load_local_settings(Path("local.settings.json"))
         result = COMMANDS[args.command](args)
     except (SettingsError, MigrationError) as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)

@@ -35,11 +35,12 @@ from shared.errors import (
     NotFound,
     OriginNotAllowed,
     PayloadTooLarge,
+    TenantLocked,
     Unauthenticated,
     UnsupportedMediaType,
     ValidationFailed,
 )
-from shared.guards import Principal, authenticate, require_operator, require_permission
+from shared.guards import Principal, authenticate, require_operator, require_permission, require_tenant_user
 from shared.settings import get_settings
 
 access_log = logging.getLogger("custos.access")
@@ -59,6 +60,7 @@ SECURITY_HEADERS: dict[str, str] = {
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Disposition, If-Match, X-Request-Id"
 CORS_EXPOSE_HEADERS = "X-Request-Id, Retry-After, Location, ETag"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -210,13 +212,19 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
                 ctx.principal = authenticate(req)
                 if spec.operator:
                     require_operator(ctx.principal)
-                elif spec.permission:
-                    require_permission(ctx.principal, spec.permission)
+                else:
+                    require_tenant_user(ctx.principal)
+                    if spec.permission:
+                        require_permission(ctx.principal, spec.permission)
+                    if req.method.upper() not in SAFE_METHODS and ctx.principal.tenant_status != "ACTIVE":
+                        raise TenantLocked("the tenant is cancelled: data is read-only until it is purged")
             if spec.query is not None:
                 ctx.query = _validate(spec.query, dict(req.params or {}), "query")
             if spec.body is not None and req.method.upper() in BODY_METHODS:
                 ctx.body = _validate(spec.body, _parse_json(req), "body")
             response = _render(handler(ctx), spec.status)
+            if ctx.principal is not None and ctx.principal.is_support:
+                _audit_support_access(ctx, req, response)
     except AppError as exc:
         response = _problem(exc, ctx.request_id)
     except Exception:
@@ -331,6 +339,17 @@ def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | Non
         headers["Access-Control-Allow-Origin"] = cors_origin
         headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
         headers["Vary"] = "Origin"
+
+
+def _audit_support_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse) -> None:
+    """Every request an operator makes under support access is in the tenant's audit trail."""
+    from shared import audit, db  # audit imports this module's types
+
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        audit.record(
+            conn, ctx, "support.accessed", target_type="support_grant", target_id=ctx.principal.support_grant_id,
+            after={"method": req.method, "path": urlsplit(req.url).path, "status": response.status_code},
+        )
 
 
 def _log_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse, started: float) -> None:

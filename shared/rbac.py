@@ -21,6 +21,9 @@ class Role(StrEnum):
 PLATFORM_OPERATOR = "PLATFORM_OPERATOR"
 """Role claim of platform operators: accounts outside every tenant."""
 
+SUPPORT = "SUPPORT"
+"""Role claim of an operator's support token inside one tenant (granted by a tenant ADMIN)."""
+
 PERMISSIONS: dict[str, str] = {
     "records.read": "Read records, versions, attachments and signatures",
     "records.create": "Create records",
@@ -62,6 +65,20 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
     Role.OPERATOR: frozenset({"records.read", "records.create", "records.update", "signatures.sign"}),
     Role.VIEWER: frozenset({"records.read"}),
 }
+
+
+SUPPORT_PERMISSIONS: frozenset[str] = frozenset(
+    {"records.read", "audit.read", "users.read", "designations.read", "tenant.settings.read"}
+)
+"""What a platform operator may do inside a tenant during granted support access: read only."""
+
+
+def effective_permissions(
+    role: str, designation_permissions: set[str] | frozenset[str], grants: set[str], denies: set[str]
+) -> frozenset[str]:
+    """Role, plus designations, plus granted overrides, minus denied overrides: deny wins."""
+    known = PERMISSIONS.keys()
+    return frozenset((role_permissions(role) | (designation_permissions & known) | (grants & known)) - denies)
 
 
 def role_permissions(role: str) -> frozenset[str]:

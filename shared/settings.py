@@ -10,8 +10,11 @@ at start-up instead of failing on some later request.
 from __future__ import annotations
 
 import functools
+import json
+import os
+from collections.abc import MutableMapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -184,3 +187,21 @@ def load_settings() -> Settings:
 def get_settings() -> Settings:
     """The validated settings of this worker, read once."""
     return load_settings()
+
+
+def load_local_settings(path: Path, environ: MutableMapping[str, str] | None = None) -> dict[str, Any]:
+    """Copy `Values` of a local.settings.json into the environment, as `func start` does.
+
+    Variables already in the environment win. Returns the parsed file ({} if absent).
+    """
+    env = os.environ if environ is None else environ
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if data.get("IsEncrypted"):
+        raise SettingsError(f"{path} is encrypted; local runs need plain values")
+    for name, value in (data.get("Values") or {}).items():
+        if value is None or name in env:
+            continue
+        env[name] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return dict(data)

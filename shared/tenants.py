@@ -11,6 +11,7 @@ import psycopg
 
 from shared import audit, db
 from shared.errors import Conflict, ValidationFailed
+from shared.users import invite
 
 SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 REGIONS = frozenset({"uksouth", "westeurope", "eastus", "australiaeast"})
@@ -87,3 +88,34 @@ def get_tenant(tenant_id: str) -> Tenant | None:
             (tenant_id,),
         ).fetchone()
     return Tenant.from_row(row) if row else None
+
+
+def list_tenants() -> list[dict[str, Any]]:
+    with db.platform_tx() as conn:
+        rows = conn.execute(
+            "select id, slug, name, status, data_region, created_at, cancelled_at from tenants order by created_at"
+        ).fetchall()
+    return [Tenant.from_row(r).__dict__ for r in rows]
+
+
+def create_tenant_with_admin(
+    conn: psycopg.Connection,
+    *,
+    slug: str,
+    name: str,
+    region: str,
+    admin_email: str,
+    admin_name: str,
+    actor: audit.Actor,
+    meta: audit.RequestMeta | None,
+    reason: str,
+) -> tuple[Tenant, Any]:
+    """A tenant and the invitation of its first ADMIN, in the caller's transaction."""
+    tenant = create_tenant(conn, slug=slug, name=name, region=region, actor=actor, meta=meta)
+    conn.execute("select set_config('app.tenant_id', %s, true)", (tenant.id,))
+    invitation = invite(
+        conn, tenant_id=tenant.id, email=admin_email, role="ADMIN", display_name=admin_name,
+        actor=None, audit_actor=actor, meta=meta, reason=reason,
+    )
+    conn.execute("select set_config('app.tenant_id', '', true)")
+    return tenant, invitation

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -58,7 +59,7 @@ os.environ.setdefault("CUSTOS_LOCAL_DIR", str(ROOT / ".local" / "test"))
 os.environ.setdefault("AzureWebJobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
 
 from shared import db  # noqa: E402  (settings must be in the environment first)
-from shared.migrate import migrate  # noqa: E402
+from shared.migrate import MigrationError, migrate  # noqa: E402
 from shared.settings import get_settings  # noqa: E402
 from shared.tenants import Tenant, create_tenant  # noqa: E402
 from shared.tokens import issue_access_token  # noqa: E402
@@ -70,10 +71,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _reset_schema() -> None:
+    """Drop the test database's schema (its migrations were edited since they ran)."""
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+        conn.execute("drop schema public cascade")
+        conn.execute("create schema public authorization custos_owner")
+        conn.execute("revoke create on schema public from public")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def migrated() -> None:
     settings = get_settings()
-    migrate(settings.database_owner_url, settings.database_app_role)
+    try:
+        migrate(settings.database_owner_url, settings.database_app_role)
+    except MigrationError as exc:
+        if "changed after it was applied" not in str(exc) or os.environ.get("CUSTOS_PROFILE") != "test":
+            raise
+        _reset_schema()
+        migrate(settings.database_owner_url, settings.database_app_role)
 
 
 class Host:
@@ -133,19 +150,71 @@ def tenant() -> Tenant:
         return create_tenant(conn, slug=f"t-{uuid.uuid4().hex[:12]}", name="Test Tenant", region="uksouth")
 
 
+@dataclass(frozen=True)
+class Person:
+    """A user (or operator) in the database, with an access token."""
+
+    id: str
+    tenant_id: str | None
+    role: str
+    email: str
+    token: str
+
+
+def create_user(tenant_id: str, role: str = "ADMIN", *, name: str | None = None, status: str = "active") -> dict:
+    email = f"u-{uuid.uuid4().hex[:12]}@example.test"
+    with db.tenant_tx(tenant_id) as conn:
+        return conn.execute(
+            """insert into users (tenant_id, email, display_name, role, status) values (%s, %s, %s, %s, %s)
+               returning id::text as id, email""",
+            (tenant_id, email, name or f"{role.title()} {email[:6]}", role, status),
+        ).fetchone()
+
+
+def create_operator(name: str = "Olive Operator") -> dict:
+    import psycopg
+    from psycopg.rows import dict_row
+
+    email = f"op-{uuid.uuid4().hex[:12]}@custos.test"
+    with psycopg.connect(os.environ["DATABASE_OWNER_URL"], row_factory=dict_row) as conn:
+        return conn.execute(
+            "insert into platform_operators (email, display_name) values (%s, %s) returning id::text as id, email",
+            (email, name),
+        ).fetchone()
+
+
+def token_for(user_id: str, tenant_id: str | None, role: str, **kw: object) -> str:
+    return issue_access_token(
+        subject=user_id, tenant_id=tenant_id, session_id=str(kw.pop("session_id", uuid.uuid4())), role=role,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+PersonFactory = Callable[..., Person]
 TokenFactory = Callable[..., str]
 
 
 @pytest.fixture
-def make_token() -> TokenFactory:
+def make_person() -> PersonFactory:
+    """make_person(tenant_id, role) -> an active user with a token; tenant None -> an operator."""
+
+    def make(tenant_id: str | None, role: str = "ADMIN", *, name: str | None = None, **kw: object) -> Person:
+        if tenant_id is None:
+            row = create_operator(name or "Olive Operator")
+            role = "PLATFORM_OPERATOR"
+        else:
+            row = create_user(tenant_id, role, name=name)
+        return Person(row["id"], tenant_id, role, row["email"], token_for(row["id"], tenant_id, role, name=name, **kw))
+
+    return make
+
+
+@pytest.fixture
+def make_token(make_person: PersonFactory) -> TokenFactory:
+    """make_token(tenant_id, role) -> the token of a new active user with that role."""
+
     def make(tenant_id: str | None, role: str = "ADMIN", **kw: object) -> str:
-        return issue_access_token(
-            subject=str(kw.pop("subject", uuid.uuid4())),
-            tenant_id=tenant_id,
-            session_id=str(kw.pop("session_id", uuid.uuid4())),
-            role=role,
-            **kw,  # type: ignore[arg-type]
-        )
+        return make_person(tenant_id, role, **kw).token
 
     return make
 

@@ -124,7 +124,10 @@ def test_status_reports_running() -> None:
     profile = os.environ.get("CUSTOS_PROFILE", "test")
     res = subprocess.run(
         [sys.executable, str(SCRIPT), "status", "--profile", profile],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert "azurite:  running" in res.stdout, res.stdout + res.stderr
     if _managed_postgres():
@@ -144,7 +147,7 @@ def _load_script() -> ModuleType:
 
 TRICKY = {
     "STORAGE_CONNECTION_STRING": "A=b;C=d==;E=http://127.0.0.1:1/x;",
-    "QUOTES": "it's \"quoted\" $HOME `x`",
+    "QUOTES": 'it\'s "quoted" $HOME `x`',
     "PLAIN": "postgresql://u:p-_x@127.0.0.1:5/db",
 }
 
@@ -153,7 +156,7 @@ def test_services_sh_round_trips_through_bash(tmp_path: Path) -> None:
     ds = _load_script()
     sh = tmp_path / "services.sh"
     sh.write_text(ds.render_sh(TRICKY))
-    script = ". \"$1\"; for k in STORAGE_CONNECTION_STRING QUOTES PLAIN; do printf '%s\\0' \"${!k}\"; done"
+    script = '. "$1"; for k in STORAGE_CONNECTION_STRING QUOTES PLAIN; do printf \'%s\\0\' "${!k}"; done'
     out = subprocess.run(["bash", "-c", script, "bash", str(sh)], capture_output=True, check=True).stdout
     assert out.decode().split("\0")[:-1] == list(TRICKY.values())
 

@@ -16,7 +16,7 @@ from shared.http import SECURITY_HEADERS, endpoint_spec
 from shared.settings import get_settings
 from shared.tenants import Tenant
 from shared.tokens import keyring
-from tests.conftest import TEST_ORIGIN, TokenFactory, auth
+from tests.conftest import TEST_ORIGIN, TokenFactory, auth, create_user
 
 SETTING_URL = "/api/tenant/settings/sessions.max_idle_minutes"
 
@@ -160,10 +160,11 @@ def _b64(data: dict) -> str:
 
 
 def _claims(tenant_id: str, **over: object) -> dict:
+    """Claims of a real, active ADMIN of the tenant: only the attack under test is wrong."""
     s = get_settings()
     now = int(time.time())
     claims = {
-        "sub": str(uuid.uuid4()), "tid": tenant_id, "sid": str(uuid.uuid4()), "role": "ADMIN",
+        "sub": create_user(tenant_id, "ADMIN")["id"], "tid": tenant_id, "sid": str(uuid.uuid4()), "role": "ADMIN",
         "iat": now, "nbf": now, "exp": now + 600, "iss": s.jwt_issuer, "aud": s.jwt_audience,
         "jti": str(uuid.uuid4()),
     }

@@ -1,0 +1,190 @@
+"""What the route wrapper costs: the same handler served bare and behind `shared.http.endpoint`.
+
+`python -m bench.http_overhead [--threads 4] [--requests 2000] [--rounds 2]`
+
+Part 1, over HTTP: one devhost (`bench.bench_app`) serves `/bench/bare`, `/bench/wrapped`
+(authenticated) and `/bench/wrapped-noauth`; a closed-loop load of `--threads` keep-alive
+clients sends `--requests` GETs each to each route (after a warm-up), in `--rounds`
+alternating rounds so drift hits every route alike. The wrapped route authenticates a real
+ES256 access token of a real active user on every request (signature check, then the
+user's role and status read from PostgreSQL). The devhost's output (uvicorn's access log,
+devhost's invocation log and the wrapper's JSON access log) goes to a file, not the
+terminal: the logging work is done, but the terminal does not dominate.
+
+Part 2, in process (no HTTP, no client): the functions called directly with the same
+request, and authentication alone, so the wrapper's own cost is visible without the noise
+of the HTTP stack. Logging goes to a file handler at INFO, like the devhost's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from bench.runner import HttpLoad, Measured, Table, devhost, machine, migrate, setup_env, work_dir
+
+ROUTES = (
+    ("bare", "/bench/bare"),
+    ("wrapped, auth=False", "/bench/wrapped-noauth"),
+    ("wrapped, auth=True", "/bench/wrapped"),
+)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.http_overhead", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--threads", type=int, default=4, help="concurrent clients (default 4)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per client per route (default 2000)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the routes (default 2)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up requests per client per route (default requests/10, at most 200)")
+    parser.add_argument("--calls", type=int, default=None, help="in-process calls per measurement (default 2 x requests, at most 4000)")
+    parser.add_argument("--max-seconds", type=float, default=120.0, help="cap per measured phase (default 120)")
+    return parser.parse_args(argv)
+
+
+def bench_caller() -> tuple[str, str]:
+    """A fresh tenant with one active ADMIN user; returns (tenant id, user id)."""
+    from shared import db
+    from shared.tenants import create_tenant
+
+    with db.platform_tx() as conn:
+        tenant = create_tenant(conn, slug=f"bench-http-{uuid.uuid4().hex[:10]}", name="Bench HTTP", region="uksouth")
+    with db.tenant_tx(tenant.id) as conn:
+        if conn.execute("select to_regclass('public.users') is not null as present").fetchone()["present"]:
+            row = conn.execute(
+                """insert into users (tenant_id, email, display_name, role, status)
+                   values (%s, %s, 'Bench User', 'ADMIN', 'active') returning id::text as id""",
+                (tenant.id, f"bench-{uuid.uuid4().hex[:8]}@example.test"),
+            ).fetchone()
+            return tenant.id, row["id"]
+    return tenant.id, str(uuid.uuid4())  # a schema without users: the token alone authenticates
+
+
+def issue_token(tenant_id: str, user_id: str) -> str:
+    from shared.tokens import issue_access_token
+
+    return issue_access_token(subject=user_id, tenant_id=tenant_id, session_id=str(uuid.uuid4()), role="ADMIN", name="Bench User")
+
+
+def over_http(args: argparse.Namespace, token: str) -> dict[str, Measured]:
+    per_round = max(1, args.requests // max(1, args.rounds))
+    warmup = args.warmup if args.warmup is not None else min(200, max(1, args.requests // 10))
+    results: dict[str, Measured] = {}
+    with devhost("bench.bench_app:app", ready_path="/bench/bare") as host:
+        load = HttpLoad(host.url, threads=args.threads, headers={"Authorization": f"Bearer {token}", "User-Agent": "custos-bench/1"})
+        for _, path in ROUTES:
+            warm = load.run(path, warmup, max_seconds=args.max_seconds)
+            if warm.errors:
+                raise SystemExit(f"warm-up of {path} failed: {warm.first_error}")
+        for _ in range(max(1, args.rounds)):
+            for name, path in ROUTES:
+                measured = load.run(path, per_round, max_seconds=args.max_seconds)
+                results[name] = results[name].merge(measured) if name in results else measured
+    return results
+
+
+def time_calls(fn: Callable[[], Any], calls: int, repeats: int = 3) -> float:
+    """Median over `repeats` of the mean seconds per call of `fn`."""
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - started) / calls)
+    return statistics.median(samples)
+
+
+def in_process(calls: int, token: str) -> list[tuple[str, float]]:
+    import azure.functions as func
+
+    from bench import bench_app
+    from shared.guards import authenticate
+    from shared.tokens import verify_access_token
+
+    log_file = work_dir() / "http_overhead-inprocess.log"
+    handler = logging.FileHandler(log_file, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        headers = {
+            "authorization": f"Bearer {token}",
+            "user-agent": "custos-bench/1",
+            "host": "127.0.0.1:7071",
+            "x-forwarded-for": "127.0.0.1",
+        }
+
+        def request() -> func.HttpRequest:
+            return func.HttpRequest("GET", "http://127.0.0.1:7071/bench/x", headers=headers, params={}, route_params={}, body=b"")
+
+        functions = (bench_app.bench_bare, bench_app.bench_wrapped_noauth, bench_app.bench_wrapped)
+        for fn in functions:
+            if fn(request()).status_code != 200:
+                raise SystemExit(f"{fn.__name__} did not answer 200 in process")
+        req = request()
+        return [
+            ("bare function", time_calls(lambda: bench_app.bench_bare(request()), calls)),
+            ("wrapped, auth=False", time_calls(lambda: bench_app.bench_wrapped_noauth(request()), calls)),
+            ("wrapped, auth=True", time_calls(lambda: bench_app.bench_wrapped(request()), calls)),
+            ("verify_access_token alone (ES256)", time_calls(lambda: verify_access_token(token), calls)),
+            ("authenticate alone (ES256 + DB read)", time_calls(lambda: authenticate(req), calls)),
+        ]
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+        handler.close()
+        log_file.unlink(missing_ok=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_env()
+    migrate()
+    tenant_id, user_id = bench_caller()
+    token = issue_token(tenant_id, user_id)  # before the devhost starts: creates the test key once if missing
+    print(f"## HTTP wrapper overhead ({machine()})\n", flush=True)
+
+    results = over_http(args, token)
+    table = Table(
+        ["route", "requests", "errors", "req/s", "p50 ms", "p99 ms"],
+        title=f"Over HTTP: one devhost, {args.threads} keep-alive clients x {args.requests} GETs per route",
+    )
+    for name, _ in ROUTES:
+        m = results[name]
+        table.add(name, m.count, m.errors, m.rate, m.p50, m.p99)
+    bare = results["bare"]
+    for name in ("wrapped, auth=False", "wrapped, auth=True"):
+        m = results[name]
+        table.add(f"ratio {name} / bare", None, None, m.rate / bare.rate, m.p50 / bare.p50, m.p99 / bare.p99)
+    table.print()
+    print(
+        "The client threads run on the same CPUs as the devhost. The devhost's logs (uvicorn access,\n"
+        "devhost invocations, custos.access JSON lines) went to a file under .local/test/bench/.\n",
+        flush=True,
+    )
+
+    calls = args.calls if args.calls is not None else min(4000, 2 * args.requests)
+    rows = in_process(calls, token)
+    base = rows[0][1]
+    table2 = Table(["in process (no HTTP)", "calls", "us/call", "calls/s", "x bare"],
+                   title="In process: the same functions called directly (median of 3 runs)")
+    for name, seconds in rows:
+        table2.add(name, calls, seconds * 1e6, 1 / seconds, seconds / base)
+    table2.print()
+
+    errors = [m.first_error for m in results.values() if m.errors]
+    if errors:
+        print(f"errors: {errors[0]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Designations: tenant-defined bundles of extra permissions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+from pydantic import Field
+
+from shared import audit, db
+from shared.designations import (
+    create_designation,
+    delete_designation,
+    get_designation,
+    list_designations,
+    update_designation,
+)
+from shared.http import Reply, RequestContext, endpoint
+from shared.models import Reason, ReasonQuery, Strict
+
+bp = func.Blueprint()
+
+
+class DesignationNew(Strict):
+    name: str = Field(min_length=1, max_length=100)
+    description: str = Field("", max_length=1000)
+    permissions: list[str] = Field(max_length=50)
+    reason: Reason
+
+
+class DesignationPatch(Strict):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    description: str | None = Field(None, max_length=1000)
+    permissions: list[str] | None = Field(None, max_length=50)
+    reason: Reason
+
+
+@bp.route(route="api/designations", methods=["GET"])
+@endpoint(permission="designations.read", tags=("designations",))
+def designations_list(ctx: RequestContext) -> dict[str, Any]:
+    """The tenant's designations."""
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        return {"designations": list_designations(conn)}
+
+
+@bp.route(route="api/designations", methods=["POST"])
+@endpoint(permission="designations.manage", body=DesignationNew, status=201, tags=("designations",))
+def designations_create(ctx: RequestContext) -> Reply:
+    """Create a designation (only with permissions you hold)."""
+    b: DesignationNew = ctx.body
+    actor, meta = audit.context_actor(ctx)
+    assert ctx.principal is not None
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        d = create_designation(conn, actor=ctx.principal, name=b.name, description=b.description,
+                               permissions=b.permissions, reason=b.reason, audit_actor=actor, meta=meta)
+    return Reply(body=d, status=201, headers={"Location": f"/api/designations/{d['id']}"})
+
+
+@bp.route(route="api/designations/{id}", methods=["GET"])
+@endpoint(permission="designations.read", tags=("designations",))
+def designations_get(ctx: RequestContext) -> dict[str, Any]:
+    """One designation."""
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        return get_designation(conn, ctx.uuid_param("id"))
+
+
+@bp.route(route="api/designations/{id}", methods=["PATCH"])
+@endpoint(permission="designations.manage", body=DesignationPatch, tags=("designations",))
+def designations_patch(ctx: RequestContext) -> dict[str, Any]:
+    """Rename, describe or change the permissions of a designation."""
+    b: DesignationPatch = ctx.body
+    actor, meta = audit.context_actor(ctx)
+    assert ctx.principal is not None
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        return update_designation(conn, actor=ctx.principal, designation_id=ctx.uuid_param("id"),
+                                  changes=b.model_dump(exclude={"reason"}), reason=b.reason,
+                                  audit_actor=actor, meta=meta)
+
+
+@bp.route(route="api/designations/{id}", methods=["DELETE"])
+@endpoint(permission="designations.manage", query=ReasonQuery, tags=("designations",))
+def designations_delete(ctx: RequestContext) -> None:
+    """Retire a designation and remove it from its holders (`?reason=` required)."""
+    actor, meta = audit.context_actor(ctx)
+    assert ctx.principal is not None
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        delete_designation(conn, actor=ctx.principal, designation_id=ctx.uuid_param("id"),
+                           reason=ctx.query.reason, audit_actor=actor, meta=meta)

@@ -1,0 +1,62 @@
+"""Platform operators: tenants and support tokens. Operators see no tenant data here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+from pydantic import Field
+
+from shared import audit, db
+from shared.errors import NotFound
+from shared.http import Reply, RequestContext, endpoint
+from shared.models import Reason, Strict
+from shared.support import issue_support_token
+from shared.tenants import create_tenant_with_admin, get_tenant, list_tenants
+
+bp = func.Blueprint()
+
+
+class TenantNew(Strict):
+    slug: str = Field(min_length=1, max_length=63)
+    name: str = Field(min_length=1, max_length=200)
+    data_region: str = Field("uksouth", max_length=32)
+    admin_email: str = Field(max_length=254)
+    admin_name: str = Field("", max_length=200)
+    reason: Reason = "tenant onboarding"
+
+
+@bp.route(route="api/platform/tenants", methods=["GET"])
+@endpoint(operator=True, tags=("platform",))
+def platform_tenants(ctx: RequestContext) -> dict[str, Any]:
+    """Every tenant's metadata (no tenant data)."""
+    return {"tenants": list_tenants()}
+
+
+@bp.route(route="api/platform/tenants", methods=["POST"])
+@endpoint(operator=True, body=TenantNew, status=201, tags=("platform",))
+def platform_create_tenant(ctx: RequestContext) -> Reply:
+    """Create a tenant and invite its first ADMIN."""
+    b: TenantNew = ctx.body
+    actor, meta = audit.context_actor(ctx)
+    with db.platform_tx() as conn:
+        tenant, invitation = create_tenant_with_admin(
+            conn, slug=b.slug, name=b.name, region=b.data_region, admin_email=b.admin_email,
+            admin_name=b.admin_name, actor=actor, meta=meta, reason=b.reason,
+        )
+    return Reply(
+        body={"tenant": tenant.__dict__, "admin": invitation.user, "invitation": {"expires_at": invitation.expires_at}},
+        status=201,
+    )
+
+
+@bp.route(route="api/platform/tenants/{id}/support-token", methods=["POST"])
+@endpoint(operator=True, tags=("platform",))
+def platform_support_token(ctx: RequestContext) -> dict[str, Any]:
+    """A short-lived read-only token for a tenant that granted this operator support access."""
+    tenant_id = str(ctx.uuid_param("id"))
+    if get_tenant(tenant_id) is None:
+        raise NotFound()
+    assert ctx.principal is not None
+    _, meta = audit.context_actor(ctx)
+    return issue_support_token(ctx.principal, tenant_id, meta)
