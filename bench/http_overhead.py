@@ -42,7 +42,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="requests per client per route (default 2000)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds over the routes (default 2)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up requests per client per route (default requests/10, at most 200)")
-    parser.add_argument("--calls", type=int, default=None, help="in-process calls per measurement (default 2 x requests, at most 4000)")
+    parser.add_argument("--calls", type=int, default=None, help="in-process calls per measurement (default requests/2, at most 1000)")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="cap per measured phase (default 120)")
     return parser.parse_args(argv)
 
@@ -170,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
 
-    calls = args.calls if args.calls is not None else min(4000, 2 * args.requests)
+    calls = args.calls if args.calls is not None else min(1000, max(10, args.requests // 2))
     rows = in_process(calls, token)
     base = rows[0][1]
     table2 = Table(["in process (no HTTP)", "calls", "us/call", "calls/s", "x bare"],

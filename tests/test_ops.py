@@ -122,3 +122,25 @@ def test_health_is_503_while_database_is_down() -> None:
                 time.sleep(0.5)
     finally:
         h.stop()
+
+
+def test_every_setting_is_documented_and_in_the_sample() -> None:
+    from shared.settings import Settings
+
+    names = {name.upper() for name in Settings.model_fields}
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    assert names <= set(sample), sorted(names - set(sample))
+    readme = (ROOT / "README.md").read_text().split("<!-- settings:start -->")[1].split("<!-- settings:end -->")[0]
+    documented = {line.split("`")[1] for line in readme.splitlines() if line.startswith("| `")}
+    assert documented == names
+
+
+def test_sample_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]
+    for name in list(os.environ):
+        if name.upper() in {k.upper() for k in sample}:
+            monkeypatch.delenv(name)
+    for name, value in sample.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.custos_env == "local"
