@@ -2,11 +2,24 @@
 
 import azure.functions as func
 
-from functions import audit, designations, platform, support, system, tenants, timers, users, wellknown
+from functions import (
+    audit,
+    auth,
+    designations,
+    platform,
+    sessions,
+    support,
+    system,
+    tenants,
+    timers,
+    users,
+    wellknown,
+)
 from shared.settings import load_settings
 
 BLUEPRINTS = (
-    system.bp, wellknown.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp, audit.bp, timers.bp,
+    system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
+    audit.bp, timers.bp,
 )
 
 

@@ -6,8 +6,8 @@ Part 1, over HTTP: one devhost (`bench.bench_app`) serves `/bench/bare`, `/bench
 (authenticated) and `/bench/wrapped-noauth`; a closed-loop load of `--threads` keep-alive
 clients sends `--requests` GETs each to each route (after a warm-up), in `--rounds`
 alternating rounds so drift hits every route alike. The wrapped route authenticates a real
-ES256 access token of a real active user on every request (signature check, then the
-user's role and status read from PostgreSQL). The devhost's output (uvicorn's access log,
+ES256 access token of a real login on every request (signature check, then the user's
+role, status and live session read from PostgreSQL). The devhost's output (uvicorn's access log,
 devhost's invocation log and the wrapper's JSON access log) goes to a file, not the
 terminal: the logging work is done, but the terminal does not dominate.
 
@@ -47,28 +47,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def bench_caller() -> tuple[str, str]:
-    """A fresh tenant with one active ADMIN user; returns (tenant id, user id)."""
+def bench_token() -> str:
+    """The access token of a real login: a fresh tenant, an active ADMIN user (made by the
+    tests' own helper, which follows the schema) and a live session (shared.sessions)."""
     from shared import db
+    from shared.sessions import create_session
     from shared.tenants import create_tenant
+    from tests.conftest import create_user
 
     with db.platform_tx() as conn:
         tenant = create_tenant(conn, slug=f"bench-http-{uuid.uuid4().hex[:10]}", name="Bench HTTP", region="uksouth")
+    user_id = create_user(tenant.id, "ADMIN", name="Bench User")["id"]
     with db.tenant_tx(tenant.id) as conn:
-        if conn.execute("select to_regclass('public.users') is not null as present").fetchone()["present"]:
-            row = conn.execute(
-                """insert into users (tenant_id, email, display_name, role, status)
-                   values (%s, %s, 'Bench User', 'ADMIN', 'active') returning id::text as id""",
-                (tenant.id, f"bench-{uuid.uuid4().hex[:8]}@example.test"),
-            ).fetchone()
-            return tenant.id, row["id"]
-    return tenant.id, str(uuid.uuid4())  # a schema without users: the token alone authenticates
-
-
-def issue_token(tenant_id: str, user_id: str) -> str:
-    from shared.tokens import issue_access_token
-
-    return issue_access_token(subject=user_id, tenant_id=tenant_id, session_id=str(uuid.uuid4()), role="ADMIN", name="Bench User")
+        user = conn.execute("select id::text as id, role, display_name from users where id = %s", (user_id,)).fetchone()
+        issued = create_session(conn, tenant_id=tenant.id, user=user, remember_me=False, ip="127.0.0.1", user_agent="custos-bench/1")
+    return issued.access_token
 
 
 def over_http(args: argparse.Namespace, token: str) -> dict[str, Measured]:
@@ -127,12 +120,20 @@ def in_process(calls: int, token: str) -> list[tuple[str, float]]:
         functions = (bench_app.bench_bare, bench_app.bench_wrapped_noauth, bench_app.bench_wrapped)
         for fn in functions:
             if fn(request()).status_code != 200:
-                raise SystemExit(f"{fn.__name__} did not answer 200 in process")
+                raise SystemExit(f"{fn!r} did not answer 200 in process")
+        def ok(name: str, fn: Callable[[func.HttpRequest], func.HttpResponse]) -> Callable[[], None]:
+            def call() -> None:
+                response = fn(request())
+                if response.status_code != 200:  # e.g. throttled: would time the wrong thing
+                    raise SystemExit(f"{name} answered {response.status_code} in process: {response.get_body()[:200]!r}")
+
+            return call
+
         req = request()
         return [
-            ("bare function", time_calls(lambda: bench_app.bench_bare(request()), calls)),
-            ("wrapped, auth=False", time_calls(lambda: bench_app.bench_wrapped_noauth(request()), calls)),
-            ("wrapped, auth=True", time_calls(lambda: bench_app.bench_wrapped(request()), calls)),
+            ("bare function", time_calls(ok("bare", bench_app.bench_bare), calls)),
+            ("wrapped, auth=False", time_calls(ok("wrapped-noauth", bench_app.bench_wrapped_noauth), calls)),
+            ("wrapped, auth=True", time_calls(ok("wrapped", bench_app.bench_wrapped), calls)),
             ("verify_access_token alone (ES256)", time_calls(lambda: verify_access_token(token), calls)),
             ("authenticate alone (ES256 + DB read)", time_calls(lambda: authenticate(req), calls)),
         ]
@@ -145,10 +146,10 @@ def in_process(calls: int, token: str) -> list[tuple[str, float]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    setup_env()
+    # The wrapper's per-IP limiter still counts every request, but never refuses one here.
+    setup_env({"API_RATE_PER_MINUTE": "100000"})
     migrate()
-    tenant_id, user_id = bench_caller()
-    token = issue_token(tenant_id, user_id)  # before the devhost starts: creates the test key once if missing
+    token = bench_token()  # before the devhost starts: creates the test signing key once if missing
     print(f"## HTTP wrapper overhead ({machine()})\n", flush=True)
 
     results = over_http(args, token)

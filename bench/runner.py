@@ -23,44 +23,21 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The same settings tests/conftest.py puts in TEST_SETTINGS (tests/test_bench.py checks they
-# stay equal). Copied rather than imported: importing tests.conftest pulls in pytest.
-BENCH_SETTINGS: dict[str, str] = {
-    "CUSTOS_ENV": "test",
-    "APP_VERSION": "0.1.0-test",
-    "HEARTBEAT_SCHEDULE": "0 0 0 1 1 *",
-    "AUDIT_CHECKPOINT_SCHEDULE": "0 0 0 1 1 *",
-    "AUDIT_VERIFY_SCHEDULE": "0 0 0 1 1 *",
-    "CORS_ALLOWED_ORIGINS": "https://app.example.test,http://localhost:3000",
-    "MAX_BODY_BYTES": "65536",
-    "JWT_ISSUER": "https://custos.test",
-    "JWT_AUDIENCE": "custos-api-test",
-    "DB_POOL_MIN": "0",
-    "DB_POOL_MAX": "4",
-}
-
 
 def setup_env(overrides: dict[str, str] | None = None) -> None:
     """Put the test profile's settings into os.environ, before any setting is read.
 
-    Service settings (DATABASE_URL, ...) come from the environment (`. .local/test/services.sh`)
-    or else from `.local/test/services.env`, which `make services PROFILE=test` writes.
+    Imports tests/conftest.py, which does exactly what the test session does: takes the
+    service settings (DATABASE_URL, ...) from the environment (`. .local/test/services.sh`)
+    or else starts the test profile's services and reads `.local/test/services.env`, then
+    sets every TEST_SETTINGS value not already set. Importing it keeps the benchmarks in
+    step with the tests' settings (a copy here went stale once already).
     `overrides` replace whatever is set (a benchmark that needs a bigger pool says so).
     """
-    if not (os.environ.get("DATABASE_URL") and os.environ.get("STORAGE_CONNECTION_STRING")):
-        env_file = ROOT / ".local" / "test" / "services.env"
-        if not env_file.is_file():
-            raise SystemExit(
-                "no DATABASE_URL: run `make services PROFILE=test`, then `. .local/test/services.sh`"
-            )
-        for line in env_file.read_text().splitlines():
-            if "=" in line and not line.startswith("#"):
-                key, _, value = line.partition("=")
-                os.environ.setdefault(key.strip(), value.strip())
-    for key, value in BENCH_SETTINGS.items():
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("CUSTOS_LOCAL_DIR", str(ROOT / ".local" / "test"))
-    os.environ.setdefault("AzureWebJobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import tests.conftest  # noqa: F401  (sets os.environ)
+
     for key, value in (overrides or {}).items():
         os.environ[key] = value
 

@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from shared import checkpoints, health
+from shared import checkpoints, health, mail
 
 bp = func.Blueprint()
 log = logging.getLogger("custos.timers")
@@ -35,3 +35,16 @@ def audit_verify_all(timer: func.TimerRequest) -> None:
     results = checkpoints.verify_all()
     bad = [tenant for tenant, result in results if not result.valid]
     health.record_heartbeat("audit_verify", ok=not bad, detail=f"{len(results)} chains, {len(bad)} invalid")
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%MAIL_DELIVERY_SCHEDULE%", run_on_startup=False)
+def deliver_mail(timer: func.TimerRequest) -> None:
+    """Send due outbox mail over SMTP; without SMTP_HOST it waits in the outbox (shared.cli outbox)."""
+    report = mail.deliver_pending()
+    if report.sent or report.failed or report.skipped:
+        log.info("mail delivery: sent=%d failed=%d skipped=%d", report.sent, report.failed, report.skipped)
+    detail = f"{report.sent} sent, {report.failed} failed, {report.skipped} skipped"
+    health.record_heartbeat(
+        "deliver_mail", ok=report.error is None and report.failed == 0,
+        detail=f"{detail}: {report.error}" if report.error else detail,
+    )

@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from shared import audit, db, health, storage
-from shared.errors import AppError, Conflict
+from shared import audit, db, health, mail, storage
+from shared.errors import AppError, Conflict, NotFound
 from shared.migrate import MigrationError, migrate
 from shared.settings import SettingsError, get_settings, load_local_settings
 from shared.tenants import create_tenant, create_tenant_with_admin
@@ -91,11 +91,30 @@ def cmd_check(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_outbox(args: argparse.Namespace) -> dict[str, Any]:
+    """Print pending outbox mail as JSON with bodies: how to read invitation/reset mail without SMTP.
+
+    With no SMTP_HOST (local development) mail is never sent and waits in the outbox; this
+    shows it, bodies included. --all adds sent mail, whose bodies have been blanked.
+    """
+    tenant_ids = None
+    if args.tenant:
+        with db.platform_tx() as conn:
+            row = conn.cursor(row_factory=dict_row).execute(
+                "select id::text as id from tenants where slug = %s or id::text = %s", (args.tenant, args.tenant)
+            ).fetchone()
+        if row is None:
+            raise NotFound(f"no tenant {args.tenant!r}")
+        tenant_ids = [row["id"]]
+    return {"mail": mail.list_outbox(tenant_ids, include_sent=args.all)}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-tenant": cmd_create_tenant,
     "check": cmd_check,
     "create-operator": cmd_create_operator,
+    "outbox": cmd_outbox,
 }
 
 
@@ -113,6 +132,10 @@ def parser() -> argparse.ArgumentParser:
     co.add_argument("--email", required=True)
     co.add_argument("--name", default="")
     sub.add_parser("check", help=cmd_check.__doc__)
+    ob = sub.add_parser("outbox", help=(cmd_outbox.__doc__ or "").split("\n\n")[0],
+                        description=cmd_outbox.__doc__)
+    ob.add_argument("--tenant", metavar="SLUG_OR_ID", help="only this tenant (default: every tenant)")
+    ob.add_argument("--all", action="store_true", help="sent mail too, not only pending")
     return p
 
 

@@ -93,13 +93,18 @@ def _tenant_user(claims: AccessClaims) -> Principal:
                       array(select permission from user_permission_overrides o
                              where o.user_id = u.id and o.effect = 'grant') as grants,
                       array(select permission from user_permission_overrides o
-                             where o.user_id = u.id and o.effect = 'deny') as denies
+                             where o.user_id = u.id and o.effect = 'deny') as denies,
+                      exists(select 1 from sessions s
+                              where s.id = %s and s.user_id = u.id and s.revoked_at is null
+                                and s.expires_at > now()) as session_live
                  from users u join tenants t on t.id = u.tenant_id
                 where u.id = %s""",
-            (user_id,),
+            (_uuid(claims.session_id), user_id),
         ).fetchone()
     if row is None or row["status"] != "active" or row["tenant_status"] == "PURGED":
         raise Unauthenticated("the account is not active")
+    if not row["session_live"]:
+        raise Unauthenticated("the session has ended")
     return Principal(
         user_id=user_id,
         tenant_id=tenant_id,

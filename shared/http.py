@@ -41,6 +41,7 @@ from shared.errors import (
     ValidationFailed,
 )
 from shared.guards import Principal, authenticate, require_operator, require_permission, require_tenant_user
+from shared.ratelimit import api_limiter
 from shared.settings import get_settings
 
 access_log = logging.getLogger("custos.access")
@@ -207,6 +208,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         if spec.preflight:
             response = _preflight(req, origin, settings.cors_max_age_s)
         else:
+            api_limiter().take(ctx.client_ip or "unknown")
             _check_size(req, settings.max_body_bytes)
             if spec.auth:
                 ctx.principal = authenticate(req)

@@ -103,6 +103,44 @@ class Settings(BaseSettings):
     )
     audit_verify_schedule: str = Field(..., description="When every audit chain is verified.")
 
+    # --- passwords (docs/security.md) -------------------------------------------------------
+    password_hash_concurrency: int = Field(
+        2, ge=1, le=32, description="Argon2id hashes run at once per worker (64 MiB each)."
+    )
+    hibp_api_url: str = Field(
+        "", description="Have I Been Pwned range API base URL; empty uses the shipped offline list only."
+    )
+    hibp_timeout_s: float = Field(2.0, gt=0, le=30, description="Timeout of one range API call.")
+    hibp_fail_open: bool = Field(
+        True, description="If the range API fails: true accepts (offline list still applies), false refuses."
+    )
+
+    # --- sign-in ---------------------------------------------------------------------------
+    refresh_ttl_days: int = Field(7, ge=1, le=90, description="Refresh token lifetime.")
+    refresh_remember_ttl_days: int = Field(30, ge=1, le=365, description="Refresh lifetime with remember_me.")
+    refresh_grace_s: int = Field(
+        5, ge=0, le=60, description="Window in which a just-rotated refresh token may be reused (racing tabs)."
+    )
+    login_threshold_email_ip: int = Field(5, ge=1, le=1000, description="Failures per email+IP before delays.")
+    login_threshold_ip: int = Field(30, ge=1, le=10000, description="Failures per IP before delays.")
+    login_threshold_email: int = Field(50, ge=1, le=10000, description="Failures per email (any IP) before delays.")
+    login_window_s: int = Field(900, ge=60, le=86400, description="Failures older than this are forgotten.")
+    login_delay_base_s: int = Field(2, ge=1, le=60, description="First delay once a threshold is crossed; doubles.")
+    login_delay_max_s: int = Field(900, ge=1, le=86400, description="Longest delay: throttles expire by themselves.")
+    api_rate_per_minute: int = Field(600, ge=10, le=100000, description="General API requests per IP per minute per worker.")
+
+    # --- mail ------------------------------------------------------------------------------
+    smtp_host: str = Field("", description="SMTP relay host; empty leaves mail in the outbox.")
+    smtp_port: int = Field(587, ge=1, le=65535, description="SMTP port.")
+    smtp_username: str = Field("", description="SMTP user (Key Vault in Azure).")
+    smtp_password: str = Field("", description="SMTP password (Key Vault in Azure).")
+    smtp_starttls: bool = Field(True, description="Require STARTTLS (off only for a local test server).")
+    smtp_from: str = Field("Custos <no-reply@custos.invalid>", description="From address of Custos mail.")
+    mail_delivery_schedule: str = Field(..., description="When the outbox is delivered (NCRONTAB).")
+    public_app_url: str = Field(
+        "http://localhost:3000", description="Client app URL used in mail links (invitation, reset)."
+    )
+
     # --- security.txt (RFC 9116) -----------------------------------------------------------
     security_contact: str = Field(
         "mailto:security@custos.invalid", description="security.txt Contact."
@@ -125,7 +163,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return v
 
-    @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule")
+    @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule", "mail_delivery_schedule")
     @classmethod
     def _ncrontab(cls, v: str) -> str:
         if len(v.split()) != 6:
@@ -150,6 +188,8 @@ class Settings(BaseSettings):
             raise ValueError("jwt_signing_key must be set in production")
         if self.custos_env == "production" and not self.audit_signing_key:
             raise ValueError("audit_signing_key must be set in production")
+        if self.custos_env == "production" and self.smtp_host and not self.smtp_starttls:
+            raise ValueError("smtp_starttls must be on in production")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("db_pool_min must not exceed db_pool_max")
         return self

@@ -7,9 +7,7 @@ audit event with the old and new values in the same transaction.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -21,8 +19,10 @@ import psycopg
 from shared import audit
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.guards import Principal
+from shared.opaque import new_token
 from shared.pagination import decode_cursor, encode_cursor
 from shared.rbac import Role, role_permissions
+from shared.sessions import revoke_all
 
 INVITATION_TTL = timedelta(days=7)
 EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
@@ -45,10 +45,6 @@ def check_time_zone(zone: str) -> str:
             "unknown time zone", errors=[{"location": ["body", "time_zone"], "message": "not an IANA time zone"}]
         ) from None
     return zone
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _user_json(row: dict[str, Any], designations: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -87,6 +83,12 @@ def list_users(
     cursor = decode_cursor(after, 2)
     clauses, params = ["true"], []
     if cursor:
+        try:
+            uuid.UUID(cursor[1])
+        except ValueError:
+            raise ValidationFailed(
+                "the cursor is not valid", errors=[{"location": ["query", "after"], "message": "not a cursor from this API"}]
+            ) from None
         clauses.append("(email, id) > (%s, %s::uuid)")
         params += cursor
     if status:
@@ -177,11 +179,11 @@ def invite(
     except psycopg.errors.UniqueViolation:
         raise Conflict("a user with that email already exists in this tenant") from None
     assert row is not None
-    token = secrets.token_urlsafe(32)
+    token, hashed = new_token("inv", tenant_id)
     inv = conn.execute(
         """insert into invitations (tenant_id, user_id, token_hash, expires_at, created_by)
            values (%s, %s, %s, now() + %s, %s) returning id, expires_at""",
-        (tenant_id, row["id"], token_hash(token), INVITATION_TTL, actor.user_id if actor else None),
+        (tenant_id, row["id"], hashed, INVITATION_TTL, actor.user_id if actor else None),
     ).fetchone()
     assert inv is not None
     conn.execute(
@@ -274,6 +276,7 @@ def deactivate_user(
         "update invitations set revoked_at = now() where user_id = %s and used_at is null and revoked_at is null",
         (str(user_id),),
     )
+    revoke_all(conn, user_id=str(user_id), reason="user deactivated")
     audit.append(
         conn, tenant_id=actor.tenant_id, actor=audit_actor, action="user.deactivated", target_type="user",
         target_id=str(user_id), before={"status": target["status"]}, after={"status": "deactivated"},

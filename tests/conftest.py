@@ -28,6 +28,10 @@ TEST_SETTINGS = {
     "HEARTBEAT_SCHEDULE": "0 0 0 1 1 *",
     "AUDIT_CHECKPOINT_SCHEDULE": "0 0 0 1 1 *",
     "AUDIT_VERIFY_SCHEDULE": "0 0 0 1 1 *",
+    "MAIL_DELIVERY_SCHEDULE": "0 0 0 1 1 *",
+    "SMTP_STARTTLS": "false",
+    "API_RATE_PER_MINUTE": "100000",
+    "SMTP_HOST": "",
     "CORS_ALLOWED_ORIGINS": f"{TEST_ORIGIN},http://localhost:3000",
     "MAX_BODY_BYTES": "65536",
     "JWT_ISSUER": "https://custos.test",
@@ -54,7 +58,7 @@ def _load_services_env() -> None:
 
 _load_services_env()
 for _k, _v in TEST_SETTINGS.items():
-    os.environ.setdefault(_k, _v)
+    os.environ[_k] = _v  # the tests' own values win over a developer's shell
 os.environ.setdefault("CUSTOS_LOCAL_DIR", str(ROOT / ".local" / "test"))
 os.environ.setdefault("AzureWebJobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
 
@@ -171,6 +175,16 @@ def create_user(tenant_id: str, role: str = "ADMIN", *, name: str | None = None,
         ).fetchone()
 
 
+def create_session_row(tenant_id: str, user_id: str) -> str:
+    """A live session for a user (what a login creates); returns its id."""
+    from shared.sessions import create_session
+
+    with db.tenant_tx(tenant_id) as conn:
+        user = conn.execute("select id::text as id, role, display_name from users where id = %s", (user_id,)).fetchone()
+        return create_session(conn, tenant_id=tenant_id, user=user, remember_me=False, ip="127.0.0.1",
+                              user_agent="pytest").session_id
+
+
 def create_operator(name: str = "Olive Operator") -> dict:
     import psycopg
     from psycopg.rows import dict_row
@@ -204,6 +218,7 @@ def make_person() -> PersonFactory:
             role = "PLATFORM_OPERATOR"
         else:
             row = create_user(tenant_id, role, name=name)
+            kw.setdefault("session_id", create_session_row(tenant_id, row["id"]))
         return Person(row["id"], tenant_id, role, row["email"], token_for(row["id"], tenant_id, role, name=name, **kw))
 
     return make

@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TEST_SETTINGS
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize(
@@ -30,12 +31,6 @@ def test_benchmark_runs_and_prints_its_table(name: str, args: list[str], header:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert header in out.stdout, out.stdout
-
-
-def test_bench_settings_match_the_test_settings() -> None:
-    from bench.runner import BENCH_SETTINGS
-
-    assert BENCH_SETTINGS == TEST_SETTINGS
 
 
 def test_percentile_and_table() -> None:

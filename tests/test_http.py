@@ -16,7 +16,7 @@ from shared.http import SECURITY_HEADERS, endpoint_spec
 from shared.settings import get_settings
 from shared.tenants import Tenant
 from shared.tokens import keyring
-from tests.conftest import TEST_ORIGIN, TokenFactory, auth, create_user
+from tests.conftest import TEST_ORIGIN, TokenFactory, auth, create_session_row, create_user
 
 SETTING_URL = "/api/tenant/settings/sessions.max_idle_minutes"
 
@@ -163,8 +163,9 @@ def _claims(tenant_id: str, **over: object) -> dict:
     """Claims of a real, active ADMIN of the tenant: only the attack under test is wrong."""
     s = get_settings()
     now = int(time.time())
+    user_id = create_user(tenant_id, "ADMIN")["id"]
     claims = {
-        "sub": create_user(tenant_id, "ADMIN")["id"], "tid": tenant_id, "sid": str(uuid.uuid4()), "role": "ADMIN",
+        "sub": user_id, "tid": tenant_id, "sid": create_session_row(tenant_id, user_id), "role": "ADMIN",
         "iat": now, "nbf": now, "exp": now + 600, "iss": s.jwt_issuer, "aud": s.jwt_audience,
         "jti": str(uuid.uuid4()),
     }
@@ -308,3 +309,18 @@ def test_access_log_line(host, client: httpx.Client, tenant: Tenant, make_token:
     assert entry["path"] == "/api/tenant"
     assert entry["ip"] == "127.0.0.1"  # the right-most entry: the one the front end appended
     assert "secret" not in line
+
+
+def test_general_api_rate_limit_per_ip() -> None:
+    from tests.conftest import Host
+
+    h = Host(env={"API_RATE_PER_MINUTE": "10"})
+    try:
+        with httpx.Client(base_url=h.url, timeout=30) as c:
+            statuses = [c.get("/api/health").status_code for _ in range(12)]
+            limited = c.get("/api/health")
+        assert statuses[:10] == [200] * 10 and statuses[10:] == [429, 429]
+        assert_problem(limited, 429, "rate-limited")
+        assert int(limited.headers["retry-after"]) >= 1
+    finally:
+        h.stop()

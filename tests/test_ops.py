@@ -116,6 +116,7 @@ def test_health_is_503_while_database_is_down() -> None:
                 assert resp.json()["components"] == {"database": "unavailable", "storage": "ok"}
             finally:
                 _devservices("pg-start")
+                db.close_pool()  # this test process's pool: start afresh rather than wait out its reconnect backoff
             deadline = time.monotonic() + 30
             while c.get("/api/health").status_code != 200:
                 assert time.monotonic() < deadline, "health did not recover after the database came back"

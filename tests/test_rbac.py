@@ -304,6 +304,7 @@ def test_support_token_for_another_tenant_is_refused(client: httpx.Client, tenan
     grant_id = client.get("/api/support-access", headers=auth(admin.token)).json()["grants"][0]["id"]
     other = make_person(None)
     forged = token_for(other.id, tenant.id, "SUPPORT", session_id=grant_id)  # someone else's grant
+    assert client.get("/api/users", headers=auth(token_for(op.id, tenant.id, "SUPPORT", session_id=grant_id))).status_code == 200
     assert client.get("/api/users", headers=auth(forged)).status_code == 401
 
 

@@ -1,0 +1,111 @@
+"""Sign-in: login, refresh, logout, invitations, password reset and change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import azure.functions as func
+from pydantic import Field
+
+from shared import audit, auth
+from shared.http import Reply, RequestContext, endpoint
+from shared.models import Strict
+from shared.sessions import refresh
+
+bp = func.Blueprint()
+Password = Field(min_length=1, max_length=1024, description="Checked against the policy where it is set")
+
+
+class Login(Strict):
+    tenant: str = Field(min_length=1, max_length=63, description="Tenant slug")
+    email: str = Field(min_length=1, max_length=254)
+    password: str = Password
+    remember_me: bool = False
+
+
+class RefreshBody(Strict):
+    refresh_token: str = Field(min_length=1, max_length=200)
+
+
+class AcceptInvitation(Strict):
+    token: str = Field(min_length=1, max_length=200)
+    display_name: str = Field(min_length=1, max_length=200)
+    password: str = Password
+
+
+class ResetRequest(Strict):
+    tenant: str = Field(min_length=1, max_length=63)
+    email: str = Field(min_length=1, max_length=254)
+
+
+class ResetConfirm(Strict):
+    token: str = Field(min_length=1, max_length=200)
+    new_password: str = Password
+
+
+class PasswordChange(Strict):
+    current_password: str = Password
+    new_password: str = Password
+
+
+def _meta(ctx: RequestContext) -> audit.RequestMeta:
+    return audit.context_actor(ctx)[1]
+
+
+@bp.route(route="api/auth/login", methods=["POST"])
+@endpoint(auth=False, body=Login, tags=("auth",))
+def auth_login(ctx: RequestContext) -> dict[str, Any]:
+    """Sign in with tenant, email and password: an access token and a refresh token."""
+    b: Login = ctx.body
+    return auth.login(tenant_slug=b.tenant, email=b.email, password=b.password, remember_me=b.remember_me,
+                      meta=_meta(ctx)).as_dict()
+
+
+@bp.route(route="api/auth/refresh", methods=["POST"])
+@endpoint(auth=False, body=RefreshBody, tags=("auth",))
+def auth_refresh(ctx: RequestContext) -> dict[str, Any]:
+    """Rotate a refresh token: the old one dies, a new pair is issued."""
+    return refresh(ctx.body.refresh_token, meta=_meta(ctx)).as_dict()
+
+
+@bp.route(route="api/auth/logout", methods=["POST"])
+@endpoint(tags=("auth",))
+def auth_logout(ctx: RequestContext) -> None:
+    """End the caller's session."""
+    assert ctx.principal is not None
+    auth.logout(principal=ctx.principal, meta=_meta(ctx))
+
+
+@bp.route(route="api/auth/invitations/accept", methods=["POST"])
+@endpoint(auth=False, body=AcceptInvitation, tags=("auth",))
+def auth_accept_invitation(ctx: RequestContext) -> dict[str, Any]:
+    """Accept an invitation: set name and password, and sign in."""
+    b: AcceptInvitation = ctx.body
+    return auth.accept_invitation(token=b.token, display_name=b.display_name, password=b.password,
+                                  meta=_meta(ctx)).as_dict()
+
+
+@bp.route(route="api/auth/password/reset/request", methods=["POST"])
+@endpoint(auth=False, body=ResetRequest, tags=("auth",))
+def auth_reset_request(ctx: RequestContext) -> Reply:
+    """Mail a reset code if the account exists (the answer is the same either way)."""
+    b: ResetRequest = ctx.body
+    auth.request_reset(tenant_slug=b.tenant, email=b.email, meta=_meta(ctx))
+    return Reply(body={"status": "If the account exists, a reset code is on its way."}, status=202)
+
+
+@bp.route(route="api/auth/password/reset/confirm", methods=["POST"])
+@endpoint(auth=False, body=ResetConfirm, tags=("auth",))
+def auth_reset_confirm(ctx: RequestContext) -> None:
+    """Set a new password with a reset code; every session of the account ends."""
+    auth.confirm_reset(token=ctx.body.token, new_password=ctx.body.new_password, meta=_meta(ctx))
+
+
+@bp.route(route="api/auth/password/change", methods=["POST"])
+@endpoint(body=PasswordChange, tags=("auth",))
+def auth_password_change(ctx: RequestContext) -> dict[str, Any]:
+    """Change one's password (the current one is required); other sessions end."""
+    assert ctx.principal is not None
+    ended = auth.change_password(principal=ctx.principal, current=ctx.body.current_password,
+                                 new=ctx.body.new_password, meta=_meta(ctx))
+    return {"other_sessions_ended": ended}

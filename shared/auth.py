@@ -1,0 +1,254 @@
+"""Sign-in: login, invitations, password reset and change, logout.
+
+Unknown tenant, unknown user, deactivated user and wrong password all get the same answer
+after the same Argon2 work (a dummy verify stands in when there is no hash to check).
+Throttling runs first: a throttled request does no Argon2 work at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from shared import audit, db, mail, passwords, ratelimit
+from shared.errors import AppError, Unauthenticated, ValidationFailed
+from shared.guards import Principal
+from shared.opaque import new_token, parse_token
+from shared.sessions import IssuedTokens, create_session, revoke_all
+from shared.settings import get_settings
+from shared.users import normalize_email
+
+RESET_TTL = timedelta(minutes=30)
+log = logging.getLogger("custos.auth")
+
+
+class InvalidCredentials(Unauthenticated):
+    code, title = "invalid-credentials", "Invalid credentials"
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class InvalidToken(AppError):
+    status, code, title = 400, "invalid-token", "The link or code is invalid or has expired"
+
+
+def _actor(user: dict[str, Any] | None, email: str) -> audit.Actor:
+    if user is None:
+        return audit.Actor(id=None, name=email, type="user")
+    return audit.Actor(id=str(user["id"]), name=user["display_name"] or user["email"], type="user")
+
+
+def _record_crossings(crossings: list[Any], tenant_id: str | None, family: str, email: str, meta: audit.RequestMeta) -> None:
+    if not crossings:
+        return
+    chain = tenant_id or audit.PLATFORM_CHAIN
+    with db.tenant_tx(chain) as conn:
+        for c in crossings:
+            audit.append(conn, tenant_id=chain, actor=audit.Actor(id=None, name="throttle", type="system"),
+                         action="security.throttled", target_type="login", target_id=email,
+                         after={"family": family, "key": c.kind, "failures": c.failures, "delay_s": c.delay_s},
+                         meta=meta)
+
+
+def _find_user(tenant_slug: str, email: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    with db.platform_tx() as conn:
+        tenant = conn.execute("select id::text as id, status from tenants where slug = %s", (tenant_slug,)).fetchone()
+    if tenant is None or tenant["status"] == "PURGED":
+        return None, None
+    with db.tenant_tx(tenant["id"]) as conn:
+        user = conn.execute(
+            "select id::text as id, email, display_name, role, status, password_hash from users where email = %s",
+            (email,),
+        ).fetchone()
+    return tenant, user
+
+
+def login(*, tenant_slug: str, email: str, password: str, remember_me: bool, meta: audit.RequestMeta) -> IssuedTokens:
+    """Check a password and open a session.
+
+    Raises:
+        TooManyRequests: throttled (before any hashing).
+        InvalidCredentials: anything else that is not a success, always alike.
+    """
+    try:
+        email = normalize_email(email)
+    except ValidationFailed:
+        email = email.strip().lower()[:254]
+    slug = tenant_slug.strip().lower()[:63]
+    keys = ratelimit.login_keys(email=email, ip=meta.ip or "unknown", tenant=slug)
+    ratelimit.throttle().check("login", keys)
+    tenant, user = _find_user(slug, email)
+    if user is None or user["password_hash"] is None:
+        passwords.dummy_verify(password)
+        check = passwords.PasswordCheck(ok=False, needs_rehash=False)
+        reason = "unknown_tenant" if tenant is None else "unknown_user"
+    else:
+        check = passwords.verify_password(user["password_hash"], password)
+        reason = "bad_password" if not check.ok else ("inactive_user" if user["status"] != "active" else "")
+    if reason:
+        crossings = ratelimit.throttle().record_failure("login", keys)
+        chain = tenant["id"] if tenant else audit.PLATFORM_CHAIN
+        with db.tenant_tx(chain) as conn:
+            audit.append(conn, tenant_id=chain, actor=_actor(user, email), action="auth.login_failed",
+                         target_type="user", target_id=user["id"] if user else None,
+                         after={"reason": reason, "email": email, "tenant": slug}, meta=meta)
+        _record_crossings(crossings, tenant["id"] if tenant else None, "login", email, meta)
+        raise InvalidCredentials("the tenant, email or password is wrong")
+    assert tenant is not None and user is not None
+    ratelimit.throttle().record_success("login", keys)
+    with db.tenant_tx(tenant["id"]) as conn:
+        if check.needs_rehash:
+            conn.execute("update users set password_hash = %s where id = %s",
+                         (passwords.hash_password(password), user["id"]))
+        tokens = create_session(conn, tenant_id=tenant["id"], user=user, remember_me=remember_me,
+                                ip=meta.ip, user_agent=meta.user_agent)
+        audit.append(conn, tenant_id=tenant["id"], actor=_actor(user, email), action="auth.login_succeeded",
+                     target_type="session", target_id=tokens.session_id,
+                     after={"remember_me": remember_me, "rehashed": check.needs_rehash},
+                     meta=audit.RequestMeta(meta.ip, meta.user_agent, tokens.session_id, meta.request_id))
+    return tokens
+
+
+def _set_password(conn: psycopg.Connection, user_id: str, password: str) -> None:
+    conn.execute("update users set password_hash = %s, password_changed_at = now(), updated_at = now() where id = %s",
+                 (passwords.hash_password(password), user_id))
+
+
+def accept_invitation(*, token: str, display_name: str, password: str, meta: audit.RequestMeta) -> IssuedTokens:
+    """Activate an invited user with their password and open their first session.
+
+    Raises:
+        TooManyRequests, InvalidToken (unknown, used, revoked or expired), ValidationFailed (password policy).
+    """
+    keys = [ratelimit.Key("ip", meta.ip or "unknown")]
+    ratelimit.throttle().check("invitation", keys)
+    parsed = parse_token(token, "inv")
+    if parsed is None:
+        ratelimit.throttle().record_failure("invitation", keys)
+        raise InvalidToken()
+    passwords.check_policy(password)
+    with db.tenant_tx(parsed.tenant_id) as conn:
+        row = conn.execute(
+            """select i.id, i.user_id::text as user_id, u.email, u.role, u.status
+                 from invitations i join users u on u.tenant_id = i.tenant_id and u.id = i.user_id
+                where i.token_hash = %s and i.used_at is null and i.revoked_at is null and i.expires_at > now()
+                for update of i""",
+            (parsed.hash,),
+        ).fetchone()
+        if row is None or row["status"] != "invited":
+            ratelimit.throttle().record_failure("invitation", keys)
+            raise InvalidToken()
+        conn.execute("update invitations set used_at = now() where id = %s", (row["id"],))
+        _set_password(conn, row["user_id"], password)
+        conn.execute("update users set status = 'active', display_name = %s where id = %s",
+                     (display_name.strip(), row["user_id"]))
+        user = {"id": row["user_id"], "email": row["email"], "role": row["role"], "display_name": display_name.strip()}
+        tokens = create_session(conn, tenant_id=parsed.tenant_id, user=user, remember_me=False,
+                                ip=meta.ip, user_agent=meta.user_agent)
+        audit.append(conn, tenant_id=parsed.tenant_id, actor=_actor(user, row["email"]),
+                     action="auth.invitation_accepted", target_type="user", target_id=row["user_id"],
+                     before={"status": "invited"}, after={"status": "active", "display_name": user["display_name"]},
+                     meta=meta)
+    return tokens
+
+
+def request_reset(*, tenant_slug: str, email: str, meta: audit.RequestMeta) -> None:
+    """Send a reset link if the account exists; the caller answers alike either way."""
+    email = email.strip().lower()[:254]
+    slug = tenant_slug.strip().lower()[:63]
+    keys = ratelimit.login_keys(email=email, ip=meta.ip or "unknown", tenant=slug)
+    ratelimit.throttle().check("reset", keys)
+    ratelimit.throttle().record_failure("reset", keys)  # every request counts: resets are rare for real users
+    tenant, user = _find_user(slug, email)
+    if tenant is None or user is None or user["status"] != "active":
+        return
+    token, hashed = new_token("pwr", tenant["id"])
+    with db.tenant_tx(tenant["id"]) as conn:
+        row = conn.execute(
+            "insert into password_resets (tenant_id, user_id, token_hash, expires_at) values (%s, %s, %s, now() + %s) returning expires_at",
+            (tenant["id"], user["id"], hashed, RESET_TTL),
+        ).fetchone()
+        assert row is not None
+        mail.enqueue(conn, tenant_id=tenant["id"], to=user["email"], subject="Reset your Custos password", kind="password_reset",
+                     body=(f"Someone asked to reset your Custos password.\n\nReset code: {token}\n"
+                           f"Open {get_settings().public_app_url}/reset and enter it before {row['expires_at'].isoformat()}.\n"
+                           "If it was not you, ignore this mail: your password is unchanged.\n"))
+        audit.append(conn, tenant_id=tenant["id"], actor=_actor(user, email), action="auth.password_reset_requested",
+                     target_type="user", target_id=user["id"], meta=meta)
+
+
+def confirm_reset(*, token: str, new_password: str, meta: audit.RequestMeta) -> None:
+    """Set a new password with a reset token; every session of the user ends.
+
+    Raises:
+        TooManyRequests, InvalidToken, ValidationFailed (password policy).
+    """
+    keys = [ratelimit.Key("ip", meta.ip or "unknown")]
+    ratelimit.throttle().check("reset", keys)
+    parsed = parse_token(token, "pwr")
+    if parsed is None:
+        ratelimit.throttle().record_failure("reset", keys)
+        raise InvalidToken()
+    passwords.check_policy(new_password, field="new_password")
+    with db.tenant_tx(parsed.tenant_id) as conn:
+        row = conn.execute(
+            """select r.id, r.user_id::text as user_id, u.email, u.display_name from password_resets r
+                 join users u on u.tenant_id = r.tenant_id and u.id = r.user_id
+                where r.token_hash = %s and r.used_at is null and r.expires_at > now() and u.status = 'active'
+                for update of r""",
+            (parsed.hash,),
+        ).fetchone()
+        if row is None:
+            ratelimit.throttle().record_failure("reset", keys)
+            raise InvalidToken()
+        conn.execute("update password_resets set used_at = now() where user_id = %s and used_at is null", (row["user_id"],))
+        _set_password(conn, row["user_id"], new_password)
+        ended = revoke_all(conn, user_id=row["user_id"], reason="password reset")
+        audit.append(conn, tenant_id=parsed.tenant_id, actor=_actor({"id": row["user_id"], **row}, row["email"]),
+                     action="auth.password_reset", target_type="user", target_id=row["user_id"],
+                     after={"sessions_ended": ended}, meta=meta)
+
+
+def change_password(*, principal: Principal, current: str, new: str, meta: audit.RequestMeta) -> int:
+    """Change one's own password; other sessions end. Returns how many ended.
+
+    Raises:
+        TooManyRequests, InvalidCredentials (wrong current password), ValidationFailed.
+    """
+    tenant_id = principal.tenant_id
+    assert tenant_id is not None
+    with db.tenant_tx(tenant_id) as conn:
+        user = conn.execute("select email, password_hash from users where id = %s", (principal.user_id,)).fetchone()
+    assert user is not None
+    keys = ratelimit.login_keys(email=user["email"], ip=meta.ip or "unknown", tenant=tenant_id)
+    ratelimit.throttle().check("login", keys)
+    if not passwords.verify_password(user["password_hash"], current).ok:
+        ratelimit.throttle().record_failure("login", keys)
+        with db.tenant_tx(tenant_id) as conn:
+            audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(principal.user_id, principal.name or "", "user"),
+                         action="auth.password_change_failed", target_type="user", target_id=principal.user_id,
+                         after={"reason": "bad_password"}, meta=meta)
+        raise InvalidCredentials("the current password is wrong")
+    passwords.check_policy(new, field="new_password")
+    with db.tenant_tx(tenant_id) as conn:
+        _set_password(conn, principal.user_id, new)
+        ended = revoke_all(conn, user_id=principal.user_id, reason="password changed", except_session=principal.session_id)
+        audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(principal.user_id, principal.name or "", "user"),
+                     action="auth.password_changed", target_type="user", target_id=principal.user_id,
+                     after={"other_sessions_ended": ended}, meta=meta)
+    return ended
+
+
+def logout(*, principal: Principal, meta: audit.RequestMeta) -> None:
+    """End the caller's own session."""
+    tenant_id = principal.tenant_id
+    assert tenant_id is not None
+    with db.tenant_tx(tenant_id) as conn:
+        conn.execute("update sessions set revoked_at = now(), revoked_reason = 'logout' where id = %s and revoked_at is null",
+                     (principal.session_id,))
+        audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(principal.user_id, principal.name or "", "user"),
+                     action="auth.logout", target_type="session", target_id=principal.session_id, meta=meta)

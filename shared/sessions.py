@@ -1,0 +1,184 @@
+"""Sessions: one per sign-in, with a rotating refresh token; visible to the user and to
+admins holding `sessions.manage`, revocable by both.
+
+Refresh tokens rotate on every use. Presenting the token just replaced, within
+REFRESH_GRACE_S of its rotation, is taken for two tabs racing and rotates again (each tab
+ends with a working token; clients sharing storage keep the last one); presenting any other
+token the session once had is reuse: the whole session is revoked and a security event
+recorded (someone holds a copy of a token they should not have). A token the session never
+had (a guess by someone who knows a session id) is refused without touching the session.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from shared import audit, db
+from shared.errors import NotFound, Unauthenticated
+from shared.opaque import new_token, parse_token, same_hash
+from shared.settings import get_settings
+from shared.tokens import issue_access_token
+
+RETIRED_KEPT = 100
+"""How many rotated-away refresh tokens a session remembers as evidence of reuse."""
+
+PUBLIC_COLUMNS = (
+    "id, user_id, created_at, last_seen_at, expires_at, remember_me, ip, device_label, revoked_at, revoked_reason"
+)
+
+_BROWSERS = (("Edg/", "Edge"), ("OPR/", "Opera"), ("Firefox/", "Firefox"), ("Chrome/", "Chrome"), ("Safari/", "Safari"))
+_SYSTEMS = (("Windows", "Windows"), ("iPhone", "iOS"), ("iPad", "iPadOS"), ("Android", "Android"),
+            ("Mac OS X", "macOS"), ("CrOS", "ChromeOS"), ("Linux", "Linux"))
+
+
+def device_label(user_agent: str | None) -> str:
+    """A short human label like "Firefox on Windows" for the session list."""
+    ua = user_agent or ""
+    browser = next((name for marker, name in _BROWSERS if marker in ua), None)
+    system = next((name for marker, name in _SYSTEMS if marker in ua), None)
+    if browser and system:
+        return f"{browser} on {system}"
+    if browser or system:
+        return browser or system or ""
+    cleaned = re.sub(r"[^\w ./()-]", "", ua)[:60].strip()
+    return cleaned or "Unknown device"
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    access_token: str
+    refresh_token: str
+    session_id: str
+    expires_in: int
+    refresh_expires_at: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "access_token": self.access_token,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "refresh_token": self.refresh_token,
+            "refresh_expires_at": self.refresh_expires_at,
+            "session_id": self.session_id,
+        }
+
+
+def _access(user: dict[str, Any], tenant_id: str, session_id: str) -> str:
+    return issue_access_token(
+        subject=str(user["id"]), tenant_id=tenant_id, session_id=session_id, role=user["role"],
+        name=user.get("display_name") or None,
+    )
+
+
+def create_session(
+    conn: psycopg.Connection, *, tenant_id: str, user: dict[str, Any], remember_me: bool,
+    ip: str | None, user_agent: str | None,
+) -> IssuedTokens:
+    """Open a session in the caller's tenant transaction and issue its first tokens."""
+    s = get_settings()
+    session_id = str(uuid.uuid4())
+    refresh, hashed = new_token("rt", tenant_id, session_id)
+    ttl = timedelta(days=s.refresh_remember_ttl_days if remember_me else s.refresh_ttl_days)
+    row = conn.execute(
+        """insert into sessions (tenant_id, id, user_id, expires_at, remember_me, ip, user_agent, device_label, refresh_hash)
+           values (%s, %s, %s, now() + %s, %s, %s, %s, %s, %s) returning expires_at""",
+        (tenant_id, session_id, user["id"], ttl, remember_me, ip, (user_agent or "")[:512] or None,
+         device_label(user_agent), hashed),
+    ).fetchone()
+    assert row is not None
+    return IssuedTokens(_access(user, tenant_id, session_id), refresh, session_id, s.jwt_access_ttl_s, row["expires_at"])
+
+
+def refresh(token: str, *, meta: audit.RequestMeta) -> IssuedTokens:
+    """Rotate a refresh token.
+
+    Raises:
+        Unauthenticated: unknown, expired or revoked session; reuse (which also revokes it).
+    """
+    parsed = parse_token(token, "rt")
+    if parsed is None or parsed.session_id is None:
+        raise Unauthenticated("invalid refresh token")
+    s = get_settings()
+    reused = False
+    with db.tenant_tx(parsed.tenant_id) as conn:
+        row = conn.execute(
+            """select s.*, now() - s.rotated_at <= make_interval(secs => %s) as in_grace, s.expires_at > now() as live,
+                      u.id as uid, u.role, u.display_name, u.status
+                 from sessions s join users u on u.tenant_id = s.tenant_id and u.id = s.user_id
+                where s.id = %s for update of s""",
+            (s.refresh_grace_s, parsed.session_id),
+        ).fetchone()
+        if row is None or row["revoked_at"] is not None or not row["live"] or row["status"] != "active":
+            raise Unauthenticated("the session has ended")
+        current = same_hash(parsed.hash, row["refresh_hash"])
+        racing = not current and bool(row["in_grace"]) and same_hash(parsed.hash, row["previous_refresh_hash"])
+        if current or racing:
+            new, hashed = new_token("rt", parsed.tenant_id, parsed.session_id)
+            # Racing or not, the token being replaced becomes the one a racing tab may still
+            # present for REFRESH_GRACE_S; anything older is reuse.
+            conn.execute(
+                """update sessions set refresh_hash = %s, previous_refresh_hash = refresh_hash, rotated_at = now(),
+                          retired_hashes = (array_prepend(refresh_hash, retired_hashes))[1:%s],
+                          last_seen_at = now(), generation = generation + 1, ip = coalesce(%s, ip)
+                    where id = %s""",
+                (hashed, RETIRED_KEPT, meta.ip, parsed.session_id),
+            )
+            user = {"id": row["uid"], "role": row["role"], "display_name": row["display_name"]}
+            return IssuedTokens(_access(user, parsed.tenant_id, parsed.session_id), new, parsed.session_id,
+                                s.jwt_access_ttl_s, row["expires_at"])
+        if not any(same_hash(parsed.hash, old) for old in row["retired_hashes"]):
+            # Not a token this session ever had: a guess. Refuse it, but do not let a caller
+            # who merely knows a session id end someone else's session.
+            raise Unauthenticated("invalid refresh token")
+        reused = True
+        conn.execute(
+            "update sessions set revoked_at = now(), revoked_reason = 'refresh token reused' where id = %s",
+            (parsed.session_id,),
+        )
+        audit.append(
+            conn, tenant_id=parsed.tenant_id, actor=audit.Actor(id=str(row["uid"]), name=row["display_name"] or "", type="user"),
+            action="security.refresh_token_reused", target_type="session", target_id=parsed.session_id,
+            after={"generation": row["generation"]}, meta=meta,
+        )
+    assert reused
+    raise Unauthenticated("the refresh token was already used: the session is revoked")
+
+
+def list_sessions(conn: psycopg.Connection, user_id: str, *, include_ended: bool = False) -> list[dict[str, Any]]:
+    where = "" if include_ended else " and revoked_at is null and expires_at > now()"
+    rows = conn.execute(
+        f"select {PUBLIC_COLUMNS} from sessions where user_id = %s{where} order by created_at desc", (user_id,)
+    ).fetchall()
+    return [{**r, "id": str(r["id"]), "user_id": str(r["user_id"])} for r in rows]
+
+
+def revoke(
+    conn: psycopg.Connection, *, session_id: uuid.UUID | str, user_id: str, reason: str, by: str | None,
+    actor: audit.Actor, meta: audit.RequestMeta, tenant_id: str,
+) -> None:
+    """Revoke one live session of `user_id`. Raises NotFound if it is not theirs or not live."""
+    row = conn.execute(
+        """update sessions set revoked_at = now(), revoked_reason = %s, revoked_by = %s
+            where id = %s and user_id = %s and revoked_at is null returning id""",
+        (reason, by, str(session_id), user_id),
+    ).fetchone()
+    if row is None:
+        raise NotFound("no such live session")
+    audit.append(conn, tenant_id=tenant_id, actor=actor, action="session.revoked", target_type="session",
+                 target_id=str(session_id), after={"user_id": user_id}, reason=reason, meta=meta)
+
+
+def revoke_all(conn: psycopg.Connection, *, user_id: str, reason: str, except_session: str | None = None) -> int:
+    """Revoke every live session of a user (password change/reset, deactivation)."""
+    rows = conn.execute(
+        """update sessions set revoked_at = now(), revoked_reason = %s
+            where user_id = %s and revoked_at is null and (%s::uuid is null or id <> %s::uuid) returning id""",
+        (reason, user_id, except_session, except_session),
+    ).fetchall()
+    return len(rows)
