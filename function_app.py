@@ -6,8 +6,11 @@ from functions import (
     audit,
     auth,
     designations,
+    mfa,
     platform,
+    records,
     sessions,
+    signatures,
     support,
     system,
     tenants,
@@ -19,7 +22,7 @@ from shared.settings import load_settings
 
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
-    audit.bp, timers.bp,
+    records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp,
 )
 
 

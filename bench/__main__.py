@@ -1,7 +1,8 @@
 """`python -m bench [name ...]`: run the benchmarks in sequence, each in its own process.
 
-Names: http_overhead, audit_append, audit_verify (default: all, in that order). Each runs
-with its default sizes; run `python -m bench.<name> --help` for its options.
+Names: http_overhead, audit_append, audit_verify, login, records (default: all, in that
+order). Each runs with its default sizes; run `python -m bench.<name> --help` for its
+options.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 from bench.runner import ROOT
 
-BENCHMARKS = ("http_overhead", "audit_append", "audit_verify")
+BENCHMARKS = ("http_overhead", "audit_append", "audit_verify", "login", "records")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -149,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The wrapper's per-IP limiter still counts every request, but never refuses one here.
     setup_env({"API_RATE_PER_MINUTE": "100000"})
     migrate()
+    from bench import bench_app  # noqa: F401  (now: the in-process part runs the code the devhost loads)
+
     token = bench_token()  # before the devhost starts: creates the test signing key once if missing
     print(f"## HTTP wrapper overhead ({machine()})\n", flush=True)
 

@@ -1,5 +1,5 @@
 """Shared helpers for the benchmarks: environment, percentiles, tables, an HTTP load driver
-and a devhost subprocess.
+(optionally from a loopback address of its own), a devhost subprocess and its access log.
 
 Nothing here asserts on time: benchmarks print what they measured next to a baseline
 measured in the same run.
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,29 +237,67 @@ def run_closed_loop(
     )
 
 
+def loopback_address() -> str:
+    """A random loopback source address (127.x.y.z, never 127.0.0.1) for one benchmark run.
+
+    Linux routes all of 127/8 to the loopback interface, and devhost reports the TCP peer
+    as the client IP, so the app's per-IP counters (the login throttle in Table Storage, the
+    API limiter) see this run's traffic apart from every other run's and the tests'."""
+    import secrets
+
+    return f"127.{secrets.randbelow(254) + 1}.{secrets.randbelow(256)}.{secrets.randbelow(254) + 1}"
+
+
+def http_client(base_url: str, *, headers: dict[str, str] | None = None, timeout: float = 30.0,
+                local_address: str | None = None) -> Any:
+    """A keep-alive `httpx.Client`, its connections from `local_address` when given."""
+    import httpx
+
+    transport = httpx.HTTPTransport(local_address=local_address) if local_address else None
+    return httpx.Client(base_url=base_url, headers=headers or {}, timeout=timeout, transport=transport)
+
+
 @dataclass
 class HttpLoad:
-    """A closed-loop HTTP load: `threads` clients, each with its own keep-alive connection."""
+    """A closed-loop HTTP load: `threads` clients, each with its own keep-alive connection
+    (from `local_address`, if given)."""
 
     base_url: str
     threads: int = 4
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 30.0
+    local_address: str | None = None
 
-    def run(self, path: str, per_thread: int, *, max_seconds: float = 120.0) -> Measured:
-        """GET `path` `per_thread` times from each thread (or until `max_seconds`); any
-        status other than 200 counts as an error."""
-        import httpx
+    def run(
+        self,
+        path: str | Callable[[], str],
+        per_thread: int,
+        *,
+        max_seconds: float = 120.0,
+        method: str = "GET",
+        json: Any = None,
+        expect: int = 200,
+        on_response: Callable[[Any], None] | None = None,
+    ) -> Measured:
+        """Send `method path` (with the `json` body, if any) `per_thread` times from each
+        thread (or until `max_seconds`); any status other than `expect` counts as an error.
 
-        clients = [httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout) for _ in range(self.threads)]
+        `path` may be a callable returning each request's path, and `on_response(response)`
+        sees every answer with the expected status; both run inside the timed part, so keep
+        them cheap."""
+        clients = [http_client(self.base_url, headers=self.headers, timeout=self.timeout, local_address=self.local_address)
+                   for _ in range(self.threads)]
 
-        def make(client: httpx.Client) -> Any:
-            def get() -> None:
-                response = client.get(path)
-                if response.status_code != 200:
-                    raise RuntimeError(f"GET {path} -> {response.status_code}: {response.text[:200]}")
+        def make(client: Any) -> Callable[[], None]:
+            def send() -> None:
+                target = path() if callable(path) else path
+                response = client.request(method, target, json=json)
+                if response.status_code != expect:
+                    raise RuntimeError(f"{method} {target} -> {response.status_code}: {response.text[:200]}")
+                if on_response is not None:
+                    on_response(response)
 
-            return get
+            return send
 
         try:
             return run_closed_loop([make(c) for c in clients], per_thread, max_seconds=max_seconds)
@@ -338,3 +376,28 @@ def _wait_ready(host: Devhost, ready_path: str | None, timeout: float = 30.0) ->
             pass
         time.sleep(0.1)
     raise RuntimeError(f"devhost did not start in {timeout:.0f} s: {host.log_path.read_text(errors='replace')[-2000:]}")
+
+
+def access_log(host: Devhost, request_ids: Sequence[str] = (), *, wait_s: float = 5.0) -> dict[str, dict[str, Any]]:
+    """The wrapper's JSON access-log lines (`custos.access: {...}`) in the devhost's log,
+    by request id. Waits up to `wait_s` for every one of `request_ids` to be written."""
+    import json
+
+    marker = "custos.access: "
+    deadline = time.monotonic() + wait_s
+    while True:
+        entries: dict[str, dict[str, Any]] = {}
+        with open(host.log_path, encoding="utf-8", errors="replace") as log:
+            for line in log:
+                at = line.find(marker)
+                if at < 0:
+                    continue
+                try:
+                    entry = json.loads(line[at + len(marker):])
+                except ValueError:
+                    continue
+                if isinstance(entry, dict) and "request_id" in entry:
+                    entries[entry["request_id"]] = entry
+        if all(r in entries for r in request_ids) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.1)

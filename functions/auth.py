@@ -69,7 +69,7 @@ def auth_refresh(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/auth/logout", methods=["POST"])
-@endpoint(tags=("auth",))
+@endpoint(mfa_enrolment=True, tags=("auth",))
 def auth_logout(ctx: RequestContext) -> None:
     """End the caller's session."""
     assert ctx.principal is not None

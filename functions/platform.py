@@ -10,9 +10,9 @@ from pydantic import Field
 from shared import audit, db
 from shared.errors import NotFound
 from shared.http import Reply, RequestContext, endpoint
-from shared.models import Reason, Strict
+from shared.models import Reason, ReasonBody, Strict
 from shared.support import issue_support_token
-from shared.tenants import create_tenant_with_admin, get_tenant, list_tenants
+from shared.tenants import cancel_tenant, create_tenant_with_admin, get_tenant, list_tenants
 
 bp = func.Blueprint()
 
@@ -60,3 +60,11 @@ def platform_support_token(ctx: RequestContext) -> dict[str, Any]:
     assert ctx.principal is not None
     _, meta = audit.context_actor(ctx)
     return issue_support_token(ctx.principal, tenant_id, meta)
+
+
+@bp.route(route="api/platform/tenants/{id}/cancel", methods=["POST"])
+@endpoint(operator=True, body=ReasonBody, tags=("platform",))
+def platform_cancel_tenant(ctx: RequestContext) -> dict[str, Any]:
+    """Cancel a tenant: its data turns read-only (reads and exports still work) until the purge."""
+    actor, meta = audit.context_actor(ctx)
+    return cancel_tenant(str(ctx.uuid_param("id")), reason=ctx.body.reason, actor=actor, meta=meta).__dict__

@@ -53,7 +53,7 @@ class OverridesPut(Strict):
 
 
 @bp.route(route="api/me", methods=["GET"])
-@endpoint(tags=("users",))
+@endpoint(mfa_enrolment=True, tags=("users",))
 def me(ctx: RequestContext) -> dict[str, Any]:
     """The caller: user, role, designations and effective permissions."""
     p = ctx.principal

@@ -129,10 +129,10 @@ def canonical_json(value: Any) -> str | None:
     return rfc8785.dumps(json_safe(value)).decode("utf-8")
 
 
-def _string(value: str) -> str:
-    # RFC 8785 strings are ECMAScript JSON.stringify strings, which is what json.dumps
-    # produces with ensure_ascii=False (text from PostgreSQL holds no lone surrogates).
-    return json.dumps(value, ensure_ascii=False)
+# RFC 8785 strings are ECMAScript JSON.stringify strings: what json.dumps produces with
+# ensure_ascii=False (text from PostgreSQL holds no lone surrogates). encode_basestring is
+# that same encoder without building a JSONEncoder per call (verify's hot path).
+_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
 
 
 def canonical_bytes(row: dict[str, Any]) -> bytes:

@@ -13,11 +13,11 @@ from typing import Any
 
 import psycopg
 
-from shared import audit, db, mail, passwords, ratelimit
+from shared import audit, db, mail, mfa, passwords, ratelimit
 from shared.errors import AppError, Unauthenticated, ValidationFailed
 from shared.guards import Principal
 from shared.opaque import new_token, parse_token
-from shared.sessions import IssuedTokens, create_session, revoke_all
+from shared.sessions import create_session, revoke_all
 from shared.settings import get_settings
 from shared.users import normalize_email
 
@@ -67,8 +67,12 @@ def _find_user(tenant_slug: str, email: str) -> tuple[dict[str, Any] | None, dic
     return tenant, user
 
 
-def login(*, tenant_slug: str, email: str, password: str, remember_me: bool, meta: audit.RequestMeta) -> IssuedTokens:
-    """Check a password and open a session.
+def login(
+    *, tenant_slug: str, email: str, password: str, remember_me: bool, meta: audit.RequestMeta
+) -> mfa.SignedIn | mfa.SecondFactorRequired:
+    """Check a password and open a session, or, for a user with a second factor, hand out a
+    sign-in ticket for `mfa.verify_second_factor` instead of tokens. A user who must have a
+    factor and has none gets a session that may only enrol one (`mfa_enrolment_required`).
 
     Raises:
         TooManyRequests: throttled (before any hashing).
@@ -104,13 +108,22 @@ def login(*, tenant_slug: str, email: str, password: str, remember_me: bool, met
         if check.needs_rehash:
             conn.execute("update users set password_hash = %s where id = %s",
                          (passwords.hash_password(password), user["id"]))
+        factors = mfa.factor_state(conn, user_id=user["id"], role=user["role"])
+        if factors.enrolled:
+            challenge = mfa.open_ticket(conn, tenant_id=tenant["id"], user_id=user["id"], state=factors,
+                                        remember_me=remember_me, meta=meta)
+            audit.append(conn, tenant_id=tenant["id"], actor=_actor(user, email), action="auth.mfa_challenged",
+                         target_type="user", target_id=user["id"],
+                         after={"methods": challenge.methods, "rehashed": check.needs_rehash}, meta=meta)
+            return challenge
         tokens = create_session(conn, tenant_id=tenant["id"], user=user, remember_me=remember_me,
                                 ip=meta.ip, user_agent=meta.user_agent)
         audit.append(conn, tenant_id=tenant["id"], actor=_actor(user, email), action="auth.login_succeeded",
                      target_type="session", target_id=tokens.session_id,
-                     after={"remember_me": remember_me, "rehashed": check.needs_rehash},
+                     after={"remember_me": remember_me, "rehashed": check.needs_rehash,
+                            "mfa_enrolment_required": factors.required},
                      meta=audit.RequestMeta(meta.ip, meta.user_agent, tokens.session_id, meta.request_id))
-    return tokens
+    return mfa.SignedIn(tokens, {"mfa_enrolment_required": True} if factors.required else {})
 
 
 def _set_password(conn: psycopg.Connection, user_id: str, password: str) -> None:
@@ -118,7 +131,7 @@ def _set_password(conn: psycopg.Connection, user_id: str, password: str) -> None
                  (passwords.hash_password(password), user_id))
 
 
-def accept_invitation(*, token: str, display_name: str, password: str, meta: audit.RequestMeta) -> IssuedTokens:
+def accept_invitation(*, token: str, display_name: str, password: str, meta: audit.RequestMeta) -> mfa.SignedIn:
     """Activate an invited user with their password and open their first session.
 
     Raises:
@@ -153,7 +166,8 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
                      action="auth.invitation_accepted", target_type="user", target_id=row["user_id"],
                      before={"status": "invited"}, after={"status": "active", "display_name": user["display_name"]},
                      meta=meta)
-    return tokens
+        factors = mfa.factor_state(conn, user_id=row["user_id"], role=row["role"])
+    return mfa.SignedIn(tokens, {"mfa_enrolment_required": True} if factors.required and not factors.enrolled else {})
 
 
 def request_reset(*, tenant_slug: str, email: str, meta: audit.RequestMeta) -> None:

@@ -84,6 +84,24 @@ class ValidationFailed(AppError, ValueError):
         super().__init__(detail, errors=errors or [])
 
 
+class CardDataRefused(AppError):
+    """A card number or CVV was sent: refused before it is stored or logged."""
+
+    status, code, title = 422, "card-data-refused", "Card numbers and security codes are not accepted"
+
+    def __init__(self, location: list[str | int]) -> None:
+        super().__init__(
+            "send a payment gateway token instead of card data",
+            errors=[{"location": location, "message": "card number or security code", "code": "card_data"}],
+        )
+
+
+class IntegrityFailure(AppError):
+    """Stored content no longer matches its recorded hash: it is not served."""
+
+    status, code, title = 502, "integrity-failure", "Stored content failed its integrity check"
+
+
 class TenantLocked(AppError):
     status, code, title = 423, "tenant-read-only", "The tenant is read-only"
 

@@ -18,6 +18,15 @@ from shared.errors import Forbidden, Unauthenticated
 from shared.rbac import PLATFORM_OPERATOR, SUPPORT, SUPPORT_PERMISSIONS, effective_permissions
 from shared.tokens import AccessClaims, verify_access_token
 
+MFA_REQUIRED_ROLES: frozenset[str] = frozenset({"ADMIN", "REVIEWER"})
+"""Roles that must have a second factor; the tenant setting below extends it to every role."""
+
+MFA_ALL_ROLES_SETTING = "mfa.required_for_all_roles"
+
+
+class MfaEnrolmentRequired(Forbidden):
+    code, title = "mfa-enrolment-required", "A second factor is required"
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -32,6 +41,8 @@ class Principal:
     time_zone: str = "UTC"
     support_grant_id: str | None = None
     tenant_status: str = "ACTIVE"
+    mfa_required: bool = False
+    mfa_enrolled: bool = False
 
     @property
     def is_operator(self) -> bool:
@@ -42,6 +53,11 @@ class Principal:
     def is_support(self) -> bool:
         """A platform operator inside a tenant under granted, time-limited support access."""
         return self.support_grant_id is not None
+
+    @property
+    def mfa_enrolment_pending(self) -> bool:
+        """Must have a second factor and has none yet: may only reach enrolment endpoints."""
+        return self.mfa_required and not self.mfa_enrolled
 
 
 def bearer_token(req: func.HttpRequest) -> str:
@@ -96,10 +112,14 @@ def _tenant_user(claims: AccessClaims) -> Principal:
                              where o.user_id = u.id and o.effect = 'deny') as denies,
                       exists(select 1 from sessions s
                               where s.id = %s and s.user_id = u.id and s.revoked_at is null
-                                and s.expires_at > now()) as session_live
+                                and s.expires_at > now()) as session_live,
+                      exists(select 1 from mfa_totp m where m.user_id = u.id and m.confirmed_at is not null)
+                        or exists(select 1 from webauthn_credentials w where w.user_id = u.id) as mfa_enrolled,
+                      coalesce((select ts.value = 'true'::jsonb from tenant_settings ts where ts.key = %s),
+                               false) as mfa_all_roles
                  from users u join tenants t on t.id = u.tenant_id
                 where u.id = %s""",
-            (_uuid(claims.session_id), user_id),
+            (_uuid(claims.session_id), MFA_ALL_ROLES_SETTING, user_id),
         ).fetchone()
     if row is None or row["status"] != "active" or row["tenant_status"] == "PURGED":
         raise Unauthenticated("the account is not active")
@@ -116,6 +136,8 @@ def _tenant_user(claims: AccessClaims) -> Principal:
         name=row["display_name"] or claims.name,
         time_zone=row["time_zone"],
         tenant_status=row["tenant_status"],
+        mfa_required=row["role"] in MFA_REQUIRED_ROLES or bool(row["mfa_all_roles"]),
+        mfa_enrolled=bool(row["mfa_enrolled"]),
     )
 
 
@@ -165,6 +187,15 @@ def require_permission(principal: Principal, permission: str) -> None:
     """Raises Forbidden unless the principal holds `permission` in its own tenant."""
     if principal.tenant_id is None or permission not in principal.permissions:
         raise Forbidden(f"requires permission {permission}")
+
+
+def require_mfa_enrolment(principal: Principal, *, enrolment_endpoint: bool) -> None:
+    """Raises MfaEnrolmentRequired when the caller must have a second factor, has none, and
+    the endpoint is not one of those that let them enrol (`endpoint(mfa_enrolment=True)`)."""
+    if principal.mfa_enrolment_pending and not enrolment_endpoint:
+        raise MfaEnrolmentRequired(
+            "your role requires a second factor: enrol one (POST /api/mfa/totp/enroll or a passkey) first"
+        )
 
 
 def require_tenant_user(principal: Principal) -> None:

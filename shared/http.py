@@ -28,8 +28,10 @@ import azure.functions as func
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
+from shared.card_data import find_card_data
 from shared.errors import (
     AppError,
+    CardDataRefused,
     InternalError,
     MalformedRequest,
     NotFound,
@@ -40,7 +42,14 @@ from shared.errors import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from shared.guards import Principal, authenticate, require_operator, require_permission, require_tenant_user
+from shared.guards import (
+    Principal,
+    authenticate,
+    require_mfa_enrolment,
+    require_operator,
+    require_permission,
+    require_tenant_user,
+)
 from shared.ratelimit import api_limiter
 from shared.settings import get_settings
 
@@ -77,8 +86,10 @@ class EndpointSpec:
     raw_body: bool
     preflight: bool
     operator: bool
+    body_limit: str
     summary: str
     tags: tuple[str, ...]
+    mfa_enrolment: bool = False
 
 
 @dataclass
@@ -114,6 +125,13 @@ class RequestContext:
             raise Unauthenticated("a tenant user is required")
         return self.principal.tenant_id
 
+    def int_param(self, name: str) -> int:
+        """A positive 32-bit route parameter; anything else is simply not found."""
+        value = self.route.get(name, "")
+        if not value.isdigit() or not 1 <= int(value) <= 2**31 - 1:
+            raise NotFound()
+        return int(value)
+
     def uuid_param(self, name: str) -> uuid.UUID:
         """A route parameter as a UUID; a malformed id is simply not found (never a 500)."""
         try:
@@ -136,7 +154,9 @@ def endpoint(
     raw_body: bool = False,
     preflight: bool = False,
     operator: bool = False,
+    body_limit: str = "max_body_bytes",
     tags: tuple[str, ...] = (),
+    mfa_enrolment: bool = False,
 ) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
     """Wrap a handler into a Functions HTTP function. See the module docstring."""
     if (permission or operator) and not auth:
@@ -155,8 +175,10 @@ def endpoint(
             raw_body=raw_body,
             preflight=preflight,
             operator=operator,
+            body_limit=body_limit,
             summary=(handler.__doc__ or handler.__name__).strip().splitlines()[0],
             tags=tags,
+            mfa_enrolment=mfa_enrolment,
         )
 
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
@@ -209,13 +231,15 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
             response = _preflight(req, origin, settings.cors_max_age_s)
         else:
             api_limiter().take(ctx.client_ip or "unknown")
-            _check_size(req, settings.max_body_bytes)
+            _check_size(req, getattr(settings, spec.body_limit))
+            parsed = _refuse_card_data(req)
             if spec.auth:
                 ctx.principal = authenticate(req)
                 if spec.operator:
                     require_operator(ctx.principal)
                 else:
                     require_tenant_user(ctx.principal)
+                    require_mfa_enrolment(ctx.principal, enrolment_endpoint=spec.mfa_enrolment)
                     if spec.permission:
                         require_permission(ctx.principal, spec.permission)
                     if req.method.upper() not in SAFE_METHODS and ctx.principal.tenant_status != "ACTIVE":
@@ -223,7 +247,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
             if spec.query is not None:
                 ctx.query = _validate(spec.query, dict(req.params or {}), "query")
             if spec.body is not None and req.method.upper() in BODY_METHODS:
-                ctx.body = _validate(spec.body, _parse_json(req), "body")
+                ctx.body = _validate(spec.body, parsed if parsed is not _NO_JSON else _parse_json(req), "body")
             response = _render(handler(ctx), spec.status)
             if ctx.principal is not None and ctx.principal.is_support:
                 _audit_support_access(ctx, req, response)
@@ -265,6 +289,29 @@ def _check_size(req: func.HttpRequest, limit: int) -> None:
         raise PayloadTooLarge(f"the body may be at most {limit} bytes", limit=limit)
     if len(req.get_body() or b"") > limit:
         raise PayloadTooLarge(f"the body may be at most {limit} bytes", limit=limit)
+
+
+_NO_JSON = object()
+
+
+def _refuse_card_data(req: func.HttpRequest) -> Any:
+    """Refuse card numbers and CVVs in the query or a JSON body before anything else sees
+    them; returns the parsed body (or _NO_JSON) so it is parsed once."""
+    for name, value in (req.params or {}).items():
+        if find_card_data({name: value}) is not None:
+            raise CardDataRefused(location=["query", name])
+    media = (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    raw = req.get_body() or b""
+    if not raw.strip() or not (media == "application/json" or media.endswith("+json")):
+        return _NO_JSON
+    try:
+        parsed = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError):
+        return _NO_JSON  # reported as malformed where the body is parsed
+    found = find_card_data(parsed)
+    if found is not None:
+        raise CardDataRefused(location=["body", *found])
+    return parsed
 
 
 def _reject_constant(name: str) -> Any:

@@ -92,6 +92,7 @@ FAMILIES: frozenset[str] = frozenset(get_args(Family))
 KeyKind = Literal["email_ip", "ip", "email"]
 KEY_KINDS: frozenset[str] = frozenset(get_args(KeyKind))
 
+REMEMBERED_BLOCKS = 50_000
 KNOWN_PAIR_TTL_S = 30 * 86_400
 """How long a successful sign-in from an IP exempts that email+IP from the `email` delay."""
 
@@ -283,6 +284,11 @@ class Throttle:
         self._table_client = table
         self._policies = dict(policies) if policies is not None else default_policies(get_settings())
         self.known_pair_ttl_s = known_pair_ttl_s
+        # Per-worker memory of delays already seen: a delay only ever grows until it ends
+        # and refused attempts are not counted, so a remembered "blocked until T" stays true
+        # and a throttled request is refused without a storage round trip.
+        self._blocked: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._blocked_lock = threading.Lock()
 
     def _table(self) -> TableClient:
         if self._table_client is None:
@@ -315,9 +321,12 @@ class Throttle:
         """
         self.policy(family)
         now = time.time() if now is None else now
+        remembered = self._remembered_wait(family, keys, now)
+        if remembered > 0:
+            raise TooManyRequests(max(1, math.ceil(remembered)), _TOO_MANY)
         try:
             table = self._table()
-            states = [(key, self._read(table, family, key)) for key in keys]
+            states = self._read_many(table, family, keys)
         except (AzureError, ServiceUnavailable) as exc:
             log.error("rate-limit check failed open (family=%s): %s", family, type(exc).__name__)
             return
@@ -330,8 +339,36 @@ class Throttle:
             for key, state in states
             if state is not None and state.blocked_until > now and not (known_pair and key.kind == "email")
         ]
+        for key, state in states:
+            if key.kind != "email" and state is not None and state.blocked_until > now:
+                self._remember(family, key, state.blocked_until)
         if waits:
             raise TooManyRequests(max(1, math.ceil(max(waits))), _TOO_MANY)
+
+    def _remembered_wait(self, family: str, keys: Sequence[Key], now: float) -> float:
+        """The longest remembered delay of the keys that always apply (not the email key,
+        which a known email+IP pair may skip)."""
+        with self._blocked_lock:
+            waits = [self._blocked.get((family, k.row_key), 0.0) - now for k in keys if k.kind != "email"]
+        return max(waits, default=0.0)
+
+    def _remember(self, family: str, key: Key, until: float) -> None:
+        with self._blocked_lock:
+            self._blocked[(family, key.row_key)] = until
+            self._blocked.move_to_end((family, key.row_key))
+            while len(self._blocked) > REMEMBERED_BLOCKS:
+                self._blocked.popitem(last=False)
+
+    def _read_many(self, table: TableClient, family: str, keys: Sequence[Key]) -> list[tuple[Key, _State | None]]:
+        """Every key's state in one query (row keys are `kind:` + hex, safe to put in a filter)."""
+        if len(keys) == 1:
+            return [(keys[0], self._read(table, family, keys[0]))]
+        wanted = {key.row_key: key for key in keys}
+        rows = " or ".join(f"RowKey eq '{row_key}'" for row_key in wanted)
+        found: dict[str, _State] = {}
+        for entity in table.query_entities(f"PartitionKey eq '{family}' and ({rows})", **_IO):
+            found[entity["RowKey"]] = _State.from_entity(entity, entity.metadata.get("etag"))
+        return [(key, found.get(key.row_key)) for key in keys]
 
     def record_failure(self, family: Family, keys: Sequence[Key], *, now: float | None = None) -> list[Crossing]:
         """Count one failed attempt under each key; return the keys that crossed their threshold now.

@@ -46,6 +46,7 @@ PERMISSIONS: dict[str, str] = {
     "sessions.manage": "See and revoke other users' sessions",
     "mfa.reset": "Reset another user's second factors",
     "exports.create": "Export tenant data",
+    "payment_methods.manage": "Store and list payment methods (gateway tokens only)",
     "tenant.settings.read": "Read tenant settings",
     "tenant.settings.manage": "Change tenant settings and grant support access",
 }
@@ -56,7 +57,7 @@ ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
         {
             "records.read", "records.create", "records.update", "records.retire",
             "signatures.sign", "audit.read", "users.read", "users.invite",
-            "designations.read", "exports.create", "tenant.settings.read",
+            "designations.read", "exports.create", "tenant.settings.read", "payment_methods.manage",
         }
     ),
     Role.REVIEWER: frozenset(

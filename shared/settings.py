@@ -9,12 +9,14 @@ at start-up instead of failing on some later request.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import os
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -94,6 +96,15 @@ class Settings(BaseSettings):
         1_000_000, ge=1000, description="Most events one audit export returns."
     )
 
+    # --- records --------------------------------------------------------------------------
+    attachment_max_bytes: int = Field(
+        26_214_400, ge=1024, le=104_857_600, description="Largest attachment accepted (bytes)."
+    )
+    attachment_content_types: str = Field(
+        "application/pdf,image/png,image/jpeg,text/plain,text/csv,application/json,application/xml",
+        description="Comma-separated content types accepted as attachments.",
+    )
+
     # --- timers (NCRONTAB: six fields, seconds first) -----------------------------------
     heartbeat_schedule: str = Field(
         ..., description="When the heartbeat job probes the database and storage."
@@ -156,6 +167,57 @@ class Settings(BaseSettings):
         "https://custos.invalid/.well-known/security.txt", description="security.txt Canonical."
     )
 
+    # --- second factors (docs/mfa.md) ----------------------------------------------------
+    mfa_encryption_key: str = Field(
+        "", description="Base64 of 32 random bytes: AES-256-GCM key that encrypts TOTP secrets (Key Vault in Azure)."
+    )
+    mfa_decryption_keys: str = Field(
+        "", description="Comma-separated base64 keys of retired MFA encryption keys that still decrypt."
+    )
+    mfa_totp_issuer: str = Field(
+        "Custos", min_length=1, max_length=64, description="Issuer shown by authenticator apps for TOTP."
+    )
+    mfa_ticket_ttl_s: int = Field(
+        300, ge=60, le=900, description="Lifetime of the sign-in ticket between password and second factor."
+    )
+    mfa_recent_auth_s: int = Field(
+        900, ge=60, le=86400, description="How recently a session must have proved a second factor to change factors, or to regenerate recovery codes without a code."
+    )
+    webauthn_rp_id: str = Field(
+        "localhost", min_length=1, max_length=253, description="WebAuthn relying-party id: the domain passkeys are bound to."
+    )
+    webauthn_rp_name: str = Field(
+        "Custos", min_length=1, max_length=64, description="WebAuthn relying-party name shown by authenticators."
+    )
+    webauthn_origins: str = Field(
+        "http://localhost:3000", description="Comma-separated exact origins where passkey ceremonies may run."
+    )
+    webauthn_challenge_ttl_s: int = Field(
+        300, ge=30, le=900, description="Lifetime of a single-use WebAuthn challenge."
+    )
+    webauthn_challenge_purge_schedule: str = Field(
+        ..., description="When expired WebAuthn challenges are deleted from Table Storage (NCRONTAB)."
+    )
+
+    @field_validator("mfa_encryption_key", "mfa_decryption_keys")
+    @classmethod
+    def _aes_keys(cls, v: str) -> str:
+        for key in _split(v):
+            try:
+                raw = base64.b64decode(key, validate=True)
+            except ValueError:
+                raise ValueError("must be base64 (standard alphabet)") from None
+            if len(raw) != 32:
+                raise ValueError("each key must be 32 bytes (AES-256) before base64")
+        return v
+
+    @field_validator("webauthn_challenge_purge_schedule")
+    @classmethod
+    def _purge_schedule(cls, v: str) -> str:
+        if len(v.split()) != 6:
+            raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
+        return v
+
     @field_validator("database_url", "database_owner_url")
     @classmethod
     def _postgres_url(cls, v: str) -> str:
@@ -194,9 +256,32 @@ class Settings(BaseSettings):
             raise ValueError("db_pool_min must not exceed db_pool_max")
         return self
 
+    @model_validator(mode="after")
+    def _mfa(self) -> Settings:
+        if self.custos_env == "production" and not self.mfa_encryption_key:
+            raise ValueError("mfa_encryption_key must be set in production")
+        rp_id = self.webauthn_rp_id.lower()
+        origins = _split(self.webauthn_origins)
+        if not origins:
+            raise ValueError("webauthn_origins must name at least one origin")
+        for origin in origins:
+            parts = urlsplit(origin)
+            host = (parts.hostname or "").lower()
+            if parts.scheme not in ("https", "http") or not host or origin.endswith("/") or parts.path:
+                raise ValueError(f"webauthn_origins: {origin!r} is not an exact origin like https://app.example.com")
+            if host != rp_id and not host.endswith("." + rp_id):
+                raise ValueError(f"webauthn_origins: {origin!r} is not on webauthn_rp_id {rp_id!r} or a subdomain of it")
+            if parts.scheme == "http" and host not in ("localhost", "127.0.0.1") and self.custos_env == "production":
+                raise ValueError(f"webauthn_origins: {origin!r} must be https in production")
+        return self
+
     @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(_split(self.cors_allowed_origins))
+
+    @property
+    def attachment_types(self) -> frozenset[str]:
+        return frozenset(t.lower() for t in _split(self.attachment_content_types))
 
     @property
     def dev_keys_allowed(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 
 from shared import audit, db
-from shared.errors import Conflict, ValidationFailed
+from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.users import invite
 
 SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -119,3 +119,25 @@ def create_tenant_with_admin(
     )
     conn.execute("select set_config('app.tenant_id', '', true)")
     return tenant, invitation
+
+
+def cancel_tenant(tenant_id: str, *, reason: str, actor: audit.Actor, meta: audit.RequestMeta | None) -> Tenant:
+    """ACTIVE -> CANCELLED: read-only for 30 days, then purged.
+
+    Raises:
+        NotFound: no such tenant. Conflict: the tenant is not active.
+    """
+    with db.tenant_tx(tenant_id) as conn:
+        row = conn.execute(
+            """update tenants set status = 'CANCELLED', cancelled_at = now() where id = %s and status = 'ACTIVE'
+               returning id, slug, name, status, data_region, created_at, cancelled_at""",
+            (tenant_id,),
+        ).fetchone()
+        if row is None:
+            if get_tenant(tenant_id) is None:
+                raise NotFound()
+            raise Conflict("the tenant is not active")
+        audit.append(conn, tenant_id=tenant_id, actor=actor, action="tenant.cancelled", target_type="tenant",
+                     target_id=tenant_id, before={"status": "ACTIVE"}, after={"status": "CANCELLED"},
+                     reason=reason, meta=meta)
+    return Tenant.from_row(row)

@@ -16,13 +16,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 
-from shared import audit
+from shared import audit, mail
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.guards import Principal
 from shared.opaque import new_token
 from shared.pagination import decode_cursor, encode_cursor
 from shared.rbac import Role, role_permissions
 from shared.sessions import revoke_all
+from shared.settings import get_settings
 
 INVITATION_TTL = timedelta(days=7)
 EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
@@ -186,13 +187,10 @@ def invite(
         (tenant_id, row["id"], hashed, INVITATION_TTL, actor.user_id if actor else None),
     ).fetchone()
     assert inv is not None
-    conn.execute(
-        """insert into outbox (tenant_id, to_address, subject, body, kind) values (%s, %s, %s, %s, 'invitation')""",
-        (
-            tenant_id, email, "You are invited to Custos",
-            f"You have been invited to Custos as {role}.\n\nInvitation code: {token}\n"
-            f"It expires at {inv['expires_at'].isoformat()}.\n",
-        ),
+    mail.enqueue(
+        conn, tenant_id=tenant_id, to=email, subject="You are invited to Custos", kind="invitation",
+        body=(f"You have been invited to Custos as {role}.\n\nInvitation code: {token}\n"
+              f"Open {get_settings().public_app_url}/invitation and enter it before {inv['expires_at'].isoformat()}.\n"),
     )
     user = _user_json(row, [])
     audit.append(

@@ -29,6 +29,7 @@ TEST_SETTINGS = {
     "AUDIT_CHECKPOINT_SCHEDULE": "0 0 0 1 1 *",
     "AUDIT_VERIFY_SCHEDULE": "0 0 0 1 1 *",
     "MAIL_DELIVERY_SCHEDULE": "0 0 0 1 1 *",
+    "WEBAUTHN_CHALLENGE_PURGE_SCHEDULE": "0 0 0 1 1 *",
     "SMTP_STARTTLS": "false",
     "API_RATE_PER_MINUTE": "100000",
     "SMTP_HOST": "",
@@ -163,16 +164,27 @@ class Person:
     role: str
     email: str
     token: str
+    totp_secret: str | None = None
 
 
-def create_user(tenant_id: str, role: str = "ADMIN", *, name: str | None = None, status: str = "active") -> dict:
+def create_user(
+    tenant_id: str, role: str = "ADMIN", *, name: str | None = None, status: str = "active", mfa: bool | None = None
+) -> dict:
+    """A user row. Roles that must have a second factor (ADMIN, REVIEWER) get a confirmed TOTP
+    unless `mfa=False` (its secret is `row["totp_secret"]`); `mfa=True` gives any role one."""
+    from shared.guards import MFA_REQUIRED_ROLES
+    from shared.mfa import seed_confirmed_totp
+
     email = f"u-{uuid.uuid4().hex[:12]}@example.test"
     with db.tenant_tx(tenant_id) as conn:
-        return conn.execute(
+        row = conn.execute(
             """insert into users (tenant_id, email, display_name, role, status) values (%s, %s, %s, %s, %s)
                returning id::text as id, email""",
             (tenant_id, email, name or f"{role.title()} {email[:6]}", role, status),
         ).fetchone()
+        if role in MFA_REQUIRED_ROLES if mfa is None else mfa:
+            row["totp_secret"] = seed_confirmed_totp(conn, tenant_id=tenant_id, user_id=row["id"])
+        return row
 
 
 def create_session_row(tenant_id: str, user_id: str) -> str:
@@ -210,16 +222,22 @@ TokenFactory = Callable[..., str]
 
 @pytest.fixture
 def make_person() -> PersonFactory:
-    """make_person(tenant_id, role) -> an active user with a token; tenant None -> an operator."""
+    """make_person(tenant_id, role) -> an active user with a token; tenant None -> an operator.
 
-    def make(tenant_id: str | None, role: str = "ADMIN", *, name: str | None = None, **kw: object) -> Person:
+    ADMIN and REVIEWER users come with a confirmed TOTP (`Person.totp_secret`), as the
+    second-factor enforcement requires; `mfa=False` makes one without (to test enforcement).
+    """
+
+    def make(tenant_id: str | None, role: str = "ADMIN", *, name: str | None = None, mfa: bool | None = None,
+             **kw: object) -> Person:
         if tenant_id is None:
             row = create_operator(name or "Olive Operator")
             role = "PLATFORM_OPERATOR"
         else:
-            row = create_user(tenant_id, role, name=name)
+            row = create_user(tenant_id, role, name=name, mfa=mfa)
             kw.setdefault("session_id", create_session_row(tenant_id, row["id"]))
-        return Person(row["id"], tenant_id, role, row["email"], token_for(row["id"], tenant_id, role, name=name, **kw))
+        return Person(row["id"], tenant_id, role, row["email"], token_for(row["id"], tenant_id, role, name=name, **kw),
+                      totp_secret=row.get("totp_secret"))
 
     return make
 

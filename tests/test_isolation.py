@@ -48,7 +48,12 @@ class Route:
 
     def url(self, *values: str) -> str:
         it = iter(values * len(self.params) if len(values) == 1 else values)
-        return "/" + PARAM.sub(lambda _: quote(next(it), safe=""), self.route)
+
+        def fill(match: re.Match[str]) -> str:
+            value = next(it)
+            return "1" if ":int" in match.group(0) else quote(value, safe="")  # e.g. versions/{v:int}
+
+        return "/" + PARAM.sub(fill, self.route)
 
 
 def http_routes() -> list[Route]:

@@ -1,0 +1,220 @@
+"""Second factors: TOTP, recovery codes, passkeys; the second sign-in step; passwordless
+passkey sign-in; admin reset; the purge of expired WebAuthn challenges."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import azure.functions as func
+from pydantic import Field, model_validator
+
+from shared import audit, mfa, passkeys
+from shared.http import Reply, RequestContext, endpoint
+from shared.models import ReasonBody, Strict
+
+bp = func.Blueprint()
+log = logging.getLogger("custos.mfa")
+
+TotpCode = Field(min_length=6, max_length=12, description="The 6-digit code of the authenticator app")
+ChallengeId = Field(min_length=1, max_length=64, description="`challenge_id` from the matching options request")
+
+
+class TotpConfirm(Strict):
+    code: str = TotpCode
+
+
+class RecoveryRegenerate(Strict):
+    code: str | None = Field(None, min_length=6, max_length=12,
+                             description="A current TOTP code; not needed within MFA_RECENT_AUTH_S of proving a factor")
+
+
+class PasskeyRegistration(Strict):
+    challenge_id: str = ChallengeId
+    credential: dict[str, Any] = Field(description="PublicKeyCredential JSON of navigator.credentials.create()")
+    name: str | None = Field(None, max_length=100, description="A name to recognise it by")
+
+
+class PasskeyRename(Strict):
+    name: str = Field(min_length=1, max_length=100)
+
+
+class TicketBody(Strict):
+    mfa_ticket: str = Field(min_length=1, max_length=200)
+
+
+class SecondFactor(Strict):
+    mfa_ticket: str = Field(min_length=1, max_length=200)
+    code: str | None = Field(None, min_length=6, max_length=12, description="TOTP code")
+    recovery_code: str | None = Field(None, min_length=16, max_length=40, description="One of the recovery codes")
+    assertion: dict[str, Any] | None = Field(None, description="PublicKeyCredential JSON of navigator.credentials.get()")
+    challenge_id: str | None = Field(None, min_length=1, max_length=64, description="With `assertion`")
+
+    @model_validator(mode="after")
+    def _one_factor(self) -> SecondFactor:
+        given = [name for name in ("code", "recovery_code", "assertion") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("send exactly one of code, recovery_code or assertion")
+        if (self.assertion is None) != (self.challenge_id is None):
+            raise ValueError("challenge_id goes with assertion, and only with it")
+        return self
+
+
+class PasskeyOptionsBody(Strict):
+    tenant: str = Field(min_length=1, max_length=63, description="Tenant slug")
+
+
+class PasskeySignIn(Strict):
+    challenge_id: str = ChallengeId
+    assertion: dict[str, Any] = Field(description="PublicKeyCredential JSON of navigator.credentials.get()")
+    remember_me: bool = False
+
+
+def _meta(ctx: RequestContext) -> audit.RequestMeta:
+    return audit.context_actor(ctx)[1]
+
+
+# --- the caller's own factors ------------------------------------------------------------------
+
+
+@bp.route(route="api/mfa", methods=["GET"])
+@endpoint(mfa_enrolment=True, tags=("mfa",))
+def mfa_status(ctx: RequestContext) -> dict[str, Any]:
+    """The caller's second factors, and whether one is required."""
+    assert ctx.principal is not None
+    return mfa.status(ctx.principal)
+
+
+@bp.route(route="api/mfa/totp/enroll", methods=["POST"])
+@endpoint(mfa_enrolment=True, tags=("mfa",))
+def mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
+    """Start a TOTP enrolment: secret, otpauth URI and QR code (SVG); confirm with a code."""
+    assert ctx.principal is not None
+    return mfa.start_totp_enrolment(ctx.principal, meta=_meta(ctx)).as_dict()
+
+
+@bp.route(route="api/mfa/totp/confirm", methods=["POST"])
+@endpoint(mfa_enrolment=True, body=TotpConfirm, tags=("mfa",))
+def mfa_totp_confirm(ctx: RequestContext) -> dict[str, Any]:
+    """Activate the pending TOTP with a code; a first factor comes with recovery codes (shown once)."""
+    assert ctx.principal is not None
+    return mfa.confirm_totp(ctx.principal, code=ctx.body.code, meta=_meta(ctx))
+
+
+@bp.route(route="api/mfa/totp", methods=["DELETE"])
+@endpoint(tags=("mfa",))
+def mfa_totp_remove(ctx: RequestContext) -> None:
+    """Remove one's TOTP (not the last factor of a role that requires one)."""
+    assert ctx.principal is not None
+    mfa.remove_totp(ctx.principal, meta=_meta(ctx))
+
+
+@bp.route(route="api/mfa/recovery-codes", methods=["POST"])
+@endpoint(body=RecoveryRegenerate, tags=("mfa",))
+def mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
+    """New recovery codes (shown once); the old ones stop working. Needs a current code or a recent second factor."""
+    assert ctx.principal is not None
+    code = ctx.body.code if ctx.body is not None else None
+    return mfa.regenerate_recovery_codes(ctx.principal, code=code, meta=_meta(ctx))
+
+
+@bp.route(route="api/mfa/passkeys/registration/options", methods=["POST"])
+@endpoint(mfa_enrolment=True, tags=("mfa",))
+def mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, Any]:
+    """Options for navigator.credentials.create(), with a single-use challenge id."""
+    assert ctx.principal is not None
+    return mfa.passkey_registration_options(ctx.principal)
+
+
+@bp.route(route="api/mfa/passkeys/registration/verify", methods=["POST"])
+@endpoint(mfa_enrolment=True, body=PasskeyRegistration, status=201, tags=("mfa",))
+def mfa_passkey_register(ctx: RequestContext) -> Reply:
+    """Register a passkey from the authenticator's answer; a first factor comes with recovery codes."""
+    assert ctx.principal is not None
+    b: PasskeyRegistration = ctx.body
+    result = mfa.register_passkey(ctx.principal, challenge_id=b.challenge_id, credential=b.credential, name=b.name,
+                                  meta=_meta(ctx))
+    return Reply(body=result, status=201, headers={"Location": f"/api/mfa/passkeys/{result['passkey']['id']}"})
+
+
+@bp.route(route="api/mfa/passkeys", methods=["GET"])
+@endpoint(tags=("mfa",))
+def mfa_passkeys_list(ctx: RequestContext) -> dict[str, Any]:
+    """The caller's passkeys."""
+    assert ctx.principal is not None
+    return {"passkeys": mfa.list_passkeys(ctx.principal)}
+
+
+@bp.route(route="api/mfa/passkeys/{id}", methods=["PATCH"])
+@endpoint(body=PasskeyRename, tags=("mfa",))
+def mfa_passkey_rename(ctx: RequestContext) -> dict[str, Any]:
+    """Rename one of the caller's passkeys."""
+    assert ctx.principal is not None
+    return mfa.rename_passkey(ctx.principal, ctx.uuid_param("id"), name=ctx.body.name, meta=_meta(ctx))
+
+
+@bp.route(route="api/mfa/passkeys/{id}", methods=["DELETE"])
+@endpoint(tags=("mfa",))
+def mfa_passkey_remove(ctx: RequestContext) -> None:
+    """Remove one of the caller's passkeys (not the last factor of a role that requires one)."""
+    assert ctx.principal is not None
+    mfa.remove_passkey(ctx.principal, ctx.uuid_param("id"), meta=_meta(ctx))
+
+
+# --- administration ----------------------------------------------------------------------------
+
+
+@bp.route(route="api/users/{id}/mfa/reset", methods=["POST"])
+@endpoint(permission="mfa.reset", body=ReasonBody, tags=("mfa", "users"))
+def mfa_reset(ctx: RequestContext) -> dict[str, Any]:
+    """Remove every second factor of a user, with a reason; their sessions end and they are mailed."""
+    actor, meta = audit.context_actor(ctx)
+    assert ctx.principal is not None
+    return mfa.reset_factors(actor=ctx.principal, user_id=ctx.uuid_param("id"), reason=ctx.body.reason,
+                             audit_actor=actor, meta=meta)
+
+
+# --- sign-in ---------------------------------------------------------------------------------
+
+
+@bp.route(route="api/auth/mfa/passkey/options", methods=["POST"])
+@endpoint(auth=False, body=TicketBody, tags=("auth", "mfa"))
+def auth_mfa_passkey_options(ctx: RequestContext) -> dict[str, Any]:
+    """Options for proving the sign-in ticket's user with a passkey (second factor)."""
+    return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=_meta(ctx))
+
+
+@bp.route(route="api/auth/mfa/verify", methods=["POST"])
+@endpoint(auth=False, body=SecondFactor, tags=("auth", "mfa"))
+def auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
+    """Second sign-in step: the ticket and a TOTP code, a recovery code or a passkey assertion give the tokens."""
+    b: SecondFactor = ctx.body
+    return mfa.verify_second_factor(ticket=b.mfa_ticket, code=b.code, recovery_code=b.recovery_code,
+                                    assertion=b.assertion, challenge_id=b.challenge_id, meta=_meta(ctx)).as_dict()
+
+
+@bp.route(route="api/auth/passkey/options", methods=["POST"])
+@endpoint(auth=False, body=PasskeyOptionsBody, tags=("auth", "mfa"))
+def auth_passkey_options(ctx: RequestContext) -> dict[str, Any]:
+    """Options for a passwordless sign-in with a discoverable passkey to the named tenant."""
+    return mfa.passkey_sign_in_options(tenant_slug=ctx.body.tenant)
+
+
+@bp.route(route="api/auth/passkey/verify", methods=["POST"])
+@endpoint(auth=False, body=PasskeySignIn, tags=("auth", "mfa"))
+def auth_passkey_verify(ctx: RequestContext) -> dict[str, Any]:
+    """Sign in with a passkey alone: the same tokens as a login."""
+    b: PasskeySignIn = ctx.body
+    return mfa.passkey_sign_in(challenge_id=b.challenge_id, assertion=b.assertion, remember_me=b.remember_me,
+                               meta=_meta(ctx)).as_dict()
+
+
+# --- housekeeping ------------------------------------------------------------------------------
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%WEBAUTHN_CHALLENGE_PURGE_SCHEDULE%", run_on_startup=False)
+def purge_webauthn_challenges(timer: func.TimerRequest) -> None:
+    """Delete WebAuthn challenges that expired without being used."""
+    purged = passkeys.purge_expired_challenges()
+    if purged:
+        log.info("expired WebAuthn challenges purged: %d", purged)

@@ -1,0 +1,107 @@
+"""Electronic signatures (21 CFR Part 11): sign, verify, manifest; vocabulary and policy."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import azure.functions as func
+from pydantic import Field
+
+from shared import audit, db, records, signatures
+from shared.http import Reply, RequestContext, endpoint
+from shared.models import Reason, Strict
+
+bp = func.Blueprint()
+
+
+class SignBody(Strict):
+    password: str = Field(min_length=1, max_length=1024, description="The signer's password, entered again")
+    meaning: str = Field(min_length=2, max_length=40, description="AUTHORED, REVIEWED, APPROVED, REJECTED or a tenant meaning")
+    reason: str = Field(min_length=2, max_length=40, description="A reason code from the tenant's vocabulary")
+    comment: str | None = Field(None, max_length=1000, description="Free text beside the listed reason")
+    code: str | None = Field(None, max_length=16, description="TOTP code, when the signer has TOTP enrolled")
+
+
+class VocabularyEntry(Strict):
+    kind: Literal["meaning", "reason"]
+    code: str = Field(min_length=2, max_length=40)
+    text: str = Field(min_length=3, max_length=200)
+    reason: Reason
+
+
+class PolicyBody(Strict):
+    required_reviews: int = Field(1, ge=0, le=10)
+    required_approvals: int = Field(1, ge=1, le=10)
+    review_permission: Literal["signatures.review", "signatures.approve", "signatures.sign"] = "signatures.review"
+    approve_permission: Literal["signatures.review", "signatures.approve", "signatures.sign"] = "signatures.approve"
+    reason: Reason
+
+
+@bp.route(route="api/records/{id}/versions/{v:int}/signatures", methods=["POST"])
+@endpoint(body=SignBody, status=201, tags=("signatures",))
+def sign_version(ctx: RequestContext) -> Reply:
+    """Sign a record version: password again, a meaning and a listed reason (§11.50, §11.200)."""
+    b: SignBody = ctx.body
+    actor, meta = audit.context_actor(ctx)
+    assert ctx.principal is not None
+    result = signatures.sign(signer=ctx.principal, record_id=str(ctx.uuid_param("id")), version=ctx.int_param("v"),
+                             password=b.password, meaning=b.meaning, reason_code=b.reason, comment=b.comment, code=b.code,
+                             meta=meta, actor=actor)
+    return Reply(body=result, status=201)
+
+
+@bp.route(route="api/records/{id}/signatures/verify", methods=["GET"])
+@endpoint(permission="records.read", tags=("signatures",))
+def verify_signatures(ctx: RequestContext) -> dict[str, Any]:
+    """Re-check every signature's link to its version's content (§11.70)."""
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        return signatures.verify(conn, str(ctx.uuid_param("id")))
+
+
+@bp.route(route="api/records/{id}/versions/{v:int}/manifest", methods=["GET"])
+@endpoint(permission="records.read", tags=("signatures",))
+def version_manifest(ctx: RequestContext) -> dict[str, Any]:
+    """A printable manifest of a version with its signatures and audit extract."""
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        return signatures.manifest(conn, str(ctx.uuid_param("id")), ctx.int_param("v"))
+
+
+@bp.route(route="api/signature-vocabulary", methods=["GET"])
+@endpoint(permission="records.read", tags=("signatures",))
+def signature_vocabulary(ctx: RequestContext) -> dict[str, Any]:
+    """The tenant's signature meanings and reasons."""
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        return signatures.vocabulary(conn, ctx.tenant_id)
+
+
+@bp.route(route="api/signature-vocabulary", methods=["POST"])
+@endpoint(permission="vocabulary.manage", body=VocabularyEntry, status=201, tags=("signatures",))
+def signature_vocabulary_add(ctx: RequestContext) -> dict[str, Any]:
+    """Add a meaning or a reason to the controlled vocabulary."""
+    b: VocabularyEntry = ctx.body
+    actor, meta = audit.context_actor(ctx)
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        return signatures.add_vocabulary(conn, tenant_id=ctx.tenant_id, kind=b.kind, code=b.code, text=b.text,
+                                         actor=actor, meta=meta, reason=b.reason)
+
+
+@bp.route(route="api/record-types/{name}/signature-policy", methods=["GET"])
+@endpoint(permission="records.read", tags=("signatures",))
+def signature_policy(ctx: RequestContext) -> dict[str, Any]:
+    """How many review and approval signatures a record type needs, and who may give them."""
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        t = records.get_type(conn, ctx.tenant_id, ctx.route["name"])
+        return signatures.policy_for(conn, t["id"]).__dict__
+
+
+@bp.route(route="api/record-types/{name}/signature-policy", methods=["PUT"])
+@endpoint(permission="record_types.manage", body=PolicyBody, tags=("signatures",))
+def signature_policy_set(ctx: RequestContext) -> dict[str, Any]:
+    """Set a record type's signature policy."""
+    b: PolicyBody = ctx.body
+    actor, meta = audit.context_actor(ctx)
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        t = records.get_type(conn, ctx.tenant_id, ctx.route["name"])
+        policy = signatures.Policy(b.required_reviews, b.required_approvals, b.review_permission, b.approve_permission)
+        return signatures.set_policy(conn, type_id=t["id"], tenant_id=ctx.tenant_id, policy=policy, actor=actor,
+                                     meta=meta, reason=b.reason).__dict__

@@ -1,0 +1,118 @@
+"""Content-addressed attachments in Blob storage.
+
+A file is stored at `attachments/tenants/<tenant_id>/sha256/<hex>`, written with
+`overwrite=False`: identical content is stored once per tenant and never shared across
+tenants. The hash is computed over the body in chunks before the upload (the Functions
+Python worker hands the whole request body over in memory, so there is no earlier point to
+hash it), and again on every read: content whose hash no longer matches is not served and
+an integrity event goes to the tenant's audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from shared import audit, db, storage
+from shared.errors import IntegrityFailure, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from shared.settings import get_settings
+
+CONTAINER = "attachments"
+CHUNK = 1 << 20
+_FILENAME = re.compile(r"""filename\*?=(?:UTF-8'')?"?([^";]+)"?""", re.IGNORECASE)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def blob_name(tenant_id: str, sha256: str) -> str:
+    return f"tenants/{tenant_id}/sha256/{sha256}"
+
+
+def sha256_of(chunks: Iterable[bytes]) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    for chunk in chunks:
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _chunks(data: bytes) -> Iterable[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), CHUNK):
+        yield bytes(view[start:start + CHUNK])
+
+
+def filename_from(content_disposition: str | None) -> str:
+    """The filename of a Content-Disposition header, made safe to show; 'attachment' if none."""
+    from urllib.parse import unquote
+
+    match = _FILENAME.search(content_disposition or "")
+    name = unquote(match.group(1)) if match else "attachment"
+    name = re.sub(r"[\x00-\x1f\x7f/\\]", "_", name).strip(" .")[:200]
+    return name or "attachment"
+
+
+@dataclass(frozen=True)
+class Stored:
+    sha256: str
+    size: int
+    content_type: str
+    filename: str
+    deduplicated: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {"sha256": self.sha256, "size": self.size, "content_type": self.content_type, "filename": self.filename}
+
+
+def store(tenant_id: str, data: bytes, *, content_type: str, filename: str) -> Stored:
+    """Hash and store a file for a tenant.
+
+    Raises:
+        PayloadTooLarge, UnsupportedMediaType, ValidationFailed (empty file).
+    """
+    settings = get_settings()
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media not in settings.attachment_types:
+        raise UnsupportedMediaType(f"attachments may be {', '.join(sorted(settings.attachment_types))}")
+    if len(data) > settings.attachment_max_bytes:
+        raise PayloadTooLarge(f"an attachment may be at most {settings.attachment_max_bytes} bytes")
+    if not data:
+        raise ValidationFailed("the file is empty", errors=[{"location": ["body"], "message": "empty file"}])
+    sha256, size = sha256_of(_chunks(data))
+    blob = storage.blob_service().get_blob_client(CONTAINER, blob_name(tenant_id, sha256))
+    try:
+        blob.upload_blob(data, overwrite=False, content_type=media, metadata={"sha256": sha256}, max_concurrency=2)
+        deduplicated = False
+    except ResourceExistsError:
+        deduplicated = True  # same content, same name: stored once per tenant
+    return Stored(sha256=sha256, size=size, content_type=media, filename=filename, deduplicated=deduplicated)
+
+
+def read_verified(tenant_id: str, sha256: str, *, record_id: str, meta: audit.RequestMeta, actor: audit.Actor) -> bytes:
+    """The content, re-hashed while it streams from storage.
+
+    Raises:
+        NotFound: no such blob (or a malformed hash).
+        IntegrityFailure: the content no longer matches its name; recorded as an integrity event.
+    """
+    if not _SHA256.match(sha256):
+        raise NotFound("no such attachment")
+    blob = storage.blob_service().get_blob_client(CONTAINER, blob_name(tenant_id, sha256))
+    try:
+        downloader = blob.download_blob()
+    except ResourceNotFoundError:
+        raise NotFound("no such attachment") from None
+    digest, parts = hashlib.sha256(), []
+    for chunk in downloader.chunks():
+        digest.update(chunk)
+        parts.append(chunk)
+    if digest.hexdigest() != sha256:
+        with db.tenant_tx(tenant_id) as conn:
+            audit.append(conn, tenant_id=tenant_id, actor=actor, action="integrity.attachment_mismatch",
+                         target_type="record", target_id=record_id,
+                         after={"expected_sha256": sha256, "actual_sha256": digest.hexdigest()}, meta=meta)
+        raise IntegrityFailure("the stored file does not match its recorded hash; it is not served")
+    return b"".join(parts)
