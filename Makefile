@@ -80,7 +80,10 @@ run: venv node
 # The tests start devhost themselves.  Services are always stopped afterwards; the exit
 # status is pytest's.
 test: venv node
-	@trap 'rc=$$?; trap - EXIT; $(DEVSERVICES) down --profile test || true; exit $$rc' EXIT
+	@echo "+ ruff check . && mypy (types are checked like tests)"
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy
+	trap 'rc=$$?; trap - EXIT; $(DEVSERVICES) down --profile test || true; exit $$rc' EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
 	$(DEVSERVICES) up --profile test >/dev/null
@@ -109,4 +112,4 @@ services-destroy:
 
 lint: venv
 	$(VPY) -m ruff check .
-	$(VPY) -m mypy shared functions devhost
+	$(VPY) -m mypy

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 import rfc8785
 from psycopg.rows import tuple_row
 
 from shared import db
+from shared.db import Conn
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
@@ -166,7 +166,7 @@ def format_time(moment: datetime) -> str:
 
 
 def append(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     tenant_id: str,
     actor: Actor,
@@ -228,7 +228,7 @@ def append(
 
 
 def record(
-    conn: psycopg.Connection, ctx: RequestContext, action: str, *, tenant_id: str | None = None, **fields: Any
+    conn: Conn, ctx: RequestContext, action: str, *, tenant_id: str | None = None, **fields: Any
 ) -> Appended:
     """`append` for an HTTP request: actor and metadata come from the request."""
     actor, meta = context_actor(ctx)
@@ -247,7 +247,7 @@ def _event(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 def list_events(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     after_seq: int = 0,
     limit: int = 100,
@@ -259,7 +259,8 @@ def list_events(
     until: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Events of the transaction's tenant in seq order, after `after_seq`, filtered."""
-    clauses, params = ["seq > %s"], [after_seq]
+    clauses: list[str] = ["seq > %s"]
+    params: list[Any] = [after_seq]
     for column, value in (
         ("actor_id", actor_id), ("action", action), ("target_type", target_type), ("target_id", target_id)
     ):
@@ -278,7 +279,7 @@ def list_events(
         return [_event(r) for r in cur.fetchall()]
 
 
-def stream_rows(conn: psycopg.Connection, batch: int = 2000) -> Iterator[dict[str, Any]]:
+def stream_rows(conn: Conn, batch: int = 2000) -> Iterator[dict[str, Any]]:
     """All rows of the transaction's tenant in seq order, through a server-side cursor
     (bounded memory however long the chain). JSON fields stay canonical text."""
     with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:

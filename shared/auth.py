@@ -11,9 +11,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-import psycopg
-
 from shared import audit, db, mail, mfa, passwords, ratelimit
+from shared.db import Conn
 from shared.errors import AppError, Unauthenticated, ValidationFailed
 from shared.guards import Principal
 from shared.opaque import new_token, parse_token
@@ -126,7 +125,7 @@ def login(
     return mfa.SignedIn(tokens, {"mfa_enrolment_required": True} if factors.required else {})
 
 
-def _set_password(conn: psycopg.Connection, user_id: str, password: str) -> None:
+def _set_password(conn: Conn, user_id: str, password: str) -> None:
     conn.execute("update users set password_hash = %s, password_changed_at = now(), updated_at = now() where id = %s",
                  (passwords.hash_password(password), user_id))
 

@@ -172,7 +172,7 @@ def checkpoint_all() -> list[dict[str, Any]]:
             last = conn.execute(
                 "select max(seq) as seq from audit_checkpoint_log where tenant_id = %s", (tenant_id,)
             ).fetchone()
-            if head is None or head["seq"] == 0 or (last["seq"] or 0) >= head["seq"]:
+            if head is None or head["seq"] == 0 or ((last or {}).get("seq") or 0) >= head["seq"]:
                 continue
             doc = sign(tenant_id, int(head["seq"]), head["checksum"], audit.format_time(head["now"]))
             if write(doc):

@@ -14,24 +14,27 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from shared.errors import ServiceUnavailable
 from shared.settings import get_settings
 
-_pool: ConnectionPool | None = None
+Conn = psycopg.Connection[DictRow]
+"""A pooled connection: autocommit, rows as dicts."""
+
+_pool: ConnectionPool[Conn] | None = None
 _pool_lock = threading.Lock()
 
 
-def pool() -> ConnectionPool:
+def pool() -> ConnectionPool[Conn]:
     """The worker's pool, created on first use (never at import)."""
     global _pool
     if _pool is None:
         with _pool_lock:
             if _pool is None:
                 s = get_settings()
-                p = ConnectionPool(
+                p: ConnectionPool[Conn] = ConnectionPool(
                     s.database_url,
                     min_size=s.db_pool_min,
                     max_size=s.db_pool_max,
@@ -55,7 +58,7 @@ def close_pool() -> None:
 
 
 @contextmanager
-def _connection(timeout: float | None = None) -> Iterator[psycopg.Connection]:
+def _connection(timeout: float | None = None) -> Iterator[Conn]:
     try:
         with pool().connection(timeout=timeout) as conn:
             yield conn
@@ -64,7 +67,7 @@ def _connection(timeout: float | None = None) -> Iterator[psycopg.Connection]:
 
 
 @contextmanager
-def tenant_tx(tenant_id: uuid.UUID | str) -> Iterator[psycopg.Connection]:
+def tenant_tx(tenant_id: uuid.UUID | str) -> Iterator[Conn]:
     """A top-level transaction in which row-level security admits exactly one tenant."""
     tid = str(uuid.UUID(str(tenant_id)))
     with _connection() as conn, conn.transaction():
@@ -73,7 +76,7 @@ def tenant_tx(tenant_id: uuid.UUID | str) -> Iterator[psycopg.Connection]:
 
 
 @contextmanager
-def platform_tx() -> Iterator[psycopg.Connection]:
+def platform_tx() -> Iterator[Conn]:
     """A top-level transaction with no tenant set: tenant tables show no rows in it."""
     with _connection() as conn, conn.transaction():
         conn.execute("select set_config('app.tenant_id', '', true)")

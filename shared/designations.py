@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 
 from shared import audit
+from shared.db import Conn
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.guards import Principal
 from shared.rbac import PERMISSIONS, Role
@@ -40,7 +41,7 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
     return {**row, "id": str(row["id"])}
 
 
-def list_designations(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def list_designations(conn: Conn) -> list[dict[str, Any]]:
     rows = conn.execute(
         f"""select {COLUMNS}, (select count(*) from user_designations ud
                                   join users u on u.tenant_id = ud.tenant_id and u.id = ud.user_id
@@ -50,7 +51,7 @@ def list_designations(conn: psycopg.Connection) -> list[dict[str, Any]]:
     return [_json(r) for r in rows]
 
 
-def get_designation(conn: psycopg.Connection, designation_id: uuid.UUID, *, lock: bool = False) -> dict[str, Any]:
+def get_designation(conn: Conn, designation_id: uuid.UUID, *, lock: bool = False) -> dict[str, Any]:
     row = conn.execute(
         f"select {COLUMNS} from designations where id = %s and deleted_at is null{' for update' if lock else ''}",
         (str(designation_id),),
@@ -61,7 +62,7 @@ def get_designation(conn: psycopg.Connection, designation_id: uuid.UUID, *, lock
 
 
 def create_designation(
-    conn: psycopg.Connection, *, actor: Principal, name: str, description: str, permissions: list[str],
+    conn: Conn, *, actor: Principal, name: str, description: str, permissions: list[str],
     reason: str, audit_actor: audit.Actor, meta: audit.RequestMeta,
 ) -> dict[str, Any]:
     perms = check_permissions(permissions, "permissions")
@@ -87,7 +88,7 @@ def create_designation(
 
 
 def update_designation(
-    conn: psycopg.Connection, *, actor: Principal, designation_id: uuid.UUID, changes: dict[str, Any],
+    conn: Conn, *, actor: Principal, designation_id: uuid.UUID, changes: dict[str, Any],
     reason: str, audit_actor: audit.Actor, meta: audit.RequestMeta,
 ) -> dict[str, Any]:
     current = get_designation(conn, designation_id, lock=True)
@@ -119,7 +120,7 @@ def update_designation(
 
 
 def delete_designation(
-    conn: psycopg.Connection, *, actor: Principal, designation_id: uuid.UUID, reason: str,
+    conn: Conn, *, actor: Principal, designation_id: uuid.UUID, reason: str,
     audit_actor: audit.Actor, meta: audit.RequestMeta,
 ) -> None:
     """Retire a designation (kept for the record) and remove it from its holders."""
@@ -140,7 +141,7 @@ def delete_designation(
 
 
 def set_user_designations(
-    conn: psycopg.Connection, *, actor: Principal, user_id: uuid.UUID, designation_ids: list[uuid.UUID],
+    conn: Conn, *, actor: Principal, user_id: uuid.UUID, designation_ids: list[uuid.UUID],
     reason: str, audit_actor: audit.Actor, meta: audit.RequestMeta,
 ) -> dict[str, Any]:
     """Replace a user's designations. Adding one requires holding all its permissions."""
@@ -170,7 +171,7 @@ def set_user_designations(
     return get_user(conn, user_id)
 
 
-def get_overrides(conn: psycopg.Connection, user_id: uuid.UUID) -> list[dict[str, Any]]:
+def get_overrides(conn: Conn, user_id: uuid.UUID) -> list[dict[str, Any]]:
     get_user(conn, user_id)
     rows = conn.execute(
         "select permission, effect, created_at from user_permission_overrides where user_id = %s order by permission",
@@ -180,7 +181,7 @@ def get_overrides(conn: psycopg.Connection, user_id: uuid.UUID) -> list[dict[str
 
 
 def put_overrides(
-    conn: psycopg.Connection, *, actor: Principal, user_id: uuid.UUID, overrides: list[dict[str, str]],
+    conn: Conn, *, actor: Principal, user_id: uuid.UUID, overrides: list[dict[str, str]],
     reason: str, audit_actor: audit.Actor, meta: audit.RequestMeta,
 ) -> list[dict[str, Any]]:
     """Replace a user's overrides.

@@ -394,6 +394,7 @@ def _audit_support_access(ctx: RequestContext, req: func.HttpRequest, response: 
     """Every request an operator makes under support access is in the tenant's audit trail."""
     from shared import audit, db  # audit imports this module's types
 
+    assert ctx.principal is not None
     with db.tenant_tx(ctx.tenant_id) as conn:
         audit.record(
             conn, ctx, "support.accessed", target_type="support_grant", target_id=ctx.principal.support_grant_id,

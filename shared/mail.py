@@ -34,6 +34,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from shared import db
+from shared.db import Conn
 from shared.errors import ValidationFailed
 from shared.settings import Settings, get_settings
 
@@ -87,7 +88,7 @@ class DeliveryReport:
     error: str | None = None
 
 
-def enqueue(conn: psycopg.Connection[Any], *, tenant_id: str, to: str, subject: str, body: str, kind: str) -> str:
+def enqueue(conn: Conn, *, tenant_id: str, to: str, subject: str, body: str, kind: str) -> str:
     """Put a plain-text mail in the outbox in the caller's (tenant) transaction; returns its id.
 
     The body may hold a one-time secret: it stays readable in the outbox until the mail is
@@ -200,7 +201,7 @@ def list_outbox(tenant_ids: Iterable[str] | None = None, *, include_sent: bool =
 # --- internals ------------------------------------------------------------------------------
 
 
-def _cursor(conn: psycopg.Connection[Any]) -> psycopg.Cursor[dict[str, Any]]:
+def _cursor(conn: Conn) -> psycopg.Cursor[dict[str, Any]]:
     return conn.cursor(row_factory=dict_row)
 
 
@@ -261,7 +262,7 @@ def _deliver_one(tenant_id: str, relay: _Relay, settings: Settings, now: datetim
         return True
 
 
-def _record_failure(conn: psycopg.Connection[Any], row: dict[str, Any], error: str, *, give_up: bool) -> None:
+def _record_failure(conn: Conn, row: dict[str, Any], error: str, *, give_up: bool) -> None:
     if give_up:
         log.error("mail %s given up after %d attempts: %s", row["id"], row["attempts"] + 1, error)
     conn.execute(

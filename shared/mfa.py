@@ -49,6 +49,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from shared import audit, db, mail, passkeys, ratelimit
+from shared.db import Conn
 from shared.errors import AppError, Conflict, Forbidden, NotFound
 from shared.guards import MFA_ALL_ROLES_SETTING, MFA_REQUIRED_ROLES
 from shared.opaque import parse_token, same_hash, token_hash
@@ -318,7 +319,7 @@ def recovery_code_hash(user_id: str, code: str) -> str:
     return hashlib.sha256(f"{uuid.UUID(user_id)}:{code}".encode("ascii")).hexdigest()
 
 
-def _issue_recovery_codes(conn: psycopg.Connection, *, tenant_id: str, user_id: str) -> tuple[list[str], int]:
+def _issue_recovery_codes(conn: Conn, *, tenant_id: str, user_id: str) -> tuple[list[str], int]:
     """A new set in the caller's transaction; returns the codes and how many old unused ones it voided."""
     voided = conn.execute(
         "delete from mfa_recovery_codes where user_id = %s returning used_at", (user_id,)
@@ -352,7 +353,7 @@ class FactorState:
                 + (["recovery_code"] if self.recovery_codes_remaining else []))
 
 
-def factor_state(conn: psycopg.Connection, *, user_id: str, role: str) -> FactorState:
+def factor_state(conn: Conn, *, user_id: str, role: str) -> FactorState:
     """The user's factors and whether their role (or the tenant) requires one."""
     row = conn.execute(
         """select exists(select 1 from mfa_totp where user_id = %(u)s and confirmed_at is not null) as totp,
@@ -401,7 +402,7 @@ def _actor(user_id: str, name: str | None) -> audit.Actor:
     return audit.Actor(id=user_id, name=name or user_id, type="user")
 
 
-def _lock_user(conn: psycopg.Connection, user_id: str, *, lock: bool = True) -> dict[str, Any]:
+def _lock_user(conn: Conn, user_id: str, *, lock: bool = True) -> dict[str, Any]:
     """The user row, locked: serializes every factor change of one user (so no two removals
     can leave them without a factor). Raises NotFound."""
     row = conn.execute(
@@ -421,7 +422,7 @@ def _ip_keys(ip: str | None) -> list[ratelimit.Key]:
     return [ratelimit.Key("ip", ratelimit.normalize_ip(ip or "unknown"))]
 
 
-def _recent_proof(conn: psycopg.Connection, session_id: str) -> bool:
+def _recent_proof(conn: Conn, session_id: str) -> bool:
     """Whether the session proved a second factor within MFA_RECENT_AUTH_S."""
     row = conn.execute(
         "select mfa_verified_at > now() - make_interval(secs => %s) as recent from sessions where id = %s",
@@ -430,7 +431,7 @@ def _recent_proof(conn: psycopg.Connection, session_id: str) -> bool:
     return bool(row and row["recent"])
 
 
-def _require_recent_proof(conn: psycopg.Connection, principal: Principal) -> None:
+def _require_recent_proof(conn: Conn, principal: Principal) -> None:
     """Changing the factors of an account that has one needs a session that proved one
     lately: a stolen session alone must not swap in the thief's factor or drop the user's.
 
@@ -441,7 +442,7 @@ def _require_recent_proof(conn: psycopg.Connection, principal: Principal) -> Non
         raise StepUpRequired("sign in again with your second factor (it was proved too long ago) and retry")
 
 
-def _mark_session(conn: psycopg.Connection, session_id: str, method: Method) -> None:
+def _mark_session(conn: Conn, session_id: str, method: Method) -> None:
     conn.execute("update sessions set mfa_verified_at = now(), mfa_method = %s where id = %s", (method, session_id))
 
 
@@ -462,7 +463,7 @@ def _record_failure(*, tenant_id: str, user_id: str, actor: audit.Actor, action:
                          meta=meta)
 
 
-def _check_totp(conn: psycopg.Connection, row: dict[str, Any], *, tenant_id: str, user_id: str, code: str,
+def _check_totp(conn: Conn, row: dict[str, Any], *, tenant_id: str, user_id: str, code: str,
                 method: str = "totp") -> TotpMatch:
     """Verify `code` against a (locked) mfa_totp row and store its step; re-encrypts under the
     current key if an old one sealed it. Raises _Rejected."""
@@ -583,7 +584,7 @@ def confirm_totp(principal: Principal, *, code: str, meta: audit.RequestMeta) ->
             "recovery_codes_remaining": RECOVERY_CODE_COUNT if codes else before.recovery_codes_remaining}
 
 
-def _removal_allowed(conn: psycopg.Connection, principal: Principal, *, losing: Method) -> FactorState:
+def _removal_allowed(conn: Conn, principal: Principal, *, losing: Method) -> FactorState:
     state = factor_state(conn, user_id=principal.user_id, role=principal.role)
     remaining = (state.totp and losing != "totp") or state.passkeys - (1 if losing == "passkey" else 0) > 0
     if state.required and not remaining:
@@ -591,7 +592,7 @@ def _removal_allowed(conn: psycopg.Connection, principal: Principal, *, losing: 
     return state
 
 
-def _drop_orphan_codes(conn: psycopg.Connection, user_id: str) -> int:
+def _drop_orphan_codes(conn: Conn, user_id: str) -> int:
     """With no factor left, recovery codes would be a factor of their own: they go too."""
     left = conn.execute(
         """select exists(select 1 from mfa_totp where user_id = %(u)s and confirmed_at is not null)
@@ -804,7 +805,7 @@ def _new_ticket(tenant_id: str) -> tuple[str, str]:
     return token, token_hash(token)
 
 
-def open_ticket(conn: psycopg.Connection, *, tenant_id: str, user_id: str, state: FactorState, remember_me: bool,
+def open_ticket(conn: Conn, *, tenant_id: str, user_id: str, state: FactorState, remember_me: bool,
                 meta: audit.RequestMeta) -> SecondFactorRequired:
     """After a correct password: a single-use ticket for the second step (in the caller's
     transaction). The user's used and expired tickets are cleared on the way."""
@@ -922,7 +923,7 @@ _FAILURE_DETAIL = {
 }
 
 
-def _use_recovery_code(conn: psycopg.Connection, *, user_id: str, code: str) -> int:
+def _use_recovery_code(conn: Conn, *, user_id: str, code: str) -> int:
     """Spend one recovery code; returns how many are left. Raises _Rejected."""
     normalized = normalize_recovery_code(code)
     if normalized is None:
@@ -938,7 +939,7 @@ def _use_recovery_code(conn: psycopg.Connection, *, user_id: str, code: str) -> 
     return int(row["n"]) if row else 0
 
 
-def _use_passkey(conn: psycopg.Connection, *, tenant_id: str, user_id: str, ticket_hash: str,
+def _use_passkey(conn: Conn, *, tenant_id: str, user_id: str, ticket_hash: str,
                  assertion: dict[str, Any] | None, challenge_id: str | None) -> None:
     """Raises _Rejected."""
     try:
@@ -1065,14 +1066,14 @@ def reset_factors(*, actor: Principal, user_id: uuid.UUID, reason: str, audit_ac
 # --- re-authentication inside another transaction (e-signatures) -----------------------------------
 
 
-def has_totp(conn: psycopg.Connection, user_id: str) -> bool:
+def has_totp(conn: Conn, user_id: str) -> bool:
     """Whether the user has an active TOTP (in the caller's tenant transaction)."""
     row = conn.execute("select exists(select 1 from mfa_totp where user_id = %s and confirmed_at is not null) as e",
                        (user_id,)).fetchone()
     return bool(row and row["e"])
 
 
-def verify_totp_for_signing(conn: psycopg.Connection, *, tenant_id: str, user_id: str, code: str) -> bool:
+def verify_totp_for_signing(conn: Conn, *, tenant_id: str, user_id: str, code: str) -> bool:
     """Check and use up a TOTP code in the caller's tenant transaction (its step is stored
     with the caller's change, so the code cannot serve twice). False when there is no
     active TOTP or the code is malformed, wrong or already used; the caller counts and
@@ -1092,7 +1093,7 @@ def verify_totp_for_signing(conn: psycopg.Connection, *, tenant_id: str, user_id
 # --- fixtures -------------------------------------------------------------------------------------
 
 
-def seed_confirmed_totp(conn: psycopg.Connection, *, tenant_id: str, user_id: str, secret: str | None = None) -> str:
+def seed_confirmed_totp(conn: Conn, *, tenant_id: str, user_id: str, secret: str | None = None) -> str:
     """Give a user an active TOTP directly, in the caller's transaction; returns the secret.
 
     For tests and fixtures only (nothing is audited): real users enrol and confirm.

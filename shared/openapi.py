@@ -103,7 +103,7 @@ def build_openapi(app: func.FunctionApp, *, version: str) -> dict[str, Any]:
                 "required": True,
                 "content": {"application/json": {"schema": _schema(spec.body, schemas)}},
             }
-        methods = [str(getattr(m, "value", m)).lower() for m in (trigger.methods or ["GET"])]
+        methods = [str(getattr(m, "value", m)).lower() for m in (getattr(trigger, "methods", None) or ["GET"])]
         for method in methods:
             paths.setdefault(path, {})[method] = operation
     return {

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
 from shared.errors import ValidationFailed
 
 Part = Literal["text", "uuid", "timestamp"]
-_PARSERS = {"text": str, "uuid": lambda v: str(uuid.UUID(v)), "timestamp": lambda v: datetime.fromisoformat(v).isoformat()}
+_PARSERS: dict[str, Callable[[str], str]] = {"text": str, "uuid": lambda v: str(uuid.UUID(v)), "timestamp": lambda v: datetime.fromisoformat(v).isoformat()}
 
 
 def encode_cursor(*values: Any) -> str:

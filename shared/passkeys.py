@@ -34,7 +34,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import psycopg
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError
@@ -57,6 +56,7 @@ from webauthn.helpers.structs import (
 )
 
 from shared import storage
+from shared.db import Conn
 from shared.errors import ServiceUnavailable
 from shared.settings import Settings, get_settings
 
@@ -330,7 +330,7 @@ def verify_registration(*, challenge_id: str, credential: dict[str, Any], expect
     )
 
 
-def insert_credential(conn: psycopg.Connection, *, tenant_id: str, user_id: str, new: NewCredential,
+def insert_credential(conn: Conn, *, tenant_id: str, user_id: str, new: NewCredential,
                       name: str) -> dict[str, Any]:
     """Store a verified credential in the caller's tenant transaction.
 
@@ -384,7 +384,7 @@ def assertion_credential_id(assertion: Any) -> bytes:
     return raw
 
 
-def find_credential(conn: psycopg.Connection, credential_id: bytes, *, lock: bool = False) -> dict[str, Any] | None:
+def find_credential(conn: Conn, credential_id: bytes, *, lock: bool = False) -> dict[str, Any] | None:
     """The stored credential with this id in the transaction's tenant, or None."""
     return conn.execute(
         "select id::text as id, user_id::text as user_id, public_key, sign_count from webauthn_credentials"
@@ -401,7 +401,7 @@ class VerifiedAssertion:
     user_verified: bool
 
 
-def verify_assertion(conn: psycopg.Connection, *, challenge: Challenge, assertion: dict[str, Any],
+def verify_assertion(conn: Conn, *, challenge: Challenge, assertion: dict[str, Any],
                      expected_user_id: str | None, require_user_verification: bool) -> VerifiedAssertion:
     """Check a `navigator.credentials.get()` answer against a taken challenge and the stored
     credential (locked), and store its new signature counter. Run in the tenant's transaction.
@@ -452,14 +452,14 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
                                 "aaguid")}
 
 
-def user_credentials(conn: psycopg.Connection, user_id: str) -> list[tuple[bytes, list[str]]]:
+def user_credentials(conn: Conn, user_id: str) -> list[tuple[bytes, list[str]]]:
     """(credential id, transports) of each of a user's passkeys, for allow/exclude lists."""
     rows = conn.execute("select credential_id, transports from webauthn_credentials where user_id = %s order by created_at",
                         (user_id,)).fetchall()
     return [(bytes(r["credential_id"]), list(r["transports"])) for r in rows]
 
 
-def list_credentials(conn: psycopg.Connection, user_id: str) -> list[dict[str, Any]]:
+def list_credentials(conn: Conn, user_id: str) -> list[dict[str, Any]]:
     rows = conn.execute(f"select {PUBLIC_COLUMNS} from webauthn_credentials where user_id = %s order by created_at",
                         (user_id,)).fetchall()
     return [public(r) for r in rows]

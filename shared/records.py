@@ -21,6 +21,7 @@ from jsonschema.exceptions import SchemaError
 
 from shared import audit
 from shared.audit import json_safe
+from shared.db import Conn
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.guards import Principal
 from shared.pagination import decode_cursor, encode_cursor
@@ -129,7 +130,7 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-def ensure_builtin_types(conn: psycopg.Connection, tenant_id: str) -> None:
+def ensure_builtin_types(conn: Conn, tenant_id: str) -> None:
     """Create the built-in types of a tenant if they are missing (idempotent)."""
     for name, (display, schema) in BUILTIN_TYPES.items():
         row = conn.execute(
@@ -151,7 +152,7 @@ def _type_json(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def list_types(conn: psycopg.Connection, tenant_id: str) -> list[dict[str, Any]]:
+def list_types(conn: Conn, tenant_id: str) -> list[dict[str, Any]]:
     ensure_builtin_types(conn, tenant_id)
     rows = conn.execute(
         """select t.id, t.name, t.display_name, t.builtin, t.schema_version, t.created_at, t.updated_at, s.schema::text as schema
@@ -162,7 +163,7 @@ def list_types(conn: psycopg.Connection, tenant_id: str) -> list[dict[str, Any]]
     return [_type_json(r) for r in rows]
 
 
-def get_type(conn: psycopg.Connection, tenant_id: str, name: str, *, lock: bool = False) -> dict[str, Any]:
+def get_type(conn: Conn, tenant_id: str, name: str, *, lock: bool = False) -> dict[str, Any]:
     """A type by name with its current schema. Raises NotFound."""
     if name in BUILTIN_TYPES:
         ensure_builtin_types(conn, tenant_id)
@@ -180,7 +181,7 @@ def get_type(conn: psycopg.Connection, tenant_id: str, name: str, *, lock: bool 
 
 
 def create_type(
-    conn: psycopg.Connection, *, actor: Principal, name: str, display_name: str, schema: dict[str, Any],
+    conn: Conn, *, actor: Principal, name: str, display_name: str, schema: dict[str, Any],
     reason: str, meta: audit.RequestMeta, audit_actor: audit.Actor,
 ) -> dict[str, Any]:
     tenant_id = str(actor.tenant_id)
@@ -206,7 +207,7 @@ def create_type(
 
 
 def change_type_schema(
-    conn: psycopg.Connection, *, actor: Principal, name: str, schema: dict[str, Any], reason: str,
+    conn: Conn, *, actor: Principal, name: str, schema: dict[str, Any], reason: str,
     meta: audit.RequestMeta, audit_actor: audit.Actor,
 ) -> dict[str, Any]:
     """A new schema version; stored records keep the version they were written under."""
@@ -262,7 +263,7 @@ VERSION_COLUMNS = ("version, schema_version, payload::text as payload, checksum,
                    "created_by_name, created_tz, reason, previous_version")
 
 
-def _freeze(conn: psycopg.Connection, references: list[dict[str, Any]], self_id: str | None) -> dict[str, Any]:
+def _freeze(conn: Conn, references: list[dict[str, Any]], self_id: str | None) -> dict[str, Any]:
     """Copy each referenced record's current version into a frozen context."""
     if len(references) > MAX_REFERENCES:
         raise ValidationFailed("too many references", errors=[{"location": ["body", "references"], "message": f"at most {MAX_REFERENCES}"}])
@@ -297,7 +298,7 @@ def _version_json(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _with_source_state(conn: psycopg.Connection, version: dict[str, Any]) -> dict[str, Any]:
+def _with_source_state(conn: Conn, version: dict[str, Any]) -> dict[str, Any]:
     """Say, for each frozen reference, whether its source has changed since it was frozen."""
     for entry in version["frozen_context"].values():
         row = conn.execute("select current_version, status from records where id = %s", (entry["record_id"],)).fetchone()
@@ -307,7 +308,7 @@ def _with_source_state(conn: psycopg.Connection, version: dict[str, Any]) -> dic
 
 
 def _insert_version(
-    conn: psycopg.Connection, *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
+    conn: Conn, *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
     references: list[dict[str, Any]], frozen: dict[str, Any], attachments: list[dict[str, Any]], actor: Principal,
     reason: str | None,
 ) -> dict[str, Any]:
@@ -327,7 +328,7 @@ def _insert_version(
 
 
 def create_record(
-    conn: psycopg.Connection, *, actor: Principal, type_name: str, payload: Any, references: list[dict[str, Any]],
+    conn: Conn, *, actor: Principal, type_name: str, payload: Any, references: list[dict[str, Any]],
     meta: audit.RequestMeta, audit_actor: audit.Actor,
 ) -> dict[str, Any]:
     tenant_id = str(actor.tenant_id)
@@ -346,7 +347,7 @@ def create_record(
     return get_record(conn, record_id)
 
 
-def get_record(conn: psycopg.Connection, record_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
+def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
     """A record with its current version (and frozen context with source state). Raises NotFound."""
     row = conn.execute(
         f"""select {RECORD_COLUMNS}, r.type_id from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
@@ -356,12 +357,12 @@ def get_record(conn: psycopg.Connection, record_id: uuid.UUID | str, *, lock: bo
     if row is None:
         raise NotFound("no such record")
     record = {k: (str(v) if k in ("id", "created_by", "retired_by", "type_id") and v is not None else v) for k, v in row.items()}
-    record["version"] = _with_source_state(conn, get_version(conn, record["id"], record["current_version"]))
+    record["version"] = _with_source_state(conn, get_version(conn, record["id"], int(record["current_version"])))
     _add_signatures(conn, record)
     return record
 
 
-def _add_signatures(conn: psycopg.Connection, record: dict[str, Any]) -> None:
+def _add_signatures(conn: Conn, record: dict[str, Any]) -> None:
     """§11.50: every read shows the signatures (printed name, time with zone, meaning), and
     whether the record changed after it was signed (§11.70: signatures stay on their version)."""
     from shared.signatures import SIGNATURE_COLUMNS, manifest_entry  # signatures build on records
@@ -374,7 +375,7 @@ def _add_signatures(conn: psycopg.Connection, record: dict[str, Any]) -> None:
     record["changed_after_signing"] = bool(rows) and not record["version"]["signatures"]
 
 
-def get_version(conn: psycopg.Connection, record_id: str, version: int) -> dict[str, Any]:
+def get_version(conn: Conn, record_id: str, version: int) -> dict[str, Any]:
     row = conn.execute(f"select {VERSION_COLUMNS} from record_versions where record_id = %s and version = %s",
                        (str(record_id), version)).fetchone()
     if row is None:
@@ -382,7 +383,7 @@ def get_version(conn: psycopg.Connection, record_id: str, version: int) -> dict[
     return _version_json(row)
 
 
-def list_versions(conn: psycopg.Connection, record_id: uuid.UUID) -> list[dict[str, Any]]:
+def list_versions(conn: Conn, record_id: uuid.UUID) -> list[dict[str, Any]]:
     get_record(conn, record_id)
     rows = conn.execute(f"select {VERSION_COLUMNS} from record_versions where record_id = %s order by version",
                         (str(record_id),)).fetchall()
@@ -390,7 +391,7 @@ def list_versions(conn: psycopg.Connection, record_id: uuid.UUID) -> list[dict[s
 
 
 def list_records(
-    conn: psycopg.Connection, tenant_id: str, *, type_name: str | None, status: str | None, after: str | None, limit: int,
+    conn: Conn, tenant_id: str, *, type_name: str | None, status: str | None, after: str | None, limit: int,
 ) -> dict[str, Any]:
     cursor = decode_cursor(after, ("timestamp", "uuid"))
     clauses, params = ["true"], []
@@ -425,7 +426,7 @@ def _editable(record: dict[str, Any], expected_version: int | None) -> None:
 
 
 def update_record(
-    conn: psycopg.Connection, *, actor: Principal, record_id: uuid.UUID, expected_version: int, payload: Any,
+    conn: Conn, *, actor: Principal, record_id: uuid.UUID, expected_version: int, payload: Any,
     references: list[dict[str, Any]] | None, reason: str, meta: audit.RequestMeta, audit_actor: audit.Actor,
 ) -> dict[str, Any]:
     """A new version. Raises Conflict when `expected_version` is stale or the record is retired."""
@@ -462,7 +463,7 @@ def update_record(
 
 
 def add_attachment_version(
-    conn: psycopg.Connection, *, actor: Principal, record_id: uuid.UUID, expected_version: int | None,
+    conn: Conn, *, actor: Principal, record_id: uuid.UUID, expected_version: int | None,
     attachment: dict[str, Any], meta: audit.RequestMeta, audit_actor: audit.Actor,
 ) -> dict[str, Any]:
     """Attaching is a new version: same payload, one more attachment."""
@@ -487,7 +488,7 @@ def add_attachment_version(
 
 
 def retire_record(
-    conn: psycopg.Connection, *, actor: Principal, record_id: uuid.UUID, reason: str,
+    conn: Conn, *, actor: Principal, record_id: uuid.UUID, reason: str,
     meta: audit.RequestMeta, audit_actor: audit.Actor,
 ) -> dict[str, Any]:
     """Retire instead of delete: the record stays readable, no longer editable."""

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import psycopg
-
 from shared import audit, db
+from shared.db import Conn
 from shared.errors import NotFound, Unauthenticated
 from shared.opaque import new_token, parse_token, same_hash
 from shared.settings import get_settings
@@ -77,7 +76,7 @@ def _access(user: dict[str, Any], tenant_id: str, session_id: str) -> str:
 
 
 def create_session(
-    conn: psycopg.Connection, *, tenant_id: str, user: dict[str, Any], remember_me: bool,
+    conn: Conn, *, tenant_id: str, user: dict[str, Any], remember_me: bool,
     ip: str | None, user_agent: str | None,
 ) -> IssuedTokens:
     """Open a session in the caller's tenant transaction and issue its first tokens."""
@@ -150,7 +149,7 @@ def refresh(token: str, *, meta: audit.RequestMeta) -> IssuedTokens:
     raise Unauthenticated("the refresh token was already used: the session is revoked")
 
 
-def list_sessions(conn: psycopg.Connection, user_id: str, *, include_ended: bool = False) -> list[dict[str, Any]]:
+def list_sessions(conn: Conn, user_id: str, *, include_ended: bool = False) -> list[dict[str, Any]]:
     where = "" if include_ended else " and revoked_at is null and expires_at > now()"
     rows = conn.execute(
         f"select {PUBLIC_COLUMNS} from sessions where user_id = %s{where} order by created_at desc", (user_id,)
@@ -159,7 +158,7 @@ def list_sessions(conn: psycopg.Connection, user_id: str, *, include_ended: bool
 
 
 def revoke(
-    conn: psycopg.Connection, *, session_id: uuid.UUID | str, user_id: str, reason: str, by: str | None,
+    conn: Conn, *, session_id: uuid.UUID | str, user_id: str, reason: str, by: str | None,
     actor: audit.Actor, meta: audit.RequestMeta, tenant_id: str,
 ) -> None:
     """Revoke one live session of `user_id`. Raises NotFound if it is not theirs or not live."""
@@ -174,7 +173,7 @@ def revoke(
                  target_id=str(session_id), after={"user_id": user_id}, reason=reason, meta=meta)
 
 
-def revoke_all(conn: psycopg.Connection, *, user_id: str, reason: str, except_session: str | None = None) -> int:
+def revoke_all(conn: Conn, *, user_id: str, reason: str, except_session: str | None = None) -> int:
     """Revoke every live session of a user (password change/reset, deactivation)."""
     rows = conn.execute(
         """update sessions set revoked_at = now(), revoked_reason = %s

@@ -21,6 +21,7 @@ import psycopg
 import rfc8785
 
 from shared import audit, db, passwords, ratelimit
+from shared.db import Conn
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.guards import Principal
 from shared.records import canonical, get_record, payload_checksum
@@ -53,7 +54,7 @@ class InvalidSigningCredentials(Forbidden):
     code, title = "invalid-signing-credentials", "The password or code is wrong"
 
 
-def ensure_vocabulary(conn: psycopg.Connection, tenant_id: str) -> None:
+def ensure_vocabulary(conn: Conn, tenant_id: str) -> None:
     for code, text in BUILTIN_MEANINGS.items():
         conn.execute("insert into signature_meanings (tenant_id, code, description, builtin) values (%s, %s, %s, true) "
                      "on conflict do nothing", (tenant_id, code, text))
@@ -64,7 +65,7 @@ def ensure_vocabulary(conn: psycopg.Connection, tenant_id: str) -> None:
                          (tenant_id, code, text))
 
 
-def vocabulary(conn: psycopg.Connection, tenant_id: str) -> dict[str, Any]:
+def vocabulary(conn: Conn, tenant_id: str) -> dict[str, Any]:
     ensure_vocabulary(conn, tenant_id)
     meanings = conn.execute("select code, description, builtin from signature_meanings where retired_at is null order by code").fetchall()
     reasons = conn.execute("select code, text from signature_reasons where retired_at is null order by code").fetchall()
@@ -72,7 +73,7 @@ def vocabulary(conn: psycopg.Connection, tenant_id: str) -> dict[str, Any]:
 
 
 def add_vocabulary(
-    conn: psycopg.Connection, *, tenant_id: str, kind: str, code: str, text: str, actor: audit.Actor,
+    conn: Conn, *, tenant_id: str, kind: str, code: str, text: str, actor: audit.Actor,
     meta: audit.RequestMeta, reason: str,
 ) -> dict[str, Any]:
     """Add a tenant-defined meaning or reason. Raises Conflict if the code exists."""
@@ -98,7 +99,7 @@ class Policy:
     approve_permission: str = "signatures.approve"
 
 
-def policy_for(conn: psycopg.Connection, type_id: str) -> Policy:
+def policy_for(conn: Conn, type_id: str) -> Policy:
     row = conn.execute(
         "select required_reviews, required_approvals, review_permission, approve_permission from signature_policies where type_id = %s",
         (type_id,),
@@ -106,7 +107,7 @@ def policy_for(conn: psycopg.Connection, type_id: str) -> Policy:
     return Policy(**row) if row else Policy()
 
 
-def set_policy(conn: psycopg.Connection, *, type_id: str, tenant_id: str, policy: Policy, actor: audit.Actor,
+def set_policy(conn: Conn, *, type_id: str, tenant_id: str, policy: Policy, actor: audit.Actor,
                meta: audit.RequestMeta, reason: str) -> Policy:
     before = policy_for(conn, type_id)
     conn.execute(
@@ -134,7 +135,7 @@ def binding(row: dict[str, Any]) -> str:
     return hashlib.sha256(rfc8785.dumps(fields)).hexdigest()
 
 
-def _verify_credentials(conn: psycopg.Connection, signer: Principal, password: str, code: str | None,
+def _verify_credentials(conn: Conn, signer: Principal, password: str, code: str | None,
                         meta: audit.RequestMeta) -> None:
     """The re-entered password (always) and the TOTP code when the signer has TOTP.
 
@@ -167,7 +168,7 @@ def _verify_credentials(conn: psycopg.Connection, signer: Principal, password: s
     raise InvalidSigningCredentials("the password or code is wrong")
 
 
-def _second_factor_failure(conn: psycopg.Connection, signer: Principal, code: str | None) -> str | None:
+def _second_factor_failure(conn: Conn, signer: Principal, code: str | None) -> str | None:
     """'missing_code' / 'bad_code' when the signer has TOTP and the code is absent or wrong."""
     try:
         from shared import mfa
@@ -178,6 +179,12 @@ def _second_factor_failure(conn: psycopg.Connection, signer: Principal, code: st
     if not code:
         return "missing_code"
     return None if mfa.verify_totp_for_signing(conn, tenant_id=str(signer.tenant_id), user_id=signer.user_id, code=code) else "bad_code"
+
+
+def _db_time(conn: Conn, function: str) -> Any:
+    row = conn.execute(f"select {function} as t").fetchone()
+    assert row is not None
+    return row["t"]
 
 
 def _count(sigs: list[dict[str, Any]], meaning: str) -> int:
@@ -225,7 +232,7 @@ def sign(
             "signer_id": signer.user_id, "signer_name": signer.name or signer.user_id, "signer_tz": signer.time_zone,
             "meaning": meaning, "reason_code": r["code"], "reason_text": r["text"], "comment": comment,
         }
-        row["signed_at"] = conn.execute("select clock_timestamp() as t").fetchone()["t"]
+        row["signed_at"] = _db_time(conn, "clock_timestamp()")
         row["binding"] = binding(row)
         try:
             with conn.transaction():
@@ -291,7 +298,7 @@ def _need(signer: Principal, permission: str) -> None:
         raise SignatureRefused(f"requires permission {permission}")
 
 
-def _signatures(conn: psycopg.Connection, record_id: str) -> list[dict[str, Any]]:
+def _signatures(conn: Conn, record_id: str) -> list[dict[str, Any]]:
     return conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at",
                         (str(record_id),)).fetchall()
 
@@ -310,7 +317,7 @@ def manifest_entry(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def verify(conn: psycopg.Connection, record_id: str) -> dict[str, Any]:
+def verify(conn: Conn, record_id: str) -> dict[str, Any]:
     """Re-check every signature's link to its version's content."""
     record = get_record(conn, record_id)
     results = []
@@ -333,7 +340,7 @@ def verify(conn: psycopg.Connection, record_id: str) -> dict[str, Any]:
             "current_version": record["current_version"]}
 
 
-def manifest(conn: psycopg.Connection, record_id: str, version: int) -> dict[str, Any]:
+def manifest(conn: Conn, record_id: str, version: int) -> dict[str, Any]:
     """A printable manifest of one version: content, checksum, signatures, audit extract."""
     from shared.records import get_version
 
@@ -341,7 +348,7 @@ def manifest(conn: psycopg.Connection, record_id: str, version: int) -> dict[str
     v = get_version(conn, record_id, version)
     sigs = [manifest_entry(s) for s in _signatures(conn, record_id) if s["version"] == version]
     events = audit.list_events(conn, target_type="record", target_id=record_id, limit=1000)
-    now = conn.execute("select now() as t").fetchone()["t"]
+    now = _db_time(conn, "now()")
     return {
         "title": f"{record['type']} {record_id} version {version}",
         "generated_at": audit.format_time(now),
@@ -355,6 +362,6 @@ def manifest(conn: psycopg.Connection, record_id: str, version: int) -> dict[str
     }
 
 
-def require_record(conn: psycopg.Connection, record_id: str) -> None:
+def require_record(conn: Conn, record_id: str) -> None:
     if conn.execute("select 1 from records where id = %s", (record_id,)).fetchone() is None:
         raise NotFound("no such record")

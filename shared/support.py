@@ -12,9 +12,8 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-import psycopg
-
 from shared import audit, db
+from shared.db import Conn
 from shared.errors import Forbidden, NotFound
 from shared.guards import Principal
 from shared.rbac import SUPPORT, Role
@@ -30,7 +29,7 @@ def _json(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def grant(
-    conn: psycopg.Connection, *, actor: Principal, operator_email: str, reason: str, hours: int,
+    conn: Conn, *, actor: Principal, operator_email: str, reason: str, hours: int,
     audit_actor: audit.Actor, meta: audit.RequestMeta,
 ) -> dict[str, Any]:
     """Raises Forbidden unless the actor is an ADMIN; NotFound for an unknown operator."""
@@ -60,13 +59,13 @@ def grant(
     return out
 
 
-def list_grants(conn: psycopg.Connection) -> list[dict[str, Any]]:
+def list_grants(conn: Conn) -> list[dict[str, Any]]:
     rows = conn.execute(f"select {GRANT_COLUMNS} from support_access_grants order by created_at desc").fetchall()
     return [_json(r) for r in rows]
 
 
 def revoke(
-    conn: psycopg.Connection, *, actor: Principal, grant_id: uuid.UUID, reason: str,
+    conn: Conn, *, actor: Principal, grant_id: uuid.UUID, reason: str,
     audit_actor: audit.Actor, meta: audit.RequestMeta,
 ) -> dict[str, Any]:
     if actor.role != Role.ADMIN or actor.is_support:

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import psycopg
+from psycopg.types.json import Jsonb
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
+from shared.db import Conn
 from shared.errors import NotFound, ValidationFailed
 
 
@@ -57,17 +58,17 @@ def validate_value(key: str, value: Any) -> Any:
         ) from None
 
 
-def list_settings(conn: psycopg.Connection) -> dict[str, Any]:
+def list_settings(conn: Conn) -> dict[str, Any]:
     rows = conn.execute("select key, value, updated_at, updated_by from tenant_settings order by key").fetchall()
     return {r["key"]: {"value": r["value"], "updated_at": r["updated_at"], "updated_by": r["updated_by"]} for r in rows}
 
 
-def get_setting(conn: psycopg.Connection, key: str) -> Any | None:
+def get_setting(conn: Conn, key: str) -> Any | None:
     row = conn.execute("select value from tenant_settings where key = %s", (key,)).fetchone()
     return row["value"] if row else None
 
 
-def put_setting(conn: psycopg.Connection, *, tenant_id: str, key: str, value: Any, actor_id: str | None) -> tuple[Any, Any]:
+def put_setting(conn: Conn, *, tenant_id: str, key: str, value: Any, actor_id: str | None) -> tuple[Any, Any]:
     """Store a validated value in the caller's tenant transaction; returns (old, new)."""
     new = validate_value(key, value)
     old = get_setting(conn, key)
@@ -76,6 +77,6 @@ def put_setting(conn: psycopg.Connection, *, tenant_id: str, key: str, value: An
            values (%s, %s, %s, now(), %s)
            on conflict (tenant_id, key) do update
                set value = excluded.value, updated_at = excluded.updated_at, updated_by = excluded.updated_by""",
-        (tenant_id, key, psycopg.types.json.Jsonb(new), actor_id),
+        (tenant_id, key, Jsonb(new), actor_id),
     )
     return old, new

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 
 from shared import audit, db
+from shared.db import Conn
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.users import invite
 
@@ -45,7 +46,7 @@ def validate_new(slug: str, name: str, region: str) -> None:
 
 
 def create_tenant(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     slug: str,
     name: str,
@@ -99,7 +100,7 @@ def list_tenants() -> list[dict[str, Any]]:
 
 
 def create_tenant_with_admin(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     slug: str,
     name: str,

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import psycopg
 
 from shared import audit, mail
+from shared.db import Conn
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.guards import Principal
 from shared.opaque import new_token
@@ -55,7 +56,7 @@ def _user_json(row: dict[str, Any], designations: list[dict[str, Any]] | None = 
     return out
 
 
-def _designations_of(conn: psycopg.Connection, user_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+def _designations_of(conn: Conn, user_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
     rows = conn.execute(
         """select ud.user_id::text as user_id, d.id::text as id, d.name
              from user_designations ud join designations d on d.tenant_id = ud.tenant_id and d.id = ud.designation_id
@@ -68,7 +69,7 @@ def _designations_of(conn: psycopg.Connection, user_ids: list[str]) -> dict[str,
     return out
 
 
-def get_user(conn: psycopg.Connection, user_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
+def get_user(conn: Conn, user_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
     """A user of the transaction's tenant. Raises NotFound (also for another tenant's id)."""
     row = conn.execute(
         f"select {USER_COLUMNS} from users where id = %s{' for update' if lock else ''}", (str(user_id),)
@@ -79,7 +80,7 @@ def get_user(conn: psycopg.Connection, user_id: uuid.UUID | str, *, lock: bool =
 
 
 def list_users(
-    conn: psycopg.Connection, *, after: str | None, limit: int, status: str | None, role: str | None
+    conn: Conn, *, after: str | None, limit: int, status: str | None, role: str | None
 ) -> dict[str, Any]:
     cursor = decode_cursor(after, ("text", "uuid"))
     clauses, params = ["true"], []
@@ -121,7 +122,7 @@ def _assert_may_manage(actor: Principal, target: dict[str, Any]) -> None:
         raise Forbidden("only an ADMIN can change an ADMIN")
 
 
-def _assert_not_last_admin(conn: psycopg.Connection, target: dict[str, Any]) -> None:
+def _assert_not_last_admin(conn: Conn, target: dict[str, Any]) -> None:
     if target["role"] != Role.ADMIN or target["status"] != "active":
         return
     # Lock every active ADMIN row so two concurrent demotions cannot both pass.
@@ -141,7 +142,7 @@ class Invitation:
 
 
 def invite(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     tenant_id: str,
     email: str,
@@ -199,7 +200,7 @@ def invite(
 
 
 def update_user(
-    conn: psycopg.Connection,
+    conn: Conn,
     *,
     actor: Principal,
     user_id: uuid.UUID,
@@ -246,7 +247,7 @@ def update_user(
 
 
 def deactivate_user(
-    conn: psycopg.Connection, *, actor: Principal, user_id: uuid.UUID, reason: str,
+    conn: Conn, *, actor: Principal, user_id: uuid.UUID, reason: str,
     meta: audit.RequestMeta, audit_actor: audit.Actor,
 ) -> dict[str, Any]:
     """Deactivate (never delete) a user; pending invitations die with it.
