@@ -9,6 +9,7 @@ import azure.functions as func
 from pydantic import Field
 
 from shared import audit, db
+from shared.auth import admin_reset
 from shared.designations import get_overrides, put_overrides, set_user_designations
 from shared.guards import require_permission
 from shared.http import Reply, RequestContext, endpoint
@@ -149,3 +150,15 @@ def overrides_put(ctx: RequestContext) -> dict[str, Any]:
 
 
 
+
+
+@bp.route(route="api/users/{id}/password-reset", methods=["POST"])
+@endpoint(permission="users.update", body=ReasonBody, status=202, tags=("users",))
+def users_password_reset(ctx: RequestContext) -> Reply:
+    """Mail a user a password reset code (admins never see or set passwords)."""
+    actor, meta = audit.context_actor(ctx)
+    assert ctx.principal is not None
+    with db.tenant_tx(ctx.tenant_id) as conn:
+        admin_reset(conn, actor=ctx.principal, user_id=str(ctx.uuid_param("id")), reason=ctx.body.reason,
+                    audit_actor=actor, meta=meta)
+    return Reply(body={"status": "a reset code was mailed to the user"}, status=202)

@@ -13,7 +13,7 @@ from typing import Any
 
 from shared import audit, db, mail, mfa, passwords, ratelimit
 from shared.db import Conn
-from shared.errors import AppError, Unauthenticated, ValidationFailed
+from shared.errors import AppError, Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
 from shared.guards import Principal
 from shared.opaque import new_token, parse_token
 from shared.sessions import create_session, revoke_all
@@ -179,19 +179,42 @@ def request_reset(*, tenant_slug: str, email: str, meta: audit.RequestMeta) -> N
     tenant, user = _find_user(slug, email)
     if tenant is None or user is None or user["status"] != "active":
         return
-    token, hashed = new_token("pwr", tenant["id"])
     with db.tenant_tx(tenant["id"]) as conn:
-        row = conn.execute(
-            "insert into password_resets (tenant_id, user_id, token_hash, expires_at) values (%s, %s, %s, now() + %s) returning expires_at",
-            (tenant["id"], user["id"], hashed, RESET_TTL),
-        ).fetchone()
-        assert row is not None
-        mail.enqueue(conn, tenant_id=tenant["id"], to=user["email"], subject="Reset your Custos password", kind="password_reset",
-                     body=(f"Someone asked to reset your Custos password.\n\nReset code: {token}\n"
-                           f"Open {get_settings().public_app_url}/reset and enter it before {row['expires_at'].isoformat()}.\n"
-                           "If it was not you, ignore this mail: your password is unchanged.\n"))
-        audit.append(conn, tenant_id=tenant["id"], actor=_actor(user, email), action="auth.password_reset_requested",
-                     target_type="user", target_id=user["id"], meta=meta)
+        _send_reset(conn, tenant_id=tenant["id"], user=user, actor=_actor(user, email), meta=meta, reason=None)
+
+
+def _send_reset(conn: Conn, *, tenant_id: str, user: dict[str, Any], actor: audit.Actor, meta: audit.RequestMeta,
+                reason: str | None) -> None:
+    token, hashed = new_token("pwr", tenant_id)
+    row = conn.execute(
+        "insert into password_resets (tenant_id, user_id, token_hash, expires_at) values (%s, %s, %s, now() + %s) returning expires_at",
+        (tenant_id, user["id"], hashed, RESET_TTL),
+    ).fetchone()
+    assert row is not None
+    mail.enqueue(conn, tenant_id=tenant_id, to=user["email"], subject="Reset your Custos password", kind="password_reset",
+                 body=(f"A reset of your Custos password was requested{' by an administrator' if reason else ''}.\n\n"
+                       f"Reset code: {token}\n"
+                       f"Open {get_settings().public_app_url}/reset and enter it before {row['expires_at'].isoformat()}.\n"
+                       "If you did not expect this, tell your administrator: your password is unchanged until you use the code.\n"))
+    audit.append(conn, tenant_id=tenant_id, actor=actor, action="auth.password_reset_requested",
+                 target_type="user", target_id=str(user["id"]), reason=reason, meta=meta)
+
+
+def admin_reset(conn: Conn, *, actor: Principal, user_id: str, reason: str, audit_actor: audit.Actor,
+                meta: audit.RequestMeta) -> None:
+    """An admin sends a user a reset code (admins never see or set passwords).
+
+    Raises:
+        NotFound: no such user. Conflict: the user is not active. Forbidden: an ADMIN by a non-ADMIN.
+    """
+    user = conn.execute("select id::text as id, email, role, status from users where id = %s", (user_id,)).fetchone()
+    if user is None:
+        raise NotFound("no such user")
+    if user["status"] != "active":
+        raise Conflict("only an active user can reset a password")
+    if user["role"] == "ADMIN" and actor.role != "ADMIN":
+        raise Forbidden("only an ADMIN can reset an ADMIN's password")
+    _send_reset(conn, tenant_id=str(actor.tenant_id), user=user, actor=audit_actor, meta=meta, reason=reason)
 
 
 def confirm_reset(*, token: str, new_password: str, meta: audit.RequestMeta) -> None:

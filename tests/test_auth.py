@@ -373,3 +373,25 @@ def test_throttle_expires_by_itself(host: Host, tenant: Tenant) -> None:
         assert blocked.status_code == 429
         time.sleep(int(blocked.headers["retry-after"]) + 0.2)  # the base delay (2 s): no admin needed
         assert login(c, tenant, user["email"]).status_code == 200
+
+
+def test_admins_trigger_a_reset_but_never_see_a_password(host: Host, tenant: Tenant, make_person: PersonFactory) -> None:
+    admin, manager = make_person(tenant.id, "ADMIN"), make_person(tenant.id, "MANAGER")
+    user = user_with_password(tenant)
+    other_admin = make_person(tenant.id, "ADMIN")
+    new_password = "Admin-Sent-Lantern-" + uuid.uuid4().hex[:6]
+    with client_from(host) as c:
+        assert c.post(f"/api/users/{user['id']}/password-reset", json={}, headers=auth(admin.token)).status_code == 422
+        resp = c.post(f"/api/users/{user['id']}/password-reset", json={"reason": "user locked out, ticket 88"},
+                      headers=auth(admin.token))
+        assert resp.status_code == 202
+        assert PASSWORD not in resp.text and "pwr." not in resp.text  # the code goes to the user only
+        assert c.post(f"/api/users/{other_admin.id}/password-reset", json={"reason": "takeover"},
+                      headers=auth(manager.token)).status_code == 403  # MANAGER lacks users.update anyway
+        assert c.post(f"/api/users/{uuid.uuid4()}/password-reset", json={"reason": "ghost"},
+                      headers=auth(admin.token)).status_code == 404
+        token = outbox_token(tenant.id, user["email"], "pwr")
+        assert c.post("/api/auth/password/reset/confirm", json={"token": token, "new_password": new_password}).status_code == 204
+        assert login(c, tenant, user["email"], password=new_password).status_code == 200
+    requested = events(tenant.id, "auth.password_reset_requested")[-1]
+    assert requested["actor_id"] == admin.id and requested["reason"] == "user locked out, ticket 88"
