@@ -945,8 +945,16 @@ def _use_passkey(conn: Conn, *, tenant_id: str, user_id: str, ticket_hash: str,
     try:
         challenge = passkeys.take_challenge(challenge_id or "", purpose="second_factor", tenant_id=tenant_id,
                                             user_id=user_id, ticket_hash=ticket_hash)
-        passkeys.verify_assertion(conn, challenge=challenge, assertion=assertion or {}, expected_user_id=user_id,
-                                  require_user_verification=False)
+    except passkeys.PasskeyRejected as exc:
+        raise _Rejected("passkey", exc.reason) from None
+    _verify_passkey(conn, challenge=challenge, assertion=assertion or {}, user_id=user_id, user_verification=False)
+
+
+def _verify_passkey(conn: Conn, *, challenge: Any, assertion: dict[str, Any], user_id: str, user_verification: bool) -> None:
+    """Verify an assertion; a sign-count regression is also a security event. Raises _Rejected."""
+    try:
+        passkeys.verify_assertion(conn, challenge=challenge, assertion=assertion, expected_user_id=user_id,
+                                  require_user_verification=user_verification)
     except passkeys.SignCountRegression as exc:
         raise _Rejected("passkey", exc.reason, {"security": {
             "action": "security.passkey_counter_regression", "stored": exc.stored, "presented": exc.presented,
@@ -1000,15 +1008,7 @@ def passkey_sign_in(*, challenge_id: str, assertion: dict[str, Any], remember_me
         with db.tenant_tx(tenant_id) as conn:
             if stored["status"] != "active":
                 raise _Rejected("passkey", "inactive_user")
-            try:
-                passkeys.verify_assertion(conn, challenge=challenge, assertion=assertion, expected_user_id=user_id,
-                                          require_user_verification=True)
-            except passkeys.SignCountRegression as exc:
-                raise _Rejected("passkey", exc.reason, {"security": {
-                    "action": "security.passkey_counter_regression", "stored": exc.stored, "presented": exc.presented,
-                }}) from None
-            except passkeys.PasskeyRejected as exc:
-                raise _Rejected("passkey", exc.reason) from None
+            _verify_passkey(conn, challenge=challenge, assertion=assertion, user_id=user_id, user_verification=True)
             user = {"id": user_id, "role": stored["role"], "display_name": stored["display_name"]}
             tokens = create_session(conn, tenant_id=tenant_id, user=user, remember_me=remember_me, ip=meta.ip,
                                     user_agent=meta.user_agent)

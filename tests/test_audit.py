@@ -422,3 +422,34 @@ def test_offline_ed25519_known_answer() -> None:
     )
     assert offline.ed25519_verify(public, b"", signature)
     assert not offline.ed25519_verify(public, b"x", signature)
+
+
+_pg_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({
+    "action": _pg_text, "actor_id": st.none() | _pg_text, "actor_name": _pg_text, "actor_type": _pg_text,
+    "ip": st.none() | _pg_text, "reason": st.none() | _pg_text, "request_id": st.none() | _pg_text,
+    "session_id": st.none() | _pg_text, "target_id": st.none() | _pg_text, "target_type": st.none() | _pg_text,
+    "user_agent": st.none() | _pg_text, "app_version": _pg_text, "previous_checksum": _pg_text,
+    "seq": st.integers(1, 2**62), "before": st.none() | _json, "after": st.none() | _json,
+}), min_size=1, max_size=5))
+def test_database_canonical_form_equals_the_python_one(rows: list[dict]) -> None:
+    """The verifier's fast path (PostgreSQL builds and hashes the canonical JSON) must be
+    byte-identical to canonical_bytes, or a sound chain would read as tampered."""
+    with psycopg.connect(os.environ["DATABASE_OWNER_URL"]) as conn:
+        conn.execute("create temp table t (like audit_events) on commit drop")
+        for r in rows:
+            r = {**r, "tenant_id": str(uuid.uuid4()), "occurred_at": "2026-01-02T03:04:05.123456Z", "checksum": "0" * 64,
+                 "before": audit.canonical_json(r["before"]), "after": audit.canonical_json(r["after"])}
+            conn.execute(
+                f"insert into t ({', '.join(audit._COLUMNS)}) values ({', '.join(['%s'] * len(audit._COLUMNS))})",
+                [r[c] for c in audit._COLUMNS],
+            )
+            text, digest = conn.execute(
+                f"select convert_to({audit._SQL_CANONICAL}, 'UTF8'), {audit.SQL_CHECKSUM} from t where seq = %s and tenant_id = %s",
+                (r["seq"], r["tenant_id"]),
+            ).fetchone()
+            assert bytes(text) == audit.canonical_bytes(r)
+            assert digest == audit.compute_checksum(r)
