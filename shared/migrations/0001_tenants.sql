@@ -29,10 +29,24 @@ CREATE TABLE tenants (
 GRANT SELECT, INSERT ON tenants TO custos_app_rw;
 GRANT UPDATE (name, status, cancelled_at) ON tenants TO custos_app_rw;
 
--- The first tenant-scoped table, and the pattern for all of them: tenant_id first in every
--- index, ENABLE + FORCE row-level security, one policy on app.tenant_id. A transaction with
--- no tenant set sees and writes nothing (nullif: once a connection has set the variable,
--- the unset value reads as '' rather than NULL).
+-- The pattern of every tenant table: tenant_id first in every index, ENABLE + FORCE
+-- row-level security, one policy on app.tenant_id. A transaction with no tenant set sees and
+-- writes nothing (nullif: once a connection has set the variable, the unset value reads as ''
+-- rather than NULL). Every migration applies it with this one function, so no table can get a
+-- weaker variant.
+CREATE FUNCTION custos_isolate_tenant_table(target regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', target);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', target);
+    EXECUTE format($p$CREATE POLICY tenant_isolation ON %s
+        USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
+        WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)$p$, target);
+END
+$$;
+REVOKE ALL ON FUNCTION custos_isolate_tenant_table(regclass) FROM PUBLIC;
+
+-- The first tenant-scoped table.
 CREATE TABLE tenant_settings (
     tenant_id  uuid NOT NULL REFERENCES tenants (id),
     key        text NOT NULL CHECK (key ~ '^[a-z][a-z0-9_.]{0,63}$'),
@@ -42,10 +56,6 @@ CREATE TABLE tenant_settings (
     PRIMARY KEY (tenant_id, key)
 );
 
-ALTER TABLE tenant_settings ENABLE ROW LEVEL SECURITY;
-ALTER TABLE tenant_settings FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON tenant_settings
-    USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid);
+SELECT custos_isolate_tenant_table('tenant_settings');
 
 GRANT SELECT, INSERT, UPDATE ON tenant_settings TO custos_app_rw;

@@ -34,17 +34,9 @@ CREATE INDEX audit_events_actor ON audit_events (tenant_id, actor_id, seq);
 CREATE INDEX audit_events_target ON audit_events (tenant_id, target_type, target_id, seq);
 CREATE INDEX audit_events_time ON audit_events (tenant_id, occurred_at);
 
-ALTER TABLE audit_chain_heads ENABLE ROW LEVEL SECURITY;
-ALTER TABLE audit_chain_heads FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_chain_heads
-    USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid);
+SELECT custos_isolate_tenant_table('audit_chain_heads');
 
-ALTER TABLE audit_events ENABLE ROW LEVEL SECURITY;
-ALTER TABLE audit_events FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_events
-    USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid);
+SELECT custos_isolate_tenant_table('audit_events');
 
 -- Refuse UPDATE, DELETE and TRUNCATE for everyone, the owner included. (A superuser or the
 -- owner can disable triggers: that is what the hash chain and the signed checkpoints
@@ -74,9 +66,5 @@ CREATE TABLE audit_checkpoint_log (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, seq)
 );
-ALTER TABLE audit_checkpoint_log ENABLE ROW LEVEL SECURITY;
-ALTER TABLE audit_checkpoint_log FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON audit_checkpoint_log
-    USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-    WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid);
+SELECT custos_isolate_tenant_table('audit_checkpoint_log');
 GRANT SELECT, INSERT ON audit_checkpoint_log TO custos_app_rw;

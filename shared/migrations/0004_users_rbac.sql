@@ -109,20 +109,13 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_pending ON outbox (tenant_id, created_at) WHERE sent_at IS NULL;
 
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['users', 'designations', 'user_designations', 'user_permission_overrides',
-                             'invitations', 'support_access_grants', 'outbox']
-    LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format($p$CREATE POLICY tenant_isolation ON %I
-            USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-            WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)$p$, t);
-    END LOOP;
-END
-$$;
+SELECT custos_isolate_tenant_table('users');
+SELECT custos_isolate_tenant_table('designations');
+SELECT custos_isolate_tenant_table('user_designations');
+SELECT custos_isolate_tenant_table('user_permission_overrides');
+SELECT custos_isolate_tenant_table('invitations');
+SELECT custos_isolate_tenant_table('support_access_grants');
+SELECT custos_isolate_tenant_table('outbox');
 
 -- Users and designations are never deleted (deactivated / soft-deleted); assignments and
 -- overrides are replaced, with the change in the audit trail.

@@ -39,18 +39,7 @@ CREATE TABLE password_resets (
     FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, id)
 );
 
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['sessions', 'password_resets']
-    LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format($p$CREATE POLICY tenant_isolation ON %I
-            USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-            WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)$p$, t);
-    END LOOP;
-END
-$$;
+SELECT custos_isolate_tenant_table('sessions');
+SELECT custos_isolate_tenant_table('password_resets');
 
 GRANT SELECT, INSERT, UPDATE ON sessions, password_resets TO custos_app_rw;

@@ -96,19 +96,11 @@ CREATE TRIGGER record_versions_no_truncate BEFORE TRUNCATE ON record_versions
 CREATE TRIGGER record_type_schemas_immutable BEFORE UPDATE OR DELETE ON record_type_schemas
     FOR EACH ROW EXECUTE FUNCTION refuse_change();
 
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['record_types', 'record_type_schemas', 'records', 'record_versions', 'payment_methods']
-    LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format($p$CREATE POLICY tenant_isolation ON %I
-            USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-            WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)$p$, t);
-    END LOOP;
-END
-$$;
+SELECT custos_isolate_tenant_table('record_types');
+SELECT custos_isolate_tenant_table('record_type_schemas');
+SELECT custos_isolate_tenant_table('records');
+SELECT custos_isolate_tenant_table('record_versions');
+SELECT custos_isolate_tenant_table('payment_methods');
 
 GRANT SELECT, INSERT, UPDATE ON record_types, records, payment_methods TO custos_app_rw;
 GRANT SELECT, INSERT ON record_type_schemas, record_versions TO custos_app_rw;

@@ -77,19 +77,10 @@ CREATE INDEX mfa_tickets_user ON mfa_tickets (tenant_id, user_id);
 ALTER TABLE sessions ADD COLUMN mfa_verified_at timestamptz;
 ALTER TABLE sessions ADD COLUMN mfa_method text CHECK (mfa_method IN ('totp', 'recovery_code', 'passkey'));
 
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['mfa_totp', 'mfa_recovery_codes', 'webauthn_credentials', 'mfa_tickets']
-    LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format($p$CREATE POLICY tenant_isolation ON %I
-            USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-            WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)$p$, t);
-    END LOOP;
-END
-$$;
+SELECT custos_isolate_tenant_table('mfa_totp');
+SELECT custos_isolate_tenant_table('mfa_recovery_codes');
+SELECT custos_isolate_tenant_table('webauthn_credentials');
+SELECT custos_isolate_tenant_table('mfa_tickets');
 
 -- Factors are credentials, not regulated records: removing one deletes it (the audit trail
 -- keeps the history). Used and expired tickets are deleted when the user next signs in.

@@ -58,19 +58,10 @@ CREATE TRIGGER signatures_immutable BEFORE UPDATE OR DELETE ON signatures
 CREATE TRIGGER signatures_no_truncate BEFORE TRUNCATE ON signatures
     FOR EACH STATEMENT EXECUTE FUNCTION refuse_change();
 
-DO $$
-DECLARE t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['signature_meanings', 'signature_reasons', 'signature_policies', 'signatures']
-    LOOP
-        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
-        EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format($p$CREATE POLICY tenant_isolation ON %I
-            USING (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)
-            WITH CHECK (tenant_id = nullif(current_setting('app.tenant_id', true), '')::uuid)$p$, t);
-    END LOOP;
-END
-$$;
+SELECT custos_isolate_tenant_table('signature_meanings');
+SELECT custos_isolate_tenant_table('signature_reasons');
+SELECT custos_isolate_tenant_table('signature_policies');
+SELECT custos_isolate_tenant_table('signatures');
 
 GRANT SELECT, INSERT, UPDATE ON signature_meanings, signature_reasons, signature_policies TO custos_app_rw;
 GRANT SELECT, INSERT ON signatures TO custos_app_rw;
