@@ -7,7 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
-from shared import audit, db
+from shared import audit, db, operators
 from shared.errors import NotFound
 from shared.http import Reply, RequestContext, endpoint
 from shared.models import Reason, ReasonBody, Strict
@@ -68,3 +68,39 @@ def platform_cancel_tenant(ctx: RequestContext) -> dict[str, Any]:
     """Cancel a tenant: its data turns read-only (reads and exports still work) until the purge."""
     actor, meta = audit.context_actor(ctx)
     return cancel_tenant(str(ctx.uuid_param("id")), reason=ctx.body.reason, actor=actor, meta=meta).__dict__
+
+
+class OperatorSetup(Strict):
+    token: str = Field(min_length=1, max_length=200)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class OperatorLogin(Strict):
+    email: str = Field(min_length=1, max_length=254)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+@bp.route(route="api/platform/auth/setup", methods=["POST"])
+@endpoint(auth=False, body=OperatorSetup, tags=("platform",))
+def platform_operator_setup(ctx: RequestContext) -> None:
+    """Set an operator's password with the one-time setup token from the ops CLI."""
+    _, meta = audit.context_actor(ctx)
+    operators.set_password(token=ctx.body.token, password=ctx.body.password, meta=meta)
+
+
+@bp.route(route="api/platform/auth/login", methods=["POST"])
+@endpoint(auth=False, body=OperatorLogin, tags=("platform",))
+def platform_operator_login(ctx: RequestContext) -> dict[str, Any]:
+    """Sign a platform operator in (a short session of its own; no refresh tokens)."""
+    _, meta = audit.context_actor(ctx)
+    return operators.login(email=ctx.body.email, password=ctx.body.password, meta=meta)
+
+
+@bp.route(route="api/platform/auth/logout", methods=["POST"])
+@endpoint(operator=True, tags=("platform",))
+def platform_operator_logout(ctx: RequestContext) -> None:
+    """End the operator's session."""
+    assert ctx.principal is not None
+    _, meta = audit.context_actor(ctx)
+    operators.logout(operator_id=ctx.principal.user_id, session_id=ctx.principal.session_id, name=ctx.principal.name,
+                     meta=meta)

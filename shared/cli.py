@@ -19,6 +19,8 @@ from psycopg.rows import dict_row
 from shared import audit, db, health, mail, storage
 from shared.errors import AppError, Conflict, NotFound
 from shared.migrate import MigrationError, migrate
+from shared.opaque import new_token
+from shared.operators import SETUP_TTL
 from shared.settings import SettingsError, get_settings, load_local_settings
 from shared.tenants import create_tenant, create_tenant_with_admin
 from shared.users import normalize_email
@@ -60,16 +62,19 @@ def cmd_create_tenant(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_create_operator(args: argparse.Namespace) -> dict[str, Any]:
-    """Create a platform operator (as the owner role: the app itself cannot make operators)."""
+    """Create a platform operator (as the owner role: the app itself cannot make operators);
+    prints a one-time setup token, valid 24 hours, for POST /api/platform/auth/setup."""
     s = get_settings()
     if not s.database_owner_url:
         raise SettingsError("DATABASE_OWNER_URL: required to create operators")
     email = normalize_email(args.email)
+    token, hashed = new_token("ops", audit.PLATFORM_CHAIN)
     try:
         with psycopg.connect(s.database_owner_url, row_factory=dict_row) as conn:
             row = conn.execute(
-                "insert into platform_operators (email, display_name) values (%s, %s) returning id, email, display_name, status, created_at",
-                (email, args.name or email),
+                """insert into platform_operators (email, display_name, setup_token_hash, setup_expires_at)
+                   values (%s, %s, %s, now() + %s) returning id, email, display_name, status, created_at, setup_expires_at""",
+                (email, args.name or email, hashed, SETUP_TTL),
             ).fetchone()
             assert row is not None
             conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
@@ -77,7 +82,7 @@ def cmd_create_operator(args: argparse.Namespace) -> dict[str, Any]:
                          target_type="operator", target_id=str(row["id"]), after={"email": email})
     except psycopg.errors.UniqueViolation:
         raise Conflict("an operator with that email exists") from None
-    return {"operator": {**row, "id": str(row["id"])}}
+    return {"operator": {**row, "id": str(row["id"])}, "setup": {"token": token, "expires_at": row["setup_expires_at"]}}
 
 
 def cmd_check(args: argparse.Namespace) -> dict[str, Any]:

@@ -145,10 +145,16 @@ def _operator(claims: AccessClaims) -> Principal:
     operator_id = _uuid(claims.subject)
     with db.platform_tx() as conn:
         row = conn.execute(
-            "select display_name, status from platform_operators where id = %s", (operator_id,)
+            """select o.display_name, o.status,
+                      exists(select 1 from operator_sessions s where s.id = %s and s.operator_id = o.id
+                              and s.revoked_at is null and s.expires_at > now()) as session_live
+                 from platform_operators o where o.id = %s""",
+            (_uuid(claims.session_id), operator_id),
         ).fetchone()
     if row is None or row["status"] != "active":
         raise Unauthenticated("the account is not active")
+    if not row["session_live"]:
+        raise Unauthenticated("the session has ended")
     return Principal(
         user_id=operator_id,
         tenant_id=None,

@@ -209,6 +209,15 @@ def create_operator(name: str = "Olive Operator") -> dict:
         ).fetchone()
 
 
+def create_operator_session(operator_id: str) -> str:
+    """A live operator session (what an operator sign-in creates); returns its id."""
+    with db.platform_tx() as conn:
+        return conn.execute(
+            "insert into operator_sessions (operator_id, expires_at) values (%s, now() + interval '1 hour') returning id::text as id",
+            (operator_id,),
+        ).fetchone()["id"]
+
+
 def token_for(user_id: str, tenant_id: str | None, role: str, **kw: object) -> str:
     return issue_access_token(
         subject=user_id, tenant_id=tenant_id, session_id=str(kw.pop("session_id", uuid.uuid4())), role=role,
@@ -233,6 +242,7 @@ def make_person() -> PersonFactory:
         if tenant_id is None:
             row = create_operator(name or "Olive Operator")
             role = "PLATFORM_OPERATOR"
+            kw.setdefault("session_id", create_operator_session(row["id"]))
         else:
             row = create_user(tenant_id, role, name=name, mfa=mfa)
             kw.setdefault("session_id", create_session_row(tenant_id, row["id"]))
