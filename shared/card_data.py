@@ -11,8 +11,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
-# 13-19 digits, optionally separated by single spaces or dashes.
-_CANDIDATE = re.compile(r"(?<![0-9])(?:[0-9][ -]?){12,18}[0-9](?![0-9])")
+# A whole run of digits, single spaces or dashes between them, that is not glued to letters or
+# digits (directly or through a dash): "4111 1111 1111 1111" is a candidate, the digit groups
+# of a UUID ("…-9012-3456…", next to hex letters) are not. The run is taken whole (possessive,
+# no backtracking into shorter windows) and must hold 13-19 digits in all.
+_CANDIDATE = re.compile(
+    r"(?<![0-9A-Za-z])(?<![0-9A-Za-z]-)[0-9](?:[0-9]|[ -](?=[0-9]))*+(?![0-9A-Za-z])(?!-[0-9A-Za-z])"
+)
 _CVV_KEYS = frozenset({"cvv", "cvc", "cvv2", "cvc2", "cid", "csc", "cav2", "securitycode", "cardsecuritycode",
                        "cardverificationvalue", "cardverificationcode", "cardcvv", "cardcvc"})
 
