@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared.errors import ServiceUnavailable
+from shared.errors import ConcurrentChange, ServiceUnavailable
 from shared.settings import get_settings
 
 Conn = psycopg.Connection[DictRow]
@@ -62,6 +62,8 @@ def _connection(timeout: float | None = None) -> Iterator[Conn]:
     try:
         with pool().connection(timeout=timeout) as conn:
             yield conn
+    except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
+        raise ConcurrentChange("a concurrent change got in the way: try again") from exc
     except (PoolTimeout, psycopg.OperationalError) as exc:
         raise ServiceUnavailable("the database is unavailable", component="database") from exc
 

@@ -67,6 +67,12 @@ class Conflict(AppError):
     status, code, title = 409, "conflict", "Conflict"
 
 
+class ConcurrentChange(Conflict):
+    """The database rolled the transaction back for a concurrent one (deadlock, serialization)."""
+
+    code, title = "concurrent-change", "A concurrent change got in the way"
+
+
 class PayloadTooLarge(AppError):
     status, code, title = 413, "payload-too-large", "Request body too large"
 

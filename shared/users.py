@@ -122,12 +122,15 @@ def _assert_may_manage(actor: Principal, target: dict[str, Any]) -> None:
         raise Forbidden("only an ADMIN can change an ADMIN")
 
 
-def _assert_not_last_admin(conn: Conn, target: dict[str, Any]) -> None:
-    if target["role"] != Role.ADMIN or target["status"] != "active":
-        return
-    # Lock every active ADMIN row so two concurrent demotions cannot both pass.
-    admins = conn.execute("select id from users where role = 'ADMIN' and status = 'active' for update").fetchall()
-    if len(admins) <= 1:
+def _lock_active_admins(conn: Conn) -> int:
+    """Lock every active ADMIN row, always in id order, and count them. Taken before the
+    target's row, so two ADMINs removing each other serialize instead of deadlocking, and
+    the second one sees the first one's change."""
+    return len(conn.execute("select id from users where role = 'ADMIN' and status = 'active' order by id for update").fetchall())
+
+
+def _assert_not_last_admin(target: dict[str, Any], active_admins: int) -> None:
+    if target["role"] == Role.ADMIN and target["status"] == "active" and active_admins <= 1:
         raise Conflict("the last active ADMIN cannot be demoted or deactivated")
 
 
@@ -216,6 +219,7 @@ def update_user(
         Forbidden: changing one's own role; an ADMIN by a non-ADMIN; granting unheld permissions.
         Conflict: demoting the last active ADMIN; editing a deactivated user.
     """
+    active_admins = _lock_active_admins(conn) if changes.get("role") is not None else 0
     target = get_user(conn, user_id, lock=True)
     tenant_id = actor.tenant_id
     assert tenant_id is not None
@@ -235,7 +239,7 @@ def update_user(
         _assert_may_manage(actor, target)
         assert_can_assign_role(actor, after["role"])
         if after["role"] != Role.ADMIN:
-            _assert_not_last_admin(conn, target)
+            _assert_not_last_admin(target, active_admins)
     sets = ", ".join(f"{k} = %s" for k in after)
     conn.execute(f"update users set {sets}, updated_at = now() where id = %s", [*after.values(), str(user_id)])
     audit.append(
@@ -255,12 +259,13 @@ def deactivate_user(
     Raises:
         NotFound, Forbidden (an ADMIN by a non-ADMIN), Conflict (last active ADMIN, already deactivated).
     """
+    active_admins = _lock_active_admins(conn)
     target = get_user(conn, user_id, lock=True)
     assert actor.tenant_id is not None
     if target["status"] == "deactivated":
         raise Conflict("the user is already deactivated")
     _assert_may_manage(actor, target)
-    _assert_not_last_admin(conn, target)
+    _assert_not_last_admin(target, active_admins)
     conn.execute(
         "update users set status = 'deactivated', deactivated_at = now(), updated_at = now() where id = %s",
         (str(user_id),),
