@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from shared import audit, db, mail, mfa, passwords, ratelimit
 from shared.db import Conn
 from shared.errors import AppError, Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
 from shared.guards import Principal
-from shared.opaque import new_token, parse_token
+from shared.opaque import ParsedToken, new_token, parse_token
 from shared.sessions import create_session, revoke_all
 from shared.settings import get_settings
 from shared.users import normalize_email
@@ -33,6 +33,31 @@ class InvalidCredentials(Unauthenticated):
 
 class InvalidToken(AppError):
     status, code, title = 400, "invalid-token", "The link or code is invalid or has expired"
+
+def take_one_time_token(token: str, *, kind: str, family: ratelimit.Family, password: str, field: str,
+                        meta: audit.RequestMeta) -> tuple[ParsedToken, list[ratelimit.Key]]:
+    """The shared intake of invitation, reset and operator-setup tokens: throttle per IP (before
+    any work), parse, and check the new password's policy. Returns the token and the throttle
+    keys for `refuse_token`.
+
+    Raises:
+        TooManyRequests, InvalidToken (not a token of `kind`; counted), ValidationFailed.
+    """
+    keys = [ratelimit.Key("ip", meta.ip or "unknown")]
+    ratelimit.throttle().check(family, keys)
+    parsed = parse_token(token, kind)
+    if parsed is None:
+        refuse_token(family, keys)
+    passwords.check_policy(password, field=field)
+    assert parsed is not None
+    return parsed, keys
+
+
+def refuse_token(family: ratelimit.Family, keys: list[ratelimit.Key]) -> NoReturn:
+    """Count a bad one-time token against the caller's IP and refuse it."""
+    ratelimit.throttle().record_failure(family, keys)
+    raise InvalidToken()
+
 
 
 def _actor(user: dict[str, Any] | None, email: str) -> audit.Actor:
@@ -136,13 +161,8 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
     Raises:
         TooManyRequests, InvalidToken (unknown, used, revoked or expired), ValidationFailed (password policy).
     """
-    keys = [ratelimit.Key("ip", meta.ip or "unknown")]
-    ratelimit.throttle().check("invitation", keys)
-    parsed = parse_token(token, "inv")
-    if parsed is None:
-        ratelimit.throttle().record_failure("invitation", keys)
-        raise InvalidToken()
-    passwords.check_policy(password)
+    parsed, keys = take_one_time_token(token, kind="inv", family="invitation", password=password, field="password",
+                                       meta=meta)
     with db.tenant_tx(parsed.tenant_id) as conn:
         row = conn.execute(
             """select i.id, i.user_id::text as user_id, u.email, u.role, u.status
@@ -152,8 +172,7 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
             (parsed.hash,),
         ).fetchone()
         if row is None or row["status"] != "invited":
-            ratelimit.throttle().record_failure("invitation", keys)
-            raise InvalidToken()
+            refuse_token("invitation", keys)
         conn.execute("update invitations set used_at = now() where id = %s", (row["id"],))
         _set_password(conn, row["user_id"], password)
         conn.execute("update users set status = 'active', display_name = %s where id = %s",
@@ -223,13 +242,8 @@ def confirm_reset(*, token: str, new_password: str, meta: audit.RequestMeta) -> 
     Raises:
         TooManyRequests, InvalidToken, ValidationFailed (password policy).
     """
-    keys = [ratelimit.Key("ip", meta.ip or "unknown")]
-    ratelimit.throttle().check("reset", keys)
-    parsed = parse_token(token, "pwr")
-    if parsed is None:
-        ratelimit.throttle().record_failure("reset", keys)
-        raise InvalidToken()
-    passwords.check_policy(new_password, field="new_password")
+    parsed, keys = take_one_time_token(token, kind="pwr", family="reset", password=new_password, field="new_password",
+                                       meta=meta)
     with db.tenant_tx(parsed.tenant_id) as conn:
         row = conn.execute(
             """select r.id, r.user_id::text as user_id, u.email, u.display_name from password_resets r
@@ -239,8 +253,7 @@ def confirm_reset(*, token: str, new_password: str, meta: audit.RequestMeta) -> 
             (parsed.hash,),
         ).fetchone()
         if row is None:
-            ratelimit.throttle().record_failure("reset", keys)
-            raise InvalidToken()
+            refuse_token("reset", keys)
         conn.execute("update password_resets set used_at = now() where user_id = %s and used_at is null", (row["user_id"],))
         _set_password(conn, row["user_id"], new_password)
         ended = revoke_all(conn, user_id=row["user_id"], reason="password reset")

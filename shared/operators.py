@@ -13,8 +13,8 @@ from datetime import timedelta
 from typing import Any
 
 from shared import audit, db, passwords, ratelimit
-from shared.auth import InvalidCredentials, InvalidToken
-from shared.opaque import parse_token, same_hash
+from shared.auth import InvalidCredentials, refuse_token, take_one_time_token
+from shared.opaque import same_hash
 from shared.tokens import issue_access_token
 
 SETUP_TTL = timedelta(hours=24)
@@ -28,13 +28,8 @@ def set_password(*, token: str, password: str, meta: audit.RequestMeta) -> None:
     Raises:
         TooManyRequests, InvalidToken, ValidationFailed (password policy).
     """
-    keys = [ratelimit.Key("ip", meta.ip or "unknown")]
-    ratelimit.throttle().check("invitation", keys)
-    parsed = parse_token(token, "ops")
-    if parsed is None:
-        ratelimit.throttle().record_failure("invitation", keys)
-        raise InvalidToken()
-    passwords.check_policy(password)
+    parsed, keys = take_one_time_token(token, kind="ops", family="invitation", password=password, field="password",
+                                       meta=meta)
     with db.platform_tx() as conn:
         row = conn.execute(
             """select id::text as id, display_name, setup_token_hash from platform_operators
@@ -42,8 +37,7 @@ def set_password(*, token: str, password: str, meta: audit.RequestMeta) -> None:
             (parsed.hash,),
         ).fetchone()
         if row is None or not same_hash(row["setup_token_hash"], parsed.hash):
-            ratelimit.throttle().record_failure("invitation", keys)
-            raise InvalidToken()
+            refuse_token("invitation", keys)
         conn.execute(
             "update platform_operators set password_hash = %s, setup_token_hash = null, setup_expires_at = null where id = %s",
             (passwords.hash_password(password), row["id"]),
