@@ -69,9 +69,9 @@ def auth_refresh(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/auth/logout", methods=["POST"])
-@endpoint(mfa_enrolment=True, tags=("auth",))
+@endpoint(mfa_enrolment=True, allow_cancelled=True, allow_support=True, tags=("auth",))
 def auth_logout(ctx: RequestContext) -> None:
-    """End the caller's session."""
+    """End the caller's session (a support token's logout ends that support access)."""
     assert ctx.principal is not None
     auth.logout(principal=ctx.principal, meta=_meta(ctx))
 

@@ -24,7 +24,7 @@ def my_sessions(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/sessions/{id}", methods=["DELETE"])
-@endpoint(tags=("sessions",))
+@endpoint(allow_cancelled=True, tags=("sessions",))
 def revoke_my_session(ctx: RequestContext) -> None:
     """Sign out one of the caller's sessions (another device, or this one)."""
     p = ctx.principal
@@ -45,7 +45,7 @@ def user_sessions(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users/{id}/sessions/{sid}", methods=["DELETE"])
-@endpoint(permission="sessions.manage", tags=("sessions",))
+@endpoint(permission="sessions.manage", allow_cancelled=True, tags=("sessions",))
 def revoke_user_session(ctx: RequestContext) -> None:
     """Revoke one of a user's sessions; it fails on its very next request."""
     p = ctx.principal

@@ -24,6 +24,7 @@ from psycopg.rows import tuple_row
 
 from shared import db
 from shared.db import Conn
+from shared.jsonio import loads_stored
 from shared.settings import get_settings
 
 if TYPE_CHECKING:
@@ -242,7 +243,7 @@ def _event(row: tuple[Any, ...]) -> dict[str, Any]:
     event = dict(zip(_COLUMNS, row, strict=True))
     for name in JSON_FIELDS:
         if event[name] is not None:
-            event[name] = json.loads(event[name])
+            event[name] = loads_stored(event[name])
     return event
 
 

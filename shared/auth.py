@@ -11,7 +11,7 @@ import logging
 from datetime import timedelta
 from typing import Any, NoReturn
 
-from shared import audit, db, mail, mfa, passwords, ratelimit
+from shared import audit, db, mail, mfa, passwords, ratelimit, support
 from shared.db import Conn
 from shared.errors import AppError, Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
 from shared.guards import Principal
@@ -293,9 +293,12 @@ def change_password(*, principal: Principal, current: str, new: str, meta: audit
 
 
 def logout(*, principal: Principal, meta: audit.RequestMeta) -> None:
-    """End the caller's own session."""
+    """End the caller's own session; for a support token, the support access it stands for."""
     tenant_id = principal.tenant_id
     assert tenant_id is not None
+    if principal.is_support:
+        support.end(principal=principal, meta=meta)
+        return
     with db.tenant_tx(tenant_id) as conn:
         conn.execute("update sessions set revoked_at = now(), revoked_reason = 'logout' where id = %s and revoked_at is null",
                      (principal.session_id,))

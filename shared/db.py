@@ -8,6 +8,7 @@ only a savepoint in which a tenant set earlier would still be in force.
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ import psycopg
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from shared.errors import ConcurrentChange, ServiceUnavailable
+from shared.errors import ConcurrentChange, Conflict, InvalidValue, ServiceUnavailable
 from shared.settings import get_settings
+
+log = logging.getLogger("custos.db")
 
 Conn = psycopg.Connection[DictRow]
 """A pooled connection: autocommit, rows as dicts."""
@@ -66,6 +69,14 @@ def _connection(timeout: float | None = None) -> Iterator[Conn]:
         raise ConcurrentChange("a concurrent change got in the way: try again") from exc
     except (PoolTimeout, psycopg.OperationalError) as exc:
         raise ServiceUnavailable("the database is unavailable", component="database") from exc
+    except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation) as exc:
+        raise Conflict("the value conflicts with one that exists") from exc
+    except (psycopg.DataError, psycopg.errors.CheckViolation, psycopg.errors.NotNullViolation,
+            psycopg.errors.ForeignKeyViolation) as exc:
+        # Input the database cannot hold (a date out of range, a blank name against a check
+        # constraint): the client's problem, never a 500. Which constraint is logged, not shown.
+        log.warning("database refused a value: %s %s", exc.sqlstate, type(exc).__name__)
+        raise InvalidValue("a value is out of range or breaks a rule of the data") from exc
 
 
 @contextmanager

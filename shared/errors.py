@@ -90,6 +90,12 @@ class ValidationFailed(AppError, ValueError):
         super().__init__(detail, errors=errors or [])
 
 
+class InvalidValue(ValidationFailed):
+    """The database refused a value (out of range, unrepresentable, or against a constraint)."""
+
+    code, title = "invalid-value", "A value is out of range or not acceptable"
+
+
 class CardDataRefused(AppError):
     """A card number or CVV was sent: refused before it is stored or logged."""
 

@@ -87,7 +87,15 @@ def authenticate(req: func.HttpRequest) -> Principal:
         Unauthenticated: missing, forged, expired or otherwise invalid token, or a caller
             who is no longer active.
     """
-    claims = verify_access_token(bearer_token(req))
+    return principal_for(verify_access_token(bearer_token(req)))
+
+
+def principal_for(claims: AccessClaims) -> Principal:
+    """The principal of verified token claims, loaded from the database.
+
+    Raises:
+        Unauthenticated: the caller, their session or their support grant is no longer live.
+    """
     if claims.tenant_id is None:
         if claims.role != PLATFORM_OPERATOR:
             raise Unauthenticated("invalid token")

@@ -15,8 +15,10 @@ worker binds, so guards never add parameters to a function's signature.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -26,12 +28,13 @@ from urllib.parse import urlsplit
 
 import azure.functions as func
 from pydantic import BaseModel, ValidationError
-from pydantic_core import to_jsonable_python
 
+from shared import jsonio
 from shared.card_data import find_card_data
 from shared.errors import (
     AppError,
     CardDataRefused,
+    Forbidden,
     InternalError,
     MalformedRequest,
     NotFound,
@@ -44,14 +47,17 @@ from shared.errors import (
 )
 from shared.guards import (
     Principal,
-    authenticate,
+    bearer_token,
+    principal_for,
     require_mfa_enrolment,
     require_operator,
     require_permission,
     require_tenant_user,
 )
 from shared.ratelimit import api_limiter
+from shared.rbac import SUPPORT, SUPPORT_PERMISSIONS
 from shared.settings import get_settings
+from shared.tokens import AccessClaims, verify_access_token
 
 access_log = logging.getLogger("custos.access")
 log = logging.getLogger("custos.http")
@@ -90,6 +96,8 @@ class EndpointSpec:
     summary: str
     tags: tuple[str, ...]
     mfa_enrolment: bool = False
+    allow_cancelled: bool = False
+    allow_support: bool = False
 
 
 @dataclass
@@ -111,6 +119,7 @@ class RequestContext:
     client_ip: str
     user_agent: str
     principal: Principal | None = None
+    claims: AccessClaims | None = None
     body: Any = None
     query: Any = None
 
@@ -157,8 +166,16 @@ def endpoint(
     body_limit: str = "max_body_bytes",
     tags: tuple[str, ...] = (),
     mfa_enrolment: bool = False,
+    allow_cancelled: bool = False,
+    allow_support: bool = False,
 ) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
-    """Wrap a handler into a Functions HTTP function. See the module docstring."""
+    """Wrap a handler into a Functions HTTP function. See the module docstring.
+
+    `allow_cancelled` lets a write through while the caller's tenant is cancelled (sign-out,
+    session revocation, export). `allow_support` admits a support token to an endpoint that
+    has no permission of its own (its logout); otherwise a support token reaches only
+    endpoints whose permission is one of the read-only support permissions.
+    """
     if (permission or operator) and not auth:
         raise ValueError("an endpoint with a permission must authenticate")
     if permission and operator:
@@ -179,6 +196,8 @@ def endpoint(
             summary=(handler.__doc__ or handler.__name__).strip().splitlines()[0],
             tags=tags,
             mfa_enrolment=mfa_enrolment,
+            allow_cancelled=allow_cancelled,
+            allow_support=allow_support,
         )
 
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
@@ -201,17 +220,30 @@ def endpoint_spec(fn: Callable[..., Any]) -> EndpointSpec | None:
 
 
 def client_ip(req: func.HttpRequest) -> str:
-    """The right-most X-Forwarded-For entry: the one Azure's front end appends."""
+    """The right-most X-Forwarded-For entry (the one Azure's front end appends), if it is an
+    IP address; "" otherwise. It is stored (sessions, audit) and used as a throttle key, so
+    a forged or garbled header must never reach the database as anything but an address."""
     forwarded = req.headers.get("X-Forwarded-For") or ""
     entries = [e.strip() for e in forwarded.split(",") if e.strip()]
     if not entries:
         return ""
     ip = entries[-1]
     if ip.startswith("["):  # [v6]:port
-        return ip[1:].split("]", 1)[0]
-    if ip.count(":") == 1:  # v4:port
-        return ip.split(":", 1)[0]
-    return ip
+        ip = ip[1:].split("]", 1)[0]
+    elif ip.count(":") == 1:  # v4:port
+        ip = ip.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def header_text(req: func.HttpRequest, name: str, limit: int = 512) -> str:
+    """A header value fit to store and log: control characters and lone surrogates removed."""
+    return _CONTROL.sub("", req.headers.get(name) or "")[:limit]
 
 
 def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
@@ -220,7 +252,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         request=req,
         request_id=str(uuid.uuid4()),
         client_ip=client_ip(req),
-        user_agent=(req.headers.get("User-Agent") or "")[:512],
+        user_agent=header_text(req, "User-Agent"),
     )
     origin = req.headers.get("Origin")
     cors_ok = False
@@ -232,33 +264,57 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         else:
             api_limiter().take(ctx.client_ip or "unknown")
             _check_size(req, getattr(settings, spec.body_limit))
-            parsed = _refuse_card_data(req)
+            _check_route_and_query(req)
+            parsed = _read_json(req)
+            _refuse_card_data(req, parsed)
             if spec.auth:
-                ctx.principal = authenticate(req)
-                if spec.operator:
-                    require_operator(ctx.principal)
-                else:
-                    require_tenant_user(ctx.principal)
-                    require_mfa_enrolment(ctx.principal, enrolment_endpoint=spec.mfa_enrolment)
-                    if spec.permission:
-                        require_permission(ctx.principal, spec.permission)
-                    if req.method.upper() not in SAFE_METHODS and ctx.principal.tenant_status != "ACTIVE":
-                        raise TenantLocked("the tenant is cancelled: data is read-only until it is purged")
+                _authenticate(ctx, spec, req)
             if spec.query is not None:
                 ctx.query = _validate(spec.query, dict(req.params or {}), "query")
             if spec.body is not None and req.method.upper() in BODY_METHODS:
                 ctx.body = _validate(spec.body, parsed if parsed is not _NO_JSON else _parse_json(req), "body")
             response = _render(handler(ctx), spec.status)
-            if ctx.principal is not None and ctx.principal.is_support:
-                _audit_support_access(ctx, req, response)
     except AppError as exc:
         response = _problem(exc, ctx.request_id)
     except Exception:
         log.exception("unhandled error request_id=%s", ctx.request_id)
         response = _problem(InternalError(), ctx.request_id)
+    if ctx.claims is not None and ctx.claims.role == SUPPORT:
+        response = _audit_support_request(ctx, req, response)
     _finish(response, ctx.request_id, origin if cors_ok else None)
     _log_access(ctx, req, response, started)
     return response
+
+
+def _authenticate(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest) -> None:
+    """Authenticate, then apply the caller-kind, second-factor, permission and tenant-state guards."""
+    ctx.claims = verify_access_token(bearer_token(req))
+    ctx.principal = principal = principal_for(ctx.claims)
+    if spec.operator:
+        require_operator(principal)
+        return
+    require_tenant_user(principal)
+    if principal.is_support and not spec.allow_support and spec.permission not in SUPPORT_PERMISSIONS:
+        raise Forbidden("support access is read-only: this endpoint acts as a tenant user")
+    require_mfa_enrolment(principal, enrolment_endpoint=spec.mfa_enrolment)
+    if spec.permission:
+        require_permission(principal, spec.permission)
+    if (req.method.upper() not in SAFE_METHODS and principal.tenant_status != "ACTIVE"
+            and not spec.allow_cancelled):
+        raise TenantLocked("the tenant is cancelled: data is read-only until it is purged")
+
+
+def _check_route_and_query(req: func.HttpRequest) -> None:
+    """NUL and lone surrogates never reach a handler: a route parameter holding one names
+    nothing (404), a query holding one is refused (422)."""
+    for value in (req.route_params or {}).values():
+        try:
+            jsonio.check_text(value, ["path"])
+        except jsonio.ForbiddenCharacters:
+            raise NotFound() from None
+    for name, value in (req.params or {}).items():
+        jsonio.check_text(name, ["query"])
+        jsonio.check_text(value, ["query", name])
 
 
 def _check_origin(origin: str | None, allowed: frozenset[str]) -> bool:
@@ -294,40 +350,54 @@ def _check_size(req: func.HttpRequest, limit: int) -> None:
 _NO_JSON = object()
 
 
-def _refuse_card_data(req: func.HttpRequest) -> Any:
-    """Refuse card numbers and CVVs in the query or a JSON body before anything else sees
-    them; returns the parsed body (or _NO_JSON) so it is parsed once."""
+def _is_json(media: str) -> bool:
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _media(req: func.HttpRequest) -> str:
+    return (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+
+
+def _read_json(req: func.HttpRequest) -> Any:
+    """The JSON body parsed once and checked (depth, NUL, surrogates); _NO_JSON when the body
+    is empty, not declared JSON, or not parseable (reported where a body is required).
+
+    Raises:
+        JsonTooDeep, ForbiddenCharacters: see shared.jsonio.
+    """
+    raw = req.get_body() or b""
+    if not raw.strip() or not _is_json(_media(req)):
+        return _NO_JSON
+    try:
+        return jsonio.parse_body(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, AppError):
+            raise
+        return _NO_JSON
+
+
+def _refuse_card_data(req: func.HttpRequest, parsed: Any) -> None:
+    """Refuse card numbers and CVVs in the query or a JSON body before anything else sees them."""
     for name, value in (req.params or {}).items():
         if find_card_data({name: value}) is not None:
             raise CardDataRefused(location=["query", name])
-    media = (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-    raw = req.get_body() or b""
-    if not raw.strip() or not (media == "application/json" or media.endswith("+json")):
-        return _NO_JSON
-    try:
-        parsed = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError):
-        return _NO_JSON  # reported as malformed where the body is parsed
-    found = find_card_data(parsed)
-    if found is not None:
-        raise CardDataRefused(location=["body", *found])
-    return parsed
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
+    if parsed is not _NO_JSON:
+        found = find_card_data(parsed)
+        if found is not None:
+            raise CardDataRefused(location=["body", *found])
 
 
 def _parse_json(req: func.HttpRequest) -> Any:
-    media = (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+    if not _is_json(_media(req)):
         raise UnsupportedMediaType("send the body as application/json")
     raw = req.get_body() or b""
     if not raw.strip():
         raise MalformedRequest("a JSON body is required", code_detail="empty-body")
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        return jsonio.parse_body(raw)
     except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, AppError):
+            raise
         raise MalformedRequest(f"the body is not valid JSON: {_json_error(exc)}") from None
 
 
@@ -364,9 +434,8 @@ def _render(result: Any, status: int) -> func.HttpResponse:
         return func.HttpResponse(status_code=status, headers=headers)
     if isinstance(result, (bytes, str)) and media_type:
         return func.HttpResponse(body=result, status_code=status, headers={**headers, "Content-Type": media_type})
-    payload = json.dumps(to_jsonable_python(result, by_alias=True), ensure_ascii=False, separators=(",", ":"))
     headers["Content-Type"] = media_type or "application/json; charset=utf-8"
-    return func.HttpResponse(body=payload.encode(), status_code=status, headers=headers)
+    return func.HttpResponse(body=jsonio.dumps(result), status_code=status, headers=headers)
 
 
 def _problem(exc: AppError, request_id: str) -> func.HttpResponse:
@@ -390,16 +459,31 @@ def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | Non
         headers["Vary"] = "Origin"
 
 
-def _audit_support_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse) -> None:
-    """Every request an operator makes under support access is in the tenant's audit trail."""
+def _audit_support_request(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse) -> func.HttpResponse:
+    """Every request made with a support token is in the tenant's audit trail, refused and
+    failed ones included. A served request whose event cannot be written is not served."""
     from shared import audit, db  # audit imports this module's types
 
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        audit.record(
-            conn, ctx, "support.accessed", target_type="support_grant", target_id=ctx.principal.support_grant_id,
-            after={"method": req.method, "path": urlsplit(req.url).path, "status": response.status_code},
-        )
+    claims = ctx.claims
+    assert claims is not None and claims.tenant_id is not None
+    served = response.status_code < 400
+    try:
+        tenant_id = str(uuid.UUID(claims.tenant_id))
+        actor = audit.Actor(id=claims.subject, name=(ctx.principal.name if ctx.principal else claims.name) or "",
+                            type="operator")
+        with db.tenant_tx(tenant_id) as conn:
+            audit.append(
+                conn, tenant_id=tenant_id, actor=actor, action="support.accessed" if served else "support.refused",
+                target_type="support_grant", target_id=claims.session_id,
+                after={"method": req.method, "path": urlsplit(req.url).path, "status": response.status_code},
+                meta=audit.RequestMeta(ip=ctx.client_ip or None, user_agent=ctx.user_agent or None, request_id=ctx.request_id,
+                                       session_id=claims.session_id),
+            )
+    except Exception:
+        log.exception("support request not audited request_id=%s", ctx.request_id)
+        if served:
+            return _problem(InternalError(), ctx.request_id)
+    return response
 
 
 def _log_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse, started: float) -> None:

@@ -24,6 +24,7 @@ from shared.audit import json_safe
 from shared.db import Conn
 from shared.errors import Conflict, NotFound, ValidationFailed
 from shared.guards import Principal
+from shared.jsonio import loads_stored
 from shared.pagination import decode_cursor, encode_cursor
 
 MAX_SCHEMA_BYTES = 65_536
@@ -285,14 +286,14 @@ def _freeze(conn: Conn, references: list[dict[str, Any]], self_id: str | None) -
             raise ValidationFailed("a referenced record does not exist",
                                    errors=[{"location": ["body", "references", i, "record_id"], "message": "no such record"}])
         frozen[name] = {"record_id": rid, "type": row["type"], "version": row["version"], "checksum": row["checksum"],
-                        "payload": json.loads(row["payload"])}
+                        "payload": loads_stored(row["payload"])}
     return frozen
 
 
 def _version_json(row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for key in ("payload", "refs", "frozen_context", "attachments"):
-        out[key] = json.loads(out[key])
+        out[key] = loads_stored(out[key])
     out["created_by"] = str(out["created_by"])
     out["references"] = out.pop("refs")
     return out

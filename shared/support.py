@@ -84,6 +84,21 @@ def revoke(
     return _json(row)
 
 
+def end(*, principal: Principal, meta: audit.RequestMeta) -> None:
+    """A support token's logout: the grant it stands for ends now, so no token of it works."""
+    assert principal.support_grant_id is not None and principal.tenant_id is not None
+    with db.tenant_tx(principal.tenant_id) as conn:
+        conn.execute(
+            "update support_access_grants set revoked_at = now(), revoked_by = %s where id = %s and revoked_at is null",
+            (principal.user_id, principal.support_grant_id),
+        )
+        audit.append(
+            conn, tenant_id=principal.tenant_id,
+            actor=audit.Actor(id=principal.user_id, name=principal.name or "", type="operator"),
+            action="support.ended", target_type="support_grant", target_id=principal.support_grant_id, meta=meta,
+        )
+
+
 def issue_support_token(operator: Principal, tenant_id: str, meta: audit.RequestMeta) -> dict[str, Any]:
     """A read-only token for the tenant, if it has a live grant for this operator.
 

@@ -12,6 +12,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shared import db
+from shared.errors import InvalidValue
 from shared.http import SECURITY_HEADERS, endpoint_spec
 from shared.settings import get_settings
 from shared.tenants import Tenant
@@ -324,3 +326,115 @@ def test_general_api_rate_limit_per_ip() -> None:
         assert int(limited.headers["retry-after"]) >= 1
     finally:
         h.stop()
+
+
+# --- poison input: every bad input is a 4xx problem, never a 500 ------------------------------------------
+
+
+LOGIN = "/api/auth/login"
+
+
+def _post_raw(client: httpx.Client, path: str, body: bytes, **headers: str) -> httpx.Response:
+    return client.post(path, content=body, headers={"Content-Type": "application/json", **headers})
+
+
+@pytest.mark.parametrize("depth", [33, 300, 5_000, 30_000])
+def test_deep_json_is_refused_on_unauthenticated_routes(client: httpx.Client, depth: int) -> None:
+    body = b'{"tenant": "t", "email": "e@x.test", "password": "p", "x": ' + b"[" * depth + b"]" * depth + b"}"
+    assert_problem(_post_raw(client, LOGIN, body), 422, "json-too-deep")
+
+
+@pytest.mark.parametrize("text", ['"a\\u0000b"', '"\\ud800"', '"x\\udc00y"'])
+def test_nul_and_lone_surrogates_in_a_body_are_refused(client: httpx.Client, text: str) -> None:
+    body = ('{"tenant": "t", "email": ' + text + ', "password": "secret-password"}').encode()
+    problem = assert_problem(_post_raw(client, LOGIN, body), 422, "forbidden-characters")
+    assert problem["errors"][0]["location"] == ["body", "email"]
+
+
+def test_nul_in_a_query_is_refused_and_in_a_path_names_nothing(client: httpx.Client, tenant: Tenant,
+                                                             make_token: TokenFactory) -> None:
+    token = make_token(tenant.id, "ADMIN")
+    assert_problem(client.get("/api/records?type=doc%00ument", headers=auth(token)), 422, "forbidden-characters")
+    assert_problem(client.get("/api/audit?action=a%00b", headers=auth(token)), 422, "forbidden-characters")
+    assert_problem(client.get("/api/records?%00=1", headers=auth(token)), 422, "forbidden-characters")
+    assert_problem(client.get("/api/record-types/doc%00ument", headers=auth(token)), 404, "not-found")
+    assert_problem(client.get("/api/record-types/%ED%A0%80", headers=auth(token)), 404, "not-found")
+
+
+def _user_with_password(tenant: Tenant, password: str) -> dict:
+    from shared import passwords
+
+    user = create_user(tenant.id, "VIEWER")
+    with db.tenant_tx(tenant.id) as conn:
+        conn.execute("update users set password_hash = %s where id = %s", (passwords.hash_password(password), user["id"]))
+    return user
+
+
+@pytest.mark.parametrize(("forwarded", "expected"), [
+    ("not-an-ip", ""), ("1.2.3.4\x01", ""), ("'; drop table users; --", ""), ("[::1", "::1"), ("999.1.1.1:80", ""),
+    ("1.2.3.4, \x7f", ""), ("10.0.0.1, 2001:db8::1", "2001:db8::1"), ("198.51.100.7:8443", "198.51.100.7"),
+    ("[2001:db8::2]:443", "2001:db8::2"), ("", ""),
+])
+def test_client_ip_is_the_rightmost_forwarded_address_or_nothing(forwarded: str, expected: str) -> None:
+    import azure.functions as func
+
+    from shared.http import client_ip
+
+    req = func.HttpRequest("GET", "http://h/api/health", headers={"X-Forwarded-For": forwarded}, body=b"")
+    assert client_ip(req) == expected
+
+
+def test_user_agent_control_characters_are_removed_before_storage(client: httpx.Client, tenant: Tenant) -> None:
+    password = "correct horse battery staple 9"
+    user = _user_with_password(tenant, password)
+    resp = client.post(LOGIN, json={"tenant": tenant.slug, "email": user["email"], "password": password},
+                       headers={"User-Agent": "Mozilla\x1b[31m\x08/5.0"})
+    assert resp.status_code == 200, resp.text
+    with db.tenant_tx(tenant.id) as conn:
+        row = conn.execute("select user_agent from sessions where user_id = %s", (user["id"],)).fetchone()
+    assert row == {"user_agent": "Mozilla[31m/5.0"}
+
+
+@pytest.mark.parametrize("params", [
+    {"since": "9999-12-31T23:59:59-23:59"}, {"until": "0001-01-01T00:00:00+23:59"}, {"since": "0001-01-01T00:00:00Z"},
+    {"since": "2026-13-01T00:00:00Z"}, {"until": "2026-01-01T00:00:00+25:00"}, {"after": "-1"},
+    {"after": "99999999999999999999999"}, {"limit": "1e309"},
+])
+def test_out_of_range_dates_and_cursors_in_filters_are_4xx(client: httpx.Client, tenant: Tenant,
+                                                         make_token: TokenFactory, params: dict[str, str]) -> None:
+    resp = client.get("/api/audit", params=params, headers=auth(make_token(tenant.id, "ADMIN")))
+    assert resp.status_code in (200, 422), resp.text
+    assert "Traceback" not in resp.text
+
+
+@pytest.mark.parametrize("cursor", [
+    base64.urlsafe_b64encode(json.dumps(["0001-01-01T00:00:00+23:59", str(uuid.uuid4())]).encode()).decode(),
+    base64.urlsafe_b64encode(json.dumps(["9999-12-31T23:59:59-23:59", str(uuid.uuid4())]).encode()).decode(),
+    base64.urlsafe_b64encode(json.dumps(["2026-01-01T00:00:00\x00", "\x00"]).encode()).decode(),
+    base64.urlsafe_b64encode(b'["\\ud800", "x"]').decode(),
+    "%%%", "W10",
+])
+def test_forged_cursors_are_4xx(client: httpx.Client, tenant: Tenant, make_token: TokenFactory, cursor: str) -> None:
+    resp = client.get("/api/records", params={"after": cursor}, headers=auth(make_token(tenant.id, "ADMIN")))
+    assert resp.status_code in (200, 422), resp.text
+
+
+def test_a_value_the_database_refuses_is_a_422_problem(tenant: Tenant) -> None:
+    # Whatever path a value takes past the request models, the database's own checks
+    # (check constraints, out-of-range dates, untranslatable text) surface as 422, not 500.
+    with pytest.raises(InvalidValue) as err:
+        with db.tenant_tx(tenant.id) as conn:
+            conn.execute("insert into designations (tenant_id, name) values (%s, '   ')", (tenant.id,))
+    assert err.value.status == 422 and err.value.code == "invalid-value"
+    with pytest.raises(InvalidValue):
+        with db.tenant_tx(tenant.id) as conn:
+            conn.execute("select '294277-01-01'::timestamptz")
+
+
+def test_whitespace_only_names_are_refused_by_the_request_models(client: httpx.Client, tenant: Tenant,
+                                                                  make_token: TokenFactory) -> None:
+    token = make_token(tenant.id, "ADMIN")
+    for name in (" ", "\u00a0\u3000", "\t\n"):
+        resp = client.post("/api/designations", json={"name": name, "permissions": ["records.read"], "reason": "blank"},
+                           headers=auth(token))
+        assert_problem(resp, 422, "validation")

@@ -336,3 +336,58 @@ def test_cancelled_tenant_is_read_only(client: httpx.Client, tenant: Tenant, peo
     assert client.get("/api/audit/export", headers=auth(admin.token)).status_code == 200
     assert client.post(f"/api/platform/tenants/{tenant.id}/cancel", json={"reason": "again"},
                        headers=auth(operator.token)).status_code == 409
+
+
+# --- poison payloads -------------------------------------------------------------------------------
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_a_payload_nested_deeper_than_the_limit_is_refused_and_nothing_is_stored(
+        client: httpx.Client, tenant: Tenant, people: dict[str, Person]) -> None:
+    admin = people["admin"]
+    assert client.post("/api/record-types", json={"name": "free", "display_name": "Free", "schema": {"type": "object"},
+                                                  "reason": "any shape"}, headers=auth(admin.token)).status_code == 201
+    before = len(events(tenant.id, "record.created"))
+    resp = create(client, admin, "free", {"deep": _nested(300)})
+    assert resp.status_code == 422 and resp.json()["type"] == "urn:custos:problem:json-too-deep"
+    assert len(events(tenant.id, "record.created")) == before
+    assert client.get("/api/records", headers=auth(admin.token)).json()["records"] == []
+
+
+@pytest.mark.parametrize("depth", [300, 440])
+def test_a_poison_payload_stored_by_an_older_version_still_reads_back(
+        client: httpx.Client, tenant: Tenant, people: dict[str, Person], depth: int) -> None:
+    """Older versions stored whatever depth their canonicalisation survived (~450). Such rows must render."""
+    from shared import records
+    from shared.guards import Principal
+    from shared.rbac import role_permissions
+
+    admin = people["admin"]
+    principal = Principal(user_id=admin.id, tenant_id=tenant.id, session_id=str(uuid.uuid4()), role="ADMIN",
+                          permissions=role_permissions("ADMIN"), name="Ada Admin")
+    payload = {"deep": _nested(depth)}
+    with db.tenant_tx(tenant.id) as conn:
+        records.create_type(conn, actor=principal, name="free", display_name="Free", schema={"type": "object"},
+                            reason="any shape", meta=audit.RequestMeta(), audit_actor=audit.Actor(admin.id, "Ada Admin"))
+        rec = records.create_record(conn, actor=principal, type_name="free", payload=payload, references=[],
+                                    meta=audit.RequestMeta(), audit_actor=audit.Actor(admin.id, "Ada Admin"))
+    h = auth(admin.token)
+    for path in (f"/api/records/{rec['id']}", f"/api/records/{rec['id']}/versions/1"):
+        resp = client.get(path, headers=h)
+        assert resp.status_code == 200, (path, resp.text[:300])
+        body = resp.json()
+        assert (body.get("payload") or body["version"]["payload"]) == payload
+    versions = client.get(f"/api/records/{rec['id']}/versions", headers=h)
+    assert versions.status_code == 200 and versions.json()["versions"][0]["payload"] == payload
+    manifest = client.get(f"/api/records/{rec['id']}/versions/1/manifest", headers=h)
+    assert manifest.status_code == 200, manifest.text[:300]
+    page = client.get("/api/audit", params={"action": "record.created"}, headers=h)
+    assert page.status_code == 200 and page.json()["events"][-1]["after"]["payload"] == payload
+    listing = client.get("/api/records", headers=h)
+    assert listing.status_code == 200
