@@ -344,3 +344,80 @@ def test_cli_creates_operator_and_tenant_with_admin_invitation() -> None:
     with db.tenant_tx(result["tenant"]["id"]) as conn:
         stored = conn.execute("select token_hash from invitations").fetchone()["token_hash"]
     assert stored == hashlib.sha256(token.encode()).hexdigest()
+
+
+def _support_token(client: httpx.Client, tenant: Tenant, admin: Person, op: Person) -> tuple[str, str]:
+    resp = client.post("/api/support-access", json={"operator_email": op.email, "hours": 2, "reason": "ticket 99"},
+                       headers=auth(admin.token))
+    assert resp.status_code == 201, resp.text
+    support = client.post(f"/api/platform/tenants/{tenant.id}/support-token", headers=auth(op.token))
+    assert support.status_code == 200, support.text
+    return resp.json()["id"], support.json()["access_token"]
+
+
+def test_every_support_request_is_audited_refused_and_failed_ones_included(
+    client: httpx.Client, tenant: Tenant, make_person: PersonFactory
+) -> None:
+    admin, op = make_person(tenant.id, "ADMIN"), make_person(None)
+    grant_id, token = _support_token(client, tenant, admin, op)
+    attempts = [
+        ("PUT", "/api/tenant/settings/display.time_zone", {"value": "UTC", "reason": "support"}, 403),
+        ("POST", "/api/users", {"email": "x@y.test", "role": "VIEWER", "reason": "support"}, 403),
+        ("GET", f"/api/records/{uuid.uuid4()}", None, 404),
+        ("GET", "/api/audit?limit=0", None, 422),
+        ("POST", "/api/auth/password/change", {"current_password": "a" * 12, "new_password": "b" * 16}, 403),
+        ("POST", "/api/mfa/totp/enroll", {}, 403),
+    ]
+    for method, path, body, status in attempts:
+        resp = client.request(method, path, json=body, headers=auth(token))
+        assert resp.status_code == status, (path, resp.text)
+        assert resp.headers["content-type"] == "application/problem+json"
+    refused = events(tenant.id, "support.refused")
+    assert [(e["after"]["method"], e["after"]["path"].split("?")[0], e["after"]["status"]) for e in refused] == [
+        (m, p.split("?")[0], s) for m, p, _, s in attempts]
+    assert {(e["actor_id"], e["actor_type"], e["target_id"]) for e in refused} == {(op.id, "operator", grant_id)}
+    assert events(tenant.id, "support.accessed") == []
+    # After the grant is revoked, the token's attempts are refused and still on the record.
+    assert client.delete(f"/api/support-access/{grant_id}", params={"reason": "done"},
+                         headers=auth(admin.token)).status_code == 200
+    assert client.get("/api/users", headers=auth(token)).status_code == 401
+    last = events(tenant.id, "support.refused")[-1]
+    assert last["after"] == {"method": "GET", "path": "/api/users", "status": 401}
+
+
+def test_a_support_tokens_logout_ends_that_support_access(
+    client: httpx.Client, tenant: Tenant, make_person: PersonFactory
+) -> None:
+    admin, op = make_person(tenant.id, "ADMIN"), make_person(None)
+    grant_id, token = _support_token(client, tenant, admin, op)
+    assert client.get("/api/users", headers=auth(token)).status_code == 200
+    assert client.post("/api/auth/logout", headers=auth(token)).status_code == 204
+    assert client.get("/api/users", headers=auth(token)).status_code == 401
+    ended = events(tenant.id, "support.ended")
+    assert [(e["actor_id"], e["target_id"]) for e in ended] == [(op.id, grant_id)]
+    grants = client.get("/api/support-access", headers=auth(admin.token)).json()["grants"]
+    assert [g["revoked_at"] is not None for g in grants if g["id"] == grant_id] == [True]
+
+
+def test_users_of_a_cancelled_tenant_can_still_sign_out_and_revoke_sessions(
+    client: httpx.Client, tenant: Tenant, make_person: PersonFactory
+) -> None:
+    from shared.tenants import cancel_tenant
+    from tests.conftest import create_session_row
+
+    admin, viewer = make_person(tenant.id, "ADMIN"), make_person(tenant.id, "VIEWER")
+    other_session = create_session_row(tenant.id, viewer.id)
+    cancel_tenant(tenant.id, reason="contract ended", actor=audit.Actor(None, "ops", "system"), meta=None)
+    assert client.post("/api/designations", json={"name": "X", "permissions": [], "reason": "locked?"},
+                       headers=auth(admin.token)).status_code == 423
+    assert client.delete(f"/api/users/{viewer.id}/sessions/{other_session}",
+                         headers=auth(admin.token)).status_code == 204
+    assert client.delete(f"/api/sessions/{_session_of(admin)}", headers=auth(admin.token)).status_code == 204
+    assert client.post("/api/auth/logout", headers=auth(viewer.token)).status_code == 204
+    assert client.get("/api/me", headers=auth(viewer.token)).status_code == 401
+
+
+def _session_of(person: Person) -> str:
+    import jwt
+
+    return str(jwt.decode(person.token, options={"verify_signature": False})["sid"])
