@@ -234,7 +234,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
             _check_size(req, getattr(settings, spec.body_limit))
             parsed = _refuse_card_data(req)
             if spec.auth:
-                ctx.principal = authenticate(req)
+                ctx.principal = authenticate(req, request_id=ctx.request_id, client_ip=ctx.client_ip)
                 if spec.operator:
                     require_operator(ctx.principal)
                 else:
