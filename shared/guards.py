@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import azure.functions as func
 
-from shared import db
+from shared import audit, db, sessions
 from shared.errors import Forbidden, Unauthenticated
 from shared.rbac import PLATFORM_OPERATOR, SUPPORT, SUPPORT_PERMISSIONS, effective_permissions
+from shared.settings import get_settings
 from shared.tokens import AccessClaims, verify_access_token
 
 MFA_REQUIRED_ROLES: frozenset[str] = frozenset({"ADMIN", "REVIEWER"})
@@ -80,18 +81,25 @@ def _uuid(value: str | None) -> str:
         raise Unauthenticated("invalid token") from None
 
 
-def authenticate(req: func.HttpRequest) -> Principal:
-    """Verify the request's access token and load its principal from the database.
+def authenticate(req: func.HttpRequest, *, request_id: str | None = None, client_ip: str | None = None) -> Principal:
+    """Verify the request's access token and load its principal from the database; the
+    session's activity is recorded on the way (see shared.sessions). `request_id` and
+    `client_ip` go into the event of a session that ends here for idleness.
 
     Raises:
-        Unauthenticated: missing, forged, expired or otherwise invalid token, or a caller
-            who is no longer active.
+        Unauthenticated: missing, forged, expired or otherwise invalid token, a session that
+            has ended (revoked, expired, idle: an idle one is revoked now), or a caller who is
+            no longer active.
     """
-    return principal_for(verify_access_token(bearer_token(req)))
+    claims = verify_access_token(bearer_token(req))
+    meta = audit.RequestMeta(client_ip or None, (req.headers.get("User-Agent") or "")[:512] or None,
+                             claims.session_id, request_id)
+    return principal_for(claims, meta)
 
 
-def principal_for(claims: AccessClaims) -> Principal:
-    """The principal of verified token claims, loaded from the database.
+def principal_for(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
+    """The principal of verified token claims, loaded from the database; `meta` goes into the
+    event of a session that ends here for idleness.
 
     Raises:
         Unauthenticated: the caller, their session or their support grant is no longer live.
@@ -99,17 +107,30 @@ def principal_for(claims: AccessClaims) -> Principal:
     if claims.tenant_id is None:
         if claims.role != PLATFORM_OPERATOR:
             raise Unauthenticated("invalid token")
-        return _operator(claims)
+        return _operator(claims, meta)
     if claims.role == SUPPORT:
         return _support(claims)
-    return _tenant_user(claims)
+    return _tenant_user(claims, meta)
 
 
-def _tenant_user(claims: AccessClaims) -> Principal:
-    tenant_id, user_id = _uuid(claims.tenant_id), _uuid(claims.subject)
+_SESSION_STATE = """case when s.revoked_at is not null or s.expires_at <= now() then 'ended'
+                          when s.last_seen_at < now() - {max_idle} then 'idle' else 'live' end"""
+"""A session row's state; the idle test must match the one that revokes (shared.sessions)."""
+
+
+def _tenant_user(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
+    tenant_id, user_id, session_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
     with db.tenant_tx(tenant_id) as conn:
+        # One statement loads the principal and, at most once every TOUCH_EVERY_S, records
+        # the session's activity (a CTE's update runs even though nothing reads it).
         row = conn.execute(
-            """select u.role, u.status, u.display_name, u.time_zone, t.status as tenant_status,
+            f"""with touched as (
+                    update sessions s set last_seen_at = now()
+                     where s.id = %(sid)s and s.user_id = %(uid)s and s.revoked_at is null and s.expires_at > now()
+                       and s.last_seen_at < now() - make_interval(secs => %(touch)s)
+                       and not coalesce(s.last_seen_at < now() - {sessions.MAX_IDLE_SQL}, false)
+                    returning s.id)
+               select u.role, u.status, u.display_name, u.time_zone, t.status as tenant_status,
                       array(select distinct p from user_designations ud
                               join designations d on d.tenant_id = ud.tenant_id and d.id = ud.designation_id
                               cross join unnest(d.permissions) p
@@ -118,20 +139,23 @@ def _tenant_user(claims: AccessClaims) -> Principal:
                              where o.user_id = u.id and o.effect = 'grant') as grants,
                       array(select permission from user_permission_overrides o
                              where o.user_id = u.id and o.effect = 'deny') as denies,
-                      exists(select 1 from sessions s
-                              where s.id = %s and s.user_id = u.id and s.revoked_at is null
-                                and s.expires_at > now()) as session_live,
+                      (select {_SESSION_STATE.format(max_idle=sessions.MAX_IDLE_SQL)}
+                         from sessions s where s.id = %(sid)s and s.user_id = u.id) as session_state,
                       exists(select 1 from mfa_totp m where m.user_id = u.id and m.confirmed_at is not null)
                         or exists(select 1 from webauthn_credentials w where w.user_id = u.id) as mfa_enrolled,
-                      coalesce((select ts.value = 'true'::jsonb from tenant_settings ts where ts.key = %s),
+                      coalesce((select ts.value = 'true'::jsonb from tenant_settings ts where ts.key = %(mfa_key)s),
                                false) as mfa_all_roles
                  from users u join tenants t on t.id = u.tenant_id
-                where u.id = %s""",
-            (_uuid(claims.session_id), MFA_ALL_ROLES_SETTING, user_id),
+                where u.id = %(uid)s""",
+            {"sid": session_id, "uid": user_id, "touch": sessions.TOUCH_EVERY_S, "mfa_key": MFA_ALL_ROLES_SETTING},
         ).fetchone()
     if row is None or row["status"] != "active" or row["tenant_status"] == "PURGED":
         raise Unauthenticated("the account is not active")
-    if not row["session_live"]:
+    if row["session_state"] == "idle":
+        with db.tenant_tx(tenant_id) as conn:
+            sessions.end_if_idle(conn, tenant_id=tenant_id, session_id=session_id, meta=meta)
+        raise Unauthenticated(sessions.IDLE_DETAIL)
+    if row["session_state"] != "live":
         raise Unauthenticated("the session has ended")
     return Principal(
         user_id=user_id,
@@ -149,19 +173,30 @@ def _tenant_user(claims: AccessClaims) -> Principal:
     )
 
 
-def _operator(claims: AccessClaims) -> Principal:
-    operator_id = _uuid(claims.subject)
+def _operator(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
+    operator_id, session_id = _uuid(claims.subject), _uuid(claims.session_id)
+    max_idle = get_settings().operator_session_max_idle_minutes
     with db.platform_tx() as conn:
         row = conn.execute(
-            """select o.display_name, o.status,
-                      exists(select 1 from operator_sessions s where s.id = %s and s.operator_id = o.id
-                              and s.revoked_at is null and s.expires_at > now()) as session_live
-                 from platform_operators o where o.id = %s""",
-            (_uuid(claims.session_id), operator_id),
+            f"""with touched as (
+                    update operator_sessions s set last_seen_at = now()
+                     where s.id = %(sid)s and s.operator_id = %(oid)s and s.revoked_at is null
+                       and s.expires_at > now() and s.last_seen_at < now() - make_interval(secs => %(touch)s)
+                       and s.last_seen_at >= now() - make_interval(mins => %(idle)s)
+                    returning s.id)
+               select o.display_name, o.status,
+                      (select {_SESSION_STATE.format(max_idle="make_interval(mins => %(idle)s)")}
+                         from operator_sessions s where s.id = %(sid)s and s.operator_id = o.id) as session_state
+                 from platform_operators o where o.id = %(oid)s""",
+            {"sid": session_id, "oid": operator_id, "touch": sessions.TOUCH_EVERY_S, "idle": max_idle},
         ).fetchone()
     if row is None or row["status"] != "active":
         raise Unauthenticated("the account is not active")
-    if not row["session_live"]:
+    if row["session_state"] == "idle":
+        with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+            sessions.end_operator_session_if_idle(conn, session_id=session_id, max_idle_minutes=max_idle, meta=meta)
+        raise Unauthenticated(sessions.IDLE_DETAIL)
+    if row["session_state"] != "live":
         raise Unauthenticated("the session has ended")
     return Principal(
         user_id=operator_id,

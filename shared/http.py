@@ -29,7 +29,8 @@ from urllib.parse import urlsplit
 import azure.functions as func
 from pydantic import BaseModel, ValidationError
 
-from shared import jsonio
+from shared import audit, db, jsonio
+from shared.audit import RequestMeta
 from shared.card_data import find_card_data
 from shared.errors import (
     AppError,
@@ -288,8 +289,9 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
 
 def _authenticate(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest) -> None:
     """Authenticate, then apply the caller-kind, second-factor, permission and tenant-state guards."""
-    ctx.claims = verify_access_token(bearer_token(req))
-    ctx.principal = principal = principal_for(ctx.claims)
+    ctx.claims = claims = verify_access_token(bearer_token(req))
+    ctx.principal = principal = principal_for(
+        claims, RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id))
     if spec.operator:
         require_operator(principal)
         return
@@ -462,8 +464,6 @@ def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | Non
 def _audit_support_request(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse) -> func.HttpResponse:
     """Every request made with a support token is in the tenant's audit trail, refused and
     failed ones included. A served request whose event cannot be written is not served."""
-    from shared import audit, db  # audit imports this module's types
-
     claims = ctx.claims
     assert claims is not None and claims.tenant_id is not None
     served = response.status_code < 400

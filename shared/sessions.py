@@ -7,6 +7,13 @@ ends with a working token; clients sharing storage keep the last one); presentin
 token the session once had is reuse: the whole session is revoked and a security event
 recorded (someone holds a copy of a token they should not have). A token the session never
 had (a guess by someone who knows a session id) is refused without touching the session.
+
+A session idle longer than the tenant's `sessions.max_idle_minutes` (no limit when unset) ends:
+its next request or refresh is refused and revokes it with reason "idle" and one
+`session.expired` event. Platform operator sessions follow the same rule with
+OPERATOR_SESSION_MAX_IDLE_MINUTES. Activity is `last_seen_at`, written at most once every
+TOUCH_EVERY_S by the statement that authenticates the request, so reading a session costs no
+write; idleness is therefore measured up to TOUCH_EVERY_S early, never late.
 """
 
 from __future__ import annotations
@@ -26,6 +33,21 @@ from shared.tokens import issue_access_token
 
 RETIRED_KEPT = 100
 """How many rotated-away refresh tokens a session remembers as evidence of reuse."""
+
+IDLE_SETTING = "sessions.max_idle_minutes"
+TOUCH_EVERY_S = 60
+"""`last_seen_at` is written at most this often per session."""
+
+MAX_IDLE_SQL = (
+    "(select make_interval(mins => (ts.value)::int) from tenant_settings ts"
+    f" where ts.key = '{IDLE_SETTING}')"
+)
+"""The tenant's idle limit as an interval, NULL when unset: inlined into the statements that
+read a session so the check costs no extra round trip (a constant: no caller input)."""
+
+IDLE_REASON = "idle"
+IDLE_DETAIL = "the session has ended: it was idle too long"
+IDLE_ACTOR = audit.Actor(id=None, name="idle session timeout", type="system")
 
 PUBLIC_COLUMNS = (
     "id, user_id, created_at, last_seen_at, expires_at, remember_me, ip, device_label, revoked_at, revoked_reason"
@@ -98,16 +120,18 @@ def refresh(token: str, *, meta: audit.RequestMeta) -> IssuedTokens:
     """Rotate a refresh token.
 
     Raises:
-        Unauthenticated: unknown, expired or revoked session; reuse (which also revokes it).
+        Unauthenticated: unknown, expired or revoked session; an idle session (which also
+            ends it); reuse (which also revokes it).
     """
     parsed = parse_token(token, "rt")
     if parsed is None or parsed.session_id is None:
         raise Unauthenticated("invalid refresh token")
     s = get_settings()
-    reused = False
+    ended: str | None = None
     with db.tenant_tx(parsed.tenant_id) as conn:
         row = conn.execute(
-            """select s.*, now() - s.rotated_at <= make_interval(secs => %s) as in_grace, s.expires_at > now() as live,
+            f"""select s.*, now() - s.rotated_at <= make_interval(secs => %s) as in_grace, s.expires_at > now() as live,
+                      coalesce(s.last_seen_at < now() - {MAX_IDLE_SQL}, false) as idle,
                       u.id as uid, u.role, u.display_name, u.status
                  from sessions s join users u on u.tenant_id = s.tenant_id and u.id = s.user_id
                 where s.id = %s for update of s""",
@@ -115,42 +139,96 @@ def refresh(token: str, *, meta: audit.RequestMeta) -> IssuedTokens:
         ).fetchone()
         if row is None or row["revoked_at"] is not None or not row["live"] or row["status"] != "active":
             raise Unauthenticated("the session has ended")
-        current = same_hash(parsed.hash, row["refresh_hash"])
-        racing = not current and bool(row["in_grace"]) and same_hash(parsed.hash, row["previous_refresh_hash"])
-        if current or racing:
-            new, hashed = new_token("rt", parsed.tenant_id, parsed.session_id)
-            # Racing or not, the token being replaced becomes the one a racing tab may still
-            # present for REFRESH_GRACE_S; anything older is reuse.
+        if row["idle"]:
+            # Over whichever token is presented: a refresh must not revive an idle session.
+            end_if_idle(conn, tenant_id=parsed.tenant_id, session_id=parsed.session_id, meta=meta)
+            ended = IDLE_DETAIL
+        else:
+            current = same_hash(parsed.hash, row["refresh_hash"])
+            racing = not current and bool(row["in_grace"]) and same_hash(parsed.hash, row["previous_refresh_hash"])
+            if current or racing:
+                new, hashed = new_token("rt", parsed.tenant_id, parsed.session_id)
+                # Racing or not, the token being replaced becomes the one a racing tab may still
+                # present for REFRESH_GRACE_S; anything older is reuse.
+                conn.execute(
+                    """update sessions set refresh_hash = %s, previous_refresh_hash = refresh_hash, rotated_at = now(),
+                              retired_hashes = (array_prepend(refresh_hash, retired_hashes))[1:%s],
+                              last_seen_at = now(), generation = generation + 1, ip = coalesce(%s, ip)
+                        where id = %s""",
+                    (hashed, RETIRED_KEPT, meta.ip, parsed.session_id),
+                )
+                user = {"id": row["uid"], "role": row["role"], "display_name": row["display_name"]}
+                return IssuedTokens(_access(user, parsed.tenant_id, parsed.session_id), new, parsed.session_id,
+                                    s.jwt_access_ttl_s, row["expires_at"])
+            if not any(same_hash(parsed.hash, old) for old in row["retired_hashes"]):
+                # Not a token this session ever had: a guess. Refuse it, but do not let a caller
+                # who merely knows a session id end someone else's session.
+                raise Unauthenticated("invalid refresh token")
             conn.execute(
-                """update sessions set refresh_hash = %s, previous_refresh_hash = refresh_hash, rotated_at = now(),
-                          retired_hashes = (array_prepend(refresh_hash, retired_hashes))[1:%s],
-                          last_seen_at = now(), generation = generation + 1, ip = coalesce(%s, ip)
-                    where id = %s""",
-                (hashed, RETIRED_KEPT, meta.ip, parsed.session_id),
+                "update sessions set revoked_at = now(), revoked_reason = 'refresh token reused' where id = %s",
+                (parsed.session_id,),
             )
-            user = {"id": row["uid"], "role": row["role"], "display_name": row["display_name"]}
-            return IssuedTokens(_access(user, parsed.tenant_id, parsed.session_id), new, parsed.session_id,
-                                s.jwt_access_ttl_s, row["expires_at"])
-        if not any(same_hash(parsed.hash, old) for old in row["retired_hashes"]):
-            # Not a token this session ever had: a guess. Refuse it, but do not let a caller
-            # who merely knows a session id end someone else's session.
-            raise Unauthenticated("invalid refresh token")
-        reused = True
-        conn.execute(
-            "update sessions set revoked_at = now(), revoked_reason = 'refresh token reused' where id = %s",
-            (parsed.session_id,),
-        )
-        audit.append(
-            conn, tenant_id=parsed.tenant_id, actor=audit.Actor(id=str(row["uid"]), name=row["display_name"] or "", type="user"),
-            action="security.refresh_token_reused", target_type="session", target_id=parsed.session_id,
-            after={"generation": row["generation"]}, meta=meta,
-        )
-    assert reused
-    raise Unauthenticated("the refresh token was already used: the session is revoked")
+            audit.append(
+                conn, tenant_id=parsed.tenant_id,
+                actor=audit.Actor(id=str(row["uid"]), name=row["display_name"] or "", type="user"),
+                action="security.refresh_token_reused", target_type="session", target_id=parsed.session_id,
+                after={"generation": row["generation"]}, meta=meta,
+            )
+            ended = "the refresh token was already used: the session is revoked"
+    # Raised after the transaction commits, so the revocation and its event stay.
+    assert ended is not None
+    raise Unauthenticated(ended)
+
+
+def end_if_idle(conn: Conn, *, tenant_id: str, session_id: str, meta: audit.RequestMeta) -> bool:
+    """Revoke a tenant session that is idle past the tenant's limit, with one `session.expired`
+    event; True if this call ended it. A session already revoked (by a concurrent request, say)
+    is left alone, so the event is written at most once."""
+    row = conn.execute(
+        f"""update sessions s set revoked_at = now(), revoked_reason = %s
+             where s.id = %s and s.revoked_at is null and s.last_seen_at < now() - {MAX_IDLE_SQL}
+            returning s.user_id::text as user_id, s.last_seen_at, {MAX_IDLE_SQL} as max_idle""",
+        (IDLE_REASON, session_id),
+    ).fetchone()
+    if row is None:
+        return False
+    audit.append(
+        conn, tenant_id=tenant_id, actor=IDLE_ACTOR, action="session.expired", target_type="session",
+        target_id=session_id, reason=IDLE_REASON,
+        after={"user_id": row["user_id"], "last_seen_at": row["last_seen_at"].isoformat(),
+               "max_idle_minutes": int(row["max_idle"].total_seconds() // 60)},
+        meta=meta,
+    )
+    return True
+
+
+def end_operator_session_if_idle(
+    conn: Conn, *, session_id: str, max_idle_minutes: int, meta: audit.RequestMeta
+) -> bool:
+    """The same for a platform operator's session; the event goes to the platform chain.
+    `conn` is a transaction on the platform chain (`db.tenant_tx(audit.PLATFORM_CHAIN)`)."""
+    row = conn.execute(
+        """update operator_sessions s set revoked_at = now(), revoked_reason = %s
+            where s.id = %s and s.revoked_at is null and s.last_seen_at < now() - make_interval(mins => %s)
+           returning s.operator_id::text as operator_id, s.last_seen_at""",
+        (IDLE_REASON, session_id, max_idle_minutes),
+    ).fetchone()
+    if row is None:
+        return False
+    audit.append(
+        conn, tenant_id=audit.PLATFORM_CHAIN, actor=IDLE_ACTOR, action="session.expired",
+        target_type="operator_session", target_id=session_id, reason=IDLE_REASON,
+        after={"operator_id": row["operator_id"], "last_seen_at": row["last_seen_at"].isoformat(),
+               "max_idle_minutes": max_idle_minutes},
+        meta=meta,
+    )
+    return True
 
 
 def list_sessions(conn: Conn, user_id: str, *, include_ended: bool = False) -> list[dict[str, Any]]:
-    where = "" if include_ended else " and revoked_at is null and expires_at > now()"
+    where = "" if include_ended else (
+        f" and revoked_at is null and expires_at > now() and not coalesce(last_seen_at < now() - {MAX_IDLE_SQL}, false)"
+    )
     rows = conn.execute(
         f"select {PUBLIC_COLUMNS} from sessions where user_id = %s{where} order by created_at desc", (user_id,)
     ).fetchall()

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     refresh_grace_s: int = Field(
         5, ge=0, le=60, description="Window in which a just-rotated refresh token may be reused (racing tabs)."
     )
+    operator_session_max_idle_minutes: int = Field(
+        30, ge=5, le=1440, description="Minutes of inactivity after which a platform operator's session ends."
+    )
     login_threshold_email_ip: int = Field(5, ge=1, le=1000, description="Failures per email+IP before delays.")
     login_threshold_ip: int = Field(30, ge=1, le=10000, description="Failures per IP before delays.")
     login_threshold_email: int = Field(50, ge=1, le=10000, description="Failures per email (any IP) before delays.")

@@ -17,6 +17,7 @@ from shared.db import Conn
 from shared.errors import Forbidden, NotFound
 from shared.guards import Principal
 from shared.rbac import SUPPORT, Role
+from shared.settings import get_settings
 from shared.tokens import issue_access_token
 
 MAX_GRANT = timedelta(hours=72)
@@ -115,7 +116,7 @@ def issue_support_token(operator: Principal, tenant_id: str, meta: audit.Request
         ).fetchone()
         if row is None:
             raise NotFound("no live support access grant for this tenant")
-        ttl = max(1, min(SUPPORT_TOKEN_TTL_S, int(row["left_s"])))
+        ttl = max(1, min(SUPPORT_TOKEN_TTL_S, get_settings().jwt_access_ttl_s, int(row["left_s"])))
         token = issue_access_token(
             subject=operator.user_id, tenant_id=tenant_id, session_id=str(row["id"]), role=SUPPORT,
             name=operator.name, ttl_s=ttl,

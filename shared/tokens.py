@@ -21,6 +21,9 @@ ALGORITHM = "ES256"
 REQUIRED_CLAIMS = ("sub", "sid", "role", "iat", "nbf", "exp", "iss", "aud", "jti")
 """`tid` is required too, but may be null (platform operators): checked separately."""
 
+MAX_NUMERIC_DATE = 2**32 - 1
+"""Latest `iat`/`nbf`/`exp` accepted (year 2106): anything larger is junk, not a date."""
+
 
 @functools.cache
 def keyring() -> EcKeyRing:
@@ -49,9 +52,16 @@ def issue_access_token(
     now: float | None = None,
     ttl_s: int | None = None,
 ) -> str:
-    """Sign an access token for a session. `tenant_id` is None only for platform operators."""
+    """Sign an access token for a session. `tenant_id` is None only for platform operators.
+
+    Raises:
+        ValueError: `ttl_s` longer than JWT_ACCESS_TTL_S (verification would refuse the token).
+    """
     settings = get_settings()
     ring = keyring()
+    ttl = settings.jwt_access_ttl_s if ttl_s is None else ttl_s
+    if not 0 < ttl <= settings.jwt_access_ttl_s:
+        raise ValueError(f"access token lifetime must be 1..{settings.jwt_access_ttl_s} s")
     issued = int(now if now is not None else time.time())
     claims = {
         "sub": subject,
@@ -60,7 +70,7 @@ def issue_access_token(
         "role": role,
         "iat": issued,
         "nbf": issued,
-        "exp": issued + (ttl_s if ttl_s is not None else settings.jwt_access_ttl_s),
+        "exp": issued + ttl,
         "iss": settings.jwt_issuer,
         "aud": settings.jwt_audience,
         "jti": str(uuid.uuid4()),
@@ -70,8 +80,23 @@ def issue_access_token(
     return jwt.encode(claims, ring.signing, algorithm=ALGORITHM, headers={"kid": ring.signing_kid})
 
 
+def _numeric_date(value: object) -> int:
+    """A NumericDate as we issue them: a whole number of seconds within MAX_NUMERIC_DATE.
+
+    Raises:
+        Unauthenticated: a string, boolean, float (NaN and infinity included) or an integer
+            out of range.
+    """
+    # bool is an int subclass, and json.loads reads Infinity/NaN/1e999 as floats: take
+    # exactly int, never int(...) of whatever arrived.
+    if type(value) is not int or not 0 <= value <= MAX_NUMERIC_DATE:
+        raise Unauthenticated("invalid token")
+    return value
+
+
 def verify_access_token(token: str, *, now: float | None = None) -> AccessClaims:
-    """Check signature, algorithm, key id and every registered claim.
+    """Check signature, algorithm, key id and every registered claim. `iat`, `nbf` and `exp`
+    must be integers, and `exp - iat` at most JWT_ACCESS_TTL_S (plus leeway).
 
     Raises:
         Unauthenticated: with a short reason; never says which key or claim value was expected.
@@ -108,14 +133,15 @@ def verify_access_token(token: str, *, now: float | None = None) -> AccessClaims
         raise Unauthenticated("invalid token") from None
     at = time.time() if now is None else now
     leeway = settings.jwt_leeway_s
-    try:
-        exp, nbf, iat = int(claims["exp"]), int(claims["nbf"]), int(claims["iat"])
-    except (TypeError, ValueError):
-        raise Unauthenticated("invalid token") from None
+    exp, nbf, iat = _numeric_date(claims["exp"]), _numeric_date(claims["nbf"]), _numeric_date(claims["iat"])
     if at > exp + leeway:
         raise Unauthenticated("token expired")
     if at + leeway < nbf or at + leeway < iat:
         raise Unauthenticated("token not yet valid")
+    # Bounding the lifetime by our own setting means a token minted with a stolen key (or by
+    # a bug) cannot outlive a normal one; nbf before iat is never something we issue.
+    if exp - iat > settings.jwt_access_ttl_s + leeway or nbf < iat or exp <= nbf:
+        raise Unauthenticated("token lifetime not accepted")
     if "tid" not in claims or not isinstance(claims.get("sub"), str) or not isinstance(claims.get("sid"), str):
         raise Unauthenticated("invalid token")
     tid = claims.get("tid")

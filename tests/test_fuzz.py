@@ -146,11 +146,13 @@ def test_generated_input_never_gets_a_server_error(route: Route, client: httpx.C
     def attack(request: tuple[str, dict[str, str], bytes, str]) -> None:
         path, params, body, media = request
         send_body = route.method in ("POST", "PUT", "PATCH") or route.spec.raw_body
-        resp = client.request(route.method, path, params=params, content=body if send_body else None,
+        query = "&".join(f"{_segment(k)}={_segment(v)}" for k, v in params.items())
+        resp = client.request(route.method, path + (f"?{query}" if query else ""),
+                              content=body if send_body else None,
                               headers={**headers, "Content-Type": media} if send_body else headers)
         assert resp.status_code < 500, f"{route} {path} {params} {body[:200]!r}: {resp.status_code} {resp.text[:300]}"
-        if resp.status_code >= 400:
+        assert "Traceback" not in resp.text
+        if resp.status_code >= 400 and "x-request-id" in resp.headers:  # answered by the app, not the host's router
             assert resp.headers["content-type"].startswith("application/problem+json"), resp.text[:200]
-            assert "Traceback" not in resp.text
 
     attack()

@@ -222,6 +222,49 @@ def test_missing_claim_is_refused(client: httpx.Client, tenant: Tenant) -> None:
     _assert_refused(client, jwt.encode(claims, ring.signing, algorithm="ES256", headers={"kid": ring.signing_kid}))
 
 
+def _signed(claims: dict) -> str:
+    ring = keyring()
+    return jwt.encode(claims, ring.signing, algorithm="ES256", headers={"kid": ring.signing_kid})
+
+
+def test_token_living_longer_than_the_configured_lifetime_is_refused(client: httpx.Client, tenant: Tenant) -> None:
+    s = get_settings()
+    now = int(time.time())
+    # Signed with the real key, currently valid, but minted to outlive any token we issue.
+    for exp in (now + s.jwt_access_ttl_s + s.jwt_leeway_s + 1, now + 10 * 365 * 86400, 2**31 - 1):
+        _assert_refused(client, _signed(_claims(tenant.id, iat=now, nbf=now, exp=exp)))
+    # An old iat with a fresh exp is the same long lifetime, backdated.
+    _assert_refused(client, _signed(_claims(tenant.id, iat=now - 86400, nbf=now - 86400, exp=now + 60)))
+
+
+def test_token_at_the_configured_lifetime_is_accepted(client: httpx.Client, tenant: Tenant) -> None:
+    now = int(time.time())
+    token = _signed(_claims(tenant.id, iat=now, nbf=now, exp=now + get_settings().jwt_access_ttl_s))
+    assert client.get("/api/tenant", headers=auth(token)).status_code == 200
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf", "exp"])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        "2000000000", "soon", True, False, None, [1], {"t": 1}, 1.5,
+        float("nan"), float("inf"), float("-inf"), 1e308, 10**400, -(10**400), 2**64, -1,
+    ],
+    ids=lambda v: repr(v)[:20],
+)
+def test_junk_time_claims_are_refused_not_500(client: httpx.Client, tenant: Tenant, claim: str, junk: object) -> None:
+    # PyJWT's JSON reader turns Infinity/NaN/1e999 into floats and keeps any integer size.
+    _assert_refused(client, _signed(_claims(tenant.id, **{claim: junk})))
+
+
+def test_issuer_refuses_a_lifetime_the_verifier_would_refuse() -> None:
+    from shared.tokens import issue_access_token
+
+    with pytest.raises(ValueError, match="lifetime"):
+        issue_access_token(subject=str(uuid.uuid4()), tenant_id=None, session_id=str(uuid.uuid4()),
+                           role="PLATFORM_OPERATOR", ttl_s=get_settings().jwt_access_ttl_s + 1)
+
+
 def test_alg_none_is_refused(client: httpx.Client, tenant: Tenant) -> None:
     token = _b64({"alg": "none", "typ": "JWT", "kid": keyring().signing_kid}) + "." + _b64(_claims(tenant.id)) + "."
     _assert_refused(client, token)
