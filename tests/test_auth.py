@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from shared import audit, db
+from shared.settings import get_settings
 from shared.tenants import Tenant
 from tests.conftest import Host, PersonFactory, auth, create_user
 
@@ -362,6 +365,28 @@ def test_credential_stuffing_is_throttled_but_the_real_user_gets_in(host: Host, 
     assert len(events(tenant.id, "auth.login_failed")) == 5
     crossed = events(tenant.id, "security.throttled")
     assert crossed and crossed[0]["after"]["key"] == "email_ip"
+
+
+def test_parallel_wrong_passwords_from_one_address_reach_the_password_check_at_most_the_threshold(
+    host: Host, tenant: Tenant
+) -> None:
+    user = user_with_password(tenant)
+    ip = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.30"
+    n = 30
+    start = threading.Barrier(n)
+
+    def guess(i: int) -> int:
+        with client_from(host, ip) as c:
+            start.wait()
+            return login(c, tenant, user["email"], password=f"guess-{i}-xxxxxxxx").status_code
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        statuses = list(pool.map(guess, range(n)))
+    threshold = get_settings().login_threshold_email_ip
+    assert set(statuses) <= {401, 429}, statuses
+    assert 1 <= statuses.count(401) <= threshold, statuses
+    # every guess that was answered 401 reached the password check, and no other did
+    assert len(events(tenant.id, "auth.login_failed")) == statuses.count(401)
 
 
 def test_throttle_expires_by_itself(host: Host, tenant: Tenant) -> None:
