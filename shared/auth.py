@@ -195,16 +195,55 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
 
 
 def request_reset(*, tenant_slug: str, email: str, meta: audit.RequestMeta) -> None:
-    """Send a reset link if the account exists; the caller answers alike either way."""
+    """Queue a reset request; `process_reset_requests` later mails a code if the account exists.
+
+    The request path never looks the account up: it does the same steps (one throttle
+    reservation, one insert) for every address, so neither its answer nor its timing says
+    whether the account exists.
+
+    Raises:
+        TooManyRequests: throttled.
+    """
     email = email.strip().lower()[:254]
     slug = tenant_slug.strip().lower()[:63]
     keys = ratelimit.login_keys(email=email, ip=meta.ip or "unknown", tenant=slug)
     ratelimit.throttle().attempt("reset", keys)  # never given back: resets are rare for real users
-    tenant, user = _find_user(slug, email)
-    if tenant is None or user is None or user["status"] != "active":
-        return
-    with db.tenant_tx(tenant["id"]) as conn:
-        _send_reset(conn, tenant_id=tenant["id"], user=user, actor=_actor(user, email), meta=meta, reason=None)
+    with db.platform_tx() as conn:
+        conn.execute(
+            "insert into reset_requests (tenant_slug, email, ip, user_agent, request_id) values (%s, %s, %s, %s, %s)",
+            (slug, email, (meta.ip or "")[:64] or None, (meta.user_agent or "")[:512] or None,
+             (meta.request_id or "")[:128] or None),
+        )
+
+
+def process_reset_requests(*, limit: int = 500) -> int:
+    """Handle queued reset requests (the `deliver_mail` timer runs this before delivering):
+    a reset code for each that names an active account, nothing for the rest. Returns how
+    many were handled.
+
+    Each batch is claimed by deleting it (a row two workers both pick is returned by one
+    delete only), so two workers never handle one request twice; a
+    request whose handling then fails is logged and dropped (the user asks again), which is
+    the right way round for a mail that grants access.
+    """
+    with db.platform_tx() as conn:
+        claimed = conn.execute(
+            """delete from reset_requests where id in (select id from reset_requests order by created_at limit %s)
+               returning tenant_slug, email, ip, user_agent, request_id""",
+            (limit,),
+        ).fetchall()
+    for row in claimed:
+        meta = audit.RequestMeta(ip=row["ip"], user_agent=row["user_agent"], request_id=row["request_id"])
+        try:
+            tenant, user = _find_user(row["tenant_slug"], row["email"])
+            if tenant is None or user is None or user["status"] != "active":
+                continue
+            with db.tenant_tx(tenant["id"]) as tx:
+                _send_reset(tx, tenant_id=tenant["id"], user=user, actor=_actor(user, row["email"]), meta=meta,
+                            reason=None)
+        except Exception:  # one bad request must not stop the others; the logs say which
+            log.exception("reset request not handled (request_id=%s)", row["request_id"])
+    return len(claimed)
 
 
 def _send_reset(conn: Conn, *, tenant_id: str, user: dict[str, Any], actor: audit.Actor, meta: audit.RequestMeta,
