@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from shared import checkpoints, health, mail
+from shared import auth, checkpoints, health, mail
 
 bp = func.Blueprint()
 log = logging.getLogger("custos.timers")
@@ -39,7 +39,11 @@ def audit_verify_all(timer: func.TimerRequest) -> None:
 
 @bp.timer_trigger(arg_name="timer", schedule="%MAIL_DELIVERY_SCHEDULE%", run_on_startup=False)
 def deliver_mail(timer: func.TimerRequest) -> None:
-    """Send due outbox mail over SMTP; without SMTP_HOST it waits in the outbox (shared.cli outbox)."""
+    """Turn queued password-reset requests into mail, then send due outbox mail over SMTP;
+    without SMTP_HOST it waits in the outbox (shared.cli outbox)."""
+    resets = auth.process_reset_requests()
+    if resets:
+        log.info("reset requests handled: %d", resets)
     report = mail.deliver_pending()
     if report.sent or report.failed or report.skipped:
         log.info("mail delivery: sent=%d failed=%d skipped=%d", report.sent, report.failed, report.skipped)

@@ -2,7 +2,8 @@
 
 Unknown tenant, unknown user, deactivated user and wrong password all get the same answer
 after the same Argon2 work (a dummy verify stands in when there is no hash to check).
-Throttling runs first: a throttled request does no Argon2 work at all.
+Throttling runs first: every attempt is reserved (counted as a failure) before any secret is
+checked, and a throttled request does no Argon2 work at all.
 """
 
 from __future__ import annotations
@@ -35,27 +36,31 @@ class InvalidToken(AppError):
     status, code, title = 400, "invalid-token", "The link or code is invalid or has expired"
 
 def take_one_time_token(token: str, *, kind: str, family: ratelimit.Family, password: str, field: str,
-                        meta: audit.RequestMeta) -> tuple[ParsedToken, list[ratelimit.Key]]:
-    """The shared intake of invitation, reset and operator-setup tokens: throttle per IP (before
-    any work), parse, and check the new password's policy. Returns the token and the throttle
-    keys for `refuse_token`.
+                        meta: audit.RequestMeta) -> tuple[ParsedToken, ratelimit.Attempt]:
+    """The shared intake of invitation, reset and operator-setup tokens: reserve an attempt per
+    IP (before any work), parse, and check the new password's policy. Returns the token and the
+    reserved attempt: the caller calls `succeeded()` on it once the token is used, or
+    `refuse_token(attempt)` to refuse it (the reservation then stays counted).
 
     Raises:
         TooManyRequests, InvalidToken (not a token of `kind`; counted), ValidationFailed.
     """
-    keys = [ratelimit.Key("ip", meta.ip or "unknown")]
-    ratelimit.throttle().check(family, keys)
+    attempt = ratelimit.throttle().attempt(family, [ratelimit.Key("ip", meta.ip or "unknown")])
     parsed = parse_token(token, kind)
     if parsed is None:
-        refuse_token(family, keys)
-    passwords.check_policy(password, field=field)
+        refuse_token(attempt)
+    try:
+        passwords.check_policy(password, field=field)
+    except ValidationFailed:
+        attempt.succeeded()  # the token was never tried: a weak password is not a guess
+        raise
     assert parsed is not None
-    return parsed, keys
+    return parsed, attempt
 
 
-def refuse_token(family: ratelimit.Family, keys: list[ratelimit.Key]) -> NoReturn:
-    """Count a bad one-time token against the caller's IP and refuse it."""
-    ratelimit.throttle().record_failure(family, keys)
+def refuse_token(attempt: ratelimit.Attempt) -> NoReturn:
+    """Refuse a bad one-time token; its reserved attempt stays counted against the caller's IP."""
+    del attempt  # kept in the signature so a refusal cannot be written without a reservation
     raise InvalidToken()
 
 
@@ -108,7 +113,7 @@ def login(
         email = email.strip().lower()[:254]
     slug = tenant_slug.strip().lower()[:63]
     keys = ratelimit.login_keys(email=email, ip=meta.ip or "unknown", tenant=slug)
-    ratelimit.throttle().check("login", keys)
+    attempt = ratelimit.throttle().attempt("login", keys)
     tenant, user = _find_user(slug, email)
     if user is None or user["password_hash"] is None:
         passwords.dummy_verify(password)
@@ -118,7 +123,7 @@ def login(
         check = passwords.verify_password(user["password_hash"], password)
         reason = "bad_password" if not check.ok else ("inactive_user" if user["status"] != "active" else "")
     if reason:
-        crossings = ratelimit.throttle().record_failure("login", keys)
+        crossings = attempt.crossings
         chain = tenant["id"] if tenant else audit.PLATFORM_CHAIN
         with db.tenant_tx(chain) as conn:
             audit.append(conn, tenant_id=chain, actor=_actor(user, email), action="auth.login_failed",
@@ -127,7 +132,7 @@ def login(
         _record_crossings(crossings, tenant["id"] if tenant else None, "login", email, meta)
         raise InvalidCredentials("the tenant, email or password is wrong")
     assert tenant is not None and user is not None
-    ratelimit.throttle().record_success("login", keys)
+    attempt.succeeded()
     with db.tenant_tx(tenant["id"]) as conn:
         if check.needs_rehash:
             conn.execute("update users set password_hash = %s where id = %s",
@@ -161,8 +166,8 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
     Raises:
         TooManyRequests, InvalidToken (unknown, used, revoked or expired), ValidationFailed (password policy).
     """
-    parsed, keys = take_one_time_token(token, kind="inv", family="invitation", password=password, field="password",
-                                       meta=meta)
+    parsed, attempt = take_one_time_token(token, kind="inv", family="invitation", password=password, field="password",
+                                          meta=meta)
     with db.tenant_tx(parsed.tenant_id) as conn:
         row = conn.execute(
             """select i.id, i.user_id::text as user_id, u.email, u.role, u.status
@@ -172,7 +177,7 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
             (parsed.hash,),
         ).fetchone()
         if row is None or row["status"] != "invited":
-            refuse_token("invitation", keys)
+            refuse_token(attempt)
         conn.execute("update invitations set used_at = now() where id = %s", (row["id"],))
         _set_password(conn, row["user_id"], password)
         conn.execute("update users set status = 'active', display_name = %s where id = %s",
@@ -185,21 +190,60 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
                      before={"status": "invited"}, after={"status": "active", "display_name": user["display_name"]},
                      meta=meta)
         factors = mfa.factor_state(conn, user_id=row["user_id"], role=row["role"])
+    attempt.succeeded()
     return mfa.SignedIn(tokens, {"mfa_enrolment_required": True} if factors.required and not factors.enrolled else {})
 
 
 def request_reset(*, tenant_slug: str, email: str, meta: audit.RequestMeta) -> None:
-    """Send a reset link if the account exists; the caller answers alike either way."""
+    """Queue a reset request; `process_reset_requests` later mails a code if the account exists.
+
+    The request path never looks the account up: it does the same steps (one throttle
+    reservation, one insert) for every address, so neither its answer nor its timing says
+    whether the account exists.
+
+    Raises:
+        TooManyRequests: throttled.
+    """
     email = email.strip().lower()[:254]
     slug = tenant_slug.strip().lower()[:63]
     keys = ratelimit.login_keys(email=email, ip=meta.ip or "unknown", tenant=slug)
-    ratelimit.throttle().check("reset", keys)
-    ratelimit.throttle().record_failure("reset", keys)  # every request counts: resets are rare for real users
-    tenant, user = _find_user(slug, email)
-    if tenant is None or user is None or user["status"] != "active":
-        return
-    with db.tenant_tx(tenant["id"]) as conn:
-        _send_reset(conn, tenant_id=tenant["id"], user=user, actor=_actor(user, email), meta=meta, reason=None)
+    ratelimit.throttle().attempt("reset", keys)  # never given back: resets are rare for real users
+    with db.platform_tx() as conn:
+        conn.execute(
+            "insert into reset_requests (tenant_slug, email, ip, user_agent, request_id) values (%s, %s, %s, %s, %s)",
+            (slug, email, (meta.ip or "")[:64] or None, (meta.user_agent or "")[:512] or None,
+             (meta.request_id or "")[:128] or None),
+        )
+
+
+def process_reset_requests(*, limit: int = 500) -> int:
+    """Handle queued reset requests (the `deliver_mail` timer runs this before delivering):
+    a reset code for each that names an active account, nothing for the rest. Returns how
+    many were handled.
+
+    Each batch is claimed by deleting it (a row two workers both pick is returned by one
+    delete only), so two workers never handle one request twice; a
+    request whose handling then fails is logged and dropped (the user asks again), which is
+    the right way round for a mail that grants access.
+    """
+    with db.platform_tx() as conn:
+        claimed = conn.execute(
+            """delete from reset_requests where id in (select id from reset_requests order by created_at limit %s)
+               returning tenant_slug, email, ip, user_agent, request_id""",
+            (limit,),
+        ).fetchall()
+    for row in claimed:
+        meta = audit.RequestMeta(ip=row["ip"], user_agent=row["user_agent"], request_id=row["request_id"])
+        try:
+            tenant, user = _find_user(row["tenant_slug"], row["email"])
+            if tenant is None or user is None or user["status"] != "active":
+                continue
+            with db.tenant_tx(tenant["id"]) as tx:
+                _send_reset(tx, tenant_id=tenant["id"], user=user, actor=_actor(user, row["email"]), meta=meta,
+                            reason=None)
+        except Exception:  # one bad request must not stop the others; the logs say which
+            log.exception("reset request not handled (request_id=%s)", row["request_id"])
+    return len(claimed)
 
 
 def _send_reset(conn: Conn, *, tenant_id: str, user: dict[str, Any], actor: audit.Actor, meta: audit.RequestMeta,
@@ -242,8 +286,8 @@ def confirm_reset(*, token: str, new_password: str, meta: audit.RequestMeta) -> 
     Raises:
         TooManyRequests, InvalidToken, ValidationFailed (password policy).
     """
-    parsed, keys = take_one_time_token(token, kind="pwr", family="reset", password=new_password, field="new_password",
-                                       meta=meta)
+    parsed, attempt = take_one_time_token(token, kind="pwr", family="reset", password=new_password,
+                                          field="new_password", meta=meta)
     with db.tenant_tx(parsed.tenant_id) as conn:
         row = conn.execute(
             """select r.id, r.user_id::text as user_id, u.email, u.display_name from password_resets r
@@ -253,13 +297,14 @@ def confirm_reset(*, token: str, new_password: str, meta: audit.RequestMeta) -> 
             (parsed.hash,),
         ).fetchone()
         if row is None:
-            refuse_token("reset", keys)
+            refuse_token(attempt)
         conn.execute("update password_resets set used_at = now() where user_id = %s and used_at is null", (row["user_id"],))
         _set_password(conn, row["user_id"], new_password)
         ended = revoke_all(conn, user_id=row["user_id"], reason="password reset")
         audit.append(conn, tenant_id=parsed.tenant_id, actor=_actor({"id": row["user_id"], **row}, row["email"]),
                      action="auth.password_reset", target_type="user", target_id=row["user_id"],
                      after={"sessions_ended": ended}, meta=meta)
+    attempt.succeeded()
 
 
 def change_password(*, principal: Principal, current: str, new: str, meta: audit.RequestMeta) -> int:
@@ -274,14 +319,14 @@ def change_password(*, principal: Principal, current: str, new: str, meta: audit
         user = conn.execute("select email, password_hash from users where id = %s", (principal.user_id,)).fetchone()
     assert user is not None
     keys = ratelimit.login_keys(email=user["email"], ip=meta.ip or "unknown", tenant=tenant_id)
-    ratelimit.throttle().check("login", keys)
+    attempt = ratelimit.throttle().attempt("login", keys)
     if not passwords.verify_password(user["password_hash"], current).ok:
-        ratelimit.throttle().record_failure("login", keys)
         with db.tenant_tx(tenant_id) as conn:
             audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(principal.user_id, principal.name or "", "user"),
                          action="auth.password_change_failed", target_type="user", target_id=principal.user_id,
                          after={"reason": "bad_password"}, meta=meta)
         raise InvalidCredentials("the current password is wrong")
+    attempt.succeeded()
     passwords.check_policy(new, field="new_password")
     with db.tenant_tx(tenant_id) as conn:
         _set_password(conn, principal.user_id, new)

@@ -1,8 +1,8 @@
 """Second factors: TOTP, recovery codes and passkeys; the sign-in ticket; enforcement data.
 
 The safe, high-level recipes the triggers and `shared.auth` call. Each opens its own tenant
-transaction, appends its audit events in it, and counts failed codes in the "mfa" throttle
-family (keyed by user id and client IP, `ratelimit.subject_keys`). Passkey ceremonies are
+transaction, appends its audit events in it, and reserves each code attempt in the "mfa" throttle
+family before checking it (keyed by user id and client IP, `ratelimit.subject_keys`). Passkey ceremonies are
 in `shared.passkeys`. docs/mfa.md explains every choice; in short:
 
 - TOTP is RFC 6238 with SHA-1, 6 digits, 30 s steps, one step of drift either way, and a
@@ -447,9 +447,10 @@ def _mark_session(conn: Conn, session_id: str, method: Method) -> None:
 
 
 def _record_failure(*, tenant_id: str, user_id: str, actor: audit.Actor, action: str, after: dict[str, Any],
-                    keys: list[ratelimit.Key], meta: audit.RequestMeta, security: dict[str, Any] | None = None) -> None:
-    """Count a failed second factor and audit it (and any throttle it tripped) in one transaction."""
-    crossings = ratelimit.throttle().record_failure("mfa", keys)
+                    attempt: ratelimit.Attempt, meta: audit.RequestMeta, security: dict[str, Any] | None = None) -> None:
+    """Audit a failed second factor (its reserved attempt stays counted) and any throttle its
+    reservation tripped, in one transaction."""
+    crossings = attempt.crossings
     with db.tenant_tx(tenant_id) as conn:
         audit.append(conn, tenant_id=tenant_id, actor=actor, action=action, target_type="user", target_id=user_id,
                      after=after, meta=meta)
@@ -544,8 +545,7 @@ def confirm_totp(principal: Principal, *, code: str, meta: audit.RequestMeta) ->
         StepUpRequired (replacing or adding to a factor without a recent proof).
     """
     tenant_id, user_id = _tenant(principal), principal.user_id
-    keys = _keys(tenant_id, user_id, meta.ip)
-    ratelimit.throttle().check("mfa", keys)
+    attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip))
     actor = _actor(user_id, principal.name)
     try:
         with db.tenant_tx(tenant_id) as conn:
@@ -577,9 +577,9 @@ def confirm_totp(principal: Principal, *, code: str, meta: audit.RequestMeta) ->
                              after={"count": len(codes), "occasion": "enrolment"}, meta=meta)
     except _Rejected as exc:
         _record_failure(tenant_id=tenant_id, user_id=user_id, actor=actor, action="mfa.totp_confirm_failed",
-                        after={"reason": exc.reason}, keys=keys, meta=meta)
+                        after={"reason": exc.reason}, attempt=attempt, meta=meta)
         raise InvalidCode("the code does not match the new secret: check the device's clock and try the next code") from None
-    ratelimit.throttle().record_success("mfa", keys)
+    attempt.succeeded()
     return {"confirmed_at": row["confirmed_at"], "recovery_codes": codes,
             "recovery_codes_remaining": RECOVERY_CODE_COUNT if codes else before.recovery_codes_remaining}
 
@@ -635,9 +635,7 @@ def regenerate_recovery_codes(principal: Principal, *, code: str | None, meta: a
         TooManyRequests, NotEnrolled, StepUpRequired, InvalidCode.
     """
     tenant_id, user_id = _tenant(principal), principal.user_id
-    keys = _keys(tenant_id, user_id, meta.ip)
-    if code is not None:
-        ratelimit.throttle().check("mfa", keys)
+    attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip)) if code is not None else None
     actor = _actor(user_id, principal.name)
     try:
         with db.tenant_tx(tenant_id) as conn:
@@ -664,11 +662,12 @@ def regenerate_recovery_codes(principal: Principal, *, code: str | None, meta: a
                          target_id=user_id, after={"count": len(codes), "occasion": "regenerated", "voided": voided,
                                                    "proof": proof}, meta=meta)
     except _Rejected as exc:
+        assert attempt is not None  # only a code is rejected
         _record_failure(tenant_id=tenant_id, user_id=user_id, actor=actor, action="mfa.step_up_failed",
-                        after={"method": exc.method, "reason": exc.reason}, keys=keys, meta=meta)
+                        after={"method": exc.method, "reason": exc.reason}, attempt=attempt, meta=meta)
         raise InvalidCode("the code was not accepted") from None
-    if code is not None:
-        ratelimit.throttle().record_success("mfa", keys)
+    if attempt is not None:
+        attempt.succeeded()
     return {"recovery_codes": codes, "recovery_codes_remaining": len(codes)}
 
 
@@ -834,8 +833,9 @@ def _ticket(ticket: str, ip: str | None) -> tuple[str, dict[str, Any]]:
         with db.tenant_tx(parsed.tenant_id) as conn:
             row = conn.execute(_TICKET_QUERY, (parsed.hash,)).fetchone()
     if parsed is None or row is None or not same_hash(parsed.hash, row["ticket_hash"]):
-        ratelimit.throttle().check("mfa", _ip_keys(ip))
-        ratelimit.throttle().record_failure("mfa", _ip_keys(ip))
+        # Tickets are 256-bit random, not guessable, so the lookup need not wait for a
+        # reservation; a bad one still counts (or gets the 429) against the IP.
+        ratelimit.throttle().attempt("mfa", _ip_keys(ip))
         raise InvalidTicket()
     return parsed.tenant_id, row
 
@@ -866,8 +866,7 @@ def verify_second_factor(*, ticket: str, code: str | None = None, recovery_code:
     """
     tenant_id, ticket_row = _ticket(ticket, meta.ip)
     user_id = ticket_row["user_id"]
-    keys = _keys(tenant_id, user_id, meta.ip)
-    ratelimit.throttle().check("mfa", keys)
+    attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip))
     actor = _actor(user_id, ticket_row["display_name"] or ticket_row["email"])
     method: Method = "totp" if code is not None else "recovery_code" if recovery_code is not None else "passkey"
     extra: dict[str, Any] = {"mfa_method": method}
@@ -907,9 +906,10 @@ def verify_second_factor(*, ticket: str, code: str | None = None, recovery_code:
     except _Rejected as exc:
         regression = exc.extra.get("security")
         _record_failure(tenant_id=tenant_id, user_id=user_id, actor=actor, action="auth.mfa_failed",
-                        after={"method": exc.method, "reason": exc.reason}, keys=keys, meta=meta, security=regression)
+                        after={"method": exc.method, "reason": exc.reason}, attempt=attempt, meta=meta,
+                        security=regression)
         raise InvalidSecondFactor(_FAILURE_DETAIL.get(exc.reason, "the second factor was not accepted")) from None
-    ratelimit.throttle().record_success("mfa", keys)
+    attempt.succeeded()
     if method == "recovery_code":
         left = extra["recovery_codes_remaining"]
         extra["warning"] = (f"You used a recovery code: {left} left. " if left else "You used your last recovery code. ") + \
@@ -980,13 +980,11 @@ def passkey_sign_in(*, challenge_id: str, assertion: dict[str, Any], remember_me
     Raises:
         TooManyRequests, InvalidSecondFactor (anything that is not a success, alike).
     """
-    ip_keys = _ip_keys(meta.ip)
-    ratelimit.throttle().check("mfa", ip_keys)
+    ip_attempt = ratelimit.throttle().attempt("mfa", _ip_keys(meta.ip))
     try:
         credential_id = passkeys.assertion_credential_id(assertion)
         challenge = passkeys.take_challenge(challenge_id, purpose="passwordless")
     except passkeys.PasskeyRejected:
-        ratelimit.throttle().record_failure("mfa", ip_keys)
         raise InvalidSecondFactor() from None
     stored = None
     if challenge.tenant_id:
@@ -998,11 +996,10 @@ def passkey_sign_in(*, challenge_id: str, assertion: dict[str, Any], remember_me
                 (credential_id,),
             ).fetchone()
     if stored is None:
-        ratelimit.throttle().record_failure("mfa", ip_keys)
         raise InvalidSecondFactor()
+    ip_attempt.succeeded()  # the user's own reservation below counts this attempt, its IP included
     tenant_id, user_id = challenge.tenant_id, stored["user_id"]
-    keys = _keys(tenant_id, user_id, meta.ip)
-    ratelimit.throttle().check("mfa", keys)
+    attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip))
     actor = _actor(user_id, stored["display_name"] or stored["email"])
     try:
         with db.tenant_tx(tenant_id) as conn:
@@ -1019,9 +1016,9 @@ def passkey_sign_in(*, challenge_id: str, assertion: dict[str, Any], remember_me
                          meta=audit.RequestMeta(meta.ip, meta.user_agent, tokens.session_id, meta.request_id))
     except _Rejected as exc:
         _record_failure(tenant_id=tenant_id, user_id=user_id, actor=actor, action="auth.passkey_login_failed",
-                        after={"reason": exc.reason}, keys=keys, meta=meta, security=exc.extra.get("security"))
+                        after={"reason": exc.reason}, attempt=attempt, meta=meta, security=exc.extra.get("security"))
         raise InvalidSecondFactor(_FAILURE_DETAIL.get(exc.reason)) from None
-    ratelimit.throttle().record_success("mfa", keys)
+    attempt.succeeded()
     return SignedIn(tokens, {"mfa_method": "passkey"})
 
 

@@ -28,8 +28,8 @@ def set_password(*, token: str, password: str, meta: audit.RequestMeta) -> None:
     Raises:
         TooManyRequests, InvalidToken, ValidationFailed (password policy).
     """
-    parsed, keys = take_one_time_token(token, kind="ops", family="invitation", password=password, field="password",
-                                       meta=meta)
+    parsed, attempt = take_one_time_token(token, kind="ops", family="invitation", password=password, field="password",
+                                          meta=meta)
     with db.platform_tx() as conn:
         row = conn.execute(
             """select id::text as id, display_name, setup_token_hash from platform_operators
@@ -37,7 +37,7 @@ def set_password(*, token: str, password: str, meta: audit.RequestMeta) -> None:
             (parsed.hash,),
         ).fetchone()
         if row is None or not same_hash(row["setup_token_hash"], parsed.hash):
-            refuse_token("invitation", keys)
+            refuse_token(attempt)
         conn.execute(
             "update platform_operators set password_hash = %s, setup_token_hash = null, setup_expires_at = null where id = %s",
             (passwords.hash_password(password), row["id"]),
@@ -45,6 +45,7 @@ def set_password(*, token: str, password: str, meta: audit.RequestMeta) -> None:
         conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
         audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=audit.Actor(row["id"], row["display_name"], "operator"),
                      action="platform.operator_password_set", target_type="operator", target_id=row["id"], meta=meta)
+    attempt.succeeded()
 
 
 def login(*, email: str, password: str, meta: audit.RequestMeta) -> dict[str, Any]:
@@ -55,7 +56,7 @@ def login(*, email: str, password: str, meta: audit.RequestMeta) -> dict[str, An
     """
     email = email.strip().lower()[:254]
     keys = ratelimit.login_keys(email=email, ip=meta.ip or "unknown", tenant=PLATFORM_SLUG)
-    ratelimit.throttle().check("login", keys)
+    attempt = ratelimit.throttle().attempt("login", keys)
     with db.platform_tx() as conn:
         op = conn.execute(
             "select id::text as id, display_name, status, password_hash from platform_operators where email = %s", (email,)
@@ -69,11 +70,10 @@ def login(*, email: str, password: str, meta: audit.RequestMeta) -> dict[str, An
     with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
         actor = audit.Actor(op["id"] if op else None, op["display_name"] if op else email, "operator")
         if not ok:
-            ratelimit.throttle().record_failure("login", keys)
             audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor, action="platform.operator_login_failed",
                          target_type="operator", target_id=op["id"] if op else None, after={"email": email}, meta=meta)
         else:
-            ratelimit.throttle().record_success("login", keys)
+            attempt.succeeded()
             assert op is not None
             session = conn.execute(
                 """insert into operator_sessions (operator_id, expires_at, ip, user_agent)

@@ -11,12 +11,25 @@ stored in clear. A request is counted under three keys (`login_keys`):
 - `ip`: the client IP across all accounts and tenants (default threshold 30),
 - `email`: tenant + email from any IP (default threshold 50).
 
-The caller runs `check` before anything expensive (password hashing above all): it is one
-point read per key, no writes, and raises `TooManyRequests` (429 problem+json with
-`Retry-After`) while any key is delayed. After a failed attempt the caller runs
-`record_failure`; it returns the keys that crossed their threshold in this call, once per
-episode, so the caller records one security event for the tenant per crossing rather than
-one per attempt. After a success the caller runs `record_success`.
+Every attempt is counted before its secret is checked, not after. The caller runs
+`attempt(family, keys)` before anything expensive (password hashing above all): one query
+reads the keys, and unless one is delayed (then `TooManyRequests`, a 429 problem+json with
+`Retry-After`, and nothing is written), one entity-group transaction raises every key's
+count by one, conditional on the ETags just read. The attempt is thereby reserved and
+already counts as a failure; the caller only reports a success (`Attempt.succeeded`). A
+caller that forgets, or crashes, or raises, leaves the failure counted. Counting after the
+check let parallel guesses through: 25 simultaneous wrong passwords all passed a read-only
+check before the first failure was written. With reservation the writes serialize on the
+ETag, so of N parallel attempts at most the threshold pass (each lost race reads again and
+then sees the delay). `Attempt.crossings` lists the keys that reached their threshold with
+this reservation, once per episode, so a failed attempt records one security event per
+crossing rather than one per attempt.
+
+A success gives the reservation back, so successes never count (as before reservation):
+the email+IP row restarts and remembers the pair as known; the IP and email rows lose this
+attempt's one count (and a delay that count started), conditional on their ETag. Only that
+one count: an attacker who interleaves good sign-ins to their own account with guesses at
+someone else's from one IP still has every guess counted under the IP.
 
 Why an attacker cannot lock the real user out:
 
@@ -28,23 +41,26 @@ Why an attacker cannot lock the real user out:
   coming from another IP, is not.
 - Only a distributed attacker (many IPs) reaches the `email` threshold. Even then the
   `email` delay does not apply from an IP the user has already signed in from successfully
-  within `known_pair_ttl_s` (30 days by default): `record_success` leaves a marker on that
-  email+IP row, which `check` reads anyway. Users on new IPs see delays, never a lock.
-- `record_success` resets only the `email_ip` row of the IP that succeeded: a success from
+  within `known_pair_ttl_s` (30 days by default): a success leaves a marker on that
+  email+IP row, which `attempt` reads anyway. Users on new IPs see delays, never a lock.
+- A success resets only the `email_ip` row of the IP that succeeded: a success from
   one IP never wipes the evidence gathered against an attacker's IP elsewhere.
 
 Counters are forgotten after `login_window_s`: below its threshold a key's count restarts
 once the window since its first failure has passed; once delayed, a key is forgotten only
 after a full quiet window following the end of its last delay. (Restarting a delayed key
 when its first window ended would hand an attacker fresh free attempts every window and
-keep the delay from ever growing to its cap.) Attempts refused by `check` are not counted,
+keep the delay from ever growing to its cap.) Attempts refused as delayed are not counted,
 so an attacker's hammering during a delay neither lengthens it nor lets it lapse early.
 
 Every update is an ETag-conditional read-modify-write (create-if-absent, replace
 `IfNotModified`), retried with jitter on a conflict, so concurrent workers never lose a
-count. Storage failures never lock users out: `check` logs an error and lets the request
-through (fail open: a storage hiccup must not refuse every sign-in), `record_failure` and
-`record_success` log and carry on.
+count. Storage failures never lock users out: `attempt` logs an error and lets the request
+through unreserved (fail open: a storage hiccup must not refuse every sign-in), and a
+success that cannot be written is logged. Contention is not a storage failure: an attempt
+that loses `MAX_WRITE_ATTEMPTS` races in a row is refused with a 429 (fail closed), since
+only a burst of parallel attempts on one key gets there, and letting it through would
+reopen the hole reservation closes.
 
 General API (`ApiRateLimiter`)
 ------------------------------
@@ -56,6 +72,7 @@ ones whose counts must be shared across workers, and they pay for the round trip
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import ipaddress
@@ -76,7 +93,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.data.tables import TableClient, UpdateMode
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared import storage
 from shared.errors import ServiceUnavailable, TooManyRequests
@@ -269,6 +286,47 @@ def _jitter(attempt: int) -> None:
     time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))  # noqa: S311
 
 
+class Attempt:
+    """One attempt reserved by `Throttle.attempt`: it is already counted as a failure.
+
+    Call `succeeded` once the secret checked out; otherwise do nothing and the count stays.
+    `crossings` lists the keys whose count reached their threshold with this reservation
+    (report them only if the attempt fails: a success gives its reservation back).
+    """
+
+    def __init__(self, throttle: Throttle | None, family: str, reserved: Sequence[_Reserved], now: float) -> None:
+        self._throttle = throttle
+        self._family = family
+        self._reserved = list(reserved)
+        self._now = now
+        self._settled = False
+        self.crossings: list[Crossing] = [r.crossing for r in self._reserved if r.crossing is not None]
+
+    def succeeded(self) -> None:
+        """Give the reservation back: the email+IP counter restarts (and the pair is remembered
+        as known), the IP and email counters lose this attempt's one count. Idempotent; storage
+        errors are logged."""
+        if self._settled or self._throttle is None:
+            return
+        self._settled = True
+        self._throttle._release(self._family, self._reserved, self._now)
+
+
+@dataclass(frozen=True)
+class _Reserved:
+    key: Key
+    before: _State | None
+    after: _State
+    crossing: Crossing | None
+
+
+def _is_conflict(exc: Exception) -> bool:
+    """A lost ETag race or create race (a transaction reports it with the failing op's status)."""
+    if isinstance(exc, (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError)):
+        return True
+    return isinstance(exc, TableTransactionError) and exc.status_code in (404, 409, 412)
+
+
 class Throttle:
     """Failure counters of the credential routes in Table Storage; see the module docstring."""
 
@@ -309,27 +367,67 @@ class Throttle:
             return None
         return _State.from_entity(entity, entity.metadata.get("etag"))
 
-    def check(self, family: Family, keys: Sequence[Key], *, now: float | None = None) -> None:
-        """Refuse the attempt while any of its keys is delayed. Reads only, one point read per key.
+    def attempt(self, family: Family, keys: Sequence[Key], *, now: float | None = None) -> Attempt:
+        """Reserve one attempt under every key, counted as a failure, before any secret is checked.
 
-        Run it before any password hashing. If storage fails the attempt is let through
-        and an error is logged.
+        One query reads the keys; if none is delayed, one entity-group transaction raises
+        each count, each op conditional on the ETag just read (all keys of a family share a
+        partition, so the keys move together or not at all). A lost race reads again, so of
+        any number of parallel attempts at most the threshold get through. Run it before
+        any password hashing; call `Attempt.succeeded` after a success.
+
+        If storage fails the attempt is let through unreserved and an error is logged
+        (fail open). If the rows stay contended for `MAX_WRITE_ATTEMPTS` rounds the attempt
+        is refused (fail closed: only a burst of parallel attempts on one key gets there).
 
         Raises:
-            TooManyRequests: a key is delayed; `retry_after_s` is the longest remaining delay.
+            TooManyRequests: a key is delayed (`retry_after_s` is the longest remaining
+                delay), or the reservation kept losing races.
             ValueError: `family` is unknown.
         """
-        self.policy(family)
+        policy = self.policy(family)
         now = time.time() if now is None else now
+        keys = list({key.row_key: key for key in keys}.values())  # one op per entity in a transaction
         remembered = self._remembered_wait(family, keys, now)
         if remembered > 0:
             raise TooManyRequests(max(1, math.ceil(remembered)), _TOO_MANY)
-        try:
-            table = self._table()
-            states = self._read_many(table, family, keys)
-        except (AzureError, ServiceUnavailable) as exc:
-            log.error("rate-limit check failed open (family=%s): %s", family, type(exc).__name__)
-            return
+        for round_ in range(MAX_WRITE_ATTEMPTS):
+            try:
+                table = self._table()
+                states = self._read_many(table, family, keys)
+            except (AzureError, ServiceUnavailable) as exc:
+                log.error("rate-limit check failed open (family=%s): %s", family, type(exc).__name__)
+                return Attempt(None, family, [], now)
+            self._refuse_if_delayed(family, states, now)
+            planned = [self._plan(family, policy, key, state, now) for key, state in states]
+            if not planned:
+                return Attempt(self, family, [], now)
+            ops: list[Any] = []
+            for r in planned:
+                entity = r.after.entity(family, r.key.row_key)
+                if r.before is None:
+                    ops.append(("create", entity))
+                else:
+                    ops.append(("update", entity, {"mode": UpdateMode.REPLACE, "etag": r.before.etag,
+                                                   "match_condition": MatchConditions.IfNotModified}))
+            try:
+                results = table.submit_transaction(ops, **_IO)
+            except (AzureError, ServiceUnavailable) as exc:
+                if _is_conflict(exc):
+                    _jitter(round_)  # another attempt got there first: read again
+                    continue
+                log.error("rate-limit check failed open (family=%s): %s", family, type(exc).__name__)
+                return Attempt(None, family, [], now)
+            reserved = [
+                _Reserved(r.key, r.before, dataclasses.replace(r.after, etag=(result or {}).get("etag")), r.crossing)
+                for r, result in zip(planned, results, strict=False)
+            ]
+            return Attempt(self, family, reserved, now)
+        log.error("rate-limit reservation refused (family=%s): %d write conflicts", family, MAX_WRITE_ATTEMPTS)
+        raise TooManyRequests(1, _TOO_MANY)
+
+    def _refuse_if_delayed(self, family: str, states: Sequence[tuple[Key, _State | None]], now: float) -> None:
+        """Raises TooManyRequests while a key is delayed (the email key not for a known email+IP pair)."""
         known_pair = any(
             key.kind == "email_ip" and state is not None and state.last_success > now - self.known_pair_ttl_s
             for key, state in states
@@ -344,6 +442,13 @@ class Throttle:
                 self._remember(family, key, state.blocked_until)
         if waits:
             raise TooManyRequests(max(1, math.ceil(max(waits))), _TOO_MANY)
+
+    @staticmethod
+    def _plan(family: str, policy: Policy, key: Key, state: _State | None, now: float) -> _Reserved:
+        threshold = policy.threshold(key.kind)
+        after, delay = _after_failure(state, threshold, policy, now)
+        crossing = Crossing(kind=key.kind, failures=after.failures, delay_s=delay) if after.failures == threshold else None
+        return _Reserved(key, state, after, crossing)
 
     def _remembered_wait(self, family: str, keys: Sequence[Key], now: float) -> float:
         """The longest remembered delay of the keys that always apply (not the email key,
@@ -361,8 +466,8 @@ class Throttle:
 
     def _read_many(self, table: TableClient, family: str, keys: Sequence[Key]) -> list[tuple[Key, _State | None]]:
         """Every key's state in one query (row keys are `kind:` + hex, safe to put in a filter)."""
-        if len(keys) == 1:
-            return [(keys[0], self._read(table, family, keys[0]))]
+        if len(keys) <= 1:
+            return [(key, self._read(table, family, key)) for key in keys]
         wanted = {key.row_key: key for key in keys}
         rows = " or ".join(f"RowKey eq '{row_key}'" for row_key in wanted)
         found: dict[str, _State] = {}
@@ -370,72 +475,50 @@ class Throttle:
             found[entity["RowKey"]] = _State.from_entity(entity, entity.metadata.get("etag"))
         return [(key, found.get(key.row_key)) for key in keys]
 
-    def record_failure(self, family: Family, keys: Sequence[Key], *, now: float | None = None) -> list[Crossing]:
-        """Count one failed attempt under each key; return the keys that crossed their threshold now.
-
-        A key is reported once per episode (when its count reaches the threshold), so one
-        security event per crossing, not per attempt. Storage errors are logged; the
-        affected keys are then not counted.
-
-        Raises:
-            ValueError: `family` is unknown.
-        """
-        policy = self.policy(family)
-        now = time.time() if now is None else now
-        crossings: list[Crossing] = []
-        for key in keys:
+    def _release(self, family: str, reserved: Sequence[_Reserved], now: float) -> None:
+        """`Attempt.succeeded`: restart the email+IP rows, take this attempt's count off the others."""
+        pending = list(reserved)
+        current = {r.key.row_key: r.after for r in pending}
+        for round_ in range(MAX_WRITE_ATTEMPTS):
+            ops: list[Any] = []
+            for r in pending:
+                if r.key.kind == "email_ip":
+                    fresh = _State(window_start=now, last_success=now).entity(family, r.key.row_key)
+                    ops.append(("upsert", fresh, {"mode": UpdateMode.REPLACE}))
+                    continue
+                state = current.get(r.key.row_key)
+                if state is None or state.failures < 1:
+                    continue
+                ops.append(("update", _given_back(state, r).entity(family, r.key.row_key),
+                            {"mode": UpdateMode.REPLACE, "etag": state.etag,
+                             "match_condition": MatchConditions.IfNotModified}))
+            if not ops:
+                return
             try:
-                crossing = self._fail_one(family, policy, key, now)
+                self._table().submit_transaction(ops, **_IO)
+                return
             except (AzureError, ServiceUnavailable) as exc:
-                log.error("rate-limit failure not recorded (family=%s kind=%s): %s", family, key.kind, type(exc).__name__)
-                continue
-            if crossing is not None:
-                crossings.append(crossing)
-        return crossings
-
-    def _fail_one(self, family: str, policy: Policy, key: Key, now: float) -> Crossing | None:
-        table = self._table()
-        threshold = policy.threshold(key.kind)
-        for attempt in range(MAX_WRITE_ATTEMPTS):
-            current = self._read(table, family, key)
-            new, delay = _after_failure(current, threshold, policy, now)
-            entity = new.entity(family, key.row_key)
+                if not _is_conflict(exc):
+                    log.error("rate-limit success not recorded (family=%s): %s", family, type(exc).__name__)
+                    return
+            _jitter(round_)
             try:
-                if current is None:
-                    table.create_entity(entity, **_IO)
-                else:
-                    table.update_entity(
-                        entity, mode=UpdateMode.REPLACE, etag=current.etag,
-                        match_condition=MatchConditions.IfNotModified, **_IO,
-                    )
-            except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                _jitter(attempt)  # another writer got there first: read again
-                continue
-            if new.failures == threshold:
-                return Crossing(kind=key.kind, failures=new.failures, delay_s=delay)
-            return None
-        log.error("rate-limit failure not recorded (family=%s kind=%s): %d write conflicts",
-                  family, key.kind, MAX_WRITE_ATTEMPTS)
-        return None
-
-    def record_success(self, family: Family, keys: Sequence[Key], *, now: float | None = None) -> None:
-        """Clear the email+IP counter of this IP and remember the pair as known; other keys stay.
-
-        Storage errors are logged.
-
-        Raises:
-            ValueError: `family` is unknown.
-        """
-        self.policy(family)
-        now = time.time() if now is None else now
-        for key in keys:
-            if key.kind != "email_ip":
-                continue
-            try:
-                entity = _State(window_start=now, last_success=now).entity(family, key.row_key)
-                self._table().upsert_entity(entity, mode=UpdateMode.REPLACE, **_IO)
+                fresh_states = self._read_many(self._table(), family, [r.key for r in pending])
             except (AzureError, ServiceUnavailable) as exc:
                 log.error("rate-limit success not recorded (family=%s): %s", family, type(exc).__name__)
+                return
+            current = {key.row_key: state for key, state in fresh_states if state is not None}
+        log.error("rate-limit success not recorded (family=%s): %d write conflicts", family, MAX_WRITE_ATTEMPTS)
+
+
+def _given_back(state: _State, reserved: _Reserved) -> _State:
+    """`state` minus the one count `reserved` added; a delay that count started is undone too."""
+    prior_until = reserved.before.blocked_until if reserved.before else 0.0
+    prior_level = reserved.before.level if reserved.before else 0
+    blocked_until, level = state.blocked_until, state.level
+    if reserved.after.blocked_until != prior_until and state.blocked_until == reserved.after.blocked_until:
+        blocked_until, level = prior_until, prior_level
+    return dataclasses.replace(state, failures=state.failures - 1, blocked_until=blocked_until, level=level)
 
 
 @functools.cache

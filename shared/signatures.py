@@ -147,16 +147,16 @@ def _verify_credentials(conn: Conn, signer: Principal, password: str, code: str 
     user = conn.execute("select email, password_hash from users where id = %s", (signer.user_id,)).fetchone()
     assert user is not None
     keys = ratelimit.login_keys(email=user["email"], ip=meta.ip or "unknown", tenant=tenant_id)
-    throttle = ratelimit.throttle()
-    throttle.check("login", keys)
+    attempt = ratelimit.throttle().attempt("login", keys)
     failure = None
     if not passwords.verify_password(user["password_hash"], password).ok:
         failure = "bad_password"
     else:
         failure = _second_factor_failure(conn, signer, code)
     if failure is None:
+        attempt.succeeded()
         return
-    crossings = throttle.record_failure("login", keys)
+    crossings = attempt.crossings
     with db.tenant_tx(tenant_id) as fail_conn:  # recorded even though the signing transaction rolls back
         audit.append(fail_conn, tenant_id=tenant_id, actor=audit.Actor(signer.user_id, signer.name or "", "user"),
                      action="signature.failed", target_type="user", target_id=signer.user_id,

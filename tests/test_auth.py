@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import random
 import re
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -15,6 +17,7 @@ import httpx
 import pytest
 
 from shared import audit, db
+from shared.settings import get_settings
 from shared.tenants import Tenant
 from tests.conftest import Host, PersonFactory, auth, create_user
 
@@ -290,17 +293,36 @@ def test_failed_logins_all_look_alike(host: Host, tenant: Tenant) -> None:
 # --- reset --------------------------------------------------------------------------------
 
 
+def reset_mail_to(tenant_id: str) -> list[str]:
+    with db.tenant_tx(tenant_id) as conn:
+        return [r["to_address"] for r in conn.execute("select to_address from outbox where kind = 'password_reset'").fetchall()]
+
+
+def comparable(resp: httpx.Response) -> tuple[int, bytes, dict[str, str]]:
+    """Everything an observer sees of an answer, less what differs per request anyway."""
+    headers = {k: v for k, v in resp.headers.items() if k not in {"x-request-id", "date"}}
+    return resp.status_code, resp.content, headers
+
+
 def test_reset_request_answers_the_same_for_unknown_accounts(host: Host, tenant: Tenant) -> None:
     user = user_with_password(tenant)
+    inactive = create_user(tenant.id, "OPERATOR", status="invited")
     with client_from(host) as c:
-        known = c.post("/api/auth/password/reset/request", json={"tenant": tenant.slug, "email": user["email"]})
-        unknown = c.post("/api/auth/password/reset/request", json={"tenant": tenant.slug, "email": "ghost@example.test"})
-        nowhere = c.post("/api/auth/password/reset/request", json={"tenant": "nope-" + tenant.slug, "email": user["email"]})
-    assert known.status_code == unknown.status_code == nowhere.status_code == 202
-    assert known.json() == unknown.json() == nowhere.json()
-    with db.tenant_tx(tenant.id) as conn:
-        kinds = [r["to_address"] for r in conn.execute("select to_address from outbox where kind = 'password_reset'").fetchall()]
-    assert kinds == [user["email"]]
+        def ask(slug: str, email: str) -> httpx.Response:
+            return c.post("/api/auth/password/reset/request", json={"tenant": slug, "email": email})
+
+        known = ask(tenant.slug, user["email"])
+        answers = [ask(tenant.slug, "ghost@example.test"), ask("nope-" + tenant.slug, user["email"]),
+                   ask(tenant.slug, inactive["email"]), ask(tenant.slug, user["email"].upper())]
+        # The request path decided nothing about the account: no code, no mail, no audit yet.
+        assert reset_mail_to(tenant.id) == []
+        assert events(tenant.id, "auth.password_reset_requested") == []
+        assert c.post("/admin/functions/deliver_mail").status_code == 202
+    assert known.status_code == 202
+    assert all(comparable(a) == comparable(known) for a in answers)
+    assert reset_mail_to(tenant.id) == [user["email"], user["email"]]
+    requested = events(tenant.id, "auth.password_reset_requested")
+    assert [e["request_id"] for e in requested] == [known.headers["x-request-id"], answers[3].headers["x-request-id"]]
 
 
 def test_reset_by_mail_through_a_real_smtp_server(tenant: Tenant) -> None:
@@ -362,6 +384,28 @@ def test_credential_stuffing_is_throttled_but_the_real_user_gets_in(host: Host, 
     assert len(events(tenant.id, "auth.login_failed")) == 5
     crossed = events(tenant.id, "security.throttled")
     assert crossed and crossed[0]["after"]["key"] == "email_ip"
+
+
+def test_parallel_wrong_passwords_from_one_address_reach_the_password_check_at_most_the_threshold(
+    host: Host, tenant: Tenant
+) -> None:
+    user = user_with_password(tenant)
+    ip = f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.30"
+    n = 30
+    start = threading.Barrier(n)
+
+    def guess(i: int) -> int:
+        with client_from(host, ip) as c:
+            start.wait()
+            return login(c, tenant, user["email"], password=f"guess-{i}-xxxxxxxx").status_code
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        statuses = list(pool.map(guess, range(n)))
+    threshold = get_settings().login_threshold_email_ip
+    assert set(statuses) <= {401, 429}, statuses
+    assert 1 <= statuses.count(401) <= threshold, statuses
+    # every guess that was answered 401 reached the password check, and no other did
+    assert len(events(tenant.id, "auth.login_failed")) == statuses.count(401)
 
 
 def test_throttle_expires_by_itself(host: Host, tenant: Tenant) -> None:

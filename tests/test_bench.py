@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("audit_verify", ["--events", "200", "--repeats", "1"], "| step "),
         ("login", ["--n", "2", "--throttled", "5"], "| measurement "),
         ("records", ["--threads", "2", "--requests", "10", "--rounds", "1", "--warmup", "2"], "| route "),
+        ("reset_timing", ["--n", "3"], "| kind "),
     ],
 )
 def test_benchmark_runs_and_prints_its_table(name: str, args: list[str], header: str) -> None:

@@ -25,6 +25,7 @@ from shared.ratelimit import (
     normalize_ip,
 )
 from shared.settings import get_settings
+from shared.tenants import Tenant
 
 T0 = 1_800_000_000.0
 POLICY = Policy(threshold_email_ip=3, threshold_ip=6, threshold_email=10, window_s=600, delay_base_s=2, delay_max_s=16)
@@ -54,19 +55,25 @@ def new_tenant() -> str:
 
 
 def retry_after(th: Throttle, keys: list[Key], now: float, family: str = "login") -> int | None:
-    """None if the check passes, else the Retry-After it raises."""
+    """None if an attempt would be let through now, else the Retry-After it would get. Reads only."""
+    states = th._read_many(th._table(), family, keys)
     try:
-        th.check(family, keys, now=now)  # type: ignore[arg-type]
+        th._refuse_if_delayed(family, states, now)
     except TooManyRequests as exc:
         return exc.retry_after_s
     return None
 
 
 def fail(th: Throttle, keys: list[Key], times: int, now: float, family: str = "login") -> list[Crossing]:
+    """`times` attempts that each get through and fail (the reservation is the failure)."""
     crossings: list[Crossing] = []
     for _ in range(times):
-        crossings += th.record_failure(family, keys, now=now)  # type: ignore[arg-type]
+        crossings += th.attempt(family, keys, now=now).crossings  # type: ignore[arg-type]
     return crossings
+
+
+def succeed(th: Throttle, keys: list[Key], now: float, family: str = "login") -> None:
+    th.attempt(family, keys, now=now).succeeded()  # type: ignore[arg-type]
 
 
 def entity(table: TableClient, family: str, key: Key) -> dict | None:
@@ -74,6 +81,11 @@ def entity(table: TableClient, family: str, key: Key) -> dict | None:
         return dict(table.get_entity(family, key.row_key))
     except ResourceNotFoundError:
         return None
+
+
+def failures(table: TableClient, family: str, key: Key) -> int:
+    found = entity(table, family, key)
+    return 0 if found is None else int(found["failures"])
 
 
 def test_failures_below_threshold_are_not_blocked(throttle: Throttle) -> None:
@@ -86,7 +98,7 @@ def test_reaching_the_threshold_delays_by_the_base_delay_as_a_429(throttle: Thro
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
     fail(throttle, keys, POLICY.threshold_email_ip, T0)
     with pytest.raises(TooManyRequests) as caught:
-        throttle.check("login", keys, now=T0)
+        throttle.attempt("login", keys, now=T0)
     exc = caught.value
     assert exc.retry_after_s == POLICY.delay_base_s
     assert exc.status == 429
@@ -106,7 +118,6 @@ def test_each_further_failure_doubles_the_delay_up_to_the_cap(throttle: Throttle
         assert wait is not None
         seen.append(wait)
         now += wait  # the delay has passed: one more attempt, which fails
-        assert retry_after(throttle, keys, now) is None
         fail(throttle, keys, 1, now)
     assert seen == [2, 4, 8, 16, 16]
 
@@ -114,8 +125,10 @@ def test_each_further_failure_doubles_the_delay_up_to_the_cap(throttle: Throttle
 def test_a_delay_expires_by_itself(throttle: Throttle) -> None:
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
     fail(throttle, keys, POLICY.threshold_email_ip, T0)
-    assert retry_after(throttle, keys, T0 + POLICY.delay_base_s - 0.5) == 1
-    assert retry_after(throttle, keys, T0 + POLICY.delay_base_s) is None
+    with pytest.raises(TooManyRequests) as caught:
+        throttle.attempt("login", keys, now=T0 + POLICY.delay_base_s - 0.5)
+    assert caught.value.retry_after_s == 1
+    succeed(throttle, keys, T0 + POLICY.delay_base_s)
 
 
 def test_failures_older_than_the_window_are_forgotten(throttle: Throttle, table: TableClient) -> None:
@@ -124,7 +137,7 @@ def test_failures_older_than_the_window_are_forgotten(throttle: Throttle, table:
     later = T0 + POLICY.window_s
     fail(throttle, keys, 1, later)
     assert retry_after(throttle, keys, later) is None
-    assert entity(table, "login", keys[0])["failures"] == 1  # type: ignore[index]
+    assert failures(table, "login", keys[0]) == 1
 
 
 def test_a_delayed_key_is_forgotten_only_after_a_quiet_window_past_its_delay(throttle: Throttle) -> None:
@@ -140,15 +153,33 @@ def test_a_delayed_key_is_forgotten_only_after_a_quiet_window_past_its_delay(thr
     assert retry_after(throttle, keys, now) is None
 
 
-def test_check_does_not_write(throttle: Throttle, table: TableClient) -> None:
+def test_an_attempt_is_counted_before_its_outcome_is_known(throttle: Throttle, table: TableClient) -> None:
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
-    throttle.check("login", keys, now=T0)
-    assert all(entity(table, "login", k) is None for k in keys)
+    attempt = throttle.attempt("login", keys, now=T0)
+    assert [failures(table, "login", k) for k in keys] == [1, 1, 1]  # a caller that never reports still counted
+    attempt.succeeded()
+    attempt.succeeded()  # idempotent: the count is given back once
+    assert [failures(table, "login", k) for k in keys] == [0, 0, 0]
+
+
+def test_a_refused_attempt_writes_nothing(throttle: Throttle, table: TableClient) -> None:
+    keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    fail(throttle, keys, POLICY.threshold_email_ip, T0)
+    before = [table.get_entity("login", k.row_key).metadata["etag"] for k in keys]
+    for _ in range(3):
+        with pytest.raises(TooManyRequests):
+            throttle.attempt("login", keys, now=T0 + 1)
+    assert [table.get_entity("login", k.row_key).metadata["etag"] for k in keys] == before
 
 
 def test_each_crossing_is_reported_once_per_key(throttle: Throttle) -> None:
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
-    crossings = fail(throttle, keys, POLICY.threshold_email + 5, T0)
+    crossings: list[Crossing] = []
+    now = T0
+    for _ in range(POLICY.threshold_email + 5):
+        while (wait := retry_after(throttle, keys, now)) is not None:
+            now += wait
+        crossings += fail(throttle, keys, 1, now)
     assert sorted(crossings, key=lambda c: c.failures) == [
         Crossing(kind="email_ip", failures=POLICY.threshold_email_ip, delay_s=POLICY.delay_base_s),
         Crossing(kind="ip", failures=POLICY.threshold_ip, delay_s=POLICY.delay_base_s),
@@ -166,57 +197,102 @@ def test_families_count_separately(throttle: Throttle) -> None:
 def test_an_attacker_on_one_ip_does_not_lock_the_user_out_from_another(throttle: Throttle, table: TableClient) -> None:
     email, tenant, ip_a, ip_b = new_email(), new_tenant(), new_ip(), new_ip()
     attacker, user = login_keys(email=email, ip=ip_a, tenant=tenant), login_keys(email=email, ip=ip_b, tenant=tenant)
-    fail(throttle, attacker, POLICY.threshold_ip, T0)
+    fail(throttle, attacker, POLICY.threshold_email_ip, T0)
 
     assert retry_after(throttle, attacker, T0) is not None
     assert retry_after(throttle, user, T0) is None
 
-    throttle.record_success("login", user, now=T0)
-    assert entity(table, "login", attacker[0])["failures"] == POLICY.threshold_ip  # type: ignore[index]
-    assert entity(table, "login", attacker[1])["failures"] == POLICY.threshold_ip  # type: ignore[index]
-    assert entity(table, "login", attacker[2])["failures"] == POLICY.threshold_ip  # type: ignore[index]
+    succeed(throttle, user, T0)
+    assert [failures(table, "login", k) for k in attacker] == [POLICY.threshold_email_ip] * 3
     assert retry_after(throttle, attacker, T0) is not None
 
 
 def test_the_email_delay_spares_ips_the_user_signed_in_from(throttle: Throttle) -> None:
     email, tenant, home = new_email(), new_tenant(), new_ip()
-    throttle.record_success("login", login_keys(email=email, ip=home, tenant=tenant), now=T0)
+    succeed(throttle, login_keys(email=email, ip=home, tenant=tenant), T0)
     for _ in range(POLICY.threshold_email):  # one failure from each of many IPs
         fail(throttle, login_keys(email=email, ip=new_ip(), tenant=tenant), 1, T0 + 60)
 
     assert retry_after(throttle, login_keys(email=email, ip=new_ip(), tenant=tenant), T0 + 60) == POLICY.delay_base_s
-    assert retry_after(throttle, login_keys(email=email, ip=home, tenant=tenant), T0 + 60) is None
+    succeed(throttle, login_keys(email=email, ip=home, tenant=tenant), T0 + 60)
 
 
-def test_a_success_resets_the_email_ip_counter(throttle: Throttle, table: TableClient) -> None:
+def test_a_success_resets_the_email_ip_counter_and_gives_back_its_own_count(throttle: Throttle, table: TableClient) -> None:
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
     fail(throttle, keys, POLICY.threshold_email_ip - 1, T0)
-    throttle.record_success("login", keys, now=T0)
+    succeed(throttle, keys, T0)
     fail(throttle, keys, POLICY.threshold_email_ip - 1, T0)
     assert retry_after(throttle, keys, T0) is None
-    assert entity(table, "login", keys[0])["failures"] == POLICY.threshold_email_ip - 1  # type: ignore[index]
-    assert entity(table, "login", keys[1])["failures"] == 2 * (POLICY.threshold_email_ip - 1)  # type: ignore[index]
+    assert failures(table, "login", keys[0]) == POLICY.threshold_email_ip - 1
+    assert failures(table, "login", keys[1]) == 2 * (POLICY.threshold_email_ip - 1)  # the success itself is not counted
+    assert failures(table, "login", keys[2]) == 2 * (POLICY.threshold_email_ip - 1)
 
 
-def test_concurrent_failures_are_all_counted(throttle: Throttle, table: TableClient) -> None:
-    key = Key("email_ip", f"concurrency\n{uuid.uuid4()}")
-    start = threading.Barrier(20)
+def test_a_success_that_reached_a_threshold_does_not_leave_a_delay(throttle: Throttle, table: TableClient) -> None:
+    ip, tenant = new_ip(), new_tenant()
+    for _ in range(POLICY.threshold_ip - 1):  # other accounts from one address (an office, say)
+        fail(throttle, login_keys(email=new_email(), ip=ip, tenant=tenant), 1, T0)
+    keys = login_keys(email=new_email(), ip=ip, tenant=tenant)
+    attempt = throttle.attempt("login", keys, now=T0)
+    assert [c.kind for c in attempt.crossings] == ["ip"]  # reported only if the attempt fails
+    attempt.succeeded()
+    assert failures(table, "login", keys[1]) == POLICY.threshold_ip - 1
+    assert retry_after(throttle, login_keys(email=new_email(), ip=ip, tenant=tenant), T0) is None
+    fail(throttle, keys, 1, T0)  # the same attempt failing does start the delay
+    assert retry_after(throttle, login_keys(email=new_email(), ip=ip, tenant=tenant), T0) == POLICY.delay_base_s
 
-    def one(_: int) -> list[Crossing]:
+
+def test_interleaved_successes_do_not_hide_guesses_from_the_ip_key(throttle: Throttle, table: TableClient) -> None:
+    ip, tenant = new_ip(), new_tenant()
+    own = login_keys(email=new_email(), ip=ip, tenant=tenant)
+    for _ in range(POLICY.threshold_ip):
+        succeed(throttle, own, T0)
+        fail(throttle, login_keys(email=new_email(), ip=ip, tenant=tenant), 1, T0)
+    assert failures(table, "login", own[1]) == POLICY.threshold_ip
+    assert retry_after(throttle, own, T0) == POLICY.delay_base_s
+
+
+def test_parallel_attempts_get_through_at_most_the_threshold(throttle: Throttle, table: TableClient) -> None:
+    keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    n = 30
+    start = threading.Barrier(n)
+
+    def one(_: int) -> str:
         start.wait()
-        return throttle.record_failure("login", [key], now=T0)
+        try:
+            throttle.attempt("login", keys, now=T0)
+        except TooManyRequests:
+            return "refused"
+        return "reserved"
 
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        results = list(pool.map(one, range(20)))
-    assert entity(table, "login", key)["failures"] == 20  # type: ignore[index]
-    assert sum(len(r) for r in results) == 1
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        outcomes = list(pool.map(one, range(n)))
+    assert outcomes.count("reserved") == POLICY.threshold_email_ip
+    assert [failures(table, "login", k) for k in keys] == [POLICY.threshold_email_ip] * 3
+
+
+def test_parallel_attempts_below_the_threshold_are_all_counted(table: TableClient) -> None:
+    roomy = Policy(threshold_email_ip=100, threshold_ip=100, threshold_email=100, window_s=600, delay_base_s=2,
+                   delay_max_s=16)
+    th = Throttle(table=table, policies=dict.fromkeys(FAMILIES, roomy))
+    keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    n = 12
+    start = threading.Barrier(n)
+
+    def one(_: int) -> None:
+        start.wait()
+        th.attempt("login", keys, now=T0)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        list(pool.map(one, range(n)))
+    assert [failures(table, "login", k) for k in keys] == [n] * 3
 
 
 def test_row_keys_and_properties_hold_no_email_or_ip(throttle: Throttle, table: TableClient) -> None:
     email, ip, tenant = new_email(), new_ip(), new_tenant()
     keys = login_keys(email=email, ip=ip, tenant=tenant)
     fail(throttle, keys, 1, T0, family="reset")
-    throttle.record_success("reset", keys, now=T0)
+    succeed(throttle, keys, T0, family="reset")
 
     stored = [entity(table, "reset", k) for k in keys]
     assert [e["RowKey"] for e in stored if e] == [k.row_key for k in keys]
@@ -248,7 +324,7 @@ def test_ipv6_addresses_count_per_64() -> None:
 
 def test_unknown_family_and_kind_are_refused(throttle: Throttle) -> None:
     with pytest.raises(ValueError, match="family 'signup'"):
-        throttle.check("signup", [], now=T0)  # type: ignore[arg-type]
+        throttle.attempt("signup", [], now=T0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="key kind 'user'"):
         Key("user", "x")  # type: ignore[arg-type]
 
@@ -268,11 +344,10 @@ def test_storage_failures_fail_open_and_are_logged(caplog: pytest.LogCaptureFixt
     th = Throttle(table=dead, policies=dict.fromkeys(FAMILIES, POLICY))
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
     with caplog.at_level(logging.ERROR, logger="custos.ratelimit"):
-        th.check("login", keys, now=T0)
-        assert th.record_failure("login", keys, now=T0) == []
-        th.record_success("login", keys, now=T0)
+        attempt = th.attempt("login", keys, now=T0)
+        assert attempt.crossings == []
+        attempt.succeeded()
     assert "failed open" in caplog.text
-    assert "failure not recorded" in caplog.text
 
 
 def test_default_policy_comes_from_settings() -> None:
@@ -325,3 +400,45 @@ def test_api_limiter_keeps_at_most_max_ips_buckets() -> None:
 
 def test_api_limiter_rate_defaults_to_the_setting() -> None:
     assert ApiRateLimiter().capacity == get_settings().api_rate_per_minute
+
+
+# --- callers: a second factor guessed in parallel ------------------------------------------------
+
+
+def test_parallel_wrong_totp_codes_on_one_ticket_reach_the_code_check_at_most_the_threshold(tenant: Tenant) -> None:
+    import pyotp
+
+    from shared import audit, auth, db, mfa
+    from shared.passwords import hash_password
+    from tests.conftest import create_user
+
+    password = "Parallel-Totp-Lantern-" + uuid.uuid4().hex[:6]
+    user = create_user(tenant.id, "ADMIN")
+    with db.tenant_tx(tenant.id) as conn:
+        conn.execute("update users set password_hash = %s where id = %s", (hash_password(password), user["id"]))
+    meta = audit.RequestMeta(ip=new_ip(), user_agent="pytest")
+    challenge = auth.login(tenant_slug=tenant.slug, email=user["email"], password=password, remember_me=False, meta=meta)
+    assert isinstance(challenge, mfa.SecondFactorRequired)
+    right = pyotp.TOTP(user["totp_secret"]).now()
+    wrong = f"{(int(right) + 500_000) % 1_000_000:06d}"
+    n = 25
+    start = threading.Barrier(n)
+
+    def one(_: int) -> str:
+        start.wait()
+        try:
+            mfa.verify_second_factor(ticket=challenge.ticket, code=wrong, meta=meta)
+        except mfa.InvalidSecondFactor:
+            return "checked"
+        except TooManyRequests:
+            return "refused"
+        return "signed in"
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        outcomes = list(pool.map(one, range(n)))
+    threshold = get_settings().login_threshold_email_ip
+    assert set(outcomes) <= {"checked", "refused"}
+    assert 1 <= outcomes.count("checked") <= threshold
+    with db.tenant_tx(tenant.id) as conn:
+        failed = audit.list_events(conn, action="auth.mfa_failed")
+    assert len(failed) == outcomes.count("checked")
