@@ -237,6 +237,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
                 ctx.principal = authenticate(req)
                 if spec.operator:
                     require_operator(ctx.principal)
+                    require_mfa_enrolment(ctx.principal, enrolment_endpoint=spec.mfa_enrolment)
                 else:
                     require_tenant_user(ctx.principal)
                     require_mfa_enrolment(ctx.principal, enrolment_endpoint=spec.mfa_enrolment)
