@@ -209,6 +209,106 @@ def auth_passkey_verify(ctx: RequestContext) -> dict[str, Any]:
                                meta=_meta(ctx)).as_dict()
 
 
+# --- platform operators: the same factors, under /api/platform -------------------------------------
+
+
+class StepUp(Strict):
+    code: str = TotpCode
+
+
+@bp.route(route="api/platform/mfa", methods=["GET"])
+@endpoint(operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
+def platform_mfa_status(ctx: RequestContext) -> dict[str, Any]:
+    """The operator's second factors (every operator must have one)."""
+    assert ctx.principal is not None
+    return mfa.status(ctx.principal)
+
+
+@bp.route(route="api/platform/mfa/totp/enroll", methods=["POST"])
+@endpoint(operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
+def platform_mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
+    """Start an operator's TOTP enrolment: secret, otpauth URI and QR code; confirm with a code."""
+    assert ctx.principal is not None
+    return mfa.start_totp_enrolment(ctx.principal, meta=_meta(ctx)).as_dict()
+
+
+@bp.route(route="api/platform/mfa/totp/confirm", methods=["POST"])
+@endpoint(operator=True, mfa_enrolment=True, body=TotpConfirm, tags=("platform", "mfa"))
+def platform_mfa_totp_confirm(ctx: RequestContext) -> dict[str, Any]:
+    """Activate the operator's pending TOTP; a first factor comes with recovery codes (shown once)."""
+    assert ctx.principal is not None
+    return mfa.confirm_totp(ctx.principal, code=ctx.body.code, meta=_meta(ctx))
+
+
+@bp.route(route="api/platform/mfa/totp", methods=["DELETE"])
+@endpoint(operator=True, tags=("platform", "mfa"))
+def platform_mfa_totp_remove(ctx: RequestContext) -> None:
+    """Remove the operator's TOTP (not their last factor)."""
+    assert ctx.principal is not None
+    mfa.remove_totp(ctx.principal, meta=_meta(ctx))
+
+
+@bp.route(route="api/platform/mfa/recovery-codes", methods=["POST"])
+@endpoint(operator=True, body=RecoveryRegenerate, tags=("platform", "mfa"))
+def platform_mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
+    """New recovery codes for the operator (shown once); the old ones stop working."""
+    assert ctx.principal is not None
+    code = ctx.body.code if ctx.body is not None else None
+    return mfa.regenerate_recovery_codes(ctx.principal, code=code, meta=_meta(ctx))
+
+
+@bp.route(route="api/platform/mfa/passkeys/registration/options", methods=["POST"])
+@endpoint(operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
+def platform_mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, Any]:
+    """Options for a new passkey of the operator, with a single-use challenge id."""
+    assert ctx.principal is not None
+    return mfa.passkey_registration_options(ctx.principal)
+
+
+@bp.route(route="api/platform/mfa/passkeys/registration/verify", methods=["POST"])
+@endpoint(operator=True, mfa_enrolment=True, body=PasskeyRegistration, status=201, tags=("platform", "mfa"))
+def platform_mfa_passkey_register(ctx: RequestContext) -> Reply:
+    """Register an operator's passkey; a first factor comes with recovery codes."""
+    assert ctx.principal is not None
+    b: PasskeyRegistration = ctx.body
+    result = mfa.register_passkey(ctx.principal, challenge_id=b.challenge_id, credential=b.credential, name=b.name,
+                                  meta=_meta(ctx))
+    return Reply(body=result, status=201)
+
+
+@bp.route(route="api/platform/mfa/passkeys/{id}", methods=["DELETE"])
+@endpoint(operator=True, tags=("platform", "mfa"))
+def platform_mfa_passkey_remove(ctx: RequestContext) -> None:
+    """Remove one of the operator's passkeys (not their last factor)."""
+    assert ctx.principal is not None
+    mfa.remove_passkey(ctx.principal, ctx.uuid_param("id"), meta=_meta(ctx))
+
+
+@bp.route(route="api/platform/auth/step-up", methods=["POST"])
+@endpoint(operator=True, body=StepUp, tags=("platform", "mfa"))
+def platform_mfa_step_up(ctx: RequestContext) -> dict[str, Any]:
+    """Prove a current TOTP code again: cancelling tenants and support tokens need a recent second factor."""
+    assert ctx.principal is not None
+    return mfa.step_up(ctx.principal, code=ctx.body.code, meta=_meta(ctx))
+
+
+@bp.route(route="api/platform/auth/mfa/passkey/options", methods=["POST"])
+@endpoint(auth=False, body=TicketBody, tags=("platform", "mfa"))
+def platform_auth_mfa_passkey_options(ctx: RequestContext) -> dict[str, Any]:
+    """Options for proving an operator's sign-in ticket with a passkey."""
+    return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=_meta(ctx), realm=mfa.OPERATORS)
+
+
+@bp.route(route="api/platform/auth/mfa/verify", methods=["POST"])
+@endpoint(auth=False, body=SecondFactor, tags=("platform", "mfa"))
+def platform_auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
+    """An operator's second sign-in step: ticket and a TOTP code, recovery code or passkey give the session."""
+    b: SecondFactor = ctx.body
+    return mfa.verify_second_factor(ticket=b.mfa_ticket, code=b.code, recovery_code=b.recovery_code,
+                                    assertion=b.assertion, challenge_id=b.challenge_id, meta=_meta(ctx),
+                                    realm=mfa.OPERATORS).as_dict()
+
+
 # --- housekeeping ------------------------------------------------------------------------------
 
 

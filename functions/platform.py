@@ -7,7 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
-from shared import audit, db, operators
+from shared import audit, db, mfa, operators
 from shared.errors import NotFound
 from shared.http import Reply, RequestContext, endpoint
 from shared.models import Reason, ReasonBody, Strict
@@ -53,11 +53,12 @@ def platform_create_tenant(ctx: RequestContext) -> Reply:
 @bp.route(route="api/platform/tenants/{id}/support-token", methods=["POST"])
 @endpoint(operator=True, tags=("platform",))
 def platform_support_token(ctx: RequestContext) -> dict[str, Any]:
-    """A short-lived read-only token for a tenant that granted this operator support access."""
+    """A short-lived read-only token for a tenant that granted this operator support access (needs a recent second factor)."""
     tenant_id = str(ctx.uuid_param("id"))
     if get_tenant(tenant_id) is None:
         raise NotFound()
     assert ctx.principal is not None
+    mfa.require_recent_second_factor(ctx.principal)
     _, meta = audit.context_actor(ctx)
     return issue_support_token(ctx.principal, tenant_id, meta)
 
@@ -65,7 +66,9 @@ def platform_support_token(ctx: RequestContext) -> dict[str, Any]:
 @bp.route(route="api/platform/tenants/{id}/cancel", methods=["POST"])
 @endpoint(operator=True, body=ReasonBody, tags=("platform",))
 def platform_cancel_tenant(ctx: RequestContext) -> dict[str, Any]:
-    """Cancel a tenant: its data turns read-only (reads and exports still work) until the purge."""
+    """Cancel a tenant: its data turns read-only (reads and exports still work) until the purge (needs a recent second factor)."""
+    assert ctx.principal is not None
+    mfa.require_recent_second_factor(ctx.principal)
     actor, meta = audit.context_actor(ctx)
     return cancel_tenant(str(ctx.uuid_param("id")), reason=ctx.body.reason, actor=actor, meta=meta).__dict__
 
@@ -91,13 +94,13 @@ def platform_operator_setup(ctx: RequestContext) -> None:
 @bp.route(route="api/platform/auth/login", methods=["POST"])
 @endpoint(auth=False, body=OperatorLogin, tags=("platform",))
 def platform_operator_login(ctx: RequestContext) -> dict[str, Any]:
-    """Sign a platform operator in (a short session of its own; no refresh tokens)."""
+    """Sign a platform operator in: an MFA ticket for the second step (a session only to enrol, without a factor)."""
     _, meta = audit.context_actor(ctx)
     return operators.login(email=ctx.body.email, password=ctx.body.password, meta=meta)
 
 
 @bp.route(route="api/platform/auth/logout", methods=["POST"])
-@endpoint(operator=True, tags=("platform",))
+@endpoint(operator=True, mfa_enrolment=True, tags=("platform",))
 def platform_operator_logout(ctx: RequestContext) -> None:
     """End the operator's session."""
     assert ctx.principal is not None

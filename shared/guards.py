@@ -186,7 +186,10 @@ def _operator(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
                     returning s.id)
                select o.display_name, o.status,
                       (select {_SESSION_STATE.format(max_idle="make_interval(mins => %(idle)s)")}
-                         from operator_sessions s where s.id = %(sid)s and s.operator_id = o.id) as session_state
+                         from operator_sessions s where s.id = %(sid)s and s.operator_id = o.id) as session_state,
+                      exists(select 1 from operator_mfa_totp m where m.operator_id = o.id and m.confirmed_at is not null)
+                        or exists(select 1 from operator_webauthn_credentials w where w.operator_id = o.id)
+                        as mfa_enrolled
                  from platform_operators o where o.id = %(oid)s""",
             {"sid": session_id, "oid": operator_id, "touch": sessions.TOUCH_EVERY_S, "idle": max_idle},
         ).fetchone()
@@ -205,6 +208,8 @@ def _operator(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
         role=PLATFORM_OPERATOR,
         permissions=frozenset(),
         name=row["display_name"],
+        mfa_required=True,
+        mfa_enrolled=bool(row["mfa_enrolled"]),
     )
 
 
@@ -242,8 +247,9 @@ def require_mfa_enrolment(principal: Principal, *, enrolment_endpoint: bool) -> 
     """Raises MfaEnrolmentRequired when the caller must have a second factor, has none, and
     the endpoint is not one of those that let them enrol (`endpoint(mfa_enrolment=True)`)."""
     if principal.mfa_enrolment_pending and not enrolment_endpoint:
+        where = "/api/platform/mfa" if principal.is_operator else "/api/mfa"
         raise MfaEnrolmentRequired(
-            "your role requires a second factor: enrol one (POST /api/mfa/totp/enroll or a passkey) first"
+            f"your role requires a second factor: enrol one (POST {where}/totp/enroll or a passkey) first"
         )
 
 

@@ -294,6 +294,7 @@ def _authenticate(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest
         claims, RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id))
     if spec.operator:
         require_operator(principal)
+        require_mfa_enrolment(principal, enrolment_endpoint=spec.mfa_enrolment)
         return
     require_tenant_user(principal)
     if principal.is_support and not spec.allow_support and spec.permission not in SUPPORT_PERMISSIONS:

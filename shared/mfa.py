@@ -21,6 +21,9 @@ in `shared.passkeys`. docs/mfa.md explains every choice; in short:
   of tokens, and trades it with a second factor at `verify_second_factor`.
 - Roles in `guards.MFA_REQUIRED_ROLES` (or every role, by tenant setting) must have a
   factor; until they enrol, the endpoint wrapper admits them only to enrolment endpoints.
+- Platform operators get the same factors, recipes and checks (a `Realm` names the tables
+  of each kind of account): every operator must have a factor, their rows are platform
+  tables, their events go to the platform chain, their tickets are `opmfa.<nil>.<random>`.
 """
 
 from __future__ import annotations
@@ -53,8 +56,10 @@ from shared.db import Conn
 from shared.errors import AppError, Conflict, Forbidden, NotFound
 from shared.guards import MFA_ALL_ROLES_SETTING, MFA_REQUIRED_ROLES
 from shared.opaque import parse_token, same_hash, token_hash
+from shared.rbac import PLATFORM_OPERATOR
 from shared.sessions import IssuedTokens, create_session, device_label, revoke_all
 from shared.settings import Settings, SettingsError, get_settings
+from shared.tokens import issue_access_token
 
 if TYPE_CHECKING:
     from shared.guards import Principal
@@ -79,6 +84,38 @@ RECOVERY_ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 
 TICKET_KIND = "mfa"
 AAD_CONTEXT = b"custos/mfa/totp-secret/v1"
+OPERATOR_AAD_CONTEXT = b"custos/mfa/operator-totp-secret/v1"
+OPERATOR_SESSION_HOURS = 8
+"""Operator sessions are short and have no refresh token: sign in again."""
+
+
+@dataclass(frozen=True)
+class Realm:
+    """The tables of one kind of account's second factors: tenant users (tenant tables under
+    row-level security, events in the tenant's chain) or platform operators (platform
+    tables, events in the platform chain). Identifiers here are constants, never input."""
+
+    kind: Literal["user", "operator"]
+    owner: str
+    people: str
+    totp: str
+    recovery: str
+    tickets: str
+    sessions: str
+    ticket_kind: str
+    credentials: passkeys.CredentialStore
+    aad_context: bytes
+
+    @property
+    def tenant_scoped(self) -> bool:
+        return self.kind == "user"
+
+
+USERS = Realm("user", "user_id", "users", "mfa_totp", "mfa_recovery_codes", "mfa_tickets", "sessions", TICKET_KIND,
+              passkeys.USER_CREDENTIALS, AAD_CONTEXT)
+OPERATORS = Realm("operator", "operator_id", "platform_operators", "operator_mfa_totp", "operator_mfa_recovery_codes",
+                  "operator_mfa_tickets", "operator_sessions", "opmfa", passkeys.OPERATOR_CREDENTIALS,
+                  OPERATOR_AAD_CONTEXT)
 
 
 # --- errors ------------------------------------------------------------------------------------
@@ -207,18 +244,18 @@ def secret_box() -> SecretBox:
     return load_secret_box(get_settings())
 
 
-def _aad(tenant_id: str, user_id: str) -> bytes:
-    return AAD_CONTEXT + b"\x00" + uuid.UUID(tenant_id).bytes + uuid.UUID(user_id).bytes
+def _aad(tenant_id: str, user_id: str, realm: Realm = USERS) -> bytes:
+    return realm.aad_context + b"\x00" + uuid.UUID(tenant_id).bytes + uuid.UUID(user_id).bytes
 
 
-def seal_secret(secret: str, *, tenant_id: str, user_id: str) -> Sealed:
-    return secret_box().seal(secret.encode("ascii"), _aad(tenant_id, user_id))
+def seal_secret(secret: str, *, tenant_id: str, user_id: str, realm: Realm = USERS) -> Sealed:
+    return secret_box().seal(secret.encode("ascii"), _aad(tenant_id, user_id, realm))
 
 
-def open_secret(row: dict[str, Any], *, tenant_id: str, user_id: str) -> str:
+def open_secret(row: dict[str, Any], *, tenant_id: str, user_id: str, realm: Realm = USERS) -> str:
     """Raises SecretUnreadable."""
     sealed = Sealed(bytes(row["secret_ciphertext"]), bytes(row["secret_nonce"]), row["key_id"])
-    return secret_box().open(sealed, _aad(tenant_id, user_id)).decode("ascii")
+    return secret_box().open(sealed, _aad(tenant_id, user_id, realm)).decode("ascii")
 
 
 # --- TOTP (RFC 6238) ----------------------------------------------------------------------------
@@ -319,16 +356,25 @@ def recovery_code_hash(user_id: str, code: str) -> str:
     return hashlib.sha256(f"{uuid.UUID(user_id)}:{code}".encode("ascii")).hexdigest()
 
 
-def _issue_recovery_codes(conn: Conn, *, tenant_id: str, user_id: str) -> tuple[list[str], int]:
+def _owner_insert(realm: Realm, tenant_id: str, owner_id: str) -> tuple[str, str, tuple[str, ...]]:
+    """Column list, placeholders and values that name a row's owner in an insert."""
+    if realm.tenant_scoped:
+        return f"tenant_id, {realm.owner}", "%s, %s", (tenant_id, owner_id)
+    return realm.owner, "%s", (owner_id,)
+
+
+def _issue_recovery_codes(conn: Conn, *, tenant_id: str, user_id: str,
+                          realm: Realm = USERS) -> tuple[list[str], int]:
     """A new set in the caller's transaction; returns the codes and how many old unused ones it voided."""
     voided = conn.execute(
-        "delete from mfa_recovery_codes where user_id = %s returning used_at", (user_id,)
+        f"delete from {realm.recovery} where {realm.owner} = %s returning used_at", (user_id,)
     ).fetchall()
     set_id, codes = uuid.uuid4(), [new_recovery_code() for _ in range(RECOVERY_CODE_COUNT)]
+    cols, marks, owner = _owner_insert(realm, tenant_id, user_id)
     with conn.cursor() as cur:
         cur.executemany(
-            "insert into mfa_recovery_codes (tenant_id, user_id, set_id, code_hash) values (%s, %s, %s, %s)",
-            [(tenant_id, user_id, set_id, recovery_code_hash(user_id, normalize_recovery_code(c) or "")) for c in codes],
+            f"insert into {realm.recovery} ({cols}, set_id, code_hash) values ({marks}, %s, %s)",
+            [(*owner, set_id, recovery_code_hash(user_id, normalize_recovery_code(c) or "")) for c in codes],
         )
     return codes, len([r for r in voided if r["used_at"] is None])
 
@@ -353,13 +399,17 @@ class FactorState:
                 + (["recovery_code"] if self.recovery_codes_remaining else []))
 
 
-def factor_state(conn: Conn, *, user_id: str, role: str) -> FactorState:
-    """The user's factors and whether their role (or the tenant) requires one."""
+def factor_state(conn: Conn, *, user_id: str, role: str, realm: Realm = USERS) -> FactorState:
+    """The user's factors and whether their role (or the tenant) requires one. Every
+    platform operator must have one."""
+    o, all_roles = realm.owner, (
+        "coalesce((select value = 'true'::jsonb from tenant_settings where key = %(k)s), false)"
+        if realm.tenant_scoped else "true")
     row = conn.execute(
-        """select exists(select 1 from mfa_totp where user_id = %(u)s and confirmed_at is not null) as totp,
-                  (select count(*) from webauthn_credentials where user_id = %(u)s) as passkeys,
-                  (select count(*) from mfa_recovery_codes where user_id = %(u)s and used_at is null) as recovery,
-                  coalesce((select value = 'true'::jsonb from tenant_settings where key = %(k)s), false) as all_roles""",
+        f"""select exists(select 1 from {realm.totp} where {o} = %(u)s and confirmed_at is not null) as totp,
+                   (select count(*) from {realm.credentials.table} where {o} = %(u)s) as passkeys,
+                   (select count(*) from {realm.recovery} where {o} = %(u)s and used_at is null) as recovery,
+                   {all_roles} as all_roles""",
         {"u": user_id, "k": MFA_ALL_ROLES_SETTING},
     ).fetchone()
     assert row is not None
@@ -369,14 +419,15 @@ def factor_state(conn: Conn, *, user_id: str, role: str) -> FactorState:
 
 
 def status(principal: Principal) -> dict[str, Any]:
-    """The caller's second factors, as `GET /api/mfa` shows them."""
-    with db.tenant_tx(_tenant(principal)) as conn:
-        state = factor_state(conn, user_id=principal.user_id, role=principal.role)
+    """The caller's second factors, as `GET /api/mfa` (operators: `GET /api/platform/mfa`) shows them."""
+    realm, chain = _realm(principal)
+    with db.tenant_tx(chain) as conn:
+        state = factor_state(conn, user_id=principal.user_id, role=principal.role, realm=realm)
         totp = conn.execute(
-            "select confirmed_at, last_used_at from mfa_totp where user_id = %s and confirmed_at is not null",
+            f"select confirmed_at, last_used_at from {realm.totp} where {realm.owner} = %s and confirmed_at is not null",
             (principal.user_id,),
         ).fetchone()
-        keys = passkeys.list_credentials(conn, principal.user_id)
+        keys = passkeys.list_credentials(conn, principal.user_id, realm.credentials)
     return {"required": state.required, "enrolled": state.enrolled, "enrolment_required": state.required and not state.enrolled,
             "totp": totp, "passkeys": keys, "recovery_codes_remaining": state.recovery_codes_remaining,
             "methods": state.methods}
@@ -398,15 +449,23 @@ def _tenant(principal: Principal) -> str:
     return principal.tenant_id
 
 
-def _actor(user_id: str, name: str | None) -> audit.Actor:
-    return audit.Actor(id=user_id, name=name or user_id, type="user")
+def _realm(principal: Principal) -> tuple[Realm, str]:
+    """The caller's realm and the chain (tenant, or the platform chain) its events go to."""
+    if principal.is_operator:
+        return OPERATORS, audit.PLATFORM_CHAIN
+    return USERS, _tenant(principal)
 
 
-def _lock_user(conn: Conn, user_id: str, *, lock: bool = True) -> dict[str, Any]:
+def _actor(user_id: str, name: str | None, realm: Realm = USERS) -> audit.Actor:
+    return audit.Actor(id=user_id, name=name or user_id, type=realm.kind)
+
+
+def _lock_user(conn: Conn, user_id: str, *, lock: bool = True, realm: Realm = USERS) -> dict[str, Any]:
     """The user row, locked: serializes every factor change of one user (so no two removals
     can leave them without a factor). Raises NotFound."""
+    role = "role" if realm.tenant_scoped else f"'{PLATFORM_OPERATOR}' as role"
     row = conn.execute(
-        "select id::text as id, email, display_name, role, status from users where id = %s"
+        f"select id::text as id, email, display_name, {role}, status from {realm.people} where id = %s"
         + (" for update" if lock else ""), (user_id,)
     ).fetchone()
     if row is None:
@@ -422,28 +481,43 @@ def _ip_keys(ip: str | None) -> list[ratelimit.Key]:
     return [ratelimit.Key("ip", ratelimit.normalize_ip(ip or "unknown"))]
 
 
-def _recent_proof(conn: Conn, session_id: str) -> bool:
+def _recent_proof(conn: Conn, session_id: str, realm: Realm = USERS) -> bool:
     """Whether the session proved a second factor within MFA_RECENT_AUTH_S."""
     row = conn.execute(
-        "select mfa_verified_at > now() - make_interval(secs => %s) as recent from sessions where id = %s",
+        f"select mfa_verified_at > now() - make_interval(secs => %s) as recent from {realm.sessions} where id = %s",
         (get_settings().mfa_recent_auth_s, session_id),
     ).fetchone()
     return bool(row and row["recent"])
 
 
-def _require_recent_proof(conn: Conn, principal: Principal) -> None:
+def _require_recent_proof(conn: Conn, principal: Principal, realm: Realm = USERS) -> None:
     """Changing the factors of an account that has one needs a session that proved one
     lately: a stolen session alone must not swap in the thief's factor or drop the user's.
 
     Raises:
         StepUpRequired.
     """
-    if not _recent_proof(conn, principal.session_id):
+    if not _recent_proof(conn, principal.session_id, realm):
         raise StepUpRequired("sign in again with your second factor (it was proved too long ago) and retry")
 
 
-def _mark_session(conn: Conn, session_id: str, method: Method) -> None:
-    conn.execute("update sessions set mfa_verified_at = now(), mfa_method = %s where id = %s", (method, session_id))
+def require_recent_second_factor(principal: Principal) -> None:
+    """For the most consequential actions (an operator cancelling a tenant or taking a
+    support token): the caller's session must have proved a second factor within
+    MFA_RECENT_AUTH_S (at sign-in, or by a step-up).
+
+    Raises:
+        StepUpRequired.
+    """
+    realm, chain = _realm(principal)
+    with db.tenant_tx(chain) as conn:
+        if not _recent_proof(conn, principal.session_id, realm):
+            raise StepUpRequired("prove your second factor again (POST /api/platform/auth/step-up) and retry")
+
+
+def _mark_session(conn: Conn, session_id: str, method: Method, realm: Realm = USERS) -> None:
+    conn.execute(f"update {realm.sessions} set mfa_verified_at = now(), mfa_method = %s where id = %s",
+                 (method, session_id))
 
 
 def _record_failure(*, tenant_id: str, user_id: str, actor: audit.Actor, action: str, after: dict[str, Any],
@@ -451,25 +525,26 @@ def _record_failure(*, tenant_id: str, user_id: str, actor: audit.Actor, action:
     """Audit a failed second factor (its reserved attempt stays counted) and any throttle its
     reservation tripped, in one transaction."""
     crossings = attempt.crossings
+    target = actor.type if actor.type == "operator" else "user"
     with db.tenant_tx(tenant_id) as conn:
-        audit.append(conn, tenant_id=tenant_id, actor=actor, action=action, target_type="user", target_id=user_id,
+        audit.append(conn, tenant_id=tenant_id, actor=actor, action=action, target_type=target, target_id=user_id,
                      after=after, meta=meta)
         if security is not None:
-            audit.append(conn, tenant_id=tenant_id, actor=actor, action=security.pop("action"), target_type="user",
+            audit.append(conn, tenant_id=tenant_id, actor=actor, action=security.pop("action"), target_type=target,
                          target_id=user_id, after=security, meta=meta)
         for c in crossings:
             audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(id=None, name="throttle", type="system"),
-                         action="security.throttled", target_type="user", target_id=user_id,
+                         action="security.throttled", target_type=target, target_id=user_id,
                          after={"family": "mfa", "key": c.kind, "failures": c.failures, "delay_s": c.delay_s},
                          meta=meta)
 
 
 def _check_totp(conn: Conn, row: dict[str, Any], *, tenant_id: str, user_id: str, code: str,
-                method: str = "totp") -> TotpMatch:
+                method: str = "totp", realm: Realm = USERS) -> TotpMatch:
     """Verify `code` against a (locked) mfa_totp row and store its step; re-encrypts under the
     current key if an old one sealed it. Raises _Rejected."""
     try:
-        secret = open_secret(row, tenant_id=tenant_id, user_id=user_id)
+        secret = open_secret(row, tenant_id=tenant_id, user_id=user_id, realm=realm)
     except SecretUnreadable as exc:
         log.error("TOTP secret of user %s unreadable: %s", user_id, exc)
         raise _Rejected(method, "secret_unreadable") from None
@@ -481,9 +556,10 @@ def _check_totp(conn: Conn, row: dict[str, Any], *, tenant_id: str, user_id: str
         raise _Rejected(method, "code_malformed") from None
     except TotpCodeInvalid:
         raise _Rejected(method, "code_invalid") from None
-    resealed = None if row["key_id"] == secret_box().current_id else seal_secret(secret, tenant_id=tenant_id, user_id=user_id)
+    resealed = (None if row["key_id"] == secret_box().current_id
+                else seal_secret(secret, tenant_id=tenant_id, user_id=user_id, realm=realm))
     conn.execute(
-        """update mfa_totp set last_used_step = %s, last_used_at = now(),
+        f"""update {realm.totp} set last_used_step = %s, last_used_at = now(),
                   secret_ciphertext = coalesce(%s, secret_ciphertext), secret_nonce = coalesce(%s, secret_nonce),
                   key_id = coalesce(%s, key_id)
             where id = %s""",
@@ -516,21 +592,23 @@ def start_totp_enrolment(principal: Principal, *, meta: audit.RequestMeta) -> To
     Raises:
         StepUpRequired: the user has a factor and this session did not prove one lately.
     """
-    tenant_id, secret = _tenant(principal), new_totp_secret()
-    sealed = seal_secret(secret, tenant_id=tenant_id, user_id=principal.user_id)
+    (realm, tenant_id), secret = _realm(principal), new_totp_secret()
+    sealed = seal_secret(secret, tenant_id=tenant_id, user_id=principal.user_id, realm=realm)
+    cols, marks, owner = _owner_insert(realm, tenant_id, principal.user_id)
     with db.tenant_tx(tenant_id) as conn:
-        user = _lock_user(conn, principal.user_id)
-        if factor_state(conn, user_id=principal.user_id, role=principal.role).enrolled:
-            _require_recent_proof(conn, principal)
-        slug = conn.execute("select slug from tenants where id = %s", (tenant_id,)).fetchone()
-        conn.execute("delete from mfa_totp where user_id = %s and confirmed_at is null", (principal.user_id,))
+        user = _lock_user(conn, principal.user_id, realm=realm)
+        if factor_state(conn, user_id=principal.user_id, role=principal.role, realm=realm).enrolled:
+            _require_recent_proof(conn, principal, realm)
+        slug = (conn.execute("select slug from tenants where id = %s", (tenant_id,)).fetchone() if realm.tenant_scoped
+                else {"slug": "platform operator"})
+        conn.execute(f"delete from {realm.totp} where {realm.owner} = %s and confirmed_at is null", (principal.user_id,))
         conn.execute(
-            """insert into mfa_totp (tenant_id, user_id, secret_ciphertext, secret_nonce, key_id)
-               values (%s, %s, %s, %s, %s)""",
-            (tenant_id, principal.user_id, sealed.ciphertext, sealed.nonce, sealed.key_id),
+            f"""insert into {realm.totp} ({cols}, secret_ciphertext, secret_nonce, key_id)
+                values ({marks}, %s, %s, %s)""",
+            (*owner, sealed.ciphertext, sealed.nonce, sealed.key_id),
         )
-        audit.append(conn, tenant_id=tenant_id, actor=_actor(principal.user_id, principal.name),
-                     action="mfa.totp_enrolment_started", target_type="user", target_id=principal.user_id, meta=meta)
+        audit.append(conn, tenant_id=tenant_id, actor=_actor(principal.user_id, principal.name, realm),
+                     action="mfa.totp_enrolment_started", target_type=realm.kind, target_id=principal.user_id, meta=meta)
     account = f"{user['email']} ({slug['slug']})" if slug else user["email"]
     uri = otpauth_uri(secret, account=account)
     return TotpEnrolment(secret=secret, otpauth_uri=uri, qr_svg=qr_svg(uri))
@@ -544,36 +622,36 @@ def confirm_totp(principal: Principal, *, code: str, meta: audit.RequestMeta) ->
         TooManyRequests, NoPendingEnrolment (none, or older than 15 minutes), InvalidCode,
         StepUpRequired (replacing or adding to a factor without a recent proof).
     """
-    tenant_id, user_id = _tenant(principal), principal.user_id
+    (realm, tenant_id), user_id = _realm(principal), principal.user_id
     attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip))
-    actor = _actor(user_id, principal.name)
+    actor = _actor(user_id, principal.name, realm)
     try:
         with db.tenant_tx(tenant_id) as conn:
-            _lock_user(conn, user_id)
+            _lock_user(conn, user_id, realm=realm)
             pending = conn.execute(
-                f"select {_TOTP_COLUMNS}, created_at > now() - %s as fresh from mfa_totp"
-                " where user_id = %s and confirmed_at is null",
+                f"select {_TOTP_COLUMNS}, created_at > now() - %s as fresh from {realm.totp}"
+                f" where {realm.owner} = %s and confirmed_at is null",
                 (TOTP_PENDING_TTL, user_id),
             ).fetchone()
             if pending is None or not pending["fresh"]:
                 raise NoPendingEnrolment("start a TOTP enrolment first" if pending is None
                                          else "the enrolment expired: start it again")
-            before = factor_state(conn, user_id=user_id, role=principal.role)
+            before = factor_state(conn, user_id=user_id, role=principal.role, realm=realm)
             if before.enrolled:
-                _require_recent_proof(conn, principal)
-            match = _check_totp(conn, pending, tenant_id=tenant_id, user_id=user_id, code=code)
-            conn.execute("delete from mfa_totp where user_id = %s and confirmed_at is not null", (user_id,))
-            row = conn.execute("update mfa_totp set confirmed_at = now() where id = %s returning confirmed_at",
+                _require_recent_proof(conn, principal, realm)
+            match = _check_totp(conn, pending, tenant_id=tenant_id, user_id=user_id, code=code, realm=realm)
+            conn.execute(f"delete from {realm.totp} where {realm.owner} = %s and confirmed_at is not null", (user_id,))
+            row = conn.execute(f"update {realm.totp} set confirmed_at = now() where id = %s returning confirmed_at",
                                (pending["id"],)).fetchone()
             assert row is not None
-            _mark_session(conn, principal.session_id, "totp")
-            audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.totp_enrolled", target_type="user",
+            _mark_session(conn, principal.session_id, "totp", realm)
+            audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.totp_enrolled", target_type=realm.kind,
                          target_id=user_id, after={"replaced": before.totp, "drift": match.drift}, meta=meta)
             codes = None
             if before.recovery_codes_remaining == 0:
-                codes, _ = _issue_recovery_codes(conn, tenant_id=tenant_id, user_id=user_id)
+                codes, _ = _issue_recovery_codes(conn, tenant_id=tenant_id, user_id=user_id, realm=realm)
                 audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.recovery_codes_issued",
-                             target_type="user", target_id=user_id,
+                             target_type=realm.kind, target_id=user_id,
                              after={"count": len(codes), "occasion": "enrolment"}, meta=meta)
     except _Rejected as exc:
         _record_failure(tenant_id=tenant_id, user_id=user_id, actor=actor, action="mfa.totp_confirm_failed",
@@ -584,24 +662,25 @@ def confirm_totp(principal: Principal, *, code: str, meta: audit.RequestMeta) ->
             "recovery_codes_remaining": RECOVERY_CODE_COUNT if codes else before.recovery_codes_remaining}
 
 
-def _removal_allowed(conn: Conn, principal: Principal, *, losing: Method) -> FactorState:
-    state = factor_state(conn, user_id=principal.user_id, role=principal.role)
+def _removal_allowed(conn: Conn, principal: Principal, *, losing: Method, realm: Realm = USERS) -> FactorState:
+    state = factor_state(conn, user_id=principal.user_id, role=principal.role, realm=realm)
     remaining = (state.totp and losing != "totp") or state.passkeys - (1 if losing == "passkey" else 0) > 0
     if state.required and not remaining:
         raise LastFactor()
     return state
 
 
-def _drop_orphan_codes(conn: Conn, user_id: str) -> int:
+def _drop_orphan_codes(conn: Conn, user_id: str, realm: Realm = USERS) -> int:
     """With no factor left, recovery codes would be a factor of their own: they go too."""
+    o = realm.owner
     left = conn.execute(
-        """select exists(select 1 from mfa_totp where user_id = %(u)s and confirmed_at is not null)
-                  or exists(select 1 from webauthn_credentials where user_id = %(u)s) as any""",
+        f"""select exists(select 1 from {realm.totp} where {o} = %(u)s and confirmed_at is not null)
+                   or exists(select 1 from {realm.credentials.table} where {o} = %(u)s) as any""",
         {"u": user_id},
     ).fetchone()
     if left and left["any"]:
         return 0
-    return len(conn.execute("delete from mfa_recovery_codes where user_id = %s returning id", (user_id,)).fetchall())
+    return len(conn.execute(f"delete from {realm.recovery} where {o} = %s returning id", (user_id,)).fetchall())
 
 
 def remove_totp(principal: Principal, *, meta: audit.RequestMeta) -> None:
@@ -611,18 +690,55 @@ def remove_totp(principal: Principal, *, meta: audit.RequestMeta) -> None:
         NotFound: no active TOTP. LastFactor: it is the last factor of a user who must have one.
         StepUpRequired: this session did not prove a factor lately.
     """
-    tenant_id = _tenant(principal)
+    realm, tenant_id = _realm(principal)
     with db.tenant_tx(tenant_id) as conn:
-        _lock_user(conn, principal.user_id)
-        if not factor_state(conn, user_id=principal.user_id, role=principal.role).totp:
+        _lock_user(conn, principal.user_id, realm=realm)
+        if not factor_state(conn, user_id=principal.user_id, role=principal.role, realm=realm).totp:
             raise NotFound("no TOTP is enrolled")
-        _require_recent_proof(conn, principal)
-        _removal_allowed(conn, principal, losing="totp")
-        conn.execute("delete from mfa_totp where user_id = %s", (principal.user_id,))
-        dropped = _drop_orphan_codes(conn, principal.user_id)
-        audit.append(conn, tenant_id=tenant_id, actor=_actor(principal.user_id, principal.name),
-                     action="mfa.totp_removed", target_type="user", target_id=principal.user_id,
+        _require_recent_proof(conn, principal, realm)
+        _removal_allowed(conn, principal, losing="totp", realm=realm)
+        conn.execute(f"delete from {realm.totp} where {realm.owner} = %s", (principal.user_id,))
+        dropped = _drop_orphan_codes(conn, principal.user_id, realm)
+        audit.append(conn, tenant_id=tenant_id, actor=_actor(principal.user_id, principal.name, realm),
+                     action="mfa.totp_removed", target_type=realm.kind, target_id=principal.user_id,
                      after={"recovery_codes_voided": dropped}, meta=meta)
+
+
+def _prove_totp(conn: Conn, principal: Principal, *, realm: Realm, tenant_id: str, code: str) -> None:
+    """Check a current TOTP code of the caller and mark their session as having proved it.
+    Raises _Rejected."""
+    totp = conn.execute(
+        f"select {_TOTP_COLUMNS} from {realm.totp} where {realm.owner} = %s and confirmed_at is not null for update",
+        (principal.user_id,),
+    ).fetchone()
+    if totp is None:
+        raise _Rejected("totp", "no_totp")
+    _check_totp(conn, totp, tenant_id=tenant_id, user_id=principal.user_id, code=code, realm=realm)
+    _mark_session(conn, principal.session_id, "totp", realm)
+
+
+def step_up(principal: Principal, *, code: str, meta: audit.RequestMeta) -> dict[str, Any]:
+    """Prove a current TOTP code inside a session, so actions that need a recent second
+    factor (`require_recent_second_factor`) are allowed for MFA_RECENT_AUTH_S. The code is
+    used up like any other (its step is stored).
+
+    Raises:
+        TooManyRequests, InvalidCode.
+    """
+    (realm, tenant_id), user_id = _realm(principal), principal.user_id
+    attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip))
+    actor = _actor(user_id, principal.name, realm)
+    try:
+        with db.tenant_tx(tenant_id) as conn:
+            _prove_totp(conn, principal, realm=realm, tenant_id=tenant_id, code=code)
+            audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.step_up", target_type="session",
+                         target_id=principal.session_id, after={"method": "totp"}, meta=meta)
+    except _Rejected as exc:
+        _record_failure(tenant_id=tenant_id, user_id=user_id, actor=actor, action="mfa.step_up_failed",
+                        after={"method": exc.method, "reason": exc.reason}, attempt=attempt, meta=meta)
+        raise InvalidCode(_FAILURE_DETAIL.get(exc.reason, "the code was not accepted")) from None
+    attempt.succeeded()
+    return {"mfa_method": "totp", "valid_for_s": get_settings().mfa_recent_auth_s}
 
 
 def regenerate_recovery_codes(principal: Principal, *, code: str | None, meta: audit.RequestMeta) -> dict[str, Any]:
@@ -634,31 +750,25 @@ def regenerate_recovery_codes(principal: Principal, *, code: str | None, meta: a
     Raises:
         TooManyRequests, NotEnrolled, StepUpRequired, InvalidCode.
     """
-    tenant_id, user_id = _tenant(principal), principal.user_id
+    (realm, tenant_id), user_id = _realm(principal), principal.user_id
     attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip)) if code is not None else None
-    actor = _actor(user_id, principal.name)
+    actor = _actor(user_id, principal.name, realm)
     try:
         with db.tenant_tx(tenant_id) as conn:
-            _lock_user(conn, user_id)
-            state = factor_state(conn, user_id=user_id, role=principal.role)
+            _lock_user(conn, user_id, realm=realm)
+            state = factor_state(conn, user_id=user_id, role=principal.role, realm=realm)
             if not state.enrolled:
                 raise NotEnrolled("enrol a second factor first: its confirmation gives you recovery codes")
             if code is None:
-                if not _recent_proof(conn, principal.session_id):
+                if not _recent_proof(conn, principal.session_id, realm):
                     raise StepUpRequired("send a current TOTP `code`, or sign in again with your second factor")
                 proof = "recent_sign_in"
             else:
-                totp = conn.execute(
-                    f"select {_TOTP_COLUMNS} from mfa_totp where user_id = %s and confirmed_at is not null for update",
-                    (user_id,),
-                ).fetchone()
-                if totp is None:
-                    raise _Rejected("totp", "no_totp")
-                _check_totp(conn, totp, tenant_id=tenant_id, user_id=user_id, code=code)
-                _mark_session(conn, principal.session_id, "totp")
+                _prove_totp(conn, principal, realm=realm, tenant_id=tenant_id, code=code)
                 proof = "totp"
-            codes, voided = _issue_recovery_codes(conn, tenant_id=tenant_id, user_id=user_id)
-            audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.recovery_codes_issued", target_type="user",
+            codes, voided = _issue_recovery_codes(conn, tenant_id=tenant_id, user_id=user_id, realm=realm)
+            audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.recovery_codes_issued",
+                         target_type=realm.kind,
                          target_id=user_id, after={"count": len(codes), "occasion": "regenerated", "voided": voided,
                                                    "proof": proof}, meta=meta)
     except _Rejected as exc:
@@ -680,12 +790,12 @@ def passkey_registration_options(principal: Principal) -> dict[str, Any]:
     Raises:
         StepUpRequired: the user has a factor and this session did not prove one lately.
     """
-    tenant_id = _tenant(principal)
+    realm, tenant_id = _realm(principal)
     with db.tenant_tx(tenant_id) as conn:
-        user = _lock_user(conn, principal.user_id, lock=False)
-        if factor_state(conn, user_id=principal.user_id, role=principal.role).enrolled:
-            _require_recent_proof(conn, principal)
-        existing = passkeys.user_credentials(conn, principal.user_id)
+        user = _lock_user(conn, principal.user_id, lock=False, realm=realm)
+        if factor_state(conn, user_id=principal.user_id, role=principal.role, realm=realm).enrolled:
+            _require_recent_proof(conn, principal, realm)
+        existing = passkeys.user_credentials(conn, principal.user_id, realm.credentials)
     return passkeys.registration_options(tenant_id=tenant_id, user_id=principal.user_id, user_name=user["email"],
                                          display_name=user["display_name"], existing=existing).as_dict()
 
@@ -699,34 +809,35 @@ def register_passkey(principal: Principal, *, challenge_id: str, credential: dic
         Conflict: this credential is already registered.
         StepUpRequired: the user has a factor and this session did not prove one lately.
     """
-    tenant_id, user_id = _tenant(principal), principal.user_id
-    actor = _actor(user_id, principal.name)
+    (realm, tenant_id), user_id = _realm(principal), principal.user_id
+    actor = _actor(user_id, principal.name, realm)
     try:
         new = passkeys.verify_registration(challenge_id=challenge_id, credential=credential,
                                            expected_tenant_id=tenant_id, expected_user_id=user_id)
     except passkeys.PasskeyRejected as exc:
         with db.tenant_tx(tenant_id) as conn:
             audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.passkey_registration_failed",
-                         target_type="user", target_id=user_id, after={"reason": exc.reason}, meta=meta)
+                         target_type=realm.kind, target_id=user_id, after={"reason": exc.reason}, meta=meta)
         raise PasskeyNotAccepted(str(exc)[:300]) from None
     label = (name or "").strip() or f"Passkey on {device_label(meta.user_agent)}"[:100]
     try:
         with db.tenant_tx(tenant_id) as conn:
-            _lock_user(conn, user_id)
-            before = factor_state(conn, user_id=user_id, role=principal.role)
+            _lock_user(conn, user_id, realm=realm)
+            before = factor_state(conn, user_id=user_id, role=principal.role, realm=realm)
             if before.enrolled:
-                _require_recent_proof(conn, principal)
-            key = passkeys.insert_credential(conn, tenant_id=tenant_id, user_id=user_id, new=new, name=label)
-            _mark_session(conn, principal.session_id, "passkey")
+                _require_recent_proof(conn, principal, realm)
+            key = passkeys.insert_credential(conn, tenant_id=tenant_id, user_id=user_id, new=new, name=label,
+                                             store=realm.credentials)
+            _mark_session(conn, principal.session_id, "passkey", realm)
             audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.passkey_registered", target_type="passkey",
                          target_id=key["id"], after={"name": label, "aaguid": new.aaguid,
                                                      "discoverable": new.discoverable, "user_verified": new.user_verified},
                          meta=meta)
             codes = None
             if before.recovery_codes_remaining == 0:
-                codes, _ = _issue_recovery_codes(conn, tenant_id=tenant_id, user_id=user_id)
+                codes, _ = _issue_recovery_codes(conn, tenant_id=tenant_id, user_id=user_id, realm=realm)
                 audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.recovery_codes_issued",
-                             target_type="user", target_id=user_id,
+                             target_type=realm.kind, target_id=user_id,
                              after={"count": len(codes), "occasion": "enrolment"}, meta=meta)
     except psycopg.errors.UniqueViolation:
         raise Conflict("this passkey is already registered") from None
@@ -735,8 +846,9 @@ def register_passkey(principal: Principal, *, challenge_id: str, credential: dic
 
 
 def list_passkeys(principal: Principal) -> list[dict[str, Any]]:
-    with db.tenant_tx(_tenant(principal)) as conn:
-        return passkeys.list_credentials(conn, principal.user_id)
+    realm, tenant_id = _realm(principal)
+    with db.tenant_tx(tenant_id) as conn:
+        return passkeys.list_credentials(conn, principal.user_id, realm.credentials)
 
 
 def rename_passkey(principal: Principal, passkey_id: uuid.UUID, *, name: str, meta: audit.RequestMeta) -> dict[str, Any]:
@@ -759,18 +871,19 @@ def rename_passkey(principal: Principal, passkey_id: uuid.UUID, *, name: str, me
 def remove_passkey(principal: Principal, passkey_id: uuid.UUID, *, meta: audit.RequestMeta) -> None:
     """Raises NotFound (not the caller's), StepUpRequired (no recent proof of a factor),
     LastFactor (last factor of a user who must have one)."""
-    tenant_id = _tenant(principal)
+    realm, tenant_id = _realm(principal)
+    table = realm.credentials.table
     with db.tenant_tx(tenant_id) as conn:
-        _lock_user(conn, principal.user_id)
-        row = conn.execute("select name from webauthn_credentials where id = %s and user_id = %s",
+        _lock_user(conn, principal.user_id, realm=realm)
+        row = conn.execute(f"select name from {table} where id = %s and {realm.owner} = %s",
                            (str(passkey_id), principal.user_id)).fetchone()
         if row is None:
             raise NotFound("no such passkey")
-        _require_recent_proof(conn, principal)
-        _removal_allowed(conn, principal, losing="passkey")
-        conn.execute("delete from webauthn_credentials where id = %s", (str(passkey_id),))
-        dropped = _drop_orphan_codes(conn, principal.user_id)
-        audit.append(conn, tenant_id=tenant_id, actor=_actor(principal.user_id, principal.name),
+        _require_recent_proof(conn, principal, realm)
+        _removal_allowed(conn, principal, losing="passkey", realm=realm)
+        conn.execute(f"delete from {table} where id = %s", (str(passkey_id),))
+        dropped = _drop_orphan_codes(conn, principal.user_id, realm)
+        audit.append(conn, tenant_id=tenant_id, actor=_actor(principal.user_id, principal.name, realm),
                      action="mfa.passkey_removed", target_type="passkey", target_id=str(passkey_id),
                      before={"name": row["name"]}, after={"recovery_codes_voided": dropped}, meta=meta)
 
@@ -779,10 +892,37 @@ def remove_passkey(principal: Principal, passkey_id: uuid.UUID, *, meta: audit.R
 
 
 @dataclass(frozen=True)
+class OperatorTokens:
+    """An operator session's access token (no refresh token: operators sign in again)."""
+
+    access_token: str
+    session_id: str
+    expires_in: int
+    session_expires_at: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"access_token": self.access_token, "token_type": "Bearer", "expires_in": self.expires_in,
+                "session_id": self.session_id, "session_expires_at": self.session_expires_at}
+
+
+def open_operator_session(conn: Conn, *, operator: dict[str, Any], meta: audit.RequestMeta) -> OperatorTokens:
+    """A new operator session and its access token, in the caller's transaction."""
+    session = conn.execute(
+        """insert into operator_sessions (operator_id, expires_at, ip, user_agent)
+           values (%s, now() + make_interval(hours => %s), %s, %s) returning id::text as id, expires_at""",
+        (operator["id"], OPERATOR_SESSION_HOURS, meta.ip, (meta.user_agent or "")[:512] or None),
+    ).fetchone()
+    assert session is not None
+    token = issue_access_token(subject=operator["id"], tenant_id=None, session_id=session["id"], role=PLATFORM_OPERATOR,
+                               name=operator["display_name"])
+    return OperatorTokens(token, session["id"], get_settings().jwt_access_ttl_s, session["expires_at"])
+
+
+@dataclass(frozen=True)
 class SignedIn:
     """Tokens of a new session, and what the client should know besides."""
 
-    tokens: IssuedTokens
+    tokens: IssuedTokens | OperatorTokens
     extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -799,22 +939,24 @@ class SecondFactorRequired:
         return {"mfa_required": True, "mfa_ticket": self.ticket, "methods": self.methods, "expires_in": self.expires_in}
 
 
-def _new_ticket(tenant_id: str) -> tuple[str, str]:
-    token = f"{TICKET_KIND}.{uuid.UUID(tenant_id).hex}.{secrets.token_urlsafe(32)}"
+def _new_ticket(tenant_id: str, realm: Realm = USERS) -> tuple[str, str]:
+    token = f"{realm.ticket_kind}.{uuid.UUID(tenant_id).hex}.{secrets.token_urlsafe(32)}"
     return token, token_hash(token)
 
 
 def open_ticket(conn: Conn, *, tenant_id: str, user_id: str, state: FactorState, remember_me: bool,
-                meta: audit.RequestMeta) -> SecondFactorRequired:
+                meta: audit.RequestMeta, realm: Realm = USERS) -> SecondFactorRequired:
     """After a correct password: a single-use ticket for the second step (in the caller's
     transaction). The user's used and expired tickets are cleared on the way."""
     ttl = get_settings().mfa_ticket_ttl_s
-    conn.execute("delete from mfa_tickets where user_id = %s and (used_at is not null or expires_at <= now())", (user_id,))
-    ticket, hashed = _new_ticket(tenant_id)
+    conn.execute(f"delete from {realm.tickets} where {realm.owner} = %s and (used_at is not null or expires_at <= now())",
+                 (user_id,))
+    ticket, hashed = _new_ticket(tenant_id, realm)
+    cols, marks, owner = _owner_insert(realm, tenant_id, user_id)
     conn.execute(
-        """insert into mfa_tickets (tenant_id, user_id, ticket_hash, expires_at, remember_me, ip, user_agent)
-           values (%s, %s, %s, now() + make_interval(secs => %s), %s, %s, %s)""",
-        (tenant_id, user_id, hashed, ttl, remember_me, meta.ip, (meta.user_agent or "")[:512] or None),
+        f"""insert into {realm.tickets} ({cols}, ticket_hash, expires_at, remember_me, ip, user_agent)
+            values ({marks}, %s, now() + make_interval(secs => %s), %s, %s, %s)""",
+        (*owner, hashed, ttl, remember_me, meta.ip, (meta.user_agent or "")[:512] or None),
     )
     return SecondFactorRequired(ticket=ticket, methods=state.methods, expires_in=ttl)
 
@@ -823,15 +965,27 @@ _TICKET_QUERY = """
     select k.id, k.user_id::text as user_id, k.remember_me, k.ticket_hash, u.role, u.display_name, u.email
       from mfa_tickets k join users u on u.tenant_id = k.tenant_id and u.id = k.user_id
      where k.ticket_hash = %s and k.used_at is null and k.expires_at > now() and u.status = 'active'"""
+_OPERATOR_TICKET_QUERY = f"""
+    select k.id, k.operator_id::text as user_id, k.remember_me, k.ticket_hash, '{PLATFORM_OPERATOR}' as role,
+           o.display_name, o.email
+      from operator_mfa_tickets k join platform_operators o on o.id = k.operator_id
+     where k.ticket_hash = %s and k.used_at is null and k.expires_at > now() and o.status = 'active'"""
 
 
-def _ticket(ticket: str, ip: str | None) -> tuple[str, dict[str, Any]]:
-    """The tenant and row of a live ticket. Raises InvalidTicket (counted against the IP)."""
-    parsed = parse_token(ticket, TICKET_KIND)
+def _ticket_query(realm: Realm) -> str:
+    return _TICKET_QUERY if realm.tenant_scoped else _OPERATOR_TICKET_QUERY
+
+
+def _ticket(ticket: str, ip: str | None, realm: Realm = USERS) -> tuple[str, dict[str, Any]]:
+    """The tenant (the platform chain for operators) and row of a live ticket.
+    Raises InvalidTicket (counted against the IP)."""
+    parsed = parse_token(ticket, realm.ticket_kind)
+    if parsed is not None and (parsed.tenant_id == audit.PLATFORM_CHAIN) == realm.tenant_scoped:
+        parsed = None  # a user ticket never names the platform chain, an operator ticket always does
     row = None
     if parsed is not None:
         with db.tenant_tx(parsed.tenant_id) as conn:
-            row = conn.execute(_TICKET_QUERY, (parsed.hash,)).fetchone()
+            row = conn.execute(_ticket_query(realm), (parsed.hash,)).fetchone()
     if parsed is None or row is None or not same_hash(parsed.hash, row["ticket_hash"]):
         # Tickets are 256-bit random, not guessable, so the lookup need not wait for a
         # reservation; a bad one still counts (or gets the 429) against the IP.
@@ -840,15 +994,15 @@ def _ticket(ticket: str, ip: str | None) -> tuple[str, dict[str, Any]]:
     return parsed.tenant_id, row
 
 
-def second_factor_passkey_options(*, ticket: str, meta: audit.RequestMeta) -> dict[str, Any]:
+def second_factor_passkey_options(*, ticket: str, meta: audit.RequestMeta, realm: Realm = USERS) -> dict[str, Any]:
     """Options to prove the ticket's user with one of their passkeys.
 
     Raises:
         InvalidTicket, NotEnrolled (the user has no passkey).
     """
-    tenant_id, row = _ticket(ticket, meta.ip)
+    tenant_id, row = _ticket(ticket, meta.ip, realm)
     with db.tenant_tx(tenant_id) as conn:
-        allowed = passkeys.user_credentials(conn, row["user_id"])
+        allowed = passkeys.user_credentials(conn, row["user_id"], realm.credentials)
     if not allowed:
         raise NotEnrolled("this account has no passkey")
     return passkeys.authentication_options(purpose="second_factor", tenant_id=tenant_id, user_id=row["user_id"],
@@ -857,52 +1011,59 @@ def second_factor_passkey_options(*, ticket: str, meta: audit.RequestMeta) -> di
 
 def verify_second_factor(*, ticket: str, code: str | None = None, recovery_code: str | None = None,
                          assertion: dict[str, Any] | None = None, challenge_id: str | None = None,
-                         meta: audit.RequestMeta) -> SignedIn:
+                         meta: audit.RequestMeta, realm: Realm = USERS) -> SignedIn:
     """Trade a sign-in ticket and one second factor for the session's tokens. The ticket is
     used up by a success only; failures are counted ("mfa" throttle) and audited.
 
     Raises:
         TooManyRequests, InvalidTicket, InvalidSecondFactor.
     """
-    tenant_id, ticket_row = _ticket(ticket, meta.ip)
+    tenant_id, ticket_row = _ticket(ticket, meta.ip, realm)
     user_id = ticket_row["user_id"]
     attempt = ratelimit.throttle().attempt("mfa", _keys(tenant_id, user_id, meta.ip))
-    actor = _actor(user_id, ticket_row["display_name"] or ticket_row["email"])
+    actor = _actor(user_id, ticket_row["display_name"] or ticket_row["email"], realm)
     method: Method = "totp" if code is not None else "recovery_code" if recovery_code is not None else "passkey"
     extra: dict[str, Any] = {"mfa_method": method}
+    tokens: IssuedTokens | OperatorTokens
     try:
         with db.tenant_tx(tenant_id) as conn:
-            locked = conn.execute(_TICKET_QUERY + " for update of k", (ticket_row["ticket_hash"],)).fetchone()
+            locked = conn.execute(_ticket_query(realm) + " for update of k", (ticket_row["ticket_hash"],)).fetchone()
             if locked is None:
                 raise InvalidTicket()
             security: dict[str, Any] | None = None
             if method == "totp":
                 totp = conn.execute(
-                    f"select {_TOTP_COLUMNS} from mfa_totp where user_id = %s and confirmed_at is not null for update",
+                    f"select {_TOTP_COLUMNS} from {realm.totp} where {realm.owner} = %s and confirmed_at is not null"
+                    " for update",
                     (user_id,),
                 ).fetchone()
                 if totp is None:
                     raise _Rejected(method, "no_totp")
-                _check_totp(conn, totp, tenant_id=tenant_id, user_id=user_id, code=code or "")
+                _check_totp(conn, totp, tenant_id=tenant_id, user_id=user_id, code=code or "", realm=realm)
             elif method == "recovery_code":
-                remaining = _use_recovery_code(conn, user_id=user_id, code=recovery_code or "")
+                remaining = _use_recovery_code(conn, user_id=user_id, code=recovery_code or "", realm=realm)
                 extra["recovery_codes_remaining"] = remaining
                 security = {"action": "security.recovery_code_used", "remaining": remaining}
             else:
                 _use_passkey(conn, tenant_id=tenant_id, user_id=user_id, ticket_hash=ticket_row["ticket_hash"],
-                             assertion=assertion, challenge_id=challenge_id)
-            conn.execute("update mfa_tickets set used_at = now() where id = %s", (locked["id"],))
+                             assertion=assertion, challenge_id=challenge_id, realm=realm)
+            conn.execute(f"update {realm.tickets} set used_at = now() where id = %s", (locked["id"],))
             user = {"id": user_id, "role": locked["role"], "display_name": locked["display_name"]}
-            tokens = create_session(conn, tenant_id=tenant_id, user=user, remember_me=locked["remember_me"],
-                                    ip=meta.ip, user_agent=meta.user_agent)
-            _mark_session(conn, tokens.session_id, method)
+            if realm.tenant_scoped:
+                tokens = create_session(conn, tenant_id=tenant_id, user=user, remember_me=locked["remember_me"],
+                                        ip=meta.ip, user_agent=meta.user_agent)
+                action, target_type = "auth.login_succeeded", "session"
+            else:
+                tokens = open_operator_session(conn, operator=user, meta=meta)
+                action, target_type = "platform.operator_login_succeeded", "operator_session"
+            _mark_session(conn, tokens.session_id, method, realm)
             session_meta = audit.RequestMeta(meta.ip, meta.user_agent, tokens.session_id, meta.request_id)
-            audit.append(conn, tenant_id=tenant_id, actor=actor, action="auth.login_succeeded", target_type="session",
+            audit.append(conn, tenant_id=tenant_id, actor=actor, action=action, target_type=target_type,
                          target_id=tokens.session_id, after={"remember_me": locked["remember_me"], "mfa": method},
                          meta=session_meta)
             if security is not None:
-                audit.append(conn, tenant_id=tenant_id, actor=actor, action=security.pop("action"), target_type="user",
-                             target_id=user_id, after=security, meta=session_meta)
+                audit.append(conn, tenant_id=tenant_id, actor=actor, action=security.pop("action"),
+                             target_type=realm.kind, target_id=user_id, after=security, meta=session_meta)
     except _Rejected as exc:
         regression = exc.extra.get("security")
         _record_failure(tenant_id=tenant_id, user_id=user_id, actor=actor, action="auth.mfa_failed",
@@ -923,38 +1084,41 @@ _FAILURE_DETAIL = {
 }
 
 
-def _use_recovery_code(conn: Conn, *, user_id: str, code: str) -> int:
+def _use_recovery_code(conn: Conn, *, user_id: str, code: str, realm: Realm = USERS) -> int:
     """Spend one recovery code; returns how many are left. Raises _Rejected."""
     normalized = normalize_recovery_code(code)
     if normalized is None:
         raise _Rejected("recovery_code", "code_malformed")
     used = conn.execute(
-        "update mfa_recovery_codes set used_at = now() where user_id = %s and code_hash = %s and used_at is null returning id",
+        f"update {realm.recovery} set used_at = now() where {realm.owner} = %s and code_hash = %s and used_at is null"
+        " returning id",
         (user_id, recovery_code_hash(user_id, normalized)),
     ).fetchone()
     if used is None:
         raise _Rejected("recovery_code", "code_invalid")
-    row = conn.execute("select count(*) as n from mfa_recovery_codes where user_id = %s and used_at is null",
+    row = conn.execute(f"select count(*) as n from {realm.recovery} where {realm.owner} = %s and used_at is null",
                        (user_id,)).fetchone()
     return int(row["n"]) if row else 0
 
 
 def _use_passkey(conn: Conn, *, tenant_id: str, user_id: str, ticket_hash: str,
-                 assertion: dict[str, Any] | None, challenge_id: str | None) -> None:
+                 assertion: dict[str, Any] | None, challenge_id: str | None, realm: Realm = USERS) -> None:
     """Raises _Rejected."""
     try:
         challenge = passkeys.take_challenge(challenge_id or "", purpose="second_factor", tenant_id=tenant_id,
                                             user_id=user_id, ticket_hash=ticket_hash)
     except passkeys.PasskeyRejected as exc:
         raise _Rejected("passkey", exc.reason) from None
-    _verify_passkey(conn, challenge=challenge, assertion=assertion or {}, user_id=user_id, user_verification=False)
+    _verify_passkey(conn, challenge=challenge, assertion=assertion or {}, user_id=user_id, user_verification=False,
+                    realm=realm)
 
 
-def _verify_passkey(conn: Conn, *, challenge: Any, assertion: dict[str, Any], user_id: str, user_verification: bool) -> None:
+def _verify_passkey(conn: Conn, *, challenge: Any, assertion: dict[str, Any], user_id: str, user_verification: bool,
+                    realm: Realm = USERS) -> None:
     """Verify an assertion; a sign-count regression is also a security event. Raises _Rejected."""
     try:
         passkeys.verify_assertion(conn, challenge=challenge, assertion=assertion, expected_user_id=user_id,
-                                  require_user_verification=user_verification)
+                                  require_user_verification=user_verification, store=realm.credentials)
     except passkeys.SignCountRegression as exc:
         raise _Rejected("passkey", exc.reason, {"security": {
             "action": "security.passkey_counter_regression", "stored": exc.stored, "presented": exc.presented,
@@ -1090,16 +1254,19 @@ def verify_totp_for_signing(conn: Conn, *, tenant_id: str, user_id: str, code: s
 # --- fixtures -------------------------------------------------------------------------------------
 
 
-def seed_confirmed_totp(conn: Conn, *, tenant_id: str, user_id: str, secret: str | None = None) -> str:
-    """Give a user an active TOTP directly, in the caller's transaction; returns the secret.
+def seed_confirmed_totp(conn: Conn, *, tenant_id: str, user_id: str, secret: str | None = None,
+                        realm: Realm = USERS) -> str:
+    """Give a user (or, with `realm=OPERATORS` and the platform chain as tenant, an operator)
+    an active TOTP directly, in the caller's transaction; returns the secret.
 
     For tests and fixtures only (nothing is audited): real users enrol and confirm.
     """
     secret = secret or new_totp_secret()
-    sealed = seal_secret(secret, tenant_id=tenant_id, user_id=user_id)
+    sealed = seal_secret(secret, tenant_id=tenant_id, user_id=user_id, realm=realm)
+    cols, marks, owner = _owner_insert(realm, tenant_id, user_id)
     conn.execute(
-        """insert into mfa_totp (tenant_id, user_id, secret_ciphertext, secret_nonce, key_id, confirmed_at)
-           values (%s, %s, %s, %s, %s, now())""",
-        (tenant_id, user_id, sealed.ciphertext, sealed.nonce, sealed.key_id),
+        f"""insert into {realm.totp} ({cols}, secret_ciphertext, secret_nonce, key_id, confirmed_at)
+            values ({marks}, %s, %s, %s, now())""",
+        (*owner, sealed.ciphertext, sealed.nonce, sealed.key_id),
     )
     return secret

@@ -5,6 +5,12 @@ An operator is created by ops with the owner role (`shared.cli create-operator`)
 prints a one-time setup token (24 hours); with it the operator sets a password. Operator
 sessions are short (OPERATOR_SESSION_HOURS, no refresh tokens: sign in again) and live in
 their own table, out of every tenant's reach.
+
+Every operator must have a second factor (TOTP with recovery codes, or a passkey: the
+recipes of `shared.mfa` over its OPERATORS realm). A correct password of an operator with a
+factor gives an MFA ticket, traded at `/api/platform/auth/mfa/verify` for a session; one
+without a factor gets a session that may only enrol one. Cancelling a tenant and taking a
+support token need a second factor proved within MFA_RECENT_AUTH_S (docs/mfa.md).
 """
 
 from __future__ import annotations
@@ -12,13 +18,12 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from shared import audit, db, passwords, ratelimit
+from shared import audit, db, mfa, passwords, ratelimit
 from shared.auth import InvalidCredentials, refuse_token, take_one_time_token
 from shared.opaque import same_hash
-from shared.tokens import issue_access_token
 
 SETUP_TTL = timedelta(hours=24)
-OPERATOR_SESSION_HOURS = 8
+OPERATOR_SESSION_HOURS = mfa.OPERATOR_SESSION_HOURS
 PLATFORM_SLUG = "platform"
 
 
@@ -49,7 +54,8 @@ def set_password(*, token: str, password: str, meta: audit.RequestMeta) -> None:
 
 
 def login(*, email: str, password: str, meta: audit.RequestMeta) -> dict[str, Any]:
-    """An operator session and its access token; every failure looks alike.
+    """After a correct password: an MFA ticket if the operator has a second factor, else a
+    session that may only enrol one (`mfa_enrolment_required`). Every failure looks alike.
 
     Raises:
         TooManyRequests, InvalidCredentials.
@@ -66,7 +72,7 @@ def login(*, email: str, password: str, meta: audit.RequestMeta) -> dict[str, An
         ok = False
     else:
         ok = passwords.verify_password(op["password_hash"], password).ok and op["status"] == "active"
-    session = None
+    result: dict[str, Any] = {}
     with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
         actor = audit.Actor(op["id"] if op else None, op["display_name"] if op else email, "operator")
         if not ok:
@@ -75,21 +81,22 @@ def login(*, email: str, password: str, meta: audit.RequestMeta) -> dict[str, An
         else:
             attempt.succeeded()
             assert op is not None
-            session = conn.execute(
-                """insert into operator_sessions (operator_id, expires_at, ip, user_agent)
-                   values (%s, now() + make_interval(hours => %s), %s, %s) returning id::text as id, expires_at""",
-                (op["id"], OPERATOR_SESSION_HOURS, meta.ip, (meta.user_agent or "")[:512] or None),
-            ).fetchone()
-            assert session is not None
-            audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor, action="platform.operator_login_succeeded",
-                         target_type="operator_session", target_id=session["id"], meta=meta)
+            factors = mfa.factor_state(conn, user_id=op["id"], role="PLATFORM_OPERATOR", realm=mfa.OPERATORS)
+            if factors.enrolled:
+                challenge = mfa.open_ticket(conn, tenant_id=audit.PLATFORM_CHAIN, user_id=op["id"], state=factors,
+                                            remember_me=False, meta=meta, realm=mfa.OPERATORS)
+                audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor, action="platform.operator_mfa_challenged",
+                             target_type="operator", target_id=op["id"], after={"methods": challenge.methods}, meta=meta)
+                result = challenge.as_dict()
+            else:
+                tokens = mfa.open_operator_session(conn, operator=op, meta=meta)
+                audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor,
+                             action="platform.operator_login_succeeded", target_type="operator_session",
+                             target_id=tokens.session_id, after={"mfa_enrolment_required": True}, meta=meta)
+                result = {**tokens.as_dict(), "mfa_enrolment_required": True}
     if not ok:
         raise InvalidCredentials("the email or password is wrong")
-    assert op is not None and session is not None
-    token = issue_access_token(subject=op["id"], tenant_id=None, session_id=session["id"], role="PLATFORM_OPERATOR",
-                               name=op["display_name"])
-    return {"access_token": token, "token_type": "Bearer", "expires_in": 900, "session_id": session["id"],
-            "session_expires_at": session["expires_at"]}
+    return result
 
 
 def logout(*, operator_id: str, session_id: str, name: str | None, meta: audit.RequestMeta) -> None:

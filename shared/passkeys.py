@@ -110,6 +110,20 @@ class SignCountRegression(PasskeyRejected):
 
 
 @dataclass(frozen=True)
+class CredentialStore:
+    """Where one kind of account keeps its passkeys: tenant users (a tenant table, under
+    row-level security) or platform operators (a platform table)."""
+
+    table: str
+    owner: str
+    tenant_scoped: bool
+
+
+USER_CREDENTIALS = CredentialStore("webauthn_credentials", "user_id", tenant_scoped=True)
+OPERATOR_CREDENTIALS = CredentialStore("operator_webauthn_credentials", "operator_id", tenant_scoped=False)
+
+
+@dataclass(frozen=True)
 class RelyingParty:
     id: str
     name: str
@@ -331,17 +345,19 @@ def verify_registration(*, challenge_id: str, credential: dict[str, Any], expect
 
 
 def insert_credential(conn: Conn, *, tenant_id: str, user_id: str, new: NewCredential,
-                      name: str) -> dict[str, Any]:
-    """Store a verified credential in the caller's tenant transaction.
+                      name: str, store: CredentialStore = USER_CREDENTIALS) -> dict[str, Any]:
+    """Store a verified credential in the caller's transaction (`tenant_id` is ignored for a
+    store that is not tenant-scoped).
 
     Raises:
         psycopg.errors.UniqueViolation: this credential id is already registered in the tenant.
     """
+    owner_cols, owner_vals = (("tenant_id, ", (tenant_id,)) if store.tenant_scoped else ("", ()))
     row = conn.execute(
-        f"""insert into webauthn_credentials (tenant_id, user_id, credential_id, public_key, sign_count, transports,
-                                              name, aaguid, discoverable, backed_up)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {PUBLIC_COLUMNS}""",
-        (tenant_id, user_id, new.credential_id, new.public_key, new.sign_count, new.transports, name,
+        f"""insert into {store.table} ({owner_cols}{store.owner}, credential_id, public_key, sign_count, transports,
+                                       name, aaguid, discoverable, backed_up)
+            values ({"%s, " * len(owner_vals)}%s, %s, %s, %s, %s, %s, %s, %s, %s) returning {PUBLIC_COLUMNS}""",
+        (*owner_vals, user_id, new.credential_id, new.public_key, new.sign_count, new.transports, name,
          new.aaguid, new.discoverable, new.backed_up),
     ).fetchone()
     assert row is not None
@@ -384,10 +400,11 @@ def assertion_credential_id(assertion: Any) -> bytes:
     return raw
 
 
-def find_credential(conn: Conn, credential_id: bytes, *, lock: bool = False) -> dict[str, Any] | None:
-    """The stored credential with this id in the transaction's tenant, or None."""
+def find_credential(conn: Conn, credential_id: bytes, *, lock: bool = False,
+                    store: CredentialStore = USER_CREDENTIALS) -> dict[str, Any] | None:
+    """The stored credential with this id in the transaction's tenant (or the store), or None."""
     return conn.execute(
-        "select id::text as id, user_id::text as user_id, public_key, sign_count from webauthn_credentials"
+        f"select id::text as id, {store.owner}::text as user_id, public_key, sign_count from {store.table}"
         " where credential_id = %s" + (" for update" if lock else ""),
         (credential_id,),
     ).fetchone()
@@ -402,7 +419,8 @@ class VerifiedAssertion:
 
 
 def verify_assertion(conn: Conn, *, challenge: Challenge, assertion: dict[str, Any],
-                     expected_user_id: str | None, require_user_verification: bool) -> VerifiedAssertion:
+                     expected_user_id: str | None, require_user_verification: bool,
+                     store: CredentialStore = USER_CREDENTIALS) -> VerifiedAssertion:
     """Check a `navigator.credentials.get()` answer against a taken challenge and the stored
     credential (locked), and store its new signature counter. Run in the tenant's transaction.
 
@@ -413,7 +431,7 @@ def verify_assertion(conn: Conn, *, challenge: Challenge, assertion: dict[str, A
         PasskeyRejected: any other failed check (signature, origin, RP id, user handle, UV).
     """
     credential_id = assertion_credential_id(assertion)
-    stored = find_credential(conn, credential_id, lock=True)
+    stored = find_credential(conn, credential_id, lock=True, store=store)
     if stored is None or (expected_user_id is not None and stored["user_id"] != expected_user_id):
         raise UnknownCredential("this passkey is not registered here")
     raw_response = assertion.get("response")
@@ -434,7 +452,7 @@ def verify_assertion(conn: Conn, *, challenge: Challenge, assertion: dict[str, A
     old, new = int(stored["sign_count"]), int(verified.new_sign_count)
     if (old > 0 or new > 0) and new <= old:
         raise SignCountRegression(f"signature counter {new} is not above the stored {old}", stored=old, presented=new)
-    conn.execute("update webauthn_credentials set sign_count = %s, last_used_at = now(), backed_up = %s where id = %s",
+    conn.execute(f"update {store.table} set sign_count = %s, last_used_at = now(), backed_up = %s where id = %s",
                  (new, verified.credential_backed_up, stored["id"]))
     return VerifiedAssertion(credential_row_id=stored["id"], user_id=stored["user_id"], sign_count=new,
                              user_verified=verified.user_verified)
@@ -452,14 +470,15 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
                                 "aaguid")}
 
 
-def user_credentials(conn: Conn, user_id: str) -> list[tuple[bytes, list[str]]]:
+def user_credentials(conn: Conn, user_id: str,
+                     store: CredentialStore = USER_CREDENTIALS) -> list[tuple[bytes, list[str]]]:
     """(credential id, transports) of each of a user's passkeys, for allow/exclude lists."""
-    rows = conn.execute("select credential_id, transports from webauthn_credentials where user_id = %s order by created_at",
-                        (user_id,)).fetchall()
+    rows = conn.execute(f"select credential_id, transports from {store.table} where {store.owner} = %s"
+                        " order by created_at", (user_id,)).fetchall()
     return [(bytes(r["credential_id"]), list(r["transports"])) for r in rows]
 
 
-def list_credentials(conn: Conn, user_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(f"select {PUBLIC_COLUMNS} from webauthn_credentials where user_id = %s order by created_at",
+def list_credentials(conn: Conn, user_id: str, store: CredentialStore = USER_CREDENTIALS) -> list[dict[str, Any]]:
+    rows = conn.execute(f"select {PUBLIC_COLUMNS} from {store.table} where {store.owner} = %s order by created_at",
                         (user_id,)).fetchall()
     return [public(r) for r in rows]

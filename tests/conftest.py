@@ -197,24 +197,36 @@ def create_session_row(tenant_id: str, user_id: str) -> str:
                               user_agent="pytest").session_id
 
 
-def create_operator(name: str = "Olive Operator") -> dict:
+def create_operator(name: str = "Olive Operator", *, mfa: bool = True) -> dict:
+    """An operator row; with a confirmed TOTP (`row["totp_secret"]`) unless `mfa=False`, as
+    every operator must have a second factor."""
     import psycopg
     from psycopg.rows import dict_row
 
+    from shared.audit import PLATFORM_CHAIN
+    from shared.mfa import OPERATORS, seed_confirmed_totp
+
     email = f"op-{uuid.uuid4().hex[:12]}@custos.test"
     with psycopg.connect(os.environ["DATABASE_OWNER_URL"], row_factory=dict_row) as conn:
-        return conn.execute(
+        row = conn.execute(
             "insert into platform_operators (email, display_name) values (%s, %s) returning id::text as id, email",
             (email, name),
         ).fetchone()
+        if mfa:
+            row["totp_secret"] = seed_confirmed_totp(conn, tenant_id=PLATFORM_CHAIN, user_id=row["id"],  # type: ignore[arg-type]
+                                                     realm=OPERATORS)
+        return row
 
 
-def create_operator_session(operator_id: str) -> str:
-    """A live operator session (what an operator sign-in creates); returns its id."""
+def create_operator_session(operator_id: str, *, mfa_verified: bool = True) -> str:
+    """A live operator session (what an operator sign-in creates); returns its id. It proved
+    a TOTP just now unless `mfa_verified=False`."""
     with db.platform_tx() as conn:
         return conn.execute(
-            "insert into operator_sessions (operator_id, expires_at) values (%s, now() + interval '1 hour') returning id::text as id",
-            (operator_id,),
+            """insert into operator_sessions (operator_id, expires_at, mfa_verified_at, mfa_method)
+               values (%s, now() + interval '1 hour', case when %s then now() end, case when %s then 'totp' end)
+               returning id::text as id""",
+            (operator_id, mfa_verified, mfa_verified),
         ).fetchone()["id"]
 
 
@@ -233,16 +245,17 @@ TokenFactory = Callable[..., str]
 def make_person() -> PersonFactory:
     """make_person(tenant_id, role) -> an active user with a token; tenant None -> an operator.
 
-    ADMIN and REVIEWER users come with a confirmed TOTP (`Person.totp_secret`), as the
-    second-factor enforcement requires; `mfa=False` makes one without (to test enforcement).
+    ADMIN and REVIEWER users and operators come with a confirmed TOTP (`Person.totp_secret`),
+    as the second-factor enforcement requires (an operator's session has just proved it);
+    `mfa=False` makes one without (to test enforcement).
     """
 
     def make(tenant_id: str | None, role: str = "ADMIN", *, name: str | None = None, mfa: bool | None = None,
              **kw: object) -> Person:
         if tenant_id is None:
-            row = create_operator(name or "Olive Operator")
+            row = create_operator(name or "Olive Operator", mfa=mfa is not False)
             role = "PLATFORM_OPERATOR"
-            kw.setdefault("session_id", create_operator_session(row["id"]))
+            kw.setdefault("session_id", create_operator_session(row["id"], mfa_verified=mfa is not False))
         else:
             row = create_user(tenant_id, role, name=name, mfa=mfa)
             kw.setdefault("session_id", create_session_row(tenant_id, row["id"]))
