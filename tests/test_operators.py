@@ -263,5 +263,5 @@ def test_operator_factor_tables_are_platform_tables_with_narrow_grants() -> None
                   and has_column_privilege('custos_app_rw', a.attrelid, a.attnum, 'UPDATE')""").fetchall()}
     assert len(rows) == 4
     assert all(r["rw"] and not r["more"] and not r["relrowsecurity"] and not r["tenant_col"] for r in rows), rows
-    assert session_columns == {"revoked_at", "mfa_verified_at", "mfa_method"}
+    assert session_columns == {"revoked_at", "revoked_reason", "last_seen_at", "mfa_verified_at", "mfa_method"}
     assert "email" not in operator_columns and "status" not in operator_columns
