@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.ncrontab import longest_gap_s
+
 
 class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names it."""
@@ -232,6 +234,12 @@ class Settings(BaseSettings):
             raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
         return v
 
+    @field_validator("audit_checkpoint_schedule")
+    @classmethod
+    def _checkpoint_schedule(cls, v: str) -> str:
+        longest_gap_s(v)
+        return v
+
     @field_validator("cors_allowed_origins")
     @classmethod
     def _origins(cls, v: str) -> str:
@@ -252,6 +260,8 @@ class Settings(BaseSettings):
             raise ValueError("audit_signing_key must be set in production")
         if self.custos_env == "production" and self.smtp_host and not self.smtp_starttls:
             raise ValueError("smtp_starttls must be on in production")
+        if self.custos_env == "production" and self.audit_checkpoint_interval_s > 86_400:
+            raise ValueError("audit_checkpoint_schedule must fire at least once a day in production")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("db_pool_min must not exceed db_pool_max")
         return self
@@ -282,6 +292,11 @@ class Settings(BaseSettings):
     @property
     def attachment_types(self) -> frozenset[str]:
         return frozenset(t.lower() for t in _split(self.attachment_content_types))
+
+    @property
+    def audit_checkpoint_interval_s(self) -> int:
+        """The longest gap between two checkpoint runs, from AUDIT_CHECKPOINT_SCHEDULE."""
+        return longest_gap_s(self.audit_checkpoint_schedule)
 
     @property
     def dev_keys_allowed(self) -> bool:
