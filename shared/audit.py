@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import rfc8785
@@ -160,6 +160,15 @@ def canonical_bytes(row: dict[str, Any]) -> bytes:
 
 def compute_checksum(row: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_bytes(row)).hexdigest()
+
+
+def normal_tenant_id(tenant_id: str) -> str:
+    """The tenant id in its canonical lowercase hyphenated form.
+
+    Raises:
+        ValueError: it is not a UUID.
+    """
+    return str(uuid.UUID(str(tenant_id)))
 
 
 def format_time(moment: datetime) -> str:
@@ -323,31 +332,45 @@ class Verification:
 
 
 def verify_rows(
-    rows: Iterator[dict[str, Any]], *, tenant_id: str, checkpoint: CheckpointRef | None
+    rows: Iterator[dict[str, Any]],
+    *,
+    tenant_id: str,
+    checkpoint: CheckpointRef | None,
+    start_seq: int = 1,
 ) -> Verification:
-    """Walk a chain: seq continuity from 1, each previous link, each checksum, and agreement
-    with the newest signed checkpoint (which catches a cut tail and a recomputed chain)."""
+    """Walk a chain: seq continuity, each previous link, each checksum, and agreement with
+    the newest signed checkpoint (which catches a cut tail and a recomputed chain).
+
+    From `start_seq` 1 the first event must link to GENESIS; a walk that starts later (a
+    segment from a checkpoint's event on) takes the first event's link as given. Each
+    failure carries a stable `code` beside its human `reason`.
+    """
     started = time.perf_counter()
-    expected_seq, previous, checked = 1, GENESIS, 0
+    expected_seq, checked = start_seq, 0
+    previous: str | None = GENESIS if start_seq == 1 else None
     failure: dict[str, Any] | None = None
     head: dict[str, Any] | None = None
     for row in rows:
         seq = int(row["seq"])
         if seq != expected_seq:
-            failure = {"seq": expected_seq, "reason": "missing event" if seq > expected_seq else "duplicate or reordered event"}
+            failure = (
+                {"seq": expected_seq, "code": "missing_event", "reason": "missing event"}
+                if seq > expected_seq
+                else {"seq": expected_seq, "code": "duplicate_event", "reason": "duplicate or reordered event"}
+            )
             break
         if row["tenant_id"] != tenant_id:
-            failure = {"seq": seq, "reason": "event of another tenant"}
+            failure = {"seq": seq, "code": "foreign_event", "reason": "event of another tenant"}
             break
-        if row["previous_checksum"] != previous:
-            failure = {"seq": seq, "reason": "previous_checksum does not link to the event before"}
+        if previous is not None and row["previous_checksum"] != previous:
+            failure = {"seq": seq, "code": "broken_link", "reason": "previous_checksum does not link to the event before"}
             break
         checksum = row["computed"] if "computed" in row else compute_checksum(row)
         if checksum != row["checksum"]:
-            failure = {"seq": seq, "reason": "checksum does not match the event's content"}
+            failure = {"seq": seq, "code": "checksum_mismatch", "reason": "checksum does not match the event's content"}
             break
         if checkpoint is not None and seq == checkpoint.seq and checksum != checkpoint.checksum:
-            failure = {"seq": seq, "reason": "event differs from the signed checkpoint"}
+            failure = {"seq": seq, "code": "checkpoint_mismatch", "reason": "event differs from the signed checkpoint"}
             break
         checked += 1
         previous = checksum
@@ -355,7 +378,8 @@ def verify_rows(
         head = {"seq": seq, "checksum": checksum}
     if failure is None and checkpoint is not None and (head is None or head["seq"] < checkpoint.seq):
         failure = {
-            "seq": (head["seq"] + 1) if head else 1,
+            "seq": (head["seq"] + 1) if head else start_seq,
+            "code": "chain_truncated",
             "reason": f"chain ends before signed checkpoint seq {checkpoint.seq}",
         }
     return Verification(
@@ -400,19 +424,50 @@ _SQL_CANONICAL = " || ".join([
 SQL_CHECKSUM = f"encode(sha256(convert_to({_SQL_CANONICAL}, 'UTF8')), 'hex')"
 
 
-def stream_checksums(conn: Conn, batch: int = 5000) -> Iterator[dict[str, Any]]:
+def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Iterator[dict[str, Any]]:
     """Each event's seq, links and stored checksum with the checksum recomputed by the
     database from the same canonical form: the server-side verifier's fast path (the
     offline verifier recomputes everything itself with the rfc8785 package)."""
     with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:
         cur.itersize = batch
-        cur.execute(f"select seq, tenant_id::text, previous_checksum, checksum, {SQL_CHECKSUM} from audit_events order by seq")
+        cur.execute(
+            f"select seq, tenant_id::text, previous_checksum, checksum, {SQL_CHECKSUM} from audit_events"
+            " where seq >= %s order by seq",
+            (from_seq,),
+        )
         for seq, tenant, previous, checksum, computed in cur:
             yield {"seq": seq, "tenant_id": tenant, "previous_checksum": previous, "checksum": checksum,
                    "computed": computed}
 
 
-def verify_tenant(tenant_id: str, checkpoint: CheckpointRef | None) -> Verification:
-    """Verify a tenant's chain from the database against its newest checkpoint."""
-    with db.tenant_tx(tenant_id) as conn:
-        return verify_rows(stream_checksums(conn), tenant_id=str(uuid.UUID(str(tenant_id))), checkpoint=checkpoint)
+def verify_tenant(
+    tenant_id: str,
+    checkpoint: CheckpointRef | None,
+    *,
+    stale_after: timedelta | None = None,
+    now: datetime | None = None,
+) -> Verification:
+    """Verify a tenant's chain from the database against its newest signed checkpoint.
+
+    With `stale_after`, a sound chain whose oldest event not covered by `checkpoint` occurred
+    more than `stale_after` before `now` (default: the database clock) fails as
+    `checkpoint_stale`: checkpoints stopped, and the uncovered tail could be cut unnoticed.
+    """
+    tid = normal_tenant_id(tenant_id)
+    with db.tenant_tx(tid) as conn:
+        result = verify_rows(stream_checksums(conn), tenant_id=tid, checkpoint=checkpoint)
+        if result.valid and stale_after is not None:
+            covered = checkpoint.seq if checkpoint else 0
+            oldest = conn.execute(
+                "select seq, occurred_at, now() as db_now from audit_events where seq > %s order by seq limit 1",
+                (covered,),
+            ).fetchone()
+            if oldest is not None and oldest["occurred_at"] < (now or oldest["db_now"]) - stale_after:
+                result.valid = False
+                result.first_failure = {
+                    "seq": int(oldest["seq"]),
+                    "code": "checkpoint_stale",
+                    "reason": f"events since {format_time(oldest['occurred_at'])} are not covered by a signed "
+                    f"checkpoint (allowed: {int(stale_after.total_seconds())} s)",
+                }
+        return result

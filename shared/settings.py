@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.ncrontab import longest_gap_s
+
 
 class SettingsError(RuntimeError):
     """A setting is missing or malformed; the message names it."""
@@ -235,6 +237,12 @@ class Settings(BaseSettings):
             raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
         return v
 
+    @field_validator("audit_checkpoint_schedule")
+    @classmethod
+    def _checkpoint_schedule(cls, v: str) -> str:
+        longest_gap_s(v)
+        return v
+
     @field_validator("cors_allowed_origins")
     @classmethod
     def _origins(cls, v: str) -> str:
@@ -278,6 +286,13 @@ class Settings(BaseSettings):
                 raise ValueError(f"webauthn_origins: {origin!r} must be https in production")
         return self
 
+    @model_validator(mode="after")
+    def _checkpoint_cadence(self) -> Settings:
+        # Events after the last checkpoint can be cut unnoticed for up to two intervals.
+        if self.custos_env == "production" and self.audit_checkpoint_interval_s > 86_400:
+            raise ValueError("audit_checkpoint_schedule must fire at least once a day in production")
+        return self
+
     @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(_split(self.cors_allowed_origins))
@@ -285,6 +300,11 @@ class Settings(BaseSettings):
     @property
     def attachment_types(self) -> frozenset[str]:
         return frozenset(t.lower() for t in _split(self.attachment_content_types))
+
+    @property
+    def audit_checkpoint_interval_s(self) -> int:
+        """The longest gap between two checkpoint runs, from AUDIT_CHECKPOINT_SCHEDULE."""
+        return longest_gap_s(self.audit_checkpoint_schedule)
 
     @property
     def dev_keys_allowed(self) -> bool:

@@ -102,7 +102,7 @@ def test_deleted_row_is_caught(client: httpx.Client, chain: Tenant, make_token: 
         conn.execute("delete from audit_events where tenant_id = %s and seq = 3", (chain.id,))
     result = verify(client, chain, make_token)
     assert result["valid"] is False
-    assert result["first_failure"] == {"seq": 3, "reason": "missing event"}
+    assert result["first_failure"] == {"seq": 3, "code": "missing_event", "reason": "missing event"}
 
 
 def test_inserted_forged_row_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
@@ -159,7 +159,9 @@ def test_recomputed_chain_is_caught_by_checkpoint(client: httpx.Client, chain: T
                          (r["previous_checksum"], r["checksum"], chain.id, seq))
     result = verify(client, chain, make_token)
     assert result["valid"] is False
-    assert result["first_failure"] == {"seq": 6, "reason": "event differs from the signed checkpoint"}
+    assert result["first_failure"] == {
+        "seq": 6, "code": "checkpoint_mismatch", "reason": "event differs from the signed checkpoint"
+    }
 
 
 def test_forged_checkpoint_blob_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
