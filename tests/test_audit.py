@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shared import audit, checkpoints, db, storage
+from shared.errors import InvalidValue
 from shared.tenant_settings import put_setting
 from shared.tenants import Tenant, create_tenant
 from tests.conftest import ROOT, TokenFactory, auth
@@ -213,10 +214,11 @@ def test_failing_change_rolls_back_its_event(chain: Tenant) -> None:
 
 
 def test_failing_append_rolls_back_the_change(chain: Tenant) -> None:
-    with pytest.raises(psycopg.errors.CheckViolation):
+    with pytest.raises(InvalidValue) as err:
         with db.tenant_tx(chain.id) as conn:
             put_setting(conn, tenant_id=chain.id, key="sessions.max_idle_minutes", value=30, actor_id=None)
             audit.append(conn, tenant_id=chain.id, actor=ACTOR, action="Not A Valid Action")
+    assert isinstance(err.value.__cause__, psycopg.errors.CheckViolation)
     with db.tenant_tx(chain.id) as conn:
         assert conn.execute("select count(*) as n from tenant_settings").fetchone()["n"] == 0
 
