@@ -90,6 +90,13 @@ class EndpointSpec:
     summary: str
     tags: tuple[str, ...]
     mfa_enrolment: bool = False
+    media_type: str | None = None
+    statuses: tuple[int, ...] = ()
+
+
+class ResponseContractError(Exception):
+    """A handler answered with a body its endpoint does not declare (raised only where
+    `custos_env` is "test", so the wrapper turns it into a logged 500 the tests see)."""
 
 
 @dataclass
@@ -157,8 +164,19 @@ def endpoint(
     body_limit: str = "max_body_bytes",
     tags: tuple[str, ...] = (),
     mfa_enrolment: bool = False,
+    media_type: str | None = None,
+    statuses: tuple[int, ...] = (),
 ) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
-    """Wrap a handler into a Functions HTTP function. See the module docstring."""
+    """Wrap a handler into a Functions HTTP function. See the module docstring.
+
+    `response` is the model of the JSON success body (the OpenAPI document shows it, and in
+    the test environment every answer is checked against it); `media_type` names a non-JSON
+    success body; `statuses` are the statuses the handler answers beyond the wrapper's own
+    (e.g. 502 when a stored file fails its hash check).
+
+    Raises:
+        ValueError: for contradictory options.
+    """
     if (permission or operator) and not auth:
         raise ValueError("an endpoint with a permission must authenticate")
     if permission and operator:
@@ -179,10 +197,13 @@ def endpoint(
             summary=(handler.__doc__ or handler.__name__).strip().splitlines()[0],
             tags=tags,
             mfa_enrolment=mfa_enrolment,
+            media_type=media_type,
+            statuses=statuses,
         )
+        checked = _contract_checked(spec, handler)
 
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-            return _handle(spec, handler, req)
+            return _handle(spec, checked, req)
 
         wrapper.__name__ = handler.__name__
         wrapper.__qualname__ = handler.__qualname__
@@ -193,6 +214,48 @@ def endpoint(
         return wrapper
 
     return decorate
+
+
+def _contract_checked(spec: EndpointSpec, handler: Handler) -> Handler:
+    """The handler, checking its answers against the spec where `custos_env` is "test".
+
+    Production pays one attribute read per request; the check itself (a strict JSON
+    validation of the body) runs only in tests, where schemathesis and every HTTP test see a
+    drifted model as a 500.
+    """
+
+    def run(ctx: RequestContext) -> Any:
+        result = handler(ctx)
+        if get_settings().custos_env == "test":
+            check_response_contract(spec, result, name=handler.__name__)
+        return result
+
+    return run
+
+
+def check_response_contract(spec: EndpointSpec, result: Any, *, name: str) -> None:
+    """Check a handler's result against what its endpoint declares.
+
+    Raises:
+        ResponseContractError: a JSON body without a declared model, a body that does not
+            validate against the model, or a body of an undeclared media type.
+    """
+    if isinstance(result, func.HttpResponse):
+        return
+    body, media_type = (result.body, result.media_type) if isinstance(result, Reply) else (result, None)
+    if body is None:
+        return
+    if isinstance(body, (bytes, str)) and media_type:
+        if spec.media_type is None:
+            raise ResponseContractError(f"{name} answers {media_type} but declares no media_type")
+        return
+    if spec.response is None:
+        raise ResponseContractError(f"{name} answers a JSON body but declares no response model")
+    payload = json.dumps(to_jsonable_python(body, by_alias=True), ensure_ascii=False)
+    try:
+        spec.response.model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        raise ResponseContractError(f"{name} answered a body its model {spec.response.__name__} refuses: {exc}") from None
 
 
 def endpoint_spec(fn: Callable[..., Any]) -> EndpointSpec | None:
