@@ -142,10 +142,12 @@ def build_openapi(app: func.FunctionApp, *, version: str) -> dict[str, Any]:
         for method in methods:
             responses: dict[str, Any] = {ok_status: ok}
             for code in error_statuses(spec, method):
-                responses.setdefault(code, {
-                    "description": _ERRORS[code],
-                    "content": {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}},
-                })
+                content: dict[str, Any] = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
+                if code == "404" and _PARAM.search(route):
+                    # A path value the route template does not match never reaches the app:
+                    # the Functions host answers it with its own plain-text 404.
+                    content["text/plain"] = {"schema": {"type": "string"}}
+                responses.setdefault(code, {"description": _ERRORS[code], "content": content})
             operation: dict[str, Any] = {
                 "operationId": fn.get_function_name(),
                 "summary": spec.summary,
