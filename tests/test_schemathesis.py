@@ -46,12 +46,25 @@ def admins(make_person: PersonFactory) -> Any:
     return token_for
 
 
-# Reported, not silenced: what is still red here is wrapper-class (NUL bytes and lone
-# surrogates in strings reach PostgreSQL and give 500s; schema-valid requests refused with
-# 400/422 by business rules), which the wrapper rewrite on the issue-11 lead's branch fixes.
-# Remove the mark once that is merged.
-@pytest.mark.xfail(reason="wrapper-class failures fixed on the lead's wrapper branch", strict=False)
-@pytest.mark.parametrize("label", sorted(OPERATIONS))
+# Reported, not silenced: these operations are still red for wrapper-class reasons (NUL bytes
+# and lone surrogates reach PostgreSQL and give 500s: GET /api/audit?actor=%00, a surrogate in
+# a payment method's label) or because their request schemas are looser than the domain rules
+# (email, cursor, token and code formats answered 400/422 to schema-valid input). The lead's
+# wrapper rewrite fixes the first; the second needs tighter request models. Every other
+# operation must pass.
+KNOWN_RED = frozenset({
+    "GET /api/audit", "GET /api/records", "GET /api/users", "POST /api/auth/invitations/accept",
+    "POST /api/auth/mfa/verify", "POST /api/auth/password/reset/confirm", "POST /api/designations",
+    "POST /api/mfa/passkeys/registration/verify", "POST /api/payment-methods", "POST /api/record-types",
+    "POST /api/signature-vocabulary", "POST /api/users",
+})
+
+
+@pytest.mark.parametrize("label", [
+    pytest.param(label, marks=pytest.mark.xfail(reason="reported for the wrapper/request-model fixes", strict=False))
+    if label in KNOWN_RED else label
+    for label in sorted(OPERATIONS)
+])
 def test_api_conforms_to_its_openapi_document(label: str, host: Host, admins: Any) -> None:
     operation = OPERATIONS[label]
     headers = {"Authorization": f"Bearer {admins()}"}
