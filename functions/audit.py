@@ -8,6 +8,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import BaseModel, ConfigDict, Field
 
+from functions._models_system import AuditEvents, ChainVerified
 from shared import audit, checkpoints, db
 from shared.audit_export import export_jsonl
 from shared.errors import NotFound
@@ -31,7 +32,7 @@ class AuditQuery(BaseModel):
 
 
 @bp.route(route="api/audit", methods=["GET"])
-@endpoint(permission="audit.read", query=AuditQuery, tags=("audit",))
+@endpoint(response=AuditEvents, permission="audit.read", query=AuditQuery, tags=("audit",))
 def list_audit(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's audit events in seq order, filtered, paginated by seq cursor."""
     q: AuditQuery = ctx.query
@@ -46,14 +47,14 @@ def list_audit(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/audit/verify", methods=["GET"])
-@endpoint(tags=("audit",))
+@endpoint(response=ChainVerified, tags=("audit",))
 def verify_audit(ctx: RequestContext) -> dict[str, Any]:
     """Walk the tenant's chain and compare it with the newest signed checkpoint."""
     return checkpoints.verify_tenant(ctx.tenant_id).as_dict()
 
 
 @bp.route(route="api/audit/export", methods=["GET"])
-@endpoint(permission="audit.export", tags=("audit",))
+@endpoint(media_type="application/jsonl", permission="audit.export", tags=("audit",))
 def export_audit(ctx: RequestContext) -> Reply:
     """The tenant's events with their checksums and the signed checkpoints, as JSON Lines."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -67,7 +68,7 @@ def export_audit(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/platform/tenants/{id}/audit/verify", methods=["GET"])
-@endpoint(operator=True, tags=("platform",))
+@endpoint(response=ChainVerified, operator=True, tags=("platform",))
 def operator_verify_audit(ctx: RequestContext) -> dict[str, Any]:
     """A platform operator verifies any tenant's chain (no event content is returned)."""
     tenant_id = str(ctx.uuid_param("id"))

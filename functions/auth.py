@@ -7,6 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
+from functions._models_auth import LoginResult, PasswordChanged, StatusMessage, Tokens
 from shared import audit, auth
 from shared.http import Reply, RequestContext, endpoint
 from shared.models import Strict
@@ -53,7 +54,7 @@ def _meta(ctx: RequestContext) -> audit.RequestMeta:
 
 
 @bp.route(route="api/auth/login", methods=["POST"])
-@endpoint(auth=False, body=Login, tags=("auth",))
+@endpoint(response=LoginResult, auth=False, body=Login, tags=("auth",))
 def auth_login(ctx: RequestContext) -> dict[str, Any]:
     """Sign in with tenant, email and password: an access token and a refresh token."""
     b: Login = ctx.body
@@ -62,7 +63,7 @@ def auth_login(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/auth/refresh", methods=["POST"])
-@endpoint(auth=False, body=RefreshBody, tags=("auth",))
+@endpoint(response=Tokens, auth=False, body=RefreshBody, tags=("auth",))
 def auth_refresh(ctx: RequestContext) -> dict[str, Any]:
     """Rotate a refresh token: the old one dies, a new pair is issued."""
     return refresh(ctx.body.refresh_token, meta=_meta(ctx)).as_dict()
@@ -77,7 +78,7 @@ def auth_logout(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/auth/invitations/accept", methods=["POST"])
-@endpoint(auth=False, body=AcceptInvitation, tags=("auth",))
+@endpoint(response=Tokens, auth=False, body=AcceptInvitation, tags=("auth",))
 def auth_accept_invitation(ctx: RequestContext) -> dict[str, Any]:
     """Accept an invitation: set name and password, and sign in."""
     b: AcceptInvitation = ctx.body
@@ -86,7 +87,7 @@ def auth_accept_invitation(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/auth/password/reset/request", methods=["POST"])
-@endpoint(auth=False, body=ResetRequest, tags=("auth",))
+@endpoint(response=StatusMessage, auth=False, body=ResetRequest, status=202, tags=("auth",))
 def auth_reset_request(ctx: RequestContext) -> Reply:
     """Mail a reset code if the account exists (the answer is the same either way)."""
     b: ResetRequest = ctx.body
@@ -102,7 +103,7 @@ def auth_reset_confirm(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/auth/password/change", methods=["POST"])
-@endpoint(body=PasswordChange, tags=("auth",))
+@endpoint(response=PasswordChanged, body=PasswordChange, tags=("auth",))
 def auth_password_change(ctx: RequestContext) -> dict[str, Any]:
     """Change one's password (the current one is required); other sessions end."""
     assert ctx.principal is not None

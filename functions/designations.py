@@ -7,6 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
+from functions._models_tenancy import Designation, Designations
 from shared import audit, db
 from shared.designations import (
     create_designation,
@@ -36,7 +37,7 @@ class DesignationPatch(Strict):
 
 
 @bp.route(route="api/designations", methods=["GET"])
-@endpoint(permission="designations.read", tags=("designations",))
+@endpoint(response=Designations, permission="designations.read", tags=("designations",))
 def designations_list(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's designations."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -44,7 +45,7 @@ def designations_list(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/designations", methods=["POST"])
-@endpoint(permission="designations.manage", body=DesignationNew, status=201, tags=("designations",))
+@endpoint(response=Designation, permission="designations.manage", body=DesignationNew, status=201, tags=("designations",))
 def designations_create(ctx: RequestContext) -> Reply:
     """Create a designation (only with permissions you hold)."""
     b: DesignationNew = ctx.body
@@ -57,7 +58,7 @@ def designations_create(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/designations/{id}", methods=["GET"])
-@endpoint(permission="designations.read", tags=("designations",))
+@endpoint(response=Designation, permission="designations.read", tags=("designations",))
 def designations_get(ctx: RequestContext) -> dict[str, Any]:
     """One designation."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -65,7 +66,7 @@ def designations_get(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/designations/{id}", methods=["PATCH"])
-@endpoint(permission="designations.manage", body=DesignationPatch, tags=("designations",))
+@endpoint(response=Designation, permission="designations.manage", body=DesignationPatch, tags=("designations",))
 def designations_patch(ctx: RequestContext) -> dict[str, Any]:
     """Rename, describe or change the permissions of a designation."""
     b: DesignationPatch = ctx.body

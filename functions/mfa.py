@@ -9,6 +9,18 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field, model_validator
 
+from functions._models_auth import (
+    FactorsReset,
+    MfaStatus,
+    Passkey,
+    PasskeyRegistered,
+    Passkeys,
+    RecoveryCodes,
+    Tokens,
+    TotpConfirmed,
+    TotpEnrolment,
+    WebAuthnOptions,
+)
 from shared import audit, mfa, passkeys
 from shared.http import Reply, RequestContext, endpoint
 from shared.models import ReasonBody, Strict
@@ -78,7 +90,7 @@ def _meta(ctx: RequestContext) -> audit.RequestMeta:
 
 
 @bp.route(route="api/mfa", methods=["GET"])
-@endpoint(mfa_enrolment=True, tags=("mfa",))
+@endpoint(response=MfaStatus, mfa_enrolment=True, tags=("mfa",))
 def mfa_status(ctx: RequestContext) -> dict[str, Any]:
     """The caller's second factors, and whether one is required."""
     assert ctx.principal is not None
@@ -86,7 +98,7 @@ def mfa_status(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/mfa/totp/enroll", methods=["POST"])
-@endpoint(mfa_enrolment=True, tags=("mfa",))
+@endpoint(response=TotpEnrolment, mfa_enrolment=True, tags=("mfa",))
 def mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
     """Start a TOTP enrolment: secret, otpauth URI and QR code (SVG); confirm with a code."""
     assert ctx.principal is not None
@@ -94,7 +106,7 @@ def mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/mfa/totp/confirm", methods=["POST"])
-@endpoint(mfa_enrolment=True, body=TotpConfirm, tags=("mfa",))
+@endpoint(response=TotpConfirmed, mfa_enrolment=True, body=TotpConfirm, tags=("mfa",))
 def mfa_totp_confirm(ctx: RequestContext) -> dict[str, Any]:
     """Activate the pending TOTP with a code; a first factor comes with recovery codes (shown once)."""
     assert ctx.principal is not None
@@ -110,7 +122,7 @@ def mfa_totp_remove(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/mfa/recovery-codes", methods=["POST"])
-@endpoint(body=RecoveryRegenerate, tags=("mfa",))
+@endpoint(response=RecoveryCodes, body=RecoveryRegenerate, tags=("mfa",))
 def mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
     """New recovery codes (shown once); the old ones stop working. Needs a current code or a recent second factor."""
     assert ctx.principal is not None
@@ -119,7 +131,7 @@ def mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/mfa/passkeys/registration/options", methods=["POST"])
-@endpoint(mfa_enrolment=True, tags=("mfa",))
+@endpoint(response=WebAuthnOptions, mfa_enrolment=True, tags=("mfa",))
 def mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for navigator.credentials.create(), with a single-use challenge id."""
     assert ctx.principal is not None
@@ -127,7 +139,7 @@ def mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/mfa/passkeys/registration/verify", methods=["POST"])
-@endpoint(mfa_enrolment=True, body=PasskeyRegistration, status=201, tags=("mfa",))
+@endpoint(response=PasskeyRegistered, mfa_enrolment=True, body=PasskeyRegistration, status=201, tags=("mfa",))
 def mfa_passkey_register(ctx: RequestContext) -> Reply:
     """Register a passkey from the authenticator's answer; a first factor comes with recovery codes."""
     assert ctx.principal is not None
@@ -138,7 +150,7 @@ def mfa_passkey_register(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/mfa/passkeys", methods=["GET"])
-@endpoint(tags=("mfa",))
+@endpoint(response=Passkeys, tags=("mfa",))
 def mfa_passkeys_list(ctx: RequestContext) -> dict[str, Any]:
     """The caller's passkeys."""
     assert ctx.principal is not None
@@ -146,7 +158,7 @@ def mfa_passkeys_list(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/mfa/passkeys/{id}", methods=["PATCH"])
-@endpoint(body=PasskeyRename, tags=("mfa",))
+@endpoint(response=Passkey, body=PasskeyRename, tags=("mfa",))
 def mfa_passkey_rename(ctx: RequestContext) -> dict[str, Any]:
     """Rename one of the caller's passkeys."""
     assert ctx.principal is not None
@@ -165,7 +177,7 @@ def mfa_passkey_remove(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/users/{id}/mfa/reset", methods=["POST"])
-@endpoint(permission="mfa.reset", body=ReasonBody, tags=("mfa", "users"))
+@endpoint(response=FactorsReset, permission="mfa.reset", body=ReasonBody, tags=("mfa", "users"))
 def mfa_reset(ctx: RequestContext) -> dict[str, Any]:
     """Remove every second factor of a user, with a reason; their sessions end and they are mailed."""
     actor, meta = audit.context_actor(ctx)
@@ -178,14 +190,14 @@ def mfa_reset(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/auth/mfa/passkey/options", methods=["POST"])
-@endpoint(auth=False, body=TicketBody, tags=("auth", "mfa"))
+@endpoint(response=WebAuthnOptions, auth=False, body=TicketBody, tags=("auth", "mfa"))
 def auth_mfa_passkey_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for proving the sign-in ticket's user with a passkey (second factor)."""
     return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=_meta(ctx))
 
 
 @bp.route(route="api/auth/mfa/verify", methods=["POST"])
-@endpoint(auth=False, body=SecondFactor, tags=("auth", "mfa"))
+@endpoint(response=Tokens, auth=False, body=SecondFactor, tags=("auth", "mfa"))
 def auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
     """Second sign-in step: the ticket and a TOTP code, a recovery code or a passkey assertion give the tokens."""
     b: SecondFactor = ctx.body
@@ -194,14 +206,14 @@ def auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/auth/passkey/options", methods=["POST"])
-@endpoint(auth=False, body=PasskeyOptionsBody, tags=("auth", "mfa"))
+@endpoint(response=WebAuthnOptions, auth=False, body=PasskeyOptionsBody, tags=("auth", "mfa"))
 def auth_passkey_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for a passwordless sign-in with a discoverable passkey to the named tenant."""
     return mfa.passkey_sign_in_options(tenant_slug=ctx.body.tenant)
 
 
 @bp.route(route="api/auth/passkey/verify", methods=["POST"])
-@endpoint(auth=False, body=PasskeySignIn, tags=("auth", "mfa"))
+@endpoint(response=Tokens, auth=False, body=PasskeySignIn, tags=("auth", "mfa"))
 def auth_passkey_verify(ctx: RequestContext) -> dict[str, Any]:
     """Sign in with a passkey alone: the same tokens as a login."""
     b: PasskeySignIn = ctx.body

@@ -7,6 +7,8 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
+from functions._models_auth import OperatorTokens, SupportToken
+from functions._models_tenancy import Tenant, TenantCreated, Tenants
 from shared import audit, db, mfa, operators
 from shared.errors import NotFound
 from shared.http import Reply, RequestContext, endpoint
@@ -27,14 +29,14 @@ class TenantNew(Strict):
 
 
 @bp.route(route="api/platform/tenants", methods=["GET"])
-@endpoint(operator=True, tags=("platform",))
+@endpoint(response=Tenants, operator=True, tags=("platform",))
 def platform_tenants(ctx: RequestContext) -> dict[str, Any]:
     """Every tenant's metadata (no tenant data)."""
     return {"tenants": list_tenants()}
 
 
 @bp.route(route="api/platform/tenants", methods=["POST"])
-@endpoint(operator=True, body=TenantNew, status=201, tags=("platform",))
+@endpoint(response=TenantCreated, operator=True, body=TenantNew, status=201, tags=("platform",))
 def platform_create_tenant(ctx: RequestContext) -> Reply:
     """Create a tenant and invite its first ADMIN."""
     b: TenantNew = ctx.body
@@ -51,7 +53,7 @@ def platform_create_tenant(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/platform/tenants/{id}/support-token", methods=["POST"])
-@endpoint(operator=True, tags=("platform",))
+@endpoint(response=SupportToken, operator=True, tags=("platform",))
 def platform_support_token(ctx: RequestContext) -> dict[str, Any]:
     """A short-lived read-only token for a tenant that granted this operator support access (needs a recent second factor)."""
     tenant_id = str(ctx.uuid_param("id"))
@@ -64,7 +66,7 @@ def platform_support_token(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/platform/tenants/{id}/cancel", methods=["POST"])
-@endpoint(operator=True, body=ReasonBody, tags=("platform",))
+@endpoint(response=Tenant, operator=True, body=ReasonBody, tags=("platform",))
 def platform_cancel_tenant(ctx: RequestContext) -> dict[str, Any]:
     """Cancel a tenant: its data turns read-only (reads and exports still work) until the purge (needs a recent second factor)."""
     assert ctx.principal is not None
@@ -92,7 +94,7 @@ def platform_operator_setup(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/platform/auth/login", methods=["POST"])
-@endpoint(auth=False, body=OperatorLogin, tags=("platform",))
+@endpoint(response=OperatorTokens, auth=False, body=OperatorLogin, tags=("platform",))
 def platform_operator_login(ctx: RequestContext) -> dict[str, Any]:
     """Sign a platform operator in: an MFA ticket for the second step (a session only to enrol, without a factor)."""
     _, meta = audit.context_actor(ctx)

@@ -9,6 +9,17 @@ import azure.functions as func
 import psycopg
 from pydantic import Field
 
+from functions._models_records import (
+    Attached,
+    PaymentMethod,
+    PaymentMethods,
+    Record,
+    Records,
+    RecordType,
+    RecordTypes,
+    Version,
+    Versions,
+)
 from shared import attachments, audit, db, records
 from shared.errors import NotFound, ValidationFailed
 from shared.http import Reply, RequestContext, endpoint
@@ -75,7 +86,7 @@ def _refs(refs: list[Reference] | None) -> list[dict[str, Any]] | None:
 
 
 @bp.route(route="api/record-types", methods=["GET"])
-@endpoint(permission="records.read", tags=("records",))
+@endpoint(response=RecordTypes, permission="records.read", tags=("records",))
 def record_types(ctx: RequestContext) -> dict[str, Any]:
     """Record types with their current schemas (built-in: document, invoice, payslip)."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -83,7 +94,7 @@ def record_types(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/record-types", methods=["POST"])
-@endpoint(permission="record_types.manage", body=TypeNew, status=201, tags=("records",))
+@endpoint(response=RecordType, permission="record_types.manage", body=TypeNew, status=201, tags=("records",))
 def record_type_create(ctx: RequestContext) -> Reply:
     """Define a record type with a JSON Schema for its payload."""
     b: TypeNew = ctx.body
@@ -96,7 +107,7 @@ def record_type_create(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/record-types/{name}", methods=["GET"])
-@endpoint(permission="records.read", tags=("records",))
+@endpoint(response=RecordType, permission="records.read", tags=("records",))
 def record_type_get(ctx: RequestContext) -> dict[str, Any]:
     """One record type."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -104,7 +115,7 @@ def record_type_get(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/record-types/{name}/schema", methods=["PUT"])
-@endpoint(permission="record_types.manage", body=SchemaChange, tags=("records",))
+@endpoint(response=RecordType, permission="record_types.manage", body=SchemaChange, tags=("records",))
 def record_type_schema(ctx: RequestContext) -> dict[str, Any]:
     """A new schema version; stored records keep theirs."""
     actor, meta = audit.context_actor(ctx)
@@ -115,7 +126,7 @@ def record_type_schema(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records", methods=["POST"])
-@endpoint(permission="records.create", body=RecordNew, status=201, tags=("records",))
+@endpoint(response=Record, permission="records.create", body=RecordNew, status=201, tags=("records",))
 def record_create(ctx: RequestContext) -> Reply:
     """Create a record (version 1); referenced records are frozen into it."""
     b: RecordNew = ctx.body
@@ -128,7 +139,7 @@ def record_create(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/records", methods=["GET"])
-@endpoint(permission="records.read", query=RecordQuery, tags=("records",))
+@endpoint(response=Records, permission="records.read", query=RecordQuery, tags=("records",))
 def record_list(ctx: RequestContext) -> dict[str, Any]:
     """Records, oldest first, filtered by type and status, paginated."""
     q: RecordQuery = ctx.query
@@ -137,7 +148,7 @@ def record_list(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}", methods=["GET"])
-@endpoint(permission="records.read", tags=("records",))
+@endpoint(response=Record, permission="records.read", tags=("records",))
 def record_get(ctx: RequestContext) -> dict[str, Any]:
     """A record with its current version, frozen context and whether each source changed."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -145,7 +156,7 @@ def record_get(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}", methods=["PATCH"])
-@endpoint(permission="records.update", body=RecordEdit, tags=("records",))
+@endpoint(response=Record, permission="records.update", body=RecordEdit, tags=("records",))
 def record_edit(ctx: RequestContext) -> dict[str, Any]:
     """A new version of the record, with a reason; editing a stale version gets 409."""
     b: RecordEdit = ctx.body
@@ -158,7 +169,7 @@ def record_edit(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}/versions", methods=["GET"])
-@endpoint(permission="records.read", tags=("records",))
+@endpoint(response=Versions, permission="records.read", tags=("records",))
 def record_versions(ctx: RequestContext) -> dict[str, Any]:
     """Every version of a record, oldest first."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -166,7 +177,7 @@ def record_versions(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}/versions/{v:int}", methods=["GET"])
-@endpoint(permission="records.read", tags=("records",))
+@endpoint(response=Version, permission="records.read", tags=("records",))
 def record_version(ctx: RequestContext) -> dict[str, Any]:
     """One version of a record."""
     record_id = ctx.uuid_param("id")
@@ -176,7 +187,7 @@ def record_version(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}/retire", methods=["POST"])
-@endpoint(permission="records.retire", body=ReasonBody, tags=("records",))
+@endpoint(response=Record, permission="records.retire", body=ReasonBody, tags=("records",))
 def record_retire(ctx: RequestContext) -> dict[str, Any]:
     """Retire a record (records are never deleted; retired ones stay readable)."""
     actor, meta = audit.context_actor(ctx)
@@ -187,7 +198,7 @@ def record_retire(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}/attachments", methods=["POST"])
-@endpoint(permission="records.update", query=AttachQuery, body_limit="attachment_max_bytes", status=201, tags=("records",))
+@endpoint(response=Attached, permission="records.update", query=AttachQuery, body_limit="attachment_max_bytes", status=201, tags=("records",))
 def record_attach(ctx: RequestContext) -> Reply:
     """Attach a file (raw body, its Content-Type, filename in Content-Disposition): a new version."""
     req = ctx.request
@@ -207,7 +218,7 @@ def record_attach(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/records/{id}/attachments/{sha256}", methods=["GET"])
-@endpoint(permission="records.read", tags=("records",))
+@endpoint(media_type="*/*", statuses=(502,), permission="records.read", tags=("records",))
 def record_attachment(ctx: RequestContext) -> Reply:
     """Download an attachment; its hash is checked again on the way out."""
     record_id = ctx.uuid_param("id")
@@ -226,7 +237,7 @@ def record_attachment(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/payment-methods", methods=["GET"])
-@endpoint(permission="payment_methods.manage", tags=("payments",))
+@endpoint(response=PaymentMethods, permission="payment_methods.manage", tags=("payments",))
 def payment_methods(ctx: RequestContext) -> dict[str, Any]:
     """Stored payment methods: gateway token, brand, last four digits, expiry. Never card data."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -238,7 +249,7 @@ def payment_methods(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/payment-methods", methods=["POST"])
-@endpoint(permission="payment_methods.manage", body=PaymentMethodNew, status=201, tags=("payments",))
+@endpoint(response=PaymentMethod, permission="payment_methods.manage", body=PaymentMethodNew, status=201, tags=("payments",))
 def payment_method_create(ctx: RequestContext) -> Reply:
     """Store a payment method as the gateway's token with brand, last four and expiry."""
     b: PaymentMethodNew = ctx.body

@@ -6,6 +6,7 @@ from typing import Any
 
 import azure.functions as func
 
+from functions._models_auth import MySessions, Sessions
 from shared import audit, db, sessions
 from shared.http import RequestContext, endpoint
 from shared.users import get_user
@@ -14,7 +15,7 @@ bp = func.Blueprint()
 
 
 @bp.route(route="api/sessions", methods=["GET"])
-@endpoint(tags=("sessions",))
+@endpoint(response=MySessions, tags=("sessions",))
 def my_sessions(ctx: RequestContext) -> dict[str, Any]:
     """The caller's live sessions; `current` marks this one."""
     assert ctx.principal is not None
@@ -36,7 +37,7 @@ def revoke_my_session(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/users/{id}/sessions", methods=["GET"])
-@endpoint(permission="sessions.manage", tags=("sessions",))
+@endpoint(response=Sessions, permission="sessions.manage", tags=("sessions",))
 def user_sessions(ctx: RequestContext) -> dict[str, Any]:
     """A user's live sessions (no token material, ever)."""
     with db.tenant_tx(ctx.tenant_id) as conn:

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import azure.functions as func
 from pydantic import Field
 
+from functions._models_records import Manifest, SignaturePolicy, SignaturesVerified, Signed, Vocabulary
 from shared import audit, db, records, signatures
 from shared.http import Reply, RequestContext, endpoint
 from shared.models import Reason, Strict
@@ -38,7 +39,7 @@ class PolicyBody(Strict):
 
 
 @bp.route(route="api/records/{id}/versions/{v:int}/signatures", methods=["POST"])
-@endpoint(body=SignBody, status=201, tags=("signatures",))
+@endpoint(response=Signed, body=SignBody, status=201, tags=("signatures",))
 def sign_version(ctx: RequestContext) -> Reply:
     """Sign a record version: password again, a meaning and a listed reason (§11.50, §11.200)."""
     b: SignBody = ctx.body
@@ -51,7 +52,7 @@ def sign_version(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/records/{id}/signatures/verify", methods=["GET"])
-@endpoint(permission="records.read", tags=("signatures",))
+@endpoint(response=SignaturesVerified, permission="records.read", tags=("signatures",))
 def verify_signatures(ctx: RequestContext) -> dict[str, Any]:
     """Re-check every signature's link to its version's content (§11.70)."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -59,7 +60,7 @@ def verify_signatures(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}/versions/{v:int}/manifest", methods=["GET"])
-@endpoint(permission="records.read", tags=("signatures",))
+@endpoint(response=Manifest, permission="records.read", tags=("signatures",))
 def version_manifest(ctx: RequestContext) -> dict[str, Any]:
     """A printable manifest of a version with its signatures and audit extract."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -67,7 +68,7 @@ def version_manifest(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/signature-vocabulary", methods=["GET"])
-@endpoint(permission="records.read", tags=("signatures",))
+@endpoint(response=Vocabulary, permission="records.read", tags=("signatures",))
 def signature_vocabulary(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's signature meanings and reasons."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -75,7 +76,7 @@ def signature_vocabulary(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/signature-vocabulary", methods=["POST"])
-@endpoint(permission="vocabulary.manage", body=VocabularyEntry, status=201, tags=("signatures",))
+@endpoint(response=Vocabulary, permission="vocabulary.manage", body=VocabularyEntry, status=201, tags=("signatures",))
 def signature_vocabulary_add(ctx: RequestContext) -> dict[str, Any]:
     """Add a meaning or a reason to the controlled vocabulary."""
     b: VocabularyEntry = ctx.body
@@ -86,7 +87,7 @@ def signature_vocabulary_add(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/record-types/{name}/signature-policy", methods=["GET"])
-@endpoint(permission="records.read", tags=("signatures",))
+@endpoint(response=SignaturePolicy, permission="records.read", tags=("signatures",))
 def signature_policy(ctx: RequestContext) -> dict[str, Any]:
     """How many review and approval signatures a record type needs, and who may give them."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -95,7 +96,7 @@ def signature_policy(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/record-types/{name}/signature-policy", methods=["PUT"])
-@endpoint(permission="record_types.manage", body=PolicyBody, tags=("signatures",))
+@endpoint(response=SignaturePolicy, permission="record_types.manage", body=PolicyBody, tags=("signatures",))
 def signature_policy_set(ctx: RequestContext) -> dict[str, Any]:
     """Set a record type's signature policy."""
     b: PolicyBody = ctx.body

@@ -7,6 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
+from functions._models_tenancy import Grant, SupportGrants
 from shared import audit, db
 from shared.http import Reply, RequestContext, endpoint
 from shared.models import Reason, ReasonQuery, Strict
@@ -22,7 +23,7 @@ class SupportGrant(Strict):
 
 
 @bp.route(route="api/support-access", methods=["GET"])
-@endpoint(permission="tenant.settings.read", tags=("support",))
+@endpoint(response=SupportGrants, permission="tenant.settings.read", tags=("support",))
 def support_list(ctx: RequestContext) -> dict[str, Any]:
     """Support access grants of the tenant, newest first."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -30,7 +31,7 @@ def support_list(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/support-access", methods=["POST"])
-@endpoint(permission="tenant.settings.manage", body=SupportGrant, status=201, tags=("support",))
+@endpoint(response=Grant, permission="tenant.settings.manage", body=SupportGrant, status=201, tags=("support",))
 def support_grant(ctx: RequestContext) -> Reply:
     """Let a platform operator read this tenant's data for a limited time (ADMIN only)."""
     b: SupportGrant = ctx.body
@@ -43,7 +44,7 @@ def support_grant(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/support-access/{id}", methods=["DELETE"])
-@endpoint(permission="tenant.settings.manage", query=ReasonQuery, tags=("support",))
+@endpoint(response=Grant, permission="tenant.settings.manage", query=ReasonQuery, tags=("support",))
 def support_revoke(ctx: RequestContext) -> dict[str, Any]:
     """End a support access grant now (`?reason=` required)."""
     actor, meta = audit.context_actor(ctx)

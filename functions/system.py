@@ -7,6 +7,7 @@ from typing import Any
 
 import azure.functions as func
 
+from functions._models_system import Health, OpenApiDocument
 from shared import health
 from shared.http import Reply, RequestContext, endpoint
 from shared.openapi import build_openapi
@@ -16,7 +17,7 @@ bp = func.Blueprint()
 
 
 @bp.route(route="api/health", methods=["GET"])
-@endpoint(auth=False, tags=("system",))
+@endpoint(response=Health, auth=False, tags=("system",))
 def health_check(ctx: RequestContext) -> Reply:
     """Readiness: database and storage; 503 names the failed part."""
     result = health.check()
@@ -24,7 +25,7 @@ def health_check(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/openapi.json", methods=["GET"])
-@endpoint(auth=False, tags=("system",))
+@endpoint(response=OpenApiDocument, auth=False, tags=("system",))
 def openapi_document(ctx: RequestContext) -> dict[str, Any]:
     """The OpenAPI 3.1 description of this API."""
     return _openapi()

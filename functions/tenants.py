@@ -7,6 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import BaseModel, ConfigDict, Field
 
+from functions._models_tenancy import SettingChanged, Tenant, TenantSettings
 from shared import audit, db
 from shared.errors import NotFound
 from shared.http import RequestContext, endpoint
@@ -24,7 +25,7 @@ class SettingChange(BaseModel):
 
 
 @bp.route(route="api/tenant", methods=["GET"])
-@endpoint(tags=("tenant",))
+@endpoint(response=Tenant, tags=("tenant",))
 def current_tenant(ctx: RequestContext) -> dict[str, Any]:
     """The caller's tenant."""
     tenant = get_tenant(ctx.tenant_id)
@@ -34,7 +35,7 @@ def current_tenant(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/tenant/settings", methods=["GET"])
-@endpoint(permission="tenant.settings.read", tags=("tenant",))
+@endpoint(response=TenantSettings, permission="tenant.settings.read", tags=("tenant",))
 def tenant_settings(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's settings, with the catalogue of keys that exist."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -46,7 +47,7 @@ def tenant_settings(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/tenant/settings/{key}", methods=["PUT"])
-@endpoint(permission="tenant.settings.manage", body=SettingChange, tags=("tenant",))
+@endpoint(response=SettingChanged, permission="tenant.settings.manage", body=SettingChange, tags=("tenant",))
 def change_tenant_setting(ctx: RequestContext) -> dict[str, Any]:
     """Set one tenant setting, with a reason."""
     key = ctx.route["key"]

@@ -8,6 +8,8 @@ from typing import Any, Literal
 import azure.functions as func
 from pydantic import Field
 
+from functions._models_auth import StatusMessage
+from functions._models_tenancy import Me, Overrides, User, UserInvited, Users
 from shared import audit, db
 from shared.auth import admin_reset
 from shared.designations import get_overrides, put_overrides, set_user_designations
@@ -54,7 +56,7 @@ class OverridesPut(Strict):
 
 
 @bp.route(route="api/me", methods=["GET"])
-@endpoint(mfa_enrolment=True, tags=("users",))
+@endpoint(response=Me, mfa_enrolment=True, tags=("users",))
 def me(ctx: RequestContext) -> dict[str, Any]:
     """The caller: user, role, designations and effective permissions."""
     p = ctx.principal
@@ -68,7 +70,7 @@ def me(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users", methods=["GET"])
-@endpoint(permission="users.read", query=UserQuery, tags=("users",))
+@endpoint(response=Users, permission="users.read", query=UserQuery, tags=("users",))
 def users_list(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's users, by email, paginated."""
     q: UserQuery = ctx.query
@@ -77,7 +79,7 @@ def users_list(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users", methods=["POST"])
-@endpoint(permission="users.invite", body=InviteUser, status=201, tags=("users",))
+@endpoint(response=UserInvited, permission="users.invite", body=InviteUser, status=201, tags=("users",))
 def users_invite(ctx: RequestContext) -> Reply:
     """Invite a user; the invitation goes out by mail."""
     b: InviteUser = ctx.body
@@ -90,7 +92,7 @@ def users_invite(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/users/{id}", methods=["GET"])
-@endpoint(permission="users.read", tags=("users",))
+@endpoint(response=User, permission="users.read", tags=("users",))
 def users_get(ctx: RequestContext) -> dict[str, Any]:
     """One user."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -98,7 +100,7 @@ def users_get(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users/{id}", methods=["PATCH"])
-@endpoint(permission="users.update", body=UserPatch, tags=("users",))
+@endpoint(response=User, permission="users.update", body=UserPatch, tags=("users",))
 def users_patch(ctx: RequestContext) -> dict[str, Any]:
     """Change a user's name, time zone, role or designations, with a reason."""
     b: UserPatch = ctx.body
@@ -117,7 +119,7 @@ def users_patch(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users/{id}/deactivate", methods=["POST"])
-@endpoint(permission="users.deactivate", body=ReasonBody, tags=("users",))
+@endpoint(response=User, permission="users.deactivate", body=ReasonBody, tags=("users",))
 def users_deactivate(ctx: RequestContext) -> dict[str, Any]:
     """Deactivate a user (users are never deleted)."""
     actor, meta = audit.context_actor(ctx)
@@ -128,7 +130,7 @@ def users_deactivate(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users/{id}/overrides", methods=["GET"])
-@endpoint(permission="users.read", tags=("users",))
+@endpoint(response=Overrides, permission="users.read", tags=("users",))
 def overrides_get(ctx: RequestContext) -> dict[str, Any]:
     """A user's permission overrides."""
     with db.tenant_tx(ctx.tenant_id) as conn:
@@ -136,7 +138,7 @@ def overrides_get(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users/{id}/overrides", methods=["PUT"])
-@endpoint(permission="overrides.manage", body=OverridesPut, tags=("users",))
+@endpoint(response=Overrides, permission="overrides.manage", body=OverridesPut, tags=("users",))
 def overrides_put(ctx: RequestContext) -> dict[str, Any]:
     """Replace a user's permission overrides (grant or deny; deny wins)."""
     b: OverridesPut = ctx.body
@@ -153,7 +155,7 @@ def overrides_put(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/users/{id}/password-reset", methods=["POST"])
-@endpoint(permission="users.update", body=ReasonBody, status=202, tags=("users",))
+@endpoint(response=StatusMessage, permission="users.update", body=ReasonBody, status=202, tags=("users",))
 def users_password_reset(ctx: RequestContext) -> Reply:
     """Mail a user a password reset code (admins never see or set passwords)."""
     actor, meta = audit.context_actor(ctx)

@@ -6,6 +6,7 @@ from typing import Any
 
 import azure.functions as func
 
+from functions._models_system import JwkSet
 from shared.checkpoints import audit_keys
 from shared.http import Reply, RequestContext, endpoint
 from shared.settings import get_settings
@@ -15,7 +16,7 @@ bp = func.Blueprint()
 
 
 @bp.route(route=".well-known/security.txt", methods=["GET"])
-@endpoint(auth=False, tags=("well-known",))
+@endpoint(media_type="text/plain", auth=False, tags=("well-known",))
 def security_txt(ctx: RequestContext) -> Reply:
     """RFC 9116 security contact information."""
     s = get_settings()
@@ -30,7 +31,7 @@ def security_txt(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route=".well-known/jwks.json", methods=["GET"])
-@endpoint(auth=False, tags=("well-known",))
+@endpoint(response=JwkSet, media_type="application/jwk-set+json", auth=False, tags=("well-known",))
 def jwks(ctx: RequestContext) -> Reply:
     """Public keys that verify Custos access tokens."""
     body: dict[str, Any] = keyring().jwks()
@@ -38,7 +39,7 @@ def jwks(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route=".well-known/audit-keys.json", methods=["GET"])
-@endpoint(auth=False, tags=("well-known",))
+@endpoint(response=JwkSet, media_type="application/jwk-set+json", auth=False, tags=("well-known",))
 def audit_checkpoint_keys(ctx: RequestContext) -> Reply:
     """Public Ed25519 keys that verify signed audit checkpoints."""
     return Reply(body=audit_keys().jwks(), media_type="application/jwk-set+json")

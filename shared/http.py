@@ -99,6 +99,13 @@ class EndpointSpec:
     mfa_enrolment: bool = False
     allow_cancelled: bool = False
     allow_support: bool = False
+    media_type: str | None = None
+    statuses: tuple[int, ...] = ()
+
+
+class ResponseContractError(Exception):
+    """A handler answered with a body its endpoint does not declare (raised only where
+    `custos_env` is "test", so the wrapper turns it into a logged 500 the tests see)."""
 
 
 @dataclass
@@ -169,6 +176,8 @@ def endpoint(
     mfa_enrolment: bool = False,
     allow_cancelled: bool = False,
     allow_support: bool = False,
+    media_type: str | None = None,
+    statuses: tuple[int, ...] = (),
 ) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
     """Wrap a handler into a Functions HTTP function. See the module docstring.
 
@@ -176,6 +185,14 @@ def endpoint(
     session revocation, export). `allow_support` admits a support token to an endpoint that
     has no permission of its own (its logout); otherwise a support token reaches only
     endpoints whose permission is one of the read-only support permissions.
+
+    `response` is the model of the JSON success body (the OpenAPI document shows it, and in
+    the test environment every answer is checked against it); `media_type` names a non-JSON
+    success body; `statuses` are the statuses the handler answers beyond the wrapper's own
+    (e.g. 502 when a stored file fails its hash check).
+
+    Raises:
+        ValueError: for contradictory options.
     """
     if (permission or operator) and not auth:
         raise ValueError("an endpoint with a permission must authenticate")
@@ -199,10 +216,13 @@ def endpoint(
             mfa_enrolment=mfa_enrolment,
             allow_cancelled=allow_cancelled,
             allow_support=allow_support,
+            media_type=media_type,
+            statuses=statuses,
         )
+        checked = _contract_checked(spec, handler)
 
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-            return _handle(spec, handler, req)
+            return _handle(spec, checked, req)
 
         wrapper.__name__ = handler.__name__
         wrapper.__qualname__ = handler.__qualname__
@@ -213,6 +233,48 @@ def endpoint(
         return wrapper
 
     return decorate
+
+
+def _contract_checked(spec: EndpointSpec, handler: Handler) -> Handler:
+    """The handler, checking its answers against the spec where `custos_env` is "test".
+
+    Production pays one attribute read per request; the check itself (a strict JSON
+    validation of the body) runs only in tests, where schemathesis and every HTTP test see a
+    drifted model as a 500.
+    """
+
+    def run(ctx: RequestContext) -> Any:
+        result = handler(ctx)
+        if get_settings().custos_env == "test":
+            check_response_contract(spec, result, name=handler.__name__)
+        return result
+
+    return run
+
+
+def check_response_contract(spec: EndpointSpec, result: Any, *, name: str) -> None:
+    """Check a handler's result against what its endpoint declares.
+
+    Raises:
+        ResponseContractError: a JSON body without a declared model, a body that does not
+            validate against the model, or a body of an undeclared media type.
+    """
+    if isinstance(result, func.HttpResponse):
+        return
+    body, media_type = (result.body, result.media_type) if isinstance(result, Reply) else (result, None)
+    if body is None:
+        return
+    if isinstance(body, (bytes, str)) and media_type:
+        if spec.media_type is None:
+            raise ResponseContractError(f"{name} answers {media_type} but declares no media_type")
+        return
+    if spec.response is None:
+        raise ResponseContractError(f"{name} answers a JSON body but declares no response model")
+    payload = jsonio.dumps(body)
+    try:
+        spec.response.model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        raise ResponseContractError(f"{name} answered a body its model {spec.response.__name__} refuses: {exc}") from None
 
 
 def endpoint_spec(fn: Callable[..., Any]) -> EndpointSpec | None:

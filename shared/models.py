@@ -21,3 +21,10 @@ class ReasonBody(Strict):
 
 class ReasonQuery(Strict):
     reason: Reason
+
+
+class Out(BaseModel):
+    """A response body: exactly these fields (the OpenAPI document says
+    `additionalProperties: false`, and the tests hold every answer to it)."""
+
+    model_config = ConfigDict(extra="forbid")
