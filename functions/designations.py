@@ -17,7 +17,7 @@ from shared.designations import (
     update_designation,
 )
 from shared.http import Reply, RequestContext, endpoint
-from shared.models import Reason, ReasonQuery, Strict
+from shared.models import Permission, Reason, ReasonQuery, Strict
 
 bp = func.Blueprint()
 
@@ -25,14 +25,14 @@ bp = func.Blueprint()
 class DesignationNew(Strict):
     name: str = Field(min_length=1, max_length=100)
     description: str = Field("", max_length=1000)
-    permissions: list[str] = Field(max_length=50)
+    permissions: list[Permission] = Field(max_length=50)
     reason: Reason
 
 
 class DesignationPatch(Strict):
     name: str | None = Field(None, min_length=1, max_length=100)
     description: str | None = Field(None, max_length=1000)
-    permissions: list[str] | None = Field(None, max_length=50)
+    permissions: list[Permission] | None = Field(None, max_length=50)
     reason: Reason
 
 

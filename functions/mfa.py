@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 import azure.functions as func
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from functions._models_auth import (
     FactorsReset,
@@ -56,6 +56,18 @@ class TicketBody(Strict):
 
 
 class SecondFactor(Strict):
+    """Exactly one of `code`, `recovery_code` or `assertion` (with its `challenge_id`)."""
+
+    model_config = ConfigDict(json_schema_extra={"oneOf": [
+        {"required": ["code"], "properties": {"code": {"type": "string"}, "recovery_code": {"type": "null"},
+                                              "assertion": {"type": "null"}, "challenge_id": {"type": "null"}}},
+        {"required": ["recovery_code"], "properties": {"recovery_code": {"type": "string"}, "code": {"type": "null"},
+                                                       "assertion": {"type": "null"}, "challenge_id": {"type": "null"}}},
+        {"required": ["assertion", "challenge_id"],
+         "properties": {"assertion": {"type": "object"}, "challenge_id": {"type": "string"}, "code": {"type": "null"},
+                        "recovery_code": {"type": "null"}}},
+    ]})
+
     mfa_ticket: str = Field(min_length=1, max_length=200)
     code: str | None = Field(None, min_length=6, max_length=12, description="TOTP code")
     recovery_code: str | None = Field(None, min_length=16, max_length=40, description="One of the recovery codes")

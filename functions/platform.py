@@ -12,7 +12,7 @@ from functions._models_tenancy import Tenant, TenantCreated, Tenants
 from shared import audit, db, mfa, operators
 from shared.errors import NotFound
 from shared.http import Reply, RequestContext, endpoint
-from shared.models import Reason, ReasonBody, Strict
+from shared.models import Email, Reason, ReasonBody, Strict
 from shared.support import issue_support_token
 from shared.tenants import cancel_tenant, create_tenant_with_admin, get_tenant, list_tenants
 
@@ -23,7 +23,7 @@ class TenantNew(Strict):
     slug: str = Field(min_length=1, max_length=63)
     name: str = Field(min_length=1, max_length=200)
     data_region: str = Field("uksouth", max_length=32)
-    admin_email: str = Field(max_length=254)
+    admin_email: Email
     admin_name: str = Field("", max_length=200)
     reason: Reason = "tenant onboarding"
 

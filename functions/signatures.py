@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 import azure.functions as func
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from functions._models_records import Manifest, SignaturePolicy, SignaturesVerified, Signed, Vocabulary
 from shared import audit, db, records, signatures
@@ -23,11 +24,29 @@ class SignBody(Strict):
     code: str | None = Field(None, max_length=16, description="TOTP code, when the signer has TOTP enrolled")
 
 
+MEANING_CODE = r"^[A-Z][A-Z_]{1,39}$"
+REASON_CODE = r"^[a-z][a-z0-9_]{1,39}$"
+
+
 class VocabularyEntry(Strict):
+    """A meaning's code is upper case (`APPROVED`), a reason's lower case (`typo_fixed`)."""
+
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"kind": {"const": "meaning"}}},
+        "then": {"properties": {"code": {"pattern": MEANING_CODE}}},
+        "else": {"properties": {"code": {"pattern": REASON_CODE}}},
+    })
+
     kind: Literal["meaning", "reason"]
     code: str = Field(min_length=2, max_length=40)
     text: str = Field(min_length=3, max_length=200)
     reason: Reason
+
+    @model_validator(mode="after")
+    def _code_shape(self) -> VocabularyEntry:
+        if not re.fullmatch(MEANING_CODE if self.kind == "meaning" else REASON_CODE, self.code):
+            raise ValueError(f"a {self.kind} code looks like " + ("APPROVED" if self.kind == "meaning" else "typo_fixed"))
+        return self
 
 
 class PolicyBody(Strict):

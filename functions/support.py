@@ -10,14 +10,14 @@ from pydantic import Field
 from functions._models_tenancy import Grant, SupportGrants
 from shared import audit, db
 from shared.http import Reply, RequestContext, endpoint
-from shared.models import Reason, ReasonQuery, Strict
+from shared.models import Email, Reason, ReasonQuery, Strict
 from shared.support import grant, list_grants, revoke
 
 bp = func.Blueprint()
 
 
 class SupportGrant(Strict):
-    operator_email: str = Field(max_length=254)
+    operator_email: Email
     hours: int = Field(ge=1, le=72, description="How long the access lasts (at most 72 hours)")
     reason: Reason
 

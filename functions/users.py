@@ -15,7 +15,7 @@ from shared.auth import admin_reset
 from shared.designations import get_overrides, put_overrides, set_user_designations
 from shared.guards import require_permission
 from shared.http import Reply, RequestContext, endpoint
-from shared.models import Reason, ReasonBody, Strict
+from shared.models import Email, Permission, Reason, ReasonBody, Strict
 from shared.users import deactivate_user, get_user, invite, list_users, update_user
 
 bp = func.Blueprint()
@@ -30,7 +30,7 @@ class UserQuery(Strict):
 
 
 class InviteUser(Strict):
-    email: str = Field(max_length=254)
+    email: Email
     role: RoleName
     display_name: str = Field("", max_length=200)
     time_zone: str = Field("UTC", max_length=64)
@@ -46,7 +46,7 @@ class UserPatch(Strict):
 
 
 class Override(Strict):
-    permission: str = Field(max_length=100)
+    permission: Permission
     effect: Literal["grant", "deny"]
 
 

@@ -90,6 +90,12 @@ class ValidationFailed(AppError, ValueError):
         super().__init__(detail, errors=errors or [])
 
 
+class BlankValue(ValidationFailed):
+    """A required text held nothing but white space (a rule no JSON Schema length states)."""
+
+    code, title = "blank-value", "A required text is blank"
+
+
 class InvalidValue(ValidationFailed):
     """The database refused a value (out of range, unrepresentable, or against a constraint)."""
 

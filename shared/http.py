@@ -34,6 +34,7 @@ from shared.audit import RequestMeta
 from shared.card_data import find_card_data
 from shared.errors import (
     AppError,
+    BlankValue,
     CardDataRefused,
     Forbidden,
     InternalError,
@@ -55,6 +56,7 @@ from shared.guards import (
     require_permission,
     require_tenant_user,
 )
+from shared.models import BLANK
 from shared.ratelimit import api_limiter
 from shared.rbac import SUPPORT, SUPPORT_PERMISSIONS
 from shared.settings import get_settings
@@ -483,6 +485,8 @@ def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
             {"location": [where, *err["loc"]], "message": err["msg"], "code": err["type"]}
             for err in exc.errors(include_url=False, include_input=False, include_context=False)
         ]
+        if all(err["code"] == BLANK for err in errors):
+            raise BlankValue(f"the {where} holds a blank text", errors=errors) from None
         raise ValidationFailed(f"the {where} is not valid", errors=errors) from None
 
 

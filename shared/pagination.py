@@ -11,6 +11,13 @@ from typing import Any, Literal
 
 from shared.errors import ValidationFailed
 
+
+class InvalidCursor(ValidationFailed):
+    """A cursor this API did not issue (or one that was edited)."""
+
+    code, title = "invalid-cursor", "The cursor is not valid"
+
+
 Part = Literal["text", "uuid", "timestamp"]
 _PARSERS: dict[str, Callable[[str], str]] = {"text": str, "uuid": lambda v: str(uuid.UUID(v)), "timestamp": lambda v: datetime.fromisoformat(v).isoformat()}
 
@@ -24,7 +31,7 @@ def decode_cursor(cursor: str | None, parts: tuple[Part, ...]) -> list[str] | No
     None for the first page.
 
     Raises:
-        ValidationFailed: the cursor was not made by us (or was edited).
+        InvalidCursor: the cursor was not made by us (or was edited).
     """
     if not cursor:
         return None
@@ -34,6 +41,6 @@ def decode_cursor(cursor: str | None, parts: tuple[Part, ...]) -> list[str] | No
             raise ValueError("shape")
         return [_PARSERS[kind](value) for kind, value in zip(parts, values, strict=True)]
     except (ValueError, UnicodeDecodeError):
-        raise ValidationFailed(
+        raise InvalidCursor(
             "the cursor is not valid", errors=[{"location": ["query", "after"], "message": "not a cursor from this API"}]
         ) from None

@@ -84,8 +84,6 @@ def add_vocabulary(
             conn.execute(f"insert into {table} (tenant_id, code, {column}) values (%s, %s, %s)", (tenant_id, code, text))
     except psycopg.errors.UniqueViolation:
         raise Conflict(f"the {kind} {code} exists") from None
-    except psycopg.errors.CheckViolation:
-        raise ValidationFailed(f"the {kind} is not valid", errors=[{"location": ["body", "code"], "message": "bad format"}]) from None
     audit.append(conn, tenant_id=tenant_id, actor=actor, action=f"signature_vocabulary.{kind}_added",
                  target_type=f"signature_{kind}", target_id=code, after={"code": code, "text": text}, reason=reason, meta=meta)
     return vocabulary(conn, tenant_id)

@@ -20,6 +20,7 @@ from shared import audit, mail
 from shared.db import Conn
 from shared.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.guards import Principal
+from shared.models import EMAIL_ADDRESS
 from shared.opaque import new_token
 from shared.pagination import decode_cursor, encode_cursor
 from shared.rbac import Role, role_permissions
@@ -27,7 +28,7 @@ from shared.sessions import revoke_all
 from shared.settings import get_settings
 
 INVITATION_TTL = timedelta(days=7)
-EMAIL = re.compile(r"^[^@\s<>\"',;]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$")
+EMAIL = re.compile(rf"^{EMAIL_ADDRESS}$")
 USER_COLUMNS = "id, email, display_name, time_zone, role, status, created_at, updated_at, deactivated_at"
 
 
@@ -39,11 +40,15 @@ def normalize_email(email: str) -> str:
     return value
 
 
+class UnknownTimeZone(ValidationFailed):
+    code, title = "unknown-time-zone", "Not a time zone of the IANA database"
+
+
 def check_time_zone(zone: str) -> str:
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValidationFailed(
+        raise UnknownTimeZone(
             "unknown time zone", errors=[{"location": ["body", "time_zone"], "message": "not an IANA time zone"}]
         ) from None
     return zone
