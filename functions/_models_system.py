@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from shared.models import Out
 
@@ -49,6 +49,9 @@ class CheckpointRef(Out):
 
 class ChainFailure(Out):
     seq: int
+    code: str = Field(description="Stable failure code: missing_event, duplicate_event, foreign_event, broken_link, "
+                                  "checksum_mismatch, checkpoint_mismatch, chain_truncated, checkpoint_invalid, "
+                                  "checkpoint_stale")
     reason: str
 
 
