@@ -90,6 +90,12 @@ class ValidationFailed(AppError, ValueError):
         super().__init__(detail, errors=errors or [])
 
 
+class RecordSchemaUnusable(ValidationFailed):
+    """A record type's stored schema cannot be evaluated safely; an admin must define a new version."""
+
+    code, title = "record-schema-unusable", "The record type's schema cannot be used"
+
+
 class CardDataRefused(AppError):
     """A card number or CVV was sent: refused before it is stored or logged."""
 
