@@ -139,6 +139,7 @@ def _pointer_target(root: Any, fragment: str) -> tuple[bool, Any]:
 
 
 def _keyword_problems(root: dict[str, Any]) -> Iterator[Problem]:
+    valid_targets: dict[int, bool] = {}  # many $refs to one big target cost one meta-schema check
     for path, node in _walk(root):
         for key in _FORBIDDEN:
             if key in node:
@@ -164,15 +165,23 @@ def _keyword_problems(root: dict[str, Any]) -> Iterator[Problem]:
             if not found or not isinstance(target, (dict, bool)):
                 yield Problem((*path, key), "bad_reference", f"{key} points at no schema in this document")
             elif isinstance(target, dict) and target is not root:
-                try:
-                    Draft202012Validator.check_schema(target, format_checker=FORMATS)
-                except SchemaError:
+                if id(target) not in valid_targets:
+                    valid_targets[id(target)] = _meta_valid(target)
+                if not valid_targets[id(target)]:
                     yield Problem((*path, key), "bad_reference", f"{key} points at something that is not a valid schema")
         if isinstance(node.get("pattern"), str):
             yield from _pattern_problem("pattern", node["pattern"], (*path, "pattern"))
         if isinstance(node.get("patternProperties"), dict):
             for pattern in node["patternProperties"]:
                 yield from _pattern_problem("patternProperties", pattern, (*path, "patternProperties", pattern))
+
+
+def _meta_valid(schema: dict[str, Any]) -> bool:
+    try:
+        Draft202012Validator.check_schema(schema, format_checker=FORMATS)
+    except SchemaError:
+        return False
+    return True
 
 
 def _pattern_problem(keyword: str, pattern: str, path: Path) -> Iterator[Problem]:
@@ -322,12 +331,24 @@ TenantValidator = validators.extend(Draft202012Validator, {k: _budgeted(v) for k
 
 def validator(schema: dict[str, Any]) -> Any:
     """A validator for a screened schema. Raises SchemaUnusable when `problems` finds any."""
+    if _depth(schema) > MAX_SCHEMA_DEPTH:  # before json.dumps recurses over it
+        raise SchemaUnusable(problems(schema))
+    found, checked = _screened(json.dumps(schema, sort_keys=True, separators=(",", ":")))
+    if found:
+        raise SchemaUnusable(list(found))
+    return checked
+
+
+@functools.lru_cache(maxsize=128)
+def _screened(text: str) -> tuple[tuple[Problem, ...], Any]:
+    """Screen once per distinct schema text; the validator holds its own copy of the schema."""
+    schema = json.loads(text)
     found = problems(schema)
     if found:
-        raise SchemaUnusable(found)
+        return tuple(found), None
     # Without a $schema nothing can switch evaluation to jsonschema's own (backtracking) class.
     root = {k: v for k, v in schema.items() if k != "$schema"}
-    return TenantValidator(root, registry=_REGISTRY, format_checker=FORMATS)
+    return (), TenantValidator(root, registry=_REGISTRY, format_checker=FORMATS)
 
 
 def iter_errors(schema: dict[str, Any], payload: Any) -> list[ValidationError]:
