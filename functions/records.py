@@ -20,24 +20,27 @@ from functions._models_records import (
     Version,
     Versions,
 )
-from shared import attachments, audit, db, records
+from shared import attachments, audit, db, records, tenant_schemas
 from shared.errors import NotFound, ValidationFailed
 from shared.http import Reply, RequestContext, endpoint
 from shared.models import Reason, ReasonBody, Strict
 
 bp = func.Blueprint()
+SCHEMA_RULES = ("JSON Schema (draft 2020-12) of the payload: local references (#...) only, no $id, RE2 regular "
+                f"expressions, at most {tenant_schemas.MAX_SCHEMA_BYTES // 1024} KiB and "
+                f"{tenant_schemas.MAX_SCHEMA_DEPTH} levels deep")
 TypeName = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="Type name, e.g. invoice")
 
 
 class TypeNew(Strict):
     name: str = TypeName
     display_name: str = Field(min_length=1, max_length=200)
-    json_schema: dict[str, Any] = Field(alias="schema", description="JSON Schema (draft 2020-12) of the payload")
+    json_schema: dict[str, Any] = Field(alias="schema", description=SCHEMA_RULES)
     reason: Reason
 
 
 class SchemaChange(Strict):
-    json_schema: dict[str, Any] = Field(alias="schema")
+    json_schema: dict[str, Any] = Field(alias="schema", description=SCHEMA_RULES)
     reason: Reason
 
 

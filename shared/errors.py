@@ -102,6 +102,24 @@ class InvalidValue(ValidationFailed):
     code, title = "invalid-value", "A value is out of range or not acceptable"
 
 
+class RecordSchemaInvalid(ValidationFailed):
+    """A record type's schema breaks a rule of tenant schemas (outside URIs, RE2, depth, size)."""
+
+    code, title = "record-schema-invalid", "The record type's schema is not acceptable"
+
+
+class PayloadInvalid(ValidationFailed):
+    """A record's payload does not match its type's (tenant-defined) schema."""
+
+    code, title = "record-payload-invalid", "The payload does not match its record type's schema"
+
+
+class RecordSchemaUnusable(ValidationFailed):
+    """A record type's stored schema cannot be evaluated safely; an admin must define a new version."""
+
+    code, title = "record-schema-unusable", "The record type's schema cannot be used"
+
+
 class CardDataRefused(AppError):
     """A card number or CVV was sent: refused before it is stored or logged."""
 

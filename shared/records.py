@@ -12,22 +12,28 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 import rfc8785
-from jsonschema import Draft202012Validator, FormatChecker
-from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import ValidationError
 
-from shared import audit
+from shared import audit, tenant_schemas
 from shared.audit import json_safe
 from shared.db import Conn
-from shared.errors import Conflict, NotFound, ValidationFailed
+from shared.errors import (
+    Conflict,
+    NotFound,
+    PayloadInvalid,
+    RecordSchemaInvalid,
+    RecordSchemaUnusable,
+    ValidationFailed,
+)
 from shared.guards import Principal
 from shared.jsonio import loads_stored
 from shared.pagination import decode_cursor, encode_cursor
 
-MAX_SCHEMA_BYTES = 65_536
+MAX_SCHEMA_BYTES = tenant_schemas.MAX_SCHEMA_BYTES
 MAX_REFERENCES = 20
 
 _MONEY = {"type": "number", "minimum": 0}
@@ -101,34 +107,18 @@ def payload_checksum(canonical_payload: str) -> str:
 
 
 def check_schema(schema: Any) -> dict[str, Any]:
-    """A JSON Schema usable for payloads. Raises ValidationFailed naming the problem."""
-    def bad(message: str) -> ValidationFailed:
-        return ValidationFailed("the schema is not valid",
-                                errors=[{"location": ["body", "schema"], "message": message}])
+    """A JSON Schema usable for payloads (see `shared.tenant_schemas` for the rules).
 
-    if not isinstance(schema, dict) or schema.get("type") != "object":
-        raise bad('a record schema must be a JSON Schema with "type": "object"')
-    text = canonical(schema)
-    if len(text) > MAX_SCHEMA_BYTES:
-        raise bad(f"the schema may be at most {MAX_SCHEMA_BYTES} bytes")
-    if '"$ref":' in text and any(
-        ref for ref in _refs(schema) if not ref.startswith("#")
-    ):
-        raise bad("only local $ref (starting with #) are allowed")
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        raise bad(f"invalid JSON Schema at {'/'.join(str(p) for p in exc.absolute_path) or 'root'}: {exc.validator} constraint") from None
-    return schema
-
-
-def _refs(node: Any) -> list[str]:
-    if isinstance(node, dict):
-        found = [node["$ref"]] if isinstance(node.get("$ref"), str) else []
-        return found + [r for v in node.values() for r in _refs(v)]
-    if isinstance(node, list):
-        return [r for v in node for r in _refs(v)]
-    return []
+    Raises:
+        RecordSchemaInvalid: naming each problem with its location in the schema and keyword, e.g.
+            an outside URI, a regex RE2 cannot compile, too deep or too large.
+    """
+    found = tenant_schemas.problems(schema)
+    if found:
+        raise RecordSchemaInvalid("the schema is not valid", errors=[
+            {"location": ["body", "schema", *p.location], "message": p.message, "code": p.code} for p in found[:50]
+        ])
+    return cast(dict[str, Any], schema)
 
 
 def ensure_builtin_types(conn: Conn, tenant_id: str) -> None:
@@ -230,29 +220,60 @@ def change_type_schema(
     return get_type(conn, tenant_id, name)
 
 
+_BOUNDS = frozenset({"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minLength",
+                    "maxLength", "minItems", "maxItems", "minProperties", "maxProperties", "minContains",
+                    "maxContains"})
+_TYPES = frozenset({"object", "array", "string", "number", "integer", "boolean", "null"})
+_MESSAGES = {
+    "enum": "is not one of the allowed values", "const": "is not the required value",
+    "pattern": "does not match the required pattern", "required": "is required",
+    "additionalProperties": "has a property not in the schema", "unevaluatedProperties": "has a property not in the schema",
+    "uniqueItems": "has duplicate items", "not": "matches a schema it must not match",
+}
+
+
+def _error_entry(error: ValidationError, location: list[Any]) -> dict[str, Any]:
+    """One error, worded from the keyword alone: schema constants and input values are never echoed."""
+    keyword, value = error.validator, error.validator_value
+    if keyword in _BOUNDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        message = f"fails {keyword} ({value})"
+    elif keyword == "type":
+        names = [t for t in (value if isinstance(value, list) else [value]) if t in _TYPES]
+        message = f"must be {' or '.join(names)}" if names else "has the wrong type"
+    elif keyword == "format":
+        message = f"is not a valid {value}" if value in tenant_schemas.FORMATS.checkers else "has the wrong format"
+    elif keyword is None:
+        message = "is not allowed here"
+    else:
+        message = _MESSAGES.get(str(keyword), f"fails {keyword}")
+    return {"location": location, "message": message, "code": str(keyword)}
+
+
 def validate_payload(schema: dict[str, Any], payload: Any) -> None:
-    """Raises ValidationFailed listing every failing path (values are never echoed)."""
-    validator = Draft202012Validator(schema, format_checker=FormatChecker())
-    errors = sorted(validator.iter_errors(payload), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        raise ValidationFailed(
-            "the payload does not match its record type's schema",
-            errors=[
-                {
-                    "location": ["body", "payload", *e.absolute_path],
-                    "message": f"fails {e.validator!r}" + (f" ({e.validator_value!r})" if e.validator not in ("required", "additionalProperties") else _missing(e)),
-                    "code": str(e.validator),
-                }
-                for e in errors[:50]
-            ],
-        )
+    """Check a payload against its type's schema, reaching nothing outside it.
 
-
-def _missing(error: Any) -> str:
-    if error.validator == "required":
-        names = [n for n in error.validator_value if isinstance(error.instance, dict) and n not in error.instance]
-        return f": missing {', '.join(names)}"
-    return ": a property not in the schema"
+    Raises:
+        PayloadInvalid: listing every failing path (values and schema constants are never echoed).
+        RecordSchemaUnusable: the stored schema fails today's checks (e.g. stored by an older
+            version with an outside URI) or cannot be evaluated; nothing is fetched.
+    """
+    try:
+        errors = tenant_schemas.iter_errors(schema, payload)
+    except tenant_schemas.SchemaUnusable as exc:
+        raise RecordSchemaUnusable(
+            "the record type's schema cannot be used; define a new schema version",
+            errors=[{"location": ["schema", *p.location], "message": p.message, "code": p.code} for p in exc.problems[:50]],
+        ) from None
+    if not errors:
+        return
+    entries: list[dict[str, Any]] = []
+    for e in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+        at = ["body", "payload", *e.absolute_path]
+        if e.validator == "required" and isinstance(e.instance, dict):
+            entries += [_error_entry(e, [*at, n]) for n in e.validator_value if isinstance(n, str) and n not in e.instance]
+        else:
+            entries.append(_error_entry(e, at))
+    raise PayloadInvalid("the payload does not match its record type's schema", errors=entries[:50])
 
 
 # --- records --------------------------------------------------------------------------------------
