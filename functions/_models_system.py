@@ -44,7 +44,7 @@ class ChainHead(Out):
 
 class CheckpointRef(Out):
     seq: int
-    created_at: datetime
+    created_at: datetime | None = Field(description="When it was signed; null for a checkpoint that failed its signature check")
 
 
 class ChainFailure(Out):
