@@ -153,8 +153,13 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
     return [(origin[m.start()][0], origin[m.end() - 1][1]) for m in _card_numbers(normal_text)]
 
 
-def redact_card_numbers(text: str) -> str:
-    """The text with each card number (in any disguise) replaced by MARKER."""
+def redact_card_numbers(text: str, *, limit: int | None = None) -> str:
+    """The text with each card number (in any disguise) replaced by MARKER, cut to `limit`
+    characters if given: redacted before the cut, so that a number cut short does not stay
+    behind missing only a check digit anyone can compute, and after it, so that a cut through
+    a longer run of digits cannot make a new one."""
+    if limit is not None:
+        return redact_card_numbers(redact_card_numbers(text)[:limit])
     if _digitish_count_below(text, 13) or not holds_card_number(text):
         return text
     spans = _card_spans(text)

@@ -28,7 +28,7 @@ import azure.functions as func
 from pydantic import BaseModel, ValidationError
 from pydantic_core import to_jsonable_python
 
-from shared.card_data import find_card_data
+from shared.card_data import find_card_data, redact_card_numbers
 from shared.errors import (
     AppError,
     CardDataRefused,
@@ -220,7 +220,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         request=req,
         request_id=str(uuid.uuid4()),
         client_ip=client_ip(req),
-        user_agent=(req.headers.get("User-Agent") or "")[:512],
+        user_agent=redact_card_numbers(req.headers.get("User-Agent") or "", limit=512),  # logged and audited
     )
     origin = req.headers.get("Origin")
     cors_ok = False
@@ -409,7 +409,7 @@ def _log_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpR
             {
                 "request_id": ctx.request_id,
                 "method": req.method,
-                "path": urlsplit(req.url).path,  # never the query: it may carry tokens
+                "path": redact_card_numbers(urlsplit(req.url).path),  # never the query: it may carry tokens
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "tenant": p.tenant_id if p else None,
