@@ -46,11 +46,14 @@ _DOTS = "\u00b7\u2022\u2027\u2219\u22c5\u30fb\uff65"
 _SLASHES = "\u2044\u2215\u29f8"
 _CVV_KEYS = frozenset({"cvv", "cvc", "cvv2", "cvc2", "cvn", "cvn2", "cvd", "cid", "csc", "cav2", "securitycode",
                        "cardsecuritycode", "cardverificationvalue", "cardverificationcode", "cardcvv", "cardcvc"})
-# Parts that name a card security code wherever they appear in a key ("card_cvv2", "cvv_code",
-# "card-verification", "CardSecurityCode"). "cid" and "csc" only count as the whole key: as
-# parts they name other things (content ids).
-_CVV_PARTS = ("cvv", "cvc", "cvn", "cav2", "securitycode", "cardverification", "verificationvalue",
-              "verificationcode", "cardsecurity")
+# Words of a key that name a card security code ("card_cvv2", "cvv_code", "CardCVC"): a word,
+# not a substring, so that "rcvCount" is not one. "cid" and "csc" only count as the whole key:
+# as words they name other things (content ids).
+_CVV_WORDS = re.compile(r"^(?:cvv|cvc|cvn|cvd|cav)[0-9]?$")
+_KEY_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# Phrases that name one wherever they appear in the squashed key ("card-verification").
+_CVV_PHRASES = ("securitycode", "cardverification", "verificationvalue", "verificationcode", "cardsecurity",
+                "cardcvv", "cardcvc", "cardcvn")
 
 
 def luhn_ok(digits: str) -> bool:
@@ -175,8 +178,14 @@ def redact_card_numbers(text: str, *, limit: int | None = None) -> str:
 
 
 def _is_cvv_key(key: str) -> bool:
-    squashed = re.sub(r"[^a-z0-9]", "", normalise(key).casefold())
-    return squashed in _CVV_KEYS or any(part in squashed for part in _CVV_PARTS)
+    key = normalise(key)
+    squashed = re.sub(r"[^a-z0-9]", "", key.casefold())
+    if squashed in _CVV_KEYS or any(phrase in squashed for phrase in _CVV_PHRASES):
+        return True
+    words = [w.lower() for w in _KEY_WORDS.findall(key)]
+    # "cvv2" splits into "cvv" and "2": a word may take the digits after it
+    return any(_CVV_WORDS.match(w + (n if n.isdigit() else "")) or _CVV_WORDS.match(w)
+               for w, n in zip(words, [*words[1:], ""], strict=True))
 
 
 def find_card_data(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:

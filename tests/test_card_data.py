@@ -122,12 +122,14 @@ def test_lookalikes_are_not_card_numbers(text: str) -> None:
 
 
 @pytest.mark.parametrize("key", ["cvv", "CVC2", "card_cvv2", "cvn", "cvv_code", "card-verification", "cardVerificationValue",
-                                 "securityCode", "card.security_code", "\uff43\uff56\uff56", "c\u200bvv", "cid", "csc"])
+                                 "securityCode", "card.security_code", "\uff43\uff56\uff56", "c\u200bvv", "cid", "csc",
+                                 "CardCVV2", "cardcvv2", "pan_cvc", "CVV2Code"])
 def test_security_code_keys_are_found(key: str) -> None:
     assert find_card_data({"payment": {key: "123"}}) == ("payment", key)
 
 
-@pytest.mark.parametrize("key", ["cid_ref", "content_id", "csc_team", "verification", "security", "card_brand", "code"])
+@pytest.mark.parametrize("key", ["cid_ref", "content_id", "csc_team", "verification", "security", "card_brand", "code", "rcvCount",
+                                 "rcv_count", "cavity"])
 def test_ordinary_keys_are_not_security_codes(key: str) -> None:
     assert find_card_data({key: "123"}) is None
 
