@@ -18,6 +18,7 @@ from functions import (
     users,
     wellknown,
 )
+from shared.card_data import install_log_redaction
 from shared.settings import load_settings
 
 BLUEPRINTS = (
@@ -39,6 +40,7 @@ def create_app() -> func.FunctionApp:
     return new
 
 
+install_log_redaction()  # before anything logs: no record, whoever writes it, carries a card number
 load_settings()  # a missing or malformed setting stops start-up here, naming the setting
 
 # Authentication is the endpoint wrapper's job (shared/http.py), so no function keys.

@@ -6,10 +6,14 @@ tenants. The hash is computed over the body in chunks before the upload (the Fun
 Python worker hands the whole request body over in memory, so there is no earlier point to
 hash it), and again on every read: content whose hash no longer matches is not served and
 an integrity event goes to the tenant's audit trail.
+
+Text attachments (and every file name) are scanned for card numbers before anything is
+hashed or stored: a text file is as much a way in for card data as a JSON body.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import re
 from collections.abc import Iterable
@@ -18,13 +22,28 @@ from dataclasses import dataclass
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from shared import audit, db, storage
-from shared.errors import IntegrityFailure, NotFound, PayloadTooLarge, UnsupportedMediaType, ValidationFailed
+from shared.card_data import holds_card_number
+from shared.errors import (
+    CardDataRefused,
+    IntegrityFailure,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
 from shared.settings import get_settings
 
 CONTAINER = "attachments"
 CHUNK = 1 << 20
 _FILENAME = re.compile(r"""filename\*?=(?:UTF-8'')?"?([^";]+)"?""", re.IGNORECASE)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CHARSET = re.compile(r";\s*charset\s*=\s*\"?([A-Za-z0-9._:-]{1,40})", re.IGNORECASE)
+# Media types whose content is text even though they are not text/*.
+TEXT_MEDIA = frozenset({"application/json", "application/csv", "application/xml", "application/x-ndjson",
+                        "application/yaml", "application/x-yaml", "application/javascript", "application/sql",
+                        "application/x-www-form-urlencoded", "application/rtf", "application/ld+json"})
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+         (codecs.BOM_UTF16_BE, "utf-16"))
 
 
 def blob_name(tenant_id: str, sha256: str) -> str:
@@ -55,6 +74,42 @@ def filename_from(content_disposition: str | None) -> str:
     return name or "attachment"
 
 
+def is_text(media: str) -> bool:
+    """Whether a media type carries text that a person (or a card number) could be written in."""
+    return media.startswith("text/") or media in TEXT_MEDIA or media.endswith(("+json", "+xml"))
+
+
+def _decodings(data: bytes, content_type: str) -> list[str]:
+    """The body as text in every way a reader might decode it: UTF-8 (where UTF-16 and UTF-32
+    text still shows its ASCII digits, between NULs the scanner removes), the declared
+    charset, and the encoding a byte-order mark names."""
+    encodings = []
+    declared = _CHARSET.search(content_type)
+    if declared:
+        encodings.append(declared.group(1))
+    encodings += [name for bom, name in _BOMS if data.startswith(bom)][:1]
+    texts = [data.decode("utf-8", errors="replace")]
+    for name in encodings:
+        try:
+            if codecs.lookup(name).name != "utf-8":
+                texts.append(data.decode(name, errors="replace"))
+        except (LookupError, ValueError):
+            continue  # not a text encoding: the UTF-8 reading above still counts
+    return texts
+
+
+def refuse_card_data(data: bytes, *, media: str, content_type: str, filename: str) -> None:
+    """Refuse a file whose name, or whose text, holds a card number.
+
+    Raises:
+        CardDataRefused: naming the file name or the body, never the number.
+    """
+    if holds_card_number(filename):
+        raise CardDataRefused(location=["header", "Content-Disposition", "filename"])
+    if is_text(media) and any(holds_card_number(text) for text in _decodings(data, content_type)):
+        raise CardDataRefused(location=["body"])
+
+
 @dataclass(frozen=True)
 class Stored:
     sha256: str
@@ -71,7 +126,8 @@ def store(tenant_id: str, data: bytes, *, content_type: str, filename: str) -> S
     """Hash and store a file for a tenant.
 
     Raises:
-        PayloadTooLarge, UnsupportedMediaType, ValidationFailed (empty file).
+        PayloadTooLarge, UnsupportedMediaType, ValidationFailed (empty file),
+        CardDataRefused (a card number in the file name or a text file's content).
     """
     settings = get_settings()
     media = content_type.split(";", 1)[0].strip().lower()
@@ -81,6 +137,7 @@ def store(tenant_id: str, data: bytes, *, content_type: str, filename: str) -> S
         raise PayloadTooLarge(f"an attachment may be at most {settings.attachment_max_bytes} bytes")
     if not data:
         raise ValidationFailed("the file is empty", errors=[{"location": ["body"], "message": "empty file"}])
+    refuse_card_data(data, media=media, content_type=content_type, filename=filename)
     sha256, size = sha256_of(_chunks(data))
     blob = storage.blob_service().get_blob_client(CONTAINER, blob_name(tenant_id, sha256))
     try:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import audit, db, jsonio
 from shared.audit import RequestMeta
-from shared.card_data import find_card_data
+from shared.card_data import find_card_data, redact_card_numbers
 from shared.errors import (
     AppError,
     BlankValue,
@@ -317,7 +317,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         request=req,
         request_id=str(uuid.uuid4()),
         client_ip=client_ip(req),
-        user_agent=header_text(req, "User-Agent"),
+        user_agent=redact_card_numbers(header_text(req, "User-Agent", limit=2048), limit=512),  # logged and audited
     )
     origin = req.headers.get("Origin")
     cors_ok = False
@@ -542,7 +542,8 @@ def _audit_support_request(ctx: RequestContext, req: func.HttpRequest, response:
             audit.append(
                 conn, tenant_id=tenant_id, actor=actor, action="support.accessed" if served else "support.refused",
                 target_type="support_grant", target_id=claims.session_id,
-                after={"method": req.method, "path": urlsplit(req.url).path, "status": response.status_code},
+                after={"method": req.method, "path": redact_card_numbers(urlsplit(req.url).path),
+                       "status": response.status_code},
                 meta=audit.RequestMeta(ip=ctx.client_ip or None, user_agent=ctx.user_agent or None, request_id=ctx.request_id,
                                        session_id=claims.session_id),
             )
@@ -560,7 +561,7 @@ def _log_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpR
             {
                 "request_id": ctx.request_id,
                 "method": req.method,
-                "path": urlsplit(req.url).path,  # never the query: it may carry tokens
+                "path": redact_card_numbers(urlsplit(req.url).path),  # never the query: it may carry tokens
                 "status": response.status_code,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "tenant": p.tenant_id if p else None,

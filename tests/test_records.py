@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ import psycopg
 import pytest
 
 from shared import attachments, audit, db, storage
+from shared.card_data import MARKER, normalise
 from shared.tenants import Tenant
 from tests.conftest import Host, Person, PersonFactory, auth
 
@@ -308,6 +310,119 @@ def test_card_numbers_in_queries_and_payment_methods(client: httpx.Client, peopl
     assert [p["brand"] for p in listed] == ["visa"] and "pm_1Nq2" not in json.dumps(listed)
     # numbers that fail Luhn, or are too short, are ordinary numbers
     assert create(client, admin, "document", {"title": "PO 4111111111111112"}).status_code == 201
+
+
+DISGUISED = {
+    "dots": "4111.1111.1111.1111",
+    "no-break spaces": "4111\u00a01111\u202f1111\u20071111",
+    "zero-width": "4111\u200b1111\u20601111\ufeff1111",
+    "full-width digits": "\uff14\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11\uff11",
+    "Arabic-Indic digits": "\u0665\u0665\u0665\u0665\u0665\u0665\u0665\u0665\u0665\u0665\u0665\u0665\u0664\u0664\u0664\u0664",
+    "Devanagari digits": "\u096a\u0967\u0967\u0967 \u0967\u0967\u0967\u0967 \u0967\u0967\u0967\u0967 \u0967\u0967\u0967\u0967",
+    "en dashes and soft hyphens": "5555\u20135555\u00ad5555\u20144444",
+    "underscores": "5555_5555_5555_4444",
+    "slashes": "4111/1111/1111/1111",
+}
+
+
+def _pan(text: str) -> str:
+    return re.sub(r"[ ._/+-]", "", normalise(text))
+
+
+def _leaks(text: str, *disguised: str) -> bool:
+    """Whether the digits of any of the numbers can be read from the text, in any disguise."""
+    flat = _pan(text)
+    return any(_pan(d) in flat for d in disguised)
+
+
+@pytest.mark.parametrize("disguise", DISGUISED)
+def test_disguised_card_numbers_are_refused_in_payloads_and_queries(
+    host: Host, client: httpx.Client, tenant: Tenant, people: dict[str, Person], disguise: str
+) -> None:
+    number, op = DISGUISED[disguise], people["op"]
+    resp = create(client, op, "document", {"title": "Card", "body": f"charge {number} please"})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["type"] == "urn:custos:problem:card-data-refused"
+    assert resp.json()["errors"][0]["location"] == ["body", "payload", "body"]
+    query = client.get("/api/records", params={"type": number}, headers=auth(op.token))
+    assert query.status_code == 422 and query.json()["errors"][0]["location"] == ["query", "type"]
+    assert not _leaks(resp.text + query.text + _tenant_dump(tenant.id) + host.log(), number)
+
+
+@pytest.mark.parametrize("key", ["card_cvv2", "cvn", "cvv_code", "card-verification", "CardSecurityCode"])
+def test_security_codes_under_any_key_are_refused(client: httpx.Client, tenant: Tenant, people: dict[str, Person],
+                                                  key: str) -> None:
+    resp = create(client, people["op"], "document", {"title": "Pay", "payment": {key: "737"}})
+    assert resp.status_code == 422 and resp.json()["type"] == "urn:custos:problem:card-data-refused"
+    assert key not in _tenant_dump(tenant.id)
+
+
+@pytest.mark.parametrize(("content_type", "data"), [
+    ("text/plain", f"Customer called; card {DISGUISED['dots']} exp 12/30".encode()),
+    ("text/csv", b"name,card,amount\nAda,4111 1111 1111 1111,10.00\n"),
+    ("text/csv", f"name,card\nAda,{DISGUISED['Arabic-Indic digits']}\n".encode()),
+    ("text/plain; charset=utf-16", f"card {DISGUISED['full-width digits']}".encode("utf-16")),
+    ("text/plain", "card 4111 1111 1111 1111".encode("utf-16-le")),  # no byte-order mark, no charset
+    ("application/xml", b"<payment><pan>&#52;111&#160;1111&#160;1111&#160;1111</pan></payment>"),
+    ("application/json", json.dumps({"note": DISGUISED["zero-width"]}).encode()),
+])
+def test_text_attachments_holding_card_numbers_are_refused_and_stored_nowhere(
+    host: Host, client: httpx.Client, tenant: Tenant, people: dict[str, Person], content_type: str, data: bytes
+) -> None:
+    op = people["op"]
+    rec = create(client, op, "document", {"title": "Call notes"}).json()
+    resp = attach(client, op, rec["id"], data, name="notes.txt", content_type=content_type)
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["type"] == "urn:custos:problem:card-data-refused"
+    assert resp.json()["errors"][0]["location"][0] == "body"
+    assert _blobs(tenant.id, hashlib.sha256(data).hexdigest()) == []
+    assert client.get(f"/api/records/{rec['id']}", headers=auth(op.token)).json()["version"]["version"] == 1
+    assert events(tenant.id, "record.attachment_added") == []
+
+
+def test_text_attachments_with_ordinary_numbers_are_stored(client: httpx.Client, people: dict[str, Person]) -> None:
+    op = people["op"]
+    rec = create(client, op, "document", {"title": "Lot list"}).json()
+    text = "lot,batch,amount\n" + "".join(f"{uuid.uuid4()},4111111111111112,{i}.50\n" for i in range(200))
+    resp = attach(client, op, rec["id"], text.encode(), name="lots 2026-11-22.csv", content_type="text/csv")
+    assert resp.status_code == 201, resp.text
+
+
+@pytest.mark.parametrize("disposition", [
+    'attachment; filename="card 4111.1111.1111.1111.pdf"',
+    'attachment; filename="receipt_5555_5555_5555_4444.pdf"',
+    "attachment; filename*=UTF-8''4111%C2%A01111%E2%80%8B1111%EF%BC%8D1111.pdf",
+])
+def test_file_names_holding_card_numbers_are_refused(host: Host, client: httpx.Client, tenant: Tenant,
+                                                     people: dict[str, Person], disposition: str) -> None:
+    op = people["op"]
+    rec = create(client, op, "document", {"title": "Receipt"}).json()
+    data = b"%PDF-1.7\n" + uuid.uuid4().bytes
+    resp = client.post(f"/api/records/{rec['id']}/attachments", content=data,
+                       headers={**auth(op.token), "Content-Type": "application/pdf", "Content-Disposition": disposition})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["errors"][0]["location"] == ["header", "Content-Disposition", "filename"]
+    assert _blobs(tenant.id, hashlib.sha256(data).hexdigest()) == []
+    assert not _leaks(_tenant_dump(tenant.id) + host.log(), "4111111111111111", "5555555555554444")
+
+
+def test_card_numbers_in_the_path_and_user_agent_never_reach_logs_or_the_audit_trail(
+    host: Host, client: httpx.Client, tenant: Tenant, people: dict[str, Person]
+) -> None:
+    op = people["op"]
+    agent = "Mozilla/5.0 (X11; card 4111.1111.1111.1111) Gecko/20100101"
+    paths = ["/api/records/5555-5555-5555-4444", "/api/records/4111%C2%A01111%C2%A01111%C2%A01111",
+             "/api/no-such-route/4111_1111_1111_1111"]
+    for path in paths:
+        assert client.get(path, headers={**auth(op.token), "User-Agent": agent}).status_code == 404
+    created = client.post("/api/records", json={"type": "document", "payload": {"title": "UA"}},
+                          headers={**auth(op.token), "User-Agent": agent})
+    assert created.status_code == 201
+    event = events(tenant.id, "record.created")[-1]
+    assert event["user_agent"].startswith("Mozilla/5.0 (X11; card ") and MARKER in event["user_agent"]
+    log = host.log()
+    assert MARKER in log and "Gecko/20100101" in log
+    assert not _leaks(log + _tenant_dump(tenant.id), "4111111111111111", "5555555555554444")
 
 
 def _tenant_dump(tenant_id: str) -> str:
