@@ -149,11 +149,36 @@ class FactorsReset(Out):
 
 
 class OperatorTokens(Out):
+    """An operator session (after the second step; or, without a factor, one that may only enrol)."""
+
     access_token: str
     token_type: str
     expires_in: int
     session_id: str
     session_expires_at: datetime
+    mfa_enrolment_required: bool | None = None
+    mfa_method: str | None = None
+    recovery_codes_remaining: int | None = None
+    warning: str | None = None
+
+
+class OperatorLoginResult(Out):
+    """Either an MFA ticket for the second step, or (no factor yet) an enrolment-only session."""
+
+    access_token: str | None = None
+    token_type: str | None = None
+    expires_in: int
+    session_id: str | None = None
+    session_expires_at: datetime | None = None
+    mfa_enrolment_required: bool | None = None
+    mfa_required: bool | None = None
+    mfa_ticket: str | None = None
+    methods: list[str] | None = None
+
+
+class SteppedUp(Out):
+    mfa_method: str
+    valid_for_s: int
 
 
 class SupportToken(Out):

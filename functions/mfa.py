@@ -12,10 +12,12 @@ from pydantic import ConfigDict, Field, model_validator
 from functions._models_auth import (
     FactorsReset,
     MfaStatus,
+    OperatorTokens,
     Passkey,
     PasskeyRegistered,
     Passkeys,
     RecoveryCodes,
+    SteppedUp,
     Tokens,
     TotpConfirmed,
     TotpEnrolment,
@@ -241,7 +243,7 @@ class StepUp(Strict):
 
 
 @bp.route(route="api/platform/mfa", methods=["GET"])
-@endpoint(operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
+@endpoint(response=MfaStatus, operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
 def platform_mfa_status(ctx: RequestContext) -> dict[str, Any]:
     """The operator's second factors (every operator must have one)."""
     assert ctx.principal is not None
@@ -249,7 +251,7 @@ def platform_mfa_status(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/platform/mfa/totp/enroll", methods=["POST"])
-@endpoint(operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
+@endpoint(response=TotpEnrolment, operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
 def platform_mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
     """Start an operator's TOTP enrolment: secret, otpauth URI and QR code; confirm with a code."""
     assert ctx.principal is not None
@@ -257,7 +259,7 @@ def platform_mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/platform/mfa/totp/confirm", methods=["POST"])
-@endpoint(operator=True, mfa_enrolment=True, body=TotpConfirm, tags=("platform", "mfa"))
+@endpoint(response=TotpConfirmed, operator=True, mfa_enrolment=True, body=TotpConfirm, tags=("platform", "mfa"))
 def platform_mfa_totp_confirm(ctx: RequestContext) -> dict[str, Any]:
     """Activate the operator's pending TOTP; a first factor comes with recovery codes (shown once)."""
     assert ctx.principal is not None
@@ -273,7 +275,7 @@ def platform_mfa_totp_remove(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/platform/mfa/recovery-codes", methods=["POST"])
-@endpoint(operator=True, body=RecoveryRegenerate, tags=("platform", "mfa"))
+@endpoint(response=RecoveryCodes, operator=True, body=RecoveryRegenerate, tags=("platform", "mfa"))
 def platform_mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
     """New recovery codes for the operator (shown once); the old ones stop working."""
     assert ctx.principal is not None
@@ -282,7 +284,7 @@ def platform_mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/platform/mfa/passkeys/registration/options", methods=["POST"])
-@endpoint(operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
+@endpoint(response=WebAuthnOptions, operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
 def platform_mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for a new passkey of the operator, with a single-use challenge id."""
     assert ctx.principal is not None
@@ -290,7 +292,8 @@ def platform_mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, 
 
 
 @bp.route(route="api/platform/mfa/passkeys/registration/verify", methods=["POST"])
-@endpoint(operator=True, mfa_enrolment=True, body=PasskeyRegistration, status=201, tags=("platform", "mfa"))
+@endpoint(response=PasskeyRegistered, operator=True, mfa_enrolment=True, body=PasskeyRegistration, status=201,
+          tags=("platform", "mfa"))
 def platform_mfa_passkey_register(ctx: RequestContext) -> Reply:
     """Register an operator's passkey; a first factor comes with recovery codes."""
     assert ctx.principal is not None
@@ -309,7 +312,7 @@ def platform_mfa_passkey_remove(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/platform/auth/step-up", methods=["POST"])
-@endpoint(operator=True, body=StepUp, tags=("platform", "mfa"))
+@endpoint(response=SteppedUp, operator=True, body=StepUp, tags=("platform", "mfa"))
 def platform_mfa_step_up(ctx: RequestContext) -> dict[str, Any]:
     """Prove a current TOTP code again: cancelling tenants and support tokens need a recent second factor."""
     assert ctx.principal is not None
@@ -317,14 +320,14 @@ def platform_mfa_step_up(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/platform/auth/mfa/passkey/options", methods=["POST"])
-@endpoint(auth=False, body=TicketBody, tags=("platform", "mfa"))
+@endpoint(response=WebAuthnOptions, auth=False, body=TicketBody, tags=("platform", "mfa"))
 def platform_auth_mfa_passkey_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for proving an operator's sign-in ticket with a passkey."""
     return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=_meta(ctx), realm=mfa.OPERATORS)
 
 
 @bp.route(route="api/platform/auth/mfa/verify", methods=["POST"])
-@endpoint(auth=False, body=SecondFactor, tags=("platform", "mfa"))
+@endpoint(response=OperatorTokens, auth=False, body=SecondFactor, tags=("platform", "mfa"))
 def platform_auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
     """An operator's second sign-in step: ticket and a TOTP code, recovery code or passkey give the session."""
     b: SecondFactor = ctx.body

@@ -7,7 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
-from functions._models_auth import OperatorTokens, SupportToken
+from functions._models_auth import OperatorLoginResult, SupportToken
 from functions._models_tenancy import Tenant, TenantCreated, Tenants
 from shared import audit, db, mfa, operators
 from shared.errors import NotFound
@@ -94,7 +94,7 @@ def platform_operator_setup(ctx: RequestContext) -> None:
 
 
 @bp.route(route="api/platform/auth/login", methods=["POST"])
-@endpoint(response=OperatorTokens, auth=False, body=OperatorLogin, tags=("platform",))
+@endpoint(response=OperatorLoginResult, auth=False, body=OperatorLogin, tags=("platform",))
 def platform_operator_login(ctx: RequestContext) -> dict[str, Any]:
     """Sign a platform operator in: an MFA ticket for the second step (a session only to enrol, without a factor)."""
     _, meta = audit.context_actor(ctx)

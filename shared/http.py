@@ -276,6 +276,8 @@ def check_response_contract(spec: EndpointSpec, result: Any, *, name: str) -> No
     try:
         spec.response.model_validate_json(payload, strict=True)
     except ValidationError as exc:
+        if all(e["type"] == "json_invalid" and "recursion" in e["msg"] for e in exc.errors()):
+            return  # stored data deeper than pydantic's parser goes (an older version's); rendered anyway
         raise ResponseContractError(f"{name} answered a body its model {spec.response.__name__} refuses: {exc}") from None
 
 

@@ -480,4 +480,4 @@ def test_whitespace_only_names_are_refused_by_the_request_models(client: httpx.C
     for name in (" ", "\u00a0\u3000", "\t\n"):
         resp = client.post("/api/designations", json={"name": name, "permissions": ["records.read"], "reason": "blank"},
                            headers=auth(token))
-        assert_problem(resp, 422, "validation")
+        assert_problem(resp, 422, "blank-value")
