@@ -17,7 +17,8 @@ Starlette; ``function_app.py`` never imports devhost. What it reproduces:
   app's wrapper (``shared.http.problem_response``), so they carry the app's stable
   problem ``type`` (``not-found``, ``method-not-allowed``, ...) and a ``request_id``.
 * Each request becomes an ``azure.functions.HttpRequest``; sync functions run in a
-  thread, ``async def`` ones on the event loop. An exception is logged and answered
+  thread, ``async def`` ones on the event loop. A function gets its trigger argument only
+  (the app's never take ``context`` or other bindings); one that wants more stops start-up. An exception is logged and answered
   with a 500 that holds no detail, as the host does.
 * **X-Forwarded-For**: like Azure's front end, devhost appends the TCP peer address to
   ``X-Forwarded-For`` (``"<existing>, <peer>"`` or just ``"<peer>"``), so the right-most

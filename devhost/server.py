@@ -12,10 +12,9 @@ import ipaddress
 import json
 import logging
 import os
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,7 +82,13 @@ def _method_name(method: Any) -> str:
 def collect_functions(
     func_app: func.FunctionApp, *, route_prefix: str = ""
 ) -> tuple[list[HttpFunction], list[OtherFunction]]:
-    """Split the app's functions into HTTP routes (most specific first) and the rest."""
+    """Split the app's functions into HTTP routes (most specific first) and the rest.
+
+    Raises:
+        ValueError: a function devhost cannot serve (its name and why): a route template
+            form the app does not use, or a parameter besides its trigger (devhost binds
+            no ``context`` and no input/output bindings).
+    """
     http: list[HttpFunction] = []
     other: list[OtherFunction] = []
     for f in func_app.get_functions():
@@ -91,6 +96,9 @@ def collect_functions(
         if trigger is None:
             continue
         name = f.get_function_name() or f.get_user_function().__name__
+        extra = [p for p in inspect.signature(f.get_user_function()).parameters if p != trigger.name]
+        if extra:
+            raise ValueError(f"function {name!r}: devhost passes only its trigger {trigger.name!r}, not {extra}")
         if trigger.get_binding_name() == HTTP_TRIGGER:
             route = getattr(trigger, "route", None)
             route = name if route is None else str(route)
@@ -165,41 +173,6 @@ def route_request(functions: list[HttpFunction], method: str, path: str) -> tupl
 # Invocation
 
 
-class DevContext(func.Context):
-    """Minimal ``azure.functions.Context``, passed to a user function's ``context`` parameter."""
-
-    _storage = threading.local()
-
-    def __init__(self, function_name: str, function_directory: str) -> None:
-        self._invocation_id = str(uuid.uuid4())
-        self._function_name = function_name
-        self._function_directory = function_directory
-
-    @property
-    def invocation_id(self) -> str:
-        return self._invocation_id
-
-    @property
-    def thread_local_storage(self) -> Any:
-        return self._storage
-
-    @property
-    def function_name(self) -> str:
-        return self._function_name
-
-    @property
-    def function_directory(self) -> str:
-        return self._function_directory
-
-    @property
-    def trace_context(self) -> Any:
-        return None
-
-    @property
-    def retry_context(self) -> Any:
-        return None
-
-
 class FunctionFailed(Exception):
     """A user function raised; its traceback has already been logged."""
 
@@ -210,12 +183,6 @@ async def invoke(name: str, fn: Callable[..., Any], binding: str, value: Any) ->
     A failure is logged with its traceback and re-raised as ``FunctionFailed``.
     """
     kwargs: dict[str, Any] = {binding: value}
-    try:
-        parameters: Mapping[str, inspect.Parameter] = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        parameters = {}
-    if "context" in parameters and binding != "context":
-        kwargs["context"] = DevContext(name, os.getcwd())
     started = time.perf_counter()
     try:
         if inspect.iscoroutinefunction(fn):

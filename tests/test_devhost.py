@@ -78,6 +78,17 @@ def test_a_function_with_an_unserved_template_stops_start_up_naming_it() -> None
         create_asgi_app(app)
 
 
+def test_a_function_wanting_more_than_its_trigger_stops_start_up_naming_it() -> None:
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="tick")
+    def with_context(tick: func.TimerRequest, context: func.Context) -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"function 'with_context'.*'context'"):
+        create_asgi_app(app)
+
+
 @pytest.mark.parametrize(
     ("template", "path", "expected"),
     [
