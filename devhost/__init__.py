@@ -7,16 +7,19 @@ Starlette; ``function_app.py`` never imports devhost. What it reproduces:
 * Settings: ``local.settings.json`` ``Values`` are put into the environment before the
   app is imported (variables already set win); the route prefix comes from ``host.json``
   (``extensions.http.routePrefix``, default ``api``).
-* HTTP routing with ASP.NET Core route templates (constraints, optional and catch-all
-  parameters, literal-first precedence); see ``devhost.routing``. A route whose methods
-  exclude the request's is skipped and the next one tried (so an OPTIONS ``{*path}``
-  catch-all still answers preflights under more specific routes). No route for the path
-  gives 404; if routes match the path but none the method, 405 with ``Allow`` (routes
-  serving only OPTIONS do not count, or a preflight catch-all would turn every 404 into
-  a 405). Devhost's own errors are ``application/problem+json``.
+* HTTP routing for the template forms the app uses (``{name}``, ``{name:int}``, a last
+  ``{*name}``), compiled by Starlette, with the host's literal-first precedence; see
+  ``devhost.routing``. A route whose methods exclude the request's is skipped and the next
+  one tried (so an OPTIONS ``{*path}`` catch-all still answers preflights under more
+  specific routes). No route for the path gives 404; if routes match the path but none the
+  method, 405 with ``Allow`` (routes serving only OPTIONS do not count, or a preflight
+  catch-all would turn every 404 into a 405). Devhost's own errors are rendered by the
+  app's wrapper (``shared.http.problem_response``), so they carry the app's stable
+  problem ``type`` (``not-found``, ``method-not-allowed``, ...) and a ``request_id``.
 * Each request becomes an ``azure.functions.HttpRequest``; sync functions run in a
-  thread, ``async def`` ones on the event loop. An exception is logged and answered
-  with a bare 500, as the host does.
+  thread, ``async def`` ones on the event loop. A function gets its trigger argument only
+  (the app's never take ``context`` or other bindings); one that wants more stops start-up. An exception is logged and answered
+  with a 500 that holds no detail, as the host does.
 * **X-Forwarded-For**: like Azure's front end, devhost appends the TCP peer address to
   ``X-Forwarded-For`` (``"<existing>, <peer>"`` or just ``"<peer>"``), so the right-most
   entry is always the address that actually connected and the app can trust it as the

@@ -12,15 +12,13 @@ import ipaddress
 import json
 import logging
 import os
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from http import HTTPStatus
 from typing import Any
 
 import azure.functions as func
@@ -28,20 +26,24 @@ from azure.functions.decorators.constants import HTTP_TRIGGER, QUEUE_TRIGGER, TI
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from devhost import timers
-from devhost.routing import (
-    RouteTemplate,
-    decode_path,
-    join_route,
-    parse_template,
-    sort_by_precedence,
-)
+from devhost.routing import RouteTemplate, decode_path, join_route, parse_template
+from shared.errors import AppError, Forbidden, InternalError, MalformedRequest, NotFound
+from shared.http import problem_response
 
-__all__ = ["FunctionFailed", "HttpFunction", "OtherFunction", "collect_functions", "create_asgi_app"]
+__all__ = [
+    "FunctionFailed",
+    "HttpFunction",
+    "MethodNotAllowed",
+    "OtherFunction",
+    "collect_functions",
+    "create_asgi_app",
+    "route_request",
+]
 
 log = logging.getLogger("devhost")
 
@@ -80,7 +82,13 @@ def _method_name(method: Any) -> str:
 def collect_functions(
     func_app: func.FunctionApp, *, route_prefix: str = ""
 ) -> tuple[list[HttpFunction], list[OtherFunction]]:
-    """Split the app's functions into HTTP routes (most specific first) and the rest."""
+    """Split the app's functions into HTTP routes (most specific first) and the rest.
+
+    Raises:
+        ValueError: a function devhost cannot serve (its name and why): a route template
+            form the app does not use, or a parameter besides its trigger (devhost binds
+            no ``context`` and no input/output bindings).
+    """
     http: list[HttpFunction] = []
     other: list[OtherFunction] = []
     for f in func_app.get_functions():
@@ -88,6 +96,9 @@ def collect_functions(
         if trigger is None:
             continue
         name = f.get_function_name() or f.get_user_function().__name__
+        extra = [p for p in inspect.signature(f.get_user_function()).parameters if p != trigger.name]
+        if extra:
+            raise ValueError(f"function {name!r}: devhost passes only its trigger {trigger.name!r}, not {extra}")
         if trigger.get_binding_name() == HTTP_TRIGGER:
             route = getattr(trigger, "route", None)
             route = name if route is None else str(route)
@@ -115,46 +126,51 @@ def collect_functions(
                     fn=f.get_user_function(),
                 )
             )
-    return sort_by_precedence(http, key=lambda h: h.template), other
+    return sorted(http, key=lambda h: (h.template.precedence, h.template.text.lower())), other
+
+
+class MethodNotAllowed(AppError):
+    """Routes serve the path but not the method (the host answers this, never the app)."""
+
+    status, code, title = 405, "method-not-allowed", "Method not allowed"
+
+    def __init__(self, allowed: set[str]) -> None:
+        super().__init__()
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(sorted(self.allowed))}
+
+
+def route_request(functions: list[HttpFunction], method: str, path: str) -> tuple[HttpFunction, dict[str, str]]:
+    """The function serving ``method path`` (``functions`` most specific first) and its route values.
+
+    A route whose methods exclude ``method`` is skipped and the next one tried, like
+    ASP.NET's HttpMethod constraint, so an OPTIONS ``{*path}`` catch-all answers preflights
+    under more specific routes.
+
+    Raises:
+        MethodNotAllowed: routes serve the path, none the method. Preflight-only (OPTIONS)
+            routes do not make a path exist, or the catch-all would turn every 404 into a 405.
+        NotFound: no route serves the path.
+    """
+    allowed: set[str] = set()
+    path_served = False
+    for function in functions:
+        values = function.template.match(path)
+        if values is None:
+            continue
+        if function.methods is None or method in function.methods:
+            return function, values
+        allowed |= function.methods
+        path_served = path_served or function.methods != {"OPTIONS"}
+    if path_served:
+        raise MethodNotAllowed(allowed)
+    raise NotFound("No function serves this path.")
 
 
 # ---------------------------------------------------------------------------
 # Invocation
-
-
-class DevContext(func.Context):
-    """Minimal ``azure.functions.Context``, passed to a user function's ``context`` parameter."""
-
-    _storage = threading.local()
-
-    def __init__(self, function_name: str, function_directory: str) -> None:
-        self._invocation_id = str(uuid.uuid4())
-        self._function_name = function_name
-        self._function_directory = function_directory
-
-    @property
-    def invocation_id(self) -> str:
-        return self._invocation_id
-
-    @property
-    def thread_local_storage(self) -> Any:
-        return self._storage
-
-    @property
-    def function_name(self) -> str:
-        return self._function_name
-
-    @property
-    def function_directory(self) -> str:
-        return self._function_directory
-
-    @property
-    def trace_context(self) -> Any:
-        return None
-
-    @property
-    def retry_context(self) -> Any:
-        return None
 
 
 class FunctionFailed(Exception):
@@ -167,12 +183,6 @@ async def invoke(name: str, fn: Callable[..., Any], binding: str, value: Any) ->
     A failure is logged with its traceback and re-raised as ``FunctionFailed``.
     """
     kwargs: dict[str, Any] = {binding: value}
-    try:
-        parameters: Mapping[str, inspect.Parameter] = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        parameters = {}
-    if "context" in parameters and binding != "context":
-        kwargs["context"] = DevContext(name, os.getcwd())
     started = time.perf_counter()
     try:
         if inspect.iscoroutinefunction(fn):
@@ -194,12 +204,12 @@ async def invoke(name: str, fn: Callable[..., Any], binding: str, value: Any) ->
 # HTTP conversion
 
 
-def problem(status: int, detail: str | None = None, headers: Mapping[str, str] | None = None) -> Response:
-    """An RFC 9457 ``application/problem+json`` response for devhost's own errors."""
-    body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(status).phrase, "status": status}
-    if detail:
-        body["detail"] = detail
-    return JSONResponse(body, status_code=status, headers=headers, media_type="application/problem+json")
+def problem(exc: AppError, method: str = "GET") -> Response:
+    """Devhost's own error, rendered by the app's wrapper so it carries the app's stable ``type``."""
+    request_id = str(uuid.uuid4())
+    response = problem_response(exc, request_id)
+    response.headers["X-Request-Id"] = request_id
+    return to_starlette_response(response, method)
 
 
 def _request_headers(request: Request) -> dict[str, str]:
@@ -336,68 +346,52 @@ def create_asgi_app(
         method = request.method.upper()
         raw_path: bytes = request.scope.get("raw_path") or b""
         path = decode_path(raw_path.decode("latin-1") or request.url.path)
-        allowed: set[str] = set()
-        path_matched = False
-        for function in http_functions:
-            values = function.template.match(path)
-            if values is None:
-                continue
-            if function.methods is not None and method not in function.methods:
-                # Method mismatch: try the next route, like ASP.NET's HttpMethod constraint.
-                # Preflight-only (OPTIONS) routes, e.g. a "{*path}" catch-all for CORS, do
-                # not make a path exist, so they alone never turn a 404 into a 405.
-                allowed |= function.methods
-                path_matched = path_matched or function.methods != {"OPTIONS"}
-                continue
-            http_request = func.HttpRequest(
-                method,
-                _request_url(request),
-                headers=_request_headers(request),
-                params=_query_params(request),
-                route_params=values,
-                body=await request.body(),
-            )
-            try:
-                result = await invoke(function.name, function.fn, function.binding, http_request)
-            except FunctionFailed:
-                return problem(500)  # like the host: logged, no details in the response
-            try:
-                return to_starlette_response(result, method)
-            except Exception:
-                log.exception("Function %r returned an unusable response", function.name)
-                return problem(500)
-        if path_matched:
-            return problem(
-                405,
-                f"{method} is not allowed for {path}",
-                headers={"Allow": ", ".join(sorted(allowed))},
-            )
-        return problem(404, f"No function matches {path}")
+        try:
+            function, values = route_request(http_functions, method, path)
+        except AppError as exc:
+            return problem(exc, method)
+        http_request = func.HttpRequest(
+            method,
+            _request_url(request),
+            headers=_request_headers(request),
+            params=_query_params(request),
+            route_params=values,
+            body=await request.body(),
+        )
+        try:
+            result = await invoke(function.name, function.fn, function.binding, http_request)
+        except FunctionFailed:
+            return problem(InternalError(), method)  # like the host: logged, no details in the response
+        try:
+            return to_starlette_response(result, method)
+        except Exception:
+            log.exception("Function %r returned an unusable response", function.name)
+            return problem(InternalError(), method)
 
     async def run_admin(request: Request) -> Response:
         if not _is_loopback(request):
-            return problem(403, "The admin API is only available from loopback addresses.")
+            return problem(Forbidden("The admin API is only available from loopback addresses."))
         if request.method != "POST":
-            return problem(405, headers={"Allow": "POST"})
+            return problem(MethodNotAllowed({"POST"}), request.method)
         wanted = request.path_params["name"].lower()
         function = next((o for o in other_functions if o.name.lower() == wanted), None)
         if function is None:
-            return problem(404, f"No non-HTTP function named {request.path_params['name']!r}")
+            return problem(NotFound(f"No non-HTTP function named {request.path_params['name']!r}"))
         raw = await request.body()
         try:
             payload = json.loads(raw) if raw.strip() else {}
         except ValueError:
-            return problem(400, 'The body must be JSON such as {"input": ...}.')
+            return problem(MalformedRequest('The body must be JSON such as {"input": ...}.'))
         data = payload.get("input") if isinstance(payload, dict) else None
         try:
             trigger_input = _trigger_input(function, data)
         except ValueError:
             log.exception("Cannot build the trigger input for %r", function.name)
-            return problem(500)
+            return problem(InternalError())
         try:
             await invoke(function.name, function.fn, function.binding, trigger_input)
         except FunctionFailed:
-            return problem(500)
+            return problem(InternalError())
         return Response(status_code=202)
 
     @asynccontextmanager

@@ -519,6 +519,12 @@ def _problem(exc: AppError, request_id: str) -> func.HttpResponse:
     )
 
 
+def problem_response(exc: AppError, request_id: str) -> func.HttpResponse:
+    """`exc` rendered as the wrapper renders it (problem+json, `request_id`, the error's headers),
+    for a host that answers before any function runs, e.g. devhost's 404 and 405."""
+    return _problem(exc, request_id)
+
+
 def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | None) -> None:
     headers = response.headers
     for name, value in SECURITY_HEADERS.items():

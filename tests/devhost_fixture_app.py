@@ -15,7 +15,7 @@ def _json(data: object, status: int = 200) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(data), status_code=status, mimetype="application/json")
 
 
-@bp.route(route="api/items/{id:guid}", methods=["GET"])
+@bp.route(route="api/items/{id}", methods=["GET"])
 def get_item(req: func.HttpRequest) -> func.HttpResponse:
     return _json({"fn": "get_item", "route": dict(req.route_params)})
 
@@ -44,11 +44,6 @@ def export_records(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="api/files/{*rest}", methods=["GET"])
 def files(req: func.HttpRequest) -> func.HttpResponse:
     return _json({"fn": "files", "route": dict(req.route_params)})
-
-
-@bp.route(route="api/opt/{page:int?}", methods=["GET"])
-def optional_page(req: func.HttpRequest) -> func.HttpResponse:
-    return _json({"fn": "optional_page", "route": dict(req.route_params)})
 
 
 @bp.route(route="api/echo", methods=["POST"])

@@ -7,6 +7,7 @@ Custos app) and talk to it with httpx, so uvicorn, Starlette and the CLI are all
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import socket
@@ -24,83 +25,191 @@ import pytest
 
 from devhost import create_asgi_app
 from devhost.__main__ import load_local_settings, read_route_prefix
-from devhost.routing import decode_path, join_route, parse_template, sort_by_precedence
+from devhost.routing import decode_path, join_route, parse_template
+from devhost.server import MethodNotAllowed, collect_functions, route_request
 from devhost.timers import DevTimerRequest, next_fire, resolve_schedule, run_timer_loop
+from shared.errors import NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
 GUID = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"
 
 # ---------------------------------------------------------------------------
-# routing.py
+# routing.py and route_request
 
 
-def test_parse_template_segments_and_params() -> None:
-    template = parse_template("/api/items/{id:guid}/{*rest}")
-    assert template.param_names == ["id", "rest"]
-    assert template.precedence == (1, 1, 2, 5)
-    param = parse_template("api/{n:int:min(1)}").segments[1].param
-    assert param is not None and param.constraints == ("int", "min(1)")
+def test_parse_template_compiles_the_forms_the_app_uses() -> None:
+    template = parse_template("api/items/{id}/{n:int}/{*rest}")
+    assert template.precedence == (1, 1, 3, 2, 5)
+    assert template.match("/API/Items/AbC/7/x/y.txt") == {"id": "AbC", "n": "7", "rest": "x/y.txt"}
     assert parse_template("").match("/") == {}
+    assert parse_template("{*path}").match("/") == {"path": ""}
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["api/{id", "api/{*rest}/x", "api/{a}/{a}", "api/{id:nope}", "api/{x?}/y", "a//b"],
+    [
+        "api/{id",
+        "api/{*rest}/x",
+        "api/{a}/{a}",
+        "api/{id:guid}",
+        "api/{n:int:min(1)}",
+        "api/{x?}",
+        "api/{x=1}",
+        "{name}.{ext}",
+        "a//b",
+        "api/{*rest:int}",
+        "api/{sha-256}",
+        "api/x}",
+    ],
 )
-def test_parse_template_rejects_malformed(bad: str) -> None:
-    with pytest.raises(ValueError):
+def test_parse_template_refuses_forms_devhost_does_not_serve(bad: str) -> None:
+    with pytest.raises(ValueError, match="route|Duplicated"):
         parse_template(bad)
 
 
-def test_literals_case_insensitive_and_trailing_slash() -> None:
-    template = parse_template("api/items/export")
-    assert template.match("/API/Items/EXPORT") == {}
-    assert template.match("/api/items/export/") == {}
-    assert template.match("/api/items/export/x") is None
-    assert template.match("/api/items") is None
+def test_a_function_with_an_unserved_template_stops_start_up_naming_it() -> None:
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.route(route="api/items/{id:guid}", methods=["GET"])
+    def by_guid(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse("never")
+
+    with pytest.raises(ValueError, match=r"function 'by_guid'.*\{id:guid\}"):
+        create_asgi_app(app)
+
+
+def test_a_function_wanting_more_than_its_trigger_stops_start_up_naming_it() -> None:
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.timer_trigger(schedule="0 0 0 1 1 *", arg_name="tick")
+    def with_context(tick: func.TimerRequest, context: func.Context) -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"function 'with_context'.*'context'"):
+        create_asgi_app(app)
 
 
 @pytest.mark.parametrize(
     ("template", "path", "expected"),
     [
-        ("a/{id:guid}", f"/a/{GUID}", {"id": GUID}),
-        ("a/{id:guid}", f"/a/{GUID.replace('-', '')}", {"id": GUID.replace("-", "")}),
-        ("a/{id:guid}", "/a/not-a-guid", None),
-        ("a/{n:int}", "/a/-42", {"n": "-42"}),
-        ("a/{n:int}", "/a/2147483648", None),
-        ("a/{n:long}", "/a/2147483648", {"n": "2147483648"}),
-        ("a/{n:alpha}", "/a/abcXYZ", {"n": "abcXYZ"}),
-        ("a/{n:alpha}", "/a/abc1", None),
-        ("a/{x:bool}", "/a/TRUE", {"x": "TRUE"}),
-        ("a/{x:bool}", "/a/yes", None),
-        ("a/{x:double}", "/a/1.5e3", {"x": "1.5e3"}),
-        ("a/{x:double}", "/a/nan", None),
-        ("a/{n:int:range(1,5)}", "/a/6", None),
-        ("a/{s:minlength(3)}", "/a/ab", None),
-        ("a/{s:regex(^[a-z]{{2}}$)}", "/a/Ok", {"s": "Ok"}),
+        ("a/{n:int}", "/a/42", {"n": "42"}),
+        ("a/{n:int}", "/a/007", {"n": "007"}),
+        ("a/{n:int}", "/a/-42", None),
+        ("a/{n:int}", "/a/4x", None),
+        ("a/{id}", "/a/b/c", None),
+        ("a/{id}", "/a/", None),
+        ("a/{id}", "/a/b%2Fc", {"id": "b%2Fc"}),
+        ("a/{id}", "/a/line\nbreak", {"id": "line\nbreak"}),
         ("a/{*rest}", "/a/b/c/d.txt", {"rest": "b/c/d.txt"}),
-        ("a/{*rest}", "/a", {"rest": ""}),
-        ("a/{page?}", "/a", {}),
-        ("a/{page?}", "/a/2", {"page": "2"}),
-        ("a/{page=1}", "/a", {"page": "1"}),
-        ("{name}.{ext?}", "/a.b.c", {"name": "a.b", "ext": "c"}),
-        ("{name}.{ext?}", "/readme", {"name": "readme"}),
+        ("a/{*rest}", "/a/", {"rest": ""}),
+        ("a/{*rest}", "/a/line\nbreak", {"rest": "line\nbreak"}),
+        ("api/items/export", "/API/Items/EXPORT", {}),
+        ("api/items/export", "/api/items/export/", {}),
+        ("api/items/export", "/api/items/export//", None),
+        ("api/items/export", "/api/items/export/x", None),
+        ("api/items/export", "/api/items", None),
     ],
 )
 def test_template_match(template: str, path: str, expected: dict[str, str] | None) -> None:
     assert parse_template(template).match(path) == expected
 
 
-def test_precedence_literal_then_constrained_then_plain_then_catch_all() -> None:
-    texts = ["{*path}", "api/records/{*rest}", "api/records/{id}", "api/records/{id:int}", "api/records/export"]
-    ordered = sort_by_precedence([parse_template(t) for t in texts], key=lambda t: t)
-    assert [t.text for t in ordered] == [
-        "api/records/export",
-        "api/records/{id:int}",
-        "api/records/{id}",
-        "api/records/{*rest}",
-        "{*path}",
-    ]
+def _app_with_routes(*routes: tuple[str, str, list[str]]) -> func.FunctionApp:
+    """A FunctionApp whose functions, named as given, answer nothing (routing is what is tested)."""
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+    for name, route, methods in routes:
+
+        def handler(req: func.HttpRequest) -> func.HttpResponse:
+            return func.HttpResponse("")
+
+        handler.__name__ = name
+        app.route(route=route, methods=methods)(handler)
+    return app
+
+
+def test_most_specific_route_wins_whatever_the_registration_order() -> None:
+    app = _app_with_routes(
+        ("anything", "{*path}", ["GET"]),
+        ("records_rest", "api/records/{*rest}", ["GET"]),
+        ("record", "api/records/{id}", ["GET"]),
+        ("record_number", "api/records/{id:int}", ["GET"]),
+        ("export", "api/records/export", ["GET"]),
+    )
+    http, _ = collect_functions(app)
+
+    def picked(path: str) -> str:
+        return route_request(http, "GET", path)[0].name
+
+    assert picked("/api/records/export") == "export"
+    assert picked("/api/records/7") == "record_number"
+    assert picked("/api/records/r-1") == "record"
+    assert picked("/api/records/r-1/x") == "records_rest"
+    assert picked("/elsewhere") == "anything"
+
+
+def test_wrong_method_is_405_unless_only_a_preflight_route_serves_the_path() -> None:
+    app = _app_with_routes(
+        ("preflight", "{*path}", ["OPTIONS"]),
+        ("read", "api/things/{id}", ["GET"]),
+        ("change", "api/things/{id}", ["PATCH", "PUT"]),
+    )
+    http, _ = collect_functions(app)
+    assert route_request(http, "OPTIONS", "/api/things/1")[0].name == "preflight"
+    assert route_request(http, "PUT", "/api/things/1")[0].name == "change"
+    with pytest.raises(MethodNotAllowed) as refused:
+        route_request(http, "DELETE", "/api/things/1")
+    assert refused.value.headers() == {"Allow": "GET, OPTIONS, PATCH, PUT"}
+    with pytest.raises(NotFound):
+        route_request(http, "DELETE", "/api/others/1")
+
+
+def _more_literal(winner: str, loser: str) -> bool:
+    """Whether, at the first segment where one template has a literal and the other a
+    parameter, ``winner`` has the literal."""
+    for mine, theirs in zip(winner.split("/"), loser.split("/"), strict=False):
+        if ("{" in mine) != ("{" in theirs):
+            return "{" not in mine
+    return False
+
+
+def test_every_app_route_is_reached_by_its_paths_and_literals_beat_parameters() -> None:
+    from function_app import create_app
+
+    http, _ = collect_functions(create_app())
+    preflight = [h for h in http if h.methods == {"OPTIONS"}]
+    assert [h.template.text for h in preflight] == ["{*path}"]
+    # An adversary fills each parameter with a literal some route has at that position
+    # (`/api/record-types/schema/...`, `/api/mfa/passkeys/registration`): a literal route
+    # may take such a path from a parameter route, never the other way round.
+    literals_at: dict[int, set[str]] = {}
+    for h in http:
+        for index, segment in enumerate(h.template.text.split("/")):
+            if "{" not in segment:
+                literals_at.setdefault(index, set()).add(segment)
+    checked = 0
+    for h in http:
+        if h in preflight:
+            continue
+        choices = [
+            [segment]
+            if "{" not in segment
+            else ["7"]
+            if segment.endswith(":int}")
+            else sorted(literals_at.get(index, set())) + ["7"]
+            for index, segment in enumerate(h.template.text.split("/"))
+        ]
+        assert h.methods
+        for parts in itertools.product(*choices):
+            path = "/" + "/".join(parts)
+            for method in h.methods:
+                got, _ = route_request(http, method, path)
+                assert got is h or _more_literal(got.template.text, h.template.text), (method, path, got.name)
+                checked += 1
+            assert route_request(http, "OPTIONS", path)[0] is preflight[0]
+            with pytest.raises(MethodNotAllowed) as refused:
+                route_request(http, "TRACE", path)
+            assert set(h.methods) | {"OPTIONS"} <= set(refused.value.allowed)
+    assert checked > 1000
 
 
 def test_join_route_and_decode_path() -> None:
@@ -235,6 +344,7 @@ def test_admin_rejects_non_loopback_peer() -> None:
     response = asyncio.run(_call(_startup_app(marker), "POST", "/admin/functions/on_start", peer=("203.0.113.7", 5000)))
     assert response.status_code == 403
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["type"] == "urn:custos:problem:forbidden"
     response = asyncio.run(_call(_startup_app(marker), "POST", "/admin/functions/ON_START", peer=("::1", 5000)))
     assert response.status_code == 202
     assert marker == ["past_due=False"]
@@ -315,59 +425,67 @@ def client(server: Server) -> Iterator[httpx.Client]:
         yield c
 
 
-def _problem(response: httpx.Response, status: int) -> dict[str, object]:
+def _problem(response: httpx.Response, status: int, code: str) -> dict[str, object]:
+    """Devhost's own errors speak like the app: its problem ``type`` and a request id."""
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/problem+json"
     body = response.json()
     assert body["status"] == status
-    assert body["type"] and body["title"]
+    assert body["type"] == f"urn:custos:problem:{code}"
+    assert body["title"]
+    assert body["request_id"] == response.headers["x-request-id"]
     return dict(body)
 
 
 def test_startup_log_lists_functions(server: Server, client: httpx.Client) -> None:
     line = next(ln for ln in server.log_file.read_text().splitlines() if "Functions (" in ln)
-    assert "get_item: [GET] /api/items/{id:guid}" in line
+    assert "get_item: [GET] /api/items/{id}" in line
     assert "yearly: timerTrigger '0 0 0 1 1 *' (timers disabled)" in line
     assert "failing_timer: timerTrigger '%DEVHOST_TEST_SCHEDULE%' = '0 0 0 1 1 *'" in line
 
 
-def test_guid_constraint(client: httpx.Client) -> None:
-    response = client.get(f"/api/items/{GUID}")
-    assert response.status_code == 200
-    assert response.json() == {"fn": "get_item", "route": {"id": GUID}}
-    _problem(client.get("/api/items/not-a-guid"), 404)
+def test_parameter_takes_one_segment_as_sent(client: httpx.Client) -> None:
+    response = client.get(f"/api/items/{GUID.upper()}")
+    assert response.json() == {"fn": "get_item", "route": {"id": GUID.upper()}}
+    # %2F stays encoded, as in Kestrel: it cannot split the id and reach another route.
+    assert client.get("/api/items/7%2Fcount").json() == {"fn": "get_item", "route": {"id": "7%2Fcount"}}
+    _problem(client.get(f"/api/items/{GUID}/x"), 404, "not-found")
 
 
 def test_int_constraint(client: httpx.Client) -> None:
     assert client.get("/api/items/12/count").json() == {"fn": "count_items", "route": {"n": "12"}}
-    _problem(client.get("/api/items/twelve/count"), 404)
+    _problem(client.get("/api/items/twelve/count"), 404, "not-found")
 
 
 def test_literal_beats_parameter(client: httpx.Client) -> None:
     assert client.get("/api/records/export").json()["fn"] == "export_records"
     assert client.get("/API/Records/EXPORT").json()["fn"] == "export_records"
+    assert client.get("/api/records/export/").json()["fn"] == "export_records"
+    assert client.get("/api/items/export").json()["fn"] == "export_items"
     assert client.get("/api/records/r-1").json() == {"fn": "get_record", "route": {"id": "r-1"}}
 
 
 def test_catch_all_with_slashes(client: httpx.Client) -> None:
     assert client.get("/api/files/a/b/c.txt").json()["route"] == {"rest": "a/b/c.txt"}
     assert client.get("/api/files/a%20b/c").json()["route"] == {"rest": "a b/c"}
-    assert client.get("/api/files").json()["route"] == {"rest": ""}
-
-
-def test_optional_parameter(client: httpx.Client) -> None:
-    assert client.get("/api/opt").json()["route"] == {}
-    assert client.get("/api/opt/3").json()["route"] == {"page": "3"}
+    assert client.get("/api/files/").json()["route"] == {"rest": ""}
 
 
 def test_unknown_path_is_404_problem(client: httpx.Client) -> None:
-    _problem(client.get("/no/such/route"), 404)
+    body = _problem(client.get("/no/such/route"), 404, "not-found")
+    assert "/no/such/route" not in json.dumps(body)
 
 
 def test_wrong_method_is_405_with_allow(client: httpx.Client) -> None:
     response = client.delete("/api/records/export")
-    _problem(response, 405)
+    _problem(response, 405, "method-not-allowed")
     assert set(response.headers["allow"].split(", ")) == {"GET", "OPTIONS"}
+
+
+def test_head_is_not_get(client: httpx.Client) -> None:
+    response = client.head("/api/records/export")
+    assert response.status_code == 405
+    assert response.content == b""
 
 
 def test_options_reaches_catch_all_despite_specific_route(client: httpx.Client) -> None:
@@ -413,7 +531,7 @@ def test_repeated_response_headers_kept(client: httpx.Client) -> None:
 
 def test_function_exception_is_bare_500(client: httpx.Client) -> None:
     response = client.get("/api/boom")
-    body = _problem(response, 500)
+    body = _problem(response, 500, "internal")
     assert "secret" not in response.text and "detail" not in body
 
 
@@ -425,10 +543,13 @@ def test_admin_runs_timer(server: Server, client: httpx.Client) -> None:
 
 
 def test_admin_failing_timer_is_500(client: httpx.Client) -> None:
-    _problem(client.post("/admin/functions/failing_timer"), 500)
+    _problem(client.post("/admin/functions/failing_timer"), 500, "internal")
 
 
 def test_admin_unknown_or_http_function_is_404(client: httpx.Client) -> None:
-    _problem(client.post("/admin/functions/nope"), 404)
-    _problem(client.post("/admin/functions/get_item"), 404)
-    _problem(client.get("/admin/functions/yearly"), 405)
+    _problem(client.post("/admin/functions/nope"), 404, "not-found")
+    _problem(client.post("/admin/functions/get_item"), 404, "not-found")
+    response = client.get("/admin/functions/yearly")
+    _problem(response, 405, "method-not-allowed")
+    assert response.headers["allow"] == "POST"
+    _problem(client.post("/admin/functions/yearly", content=b"{not json"), 400, "malformed-request")

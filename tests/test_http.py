@@ -44,14 +44,12 @@ def test_every_http_function_is_wrapped() -> None:
 
 
 def test_unknown_path_is_404_problem(client: httpx.Client) -> None:
-    resp = client.get("/api/no-such-thing")
-    assert resp.status_code == 404
-    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert_problem(client.get("/api/no-such-thing"), 404, "not-found")
 
 
 def test_wrong_method_is_405(client: httpx.Client) -> None:
     resp = client.delete("/api/health")
-    assert resp.status_code == 405
+    assert_problem(resp, 405, "method-not-allowed")
     assert "GET" in resp.headers["allow"]
 
 
