@@ -184,8 +184,9 @@ def _is_cvv_key(key: str) -> bool:
         return True
     words = [w.lower() for w in _KEY_WORDS.findall(key)]
     # "cvv2" splits into "cvv" and "2": a word may take the digits after it
+    following = [*words[1:], ""][: len(words)]
     return any(_CVV_WORDS.match(w + (n if n.isdigit() else "")) or _CVV_WORDS.match(w)
-               for w, n in zip(words, [*words[1:], ""], strict=True))
+               for w, n in zip(words, following, strict=True))
 
 
 def find_card_data(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:

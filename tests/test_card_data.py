@@ -230,3 +230,9 @@ def test_every_log_record_is_redacted_once_installed() -> None:
     assert text.count(MARKER) >= 5 and not holds_card_number(text), text
     assert "parse failed" in text and "ValueError: invalid literal" in text
     assert "4111111111111112" in text and "00000000-0000-0000-4111-111111111111" in text
+
+
+@pytest.mark.parametrize("key", ["", "-", "_", "  ", "\u200b", "__--__"])
+def test_keys_without_words_are_never_an_error(key: str) -> None:
+    assert find_card_data({key: ""}) is None
+    assert find_card_data({key: "x"}) is None
