@@ -18,8 +18,8 @@ from functions import (
     users,
     wellknown,
 )
-from shared.card_data import install_log_redaction
-from shared.settings import load_settings
+from shared.core.settings import load_settings
+from shared.web.card_data import install_log_redaction
 
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
@@ -43,5 +43,5 @@ def create_app() -> func.FunctionApp:
 install_log_redaction()  # before anything logs: no record, whoever writes it, carries a card number
 load_settings()  # a missing or malformed setting stops start-up here, naming the setting
 
-# Authentication is the endpoint wrapper's job (shared/http.py), so no function keys.
+# Authentication is the endpoint wrapper's job (shared/web/endpoint.py), so no function keys.
 app = create_app()

@@ -3,7 +3,7 @@ with one writer each.
 
 `python -m bench.audit_append [--appends 4000] [--max-seconds 60]`
 
-Every append is its own transaction: `shared.db.tenant_tx` + `shared.audit.append` +
+Every append is its own transaction: `shared.core.db.tenant_tx` + `shared.audit.chain.append` +
 commit, as a request that changes one thing does it. The latency is that whole unit
 (pool checkout, BEGIN, set tenant, the append's statements, COMMIT). Appends to one tenant
 serialize on its chain-head row; different tenants never wait on each other.
@@ -56,8 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def create_tenants(n: int) -> list[str]:
-    from shared import db
-    from shared.tenants import create_tenant
+    from shared.core import db
+    from shared.tenancy.tenants import create_tenant
 
     ids = []
     with db.platform_tx() as conn:
@@ -68,7 +68,8 @@ def create_tenants(n: int) -> list[str]:
 
 
 def append_op(tenant_id: str, writer: int) -> Callable[[], None]:
-    from shared import audit, db
+    from shared.audit import chain as audit
+    from shared.core import db
 
     actor = audit.Actor(id=str(uuid.uuid4()), name=f"Bench Writer {writer}", type="user")
     meta = audit.RequestMeta(ip="127.0.0.1", user_agent="custos-bench/1", session_id=str(uuid.uuid4()))
@@ -87,7 +88,7 @@ def append_op(tenant_id: str, writer: int) -> Callable[[], None]:
 
 
 def empty_op(tenant_id: str) -> Callable[[], None]:
-    from shared import db
+    from shared.core import db
 
     def op() -> None:
         with db.tenant_tx(tenant_id) as conn:
@@ -109,8 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_env({"DB_POOL_MAX": str(MAX_WRITERS + 1)})
     migrate()
-    from shared import audit
-    from shared.settings import get_settings
+    from shared.audit import chain as audit
+    from shared.core.settings import get_settings
 
     tenants = create_tenants(max(s.tenants for s in SCENARIOS))
     print(f"## Audit appends ({machine()}; pool max {get_settings().db_pool_max})\n", flush=True)

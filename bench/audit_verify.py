@@ -53,8 +53,8 @@ def marker_slug(events: int) -> str:
 
 def synthetic_events(tenant_id: str, head_seq: int, head_checksum: str, events: int) -> list[dict[str, Any]]:
     """Events head_seq+1..events, chained onto the head, as `audit.append` would write them."""
-    from shared import audit
-    from shared.settings import get_settings
+    from shared.audit import chain as audit
+    from shared.core.settings import get_settings
 
     version = get_settings().app_version
     actors = [(str(uuid.uuid4()), NAMES[i % len(NAMES)]) for i in range(24)]
@@ -95,7 +95,7 @@ def synthetic_events(tenant_id: str, head_seq: int, head_checksum: str, events: 
 
 
 def find_tenant(slug: str) -> str | None:
-    from shared import db
+    from shared.core import db
 
     with db.platform_tx() as conn:
         row = conn.execute("select id::text as id from tenants where slug = %s", (slug,)).fetchone()
@@ -103,7 +103,7 @@ def find_tenant(slug: str) -> str | None:
 
 
 def head_seq(tenant_id: str) -> int:
-    from shared import db
+    from shared.core import db
 
     with db.tenant_tx(tenant_id) as conn:
         row = conn.execute("select seq from audit_chain_heads where tenant_id = %s", (tenant_id,)).fetchone()
@@ -114,7 +114,7 @@ def retire(tenant_id: str, slug: str) -> None:
     """Move an unusable marker tenant out of the way (tenants and events are never deleted)."""
     import psycopg
 
-    from shared.settings import get_settings
+    from shared.core.settings import get_settings
 
     with psycopg.connect(get_settings().database_owner_url) as conn:
         conn.execute("update tenants set slug = %s where id = %s", (f"{slug}-bad-{uuid.uuid4().hex[:8]}", tenant_id))
@@ -124,10 +124,11 @@ def build(slug: str, events: int) -> str:
     """A tenant with `events` chained events, published under `slug` only once complete."""
     import psycopg
 
-    from shared import audit, db
-    from shared.audit import _COLUMNS as COLUMNS
-    from shared.settings import get_settings
-    from shared.tenants import create_tenant
+    from shared.audit import chain as audit
+    from shared.audit.chain import _COLUMNS as COLUMNS
+    from shared.core import db
+    from shared.core.settings import get_settings
+    from shared.tenancy.tenants import create_tenant
 
     with db.platform_tx() as conn:  # event 1, tenant.created, written by the app as usual
         tenant = create_tenant(conn, slug=f"bench-tmp-{uuid.uuid4().hex[:12]}", name="Bench Verify", region="uksouth")
@@ -156,7 +157,7 @@ def ensure_chain(events: int) -> tuple[str, str]:
     """(tenant id, how it was obtained); the chain is complete and verifies."""
     import psycopg
 
-    from shared import audit
+    from shared.audit import chain as audit
 
     slug = marker_slug(events)
     for _ in range(2):
@@ -195,7 +196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_env()
     migrate()
-    from shared import audit, db
+    from shared.audit import chain as audit
+    from shared.core import db
 
     tid, how = ensure_chain(args.events)
     n = args.events

@@ -2,7 +2,7 @@
 
 `python -m devhost --app bench.bench_app:app`. Both routes run the same handler logic and
 return the same small JSON response, so the difference between them is what
-`shared.http.endpoint` adds: request id, size and CORS checks, bearer-token authentication
+`shared.web.endpoint.endpoint` adds: request id, size and CORS checks, bearer-token authentication
 (ES256 signature, then the caller's role, status and session read from the database), security
 headers and the JSON access-log line. A third route, wrapped without authentication,
 splits the wrapper's cost into authentication and everything else.
@@ -14,7 +14,7 @@ import json
 
 import azure.functions as func
 
-from shared.http import RequestContext, endpoint
+from shared.web.endpoint import RequestContext, endpoint
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 

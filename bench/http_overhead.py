@@ -1,4 +1,4 @@
-"""What the route wrapper costs: the same handler served bare and behind `shared.http.endpoint`.
+"""What the route wrapper costs: the same handler served bare and behind `shared.web.endpoint.endpoint`.
 
 `python -m bench.http_overhead [--threads 4] [--requests 2000] [--rounds 2]`
 
@@ -49,10 +49,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def bench_token() -> str:
     """The access token of a real login: a fresh tenant, an active ADMIN user (made by the
-    tests' own helper, which follows the schema) and a live session (shared.sessions)."""
-    from shared import db
-    from shared.sessions import create_session
-    from shared.tenants import create_tenant
+    tests' own helper, which follows the schema) and a live session (shared.identity.sessions)."""
+    from shared.core import db
+    from shared.identity.sessions import create_session
+    from shared.tenancy.tenants import create_tenant
     from tests.conftest import create_user
 
     with db.platform_tx() as conn:
@@ -96,8 +96,8 @@ def in_process(calls: int, token: str) -> list[tuple[str, float]]:
     import azure.functions as func
 
     from bench import bench_app
-    from shared.guards import authenticate
-    from shared.tokens import verify_access_token
+    from shared.identity.guards import authenticate
+    from shared.identity.tokens import verify_access_token
 
     log_file = work_dir() / "http_overhead-inprocess.log"
     handler = logging.FileHandler(log_file, mode="w")

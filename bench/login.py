@@ -3,12 +3,12 @@
 `python -m bench.login [--n 30] [--throttled 200]`
 
 Setup: a fresh tenant and an active OPERATOR user (a role without a second factor, so a
-login opens a session) whose password is set with `shared.passwords.hash_password`. Every
+login opens a session) whose password is set with `shared.identity.passwords.hash_password`. Every
 request comes from this run's own random loopback address (127.x.y.z), so the login
 throttle's per-IP counters of other runs and of the tests are not touched.
 
 Part 1, login against Argon2: the baseline is `argon2.PasswordHasher().verify` of the very
-hash stored for the user, in this process (`shared.passwords.verify_password` of it beside
+hash stored for the user, in this process (`shared.identity.passwords.verify_password` of it beside
 it). After two warm-up logins, `--n` rounds each run one bare verify, one
 `verify_password` and one `POST /api/auth/login` through one keep-alive client to a devhost
 serving `function_app:app`, interleaved so drift hits them alike. For the login: the
@@ -19,7 +19,7 @@ p50 (judged on the client-observed p50; the server ratio is shown beside it).
 Part 2, throttled logins: wrong passwords from the same address until the answer is 429
 (the email+IP key crosses its threshold), then `--throttled` more logins that get 429.
 Aim: server time p50 under 2 ms. A throttled login does no Argon2 work; what is left is the
-wrapper and `shared.ratelimit.throttle().attempt`, which reads the three keys in one query and
+wrapper and `shared.identity.ratelimit.throttle().attempt`, which reads the three keys in one query and
 refuses without writing. The same `attempt` on the blocked keys, called in this process, is the lower bound row.
 `LOGIN_DELAY_BASE_S` is set to 60 for this run so that one delay covers the whole phase.
 """
@@ -47,7 +47,7 @@ from bench.runner import (
     setup_env,
 )
 
-PASSWORD = "Bench-Harbour-Lantern-" + secrets.token_hex(4)  # new each run, as in tests/test_auth.py
+PASSWORD = "Bench-Harbour-Lantern-" + secrets.token_hex(4)  # new each run, as in tests/identity/test_signin.py
 WRONG = "not the password at all, sorry"
 LOGIN_AIM = 1.2
 THROTTLED_AIM_MS = 2.0
@@ -83,10 +83,10 @@ class Timed:
 
 
 def make_account() -> Account:
-    """A fresh tenant and an active OPERATOR user with a password (as tests/test_auth.py does)."""
-    from shared import db
-    from shared.passwords import hash_password
-    from shared.tenants import create_tenant
+    """A fresh tenant and an active OPERATOR user with a password (as tests/identity/test_signin.py does)."""
+    from shared.core import db
+    from shared.identity.passwords import hash_password
+    from shared.tenancy.tenants import create_tenant
     from tests.conftest import create_user
 
     slug = f"bench-login-{uuid.uuid4().hex[:10]}"
@@ -114,11 +114,11 @@ def time_each(fn: Callable[[], Any], n: int, max_seconds: float) -> list[float]:
 
 def login_vs_argon2(client: Any, account: Account, body: dict[str, Any], n: int, max_seconds: float) -> dict[str, Timed]:
     """`n` rounds of: bare `argon2.PasswordHasher().verify` of the stored hash, then
-    `shared.passwords.verify_password` of it, both in this process, then one login through
+    `shared.identity.passwords.verify_password` of it, both in this process, then one login through
     the host. Interleaved, so drift (other work on the machine) hits all three alike."""
     import argon2
 
-    from shared.passwords import verify_password
+    from shared.identity.passwords import verify_password
 
     hasher = argon2.PasswordHasher()
     out = {"argon2": Timed(), "shared": Timed(), "login": Timed()}
@@ -131,7 +131,7 @@ def login_vs_argon2(client: Any, account: Account, body: dict[str, Any], n: int,
         ok = verify_password(account.password_hash, PASSWORD).ok
         t2 = clock()
         if not ok:
-            raise SystemExit("shared.passwords.verify_password refused the stored hash")
+            raise SystemExit("shared.identity.passwords.verify_password refused the stored hash")
         out["argon2"].latencies.append(t1 - t0)
         out["shared"].latencies.append(t2 - t1)
         login = send_logins(client, body, 1, 200, max_seconds)
@@ -186,8 +186,8 @@ def server_ms(host: Any, timed: Timed) -> list[float]:
 
 def check_in_process(account: Account, ip: str, n: int, max_seconds: float) -> list[float]:
     """`throttle().attempt("login", keys)` on the blocked keys, in this process (must raise 429)."""
-    from shared import ratelimit
-    from shared.errors import TooManyRequests
+    from shared.core.errors import TooManyRequests
+    from shared.identity import ratelimit
 
     keys = ratelimit.login_keys(email=account.email, ip=ip, tenant=account.slug)
 
@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = Table(["measurement", "n", "p50 ms", "p99 ms", "p50 x argon2"],
                   title=f"Login vs bare Argon2 verify of the same hash (interleaved, one client, from {ip})")
     table.add("argon2 PasswordHasher().verify, in process (baseline)", len(argon2_s), base, percentile(argon2_s, 99) * 1000, 1.0)
-    table.add("shared.passwords.verify_password, in process", len(shared_s), percentile(shared_s, 50) * 1000,
+    table.add("shared.identity.passwords.verify_password, in process", len(shared_s), percentile(shared_s, 50) * 1000,
               percentile(shared_s, 99) * 1000, percentile(shared_s, 50) * 1000 / base)
     table.add("POST /api/auth/login, client-observed", len(logins.latencies), logins.p(50), logins.p(99), client_ratio)
     table.add("POST /api/auth/login, server (access log duration_ms)", len(login_server), percentile(login_server, 50),

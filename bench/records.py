@@ -52,8 +52,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def bench_token() -> tuple[str, str]:
     """(tenant slug, access token) of an active OPERATOR with a live session in a fresh tenant."""
-    from shared import db
-    from shared.tenants import create_tenant
+    from shared.core import db
+    from shared.tenancy.tenants import create_tenant
     from tests.conftest import create_session_row, create_user, token_for
 
     slug = f"bench-records-{uuid.uuid4().hex[:10]}"

@@ -16,7 +16,7 @@ request does one throttle reservation and one insert, and the account is looked 
 The throttle thresholds are raised to their maxima for this run (every reset request counts
 against the address and the email), and the requests come from a random loopback address,
 so the tests and other runs are not throttled by it. At the end the queued requests are
-handled in this process (`shared.auth.process_reset_requests`) to check that mail went to
+handled in this process (`shared.identity.signin.process_reset_requests`) to check that mail went to
 the known account only.
 """
 
@@ -62,8 +62,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def make_account() -> tuple[str, str, str]:
     """A fresh tenant with one active user: (tenant id, slug, email)."""
-    from shared import db
-    from shared.tenants import create_tenant
+    from shared.core import db
+    from shared.tenancy.tenants import create_tenant
     from tests.conftest import create_user
 
     slug = f"bench-reset-{uuid.uuid4().hex[:10]}"
@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         entries = access_log(host, [r for t in timed.values() for r in t.request_ids])
     server = {kind: [float(entries[r]["duration_ms"]) for r in t.request_ids if r in entries] for kind, t in timed.items()}
 
-    from shared import auth, db
+    from shared.core import db
+    from shared.identity import signin as auth
 
     auth.process_reset_requests(limit=100_000)
     with db.tenant_tx(tenant_id) as conn:

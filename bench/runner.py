@@ -45,9 +45,9 @@ def setup_env(overrides: dict[str, str] | None = None) -> None:
 def migrate() -> None:
     """Apply pending migrations (idempotent, as the test session does). A migration edited
     after it ran is not repaired here (the test session resets the test schema for that)."""
-    from shared.migrate import MigrationError
-    from shared.migrate import migrate as run
-    from shared.settings import get_settings
+    from shared.core.migrate import MigrationError
+    from shared.core.migrate import migrate as run
+    from shared.core.settings import get_settings
 
     settings = get_settings()
     try:

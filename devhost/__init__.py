@@ -14,7 +14,7 @@ Starlette; ``function_app.py`` never imports devhost. What it reproduces:
   specific routes). No route for the path gives 404; if routes match the path but none the
   method, 405 with ``Allow`` (routes serving only OPTIONS do not count, or a preflight
   catch-all would turn every 404 into a 405). Devhost's own errors are rendered by the
-  app's wrapper (``shared.http.problem_response``), so they carry the app's stable
+  app's wrapper (``shared.web.endpoint.problem_response``), so they carry the app's stable
   problem ``type`` (``not-found``, ``method-not-allowed``, ...) and a ``request_id``.
 * Each request becomes an ``azure.functions.HttpRequest``; sync functions run in a
   thread, ``async def`` ones on the event loop. A function gets its trigger argument only

@@ -20,7 +20,7 @@ import azure.functions as func
 import uvicorn
 
 from devhost.server import create_asgi_app
-from shared.settings import SettingsError, load_local_settings
+from shared.core.settings import SettingsError, load_local_settings
 
 log = logging.getLogger("devhost")
 

@@ -32,8 +32,8 @@ from starlette.types import Receive, Scope, Send
 
 from devhost import timers
 from devhost.routing import RouteTemplate, decode_path, join_route, parse_template
-from shared.errors import AppError, Forbidden, InternalError, MalformedRequest, NotFound
-from shared.http import problem_response
+from shared.core.errors import AppError, Forbidden, InternalError, MalformedRequest, NotFound
+from shared.web.endpoint import problem_response
 
 __all__ = [
     "FunctionFailed",

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
-from shared.models import Out
+from shared.web.models import Out
 
 
 class RecordType(Out):

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from shared.models import Out
+from shared.web.models import Out
 
 
 class AuditEvent(Out):

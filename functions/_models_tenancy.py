@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.models import Out
+from shared.web.models import Out
 
 
 class Tenant(Out):

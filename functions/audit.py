@@ -9,11 +9,13 @@ import azure.functions as func
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions._models_system import AuditEvents, ChainVerified
-from shared import audit, checkpoints, db
-from shared.audit_export import export_jsonl
-from shared.errors import NotFound
-from shared.http import Reply, RequestContext, endpoint
-from shared.tenants import get_tenant
+from shared.audit import chain as audit
+from shared.audit import checkpoints
+from shared.audit.export import export_jsonl
+from shared.core import db
+from shared.core.errors import NotFound
+from shared.tenancy.tenants import get_tenant
+from shared.web.endpoint import Reply, RequestContext, endpoint
 
 bp = func.Blueprint()
 

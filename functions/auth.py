@@ -8,10 +8,11 @@ import azure.functions as func
 from pydantic import Field
 
 from functions._models_auth import LoginResult, PasswordChanged, StatusMessage, Tokens
-from shared import audit, auth
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import Strict
-from shared.sessions import refresh
+from shared.audit import chain as audit
+from shared.identity import signin as auth
+from shared.identity.sessions import refresh
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import Strict
 
 bp = func.Blueprint()
 Password = Field(min_length=1, max_length=1024, description="Checked against the policy where it is set")

@@ -8,16 +8,17 @@ import azure.functions as func
 from pydantic import Field
 
 from functions._models_tenancy import Designation, Designations
-from shared import audit, db
-from shared.designations import (
+from shared.audit import chain as audit
+from shared.core import db
+from shared.tenancy.designations import (
     create_designation,
     delete_designation,
     get_designation,
     list_designations,
     update_designation,
 )
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import Permission, Reason, ReasonQuery, Strict
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import Permission, Reason, ReasonQuery, Strict
 
 bp = func.Blueprint()
 

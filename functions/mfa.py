@@ -23,9 +23,11 @@ from functions._models_auth import (
     TotpEnrolment,
     WebAuthnOptions,
 )
-from shared import audit, mfa, passkeys
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import ReasonBody, Strict
+from shared.audit import chain as audit
+from shared.identity.mfa import factors as mfa
+from shared.identity.mfa import passkeys
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import ReasonBody, Strict
 
 bp = func.Blueprint()
 log = logging.getLogger("custos.mfa")

@@ -9,12 +9,15 @@ from pydantic import Field
 
 from functions._models_auth import OperatorLoginResult, SupportToken
 from functions._models_tenancy import Tenant, TenantCreated, Tenants
-from shared import audit, db, mfa, operators
-from shared.errors import NotFound
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import Email, Reason, ReasonBody, Strict
-from shared.support import issue_support_token
-from shared.tenants import cancel_tenant, create_tenant_with_admin, get_tenant, list_tenants
+from shared.audit import chain as audit
+from shared.core import db
+from shared.core.errors import NotFound
+from shared.identity import operators
+from shared.identity.mfa import factors as mfa
+from shared.tenancy.support import issue_support_token
+from shared.tenancy.tenants import cancel_tenant, create_tenant_with_admin, get_tenant, list_tenants
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import Email, Reason, ReasonBody, Strict
 
 bp = func.Blueprint()
 

@@ -20,10 +20,12 @@ from functions._models_records import (
     Version,
     Versions,
 )
-from shared import attachments, audit, db, records, tenant_schemas
-from shared.errors import NotFound, ValidationFailed
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import Reason, ReasonBody, Strict
+from shared.audit import chain as audit
+from shared.core import db
+from shared.core.errors import NotFound, ValidationFailed
+from shared.records import attachments, records, tenant_schemas
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import Reason, ReasonBody, Strict
 
 bp = func.Blueprint()
 SCHEMA_RULES = ("JSON Schema (draft 2020-12) of the payload: local references (#...) only, no $id, RE2 regular "

@@ -7,9 +7,11 @@ from typing import Any
 import azure.functions as func
 
 from functions._models_auth import MySessions, Sessions
-from shared import audit, db, sessions
-from shared.http import RequestContext, endpoint
-from shared.users import get_user
+from shared.audit import chain as audit
+from shared.core import db
+from shared.identity import sessions
+from shared.tenancy.users import get_user
+from shared.web.endpoint import RequestContext, endpoint
 
 bp = func.Blueprint()
 

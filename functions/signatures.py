@@ -9,9 +9,11 @@ import azure.functions as func
 from pydantic import ConfigDict, Field, model_validator
 
 from functions._models_records import Manifest, SignaturePolicy, SignaturesVerified, Signed, Vocabulary
-from shared import audit, db, records, signatures
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import Reason, Strict
+from shared.audit import chain as audit
+from shared.core import db
+from shared.records import records, signatures
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import Reason, Strict
 
 bp = func.Blueprint()
 

@@ -8,10 +8,11 @@ import azure.functions as func
 from pydantic import Field
 
 from functions._models_tenancy import Grant, SupportGrants
-from shared import audit, db
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import Email, Reason, ReasonQuery, Strict
-from shared.support import grant, list_grants, revoke
+from shared.audit import chain as audit
+from shared.core import db
+from shared.tenancy.support import grant, list_grants, revoke
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import Email, Reason, ReasonQuery, Strict
 
 bp = func.Blueprint()
 

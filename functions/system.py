@@ -8,10 +8,10 @@ from typing import Any
 import azure.functions as func
 
 from functions._models_system import Health, OpenApiDocument
-from shared import health
-from shared.http import Reply, RequestContext, endpoint
-from shared.openapi import build_openapi
-from shared.settings import get_settings
+from shared.core import health
+from shared.core.settings import get_settings
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.openapi import build_openapi
 
 bp = func.Blueprint()
 

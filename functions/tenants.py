@@ -8,11 +8,12 @@ import azure.functions as func
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions._models_tenancy import SettingChanged, Tenant, TenantSettings
-from shared import audit, db
-from shared.errors import NotFound
-from shared.http import RequestContext, endpoint
-from shared.tenant_settings import CATALOGUE, list_settings, put_setting
-from shared.tenants import get_tenant
+from shared.audit import chain as audit
+from shared.core import db
+from shared.core.errors import NotFound
+from shared.tenancy.tenant_settings import CATALOGUE, list_settings, put_setting
+from shared.tenancy.tenants import get_tenant
+from shared.web.endpoint import RequestContext, endpoint
 
 bp = func.Blueprint()
 

@@ -6,7 +6,9 @@ import logging
 
 import azure.functions as func
 
-from shared import auth, checkpoints, health, mail
+from shared.audit import checkpoints
+from shared.core import health, mail
+from shared.identity import signin as auth
 
 bp = func.Blueprint()
 log = logging.getLogger("custos.timers")

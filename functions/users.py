@@ -10,13 +10,14 @@ from pydantic import Field
 
 from functions._models_auth import StatusMessage
 from functions._models_tenancy import Me, Overrides, User, UserInvited, Users
-from shared import audit, db
-from shared.auth import admin_reset
-from shared.designations import get_overrides, put_overrides, set_user_designations
-from shared.guards import require_permission
-from shared.http import Reply, RequestContext, endpoint
-from shared.models import Email, Permission, Reason, ReasonBody, Strict
-from shared.users import deactivate_user, get_user, invite, list_users, update_user
+from shared.audit import chain as audit
+from shared.core import db
+from shared.identity.guards import require_permission
+from shared.identity.signin import admin_reset
+from shared.tenancy.designations import get_overrides, put_overrides, set_user_designations
+from shared.tenancy.users import deactivate_user, get_user, invite, list_users, update_user
+from shared.web.endpoint import Reply, RequestContext, endpoint
+from shared.web.models import Email, Permission, Reason, ReasonBody, Strict
 
 bp = func.Blueprint()
 RoleName = Literal["ADMIN", "MANAGER", "REVIEWER", "OPERATOR", "VIEWER"]

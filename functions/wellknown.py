@@ -7,10 +7,10 @@ from typing import Any
 import azure.functions as func
 
 from functions._models_system import JwkSet
-from shared.checkpoints import audit_keys
-from shared.http import Reply, RequestContext, endpoint
-from shared.settings import get_settings
-from shared.tokens import keyring
+from shared.audit.checkpoints import audit_keys
+from shared.core.settings import get_settings
+from shared.identity.tokens import keyring
+from shared.web.endpoint import Reply, RequestContext, endpoint
 
 bp = func.Blueprint()
 

@@ -16,14 +16,15 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from shared import audit, db, health, mail, storage
-from shared.errors import AppError, Conflict, NotFound
-from shared.migrate import MigrationError, migrate
-from shared.opaque import new_token
-from shared.operators import SETUP_TTL
-from shared.settings import SettingsError, get_settings, load_local_settings
-from shared.tenants import create_tenant, create_tenant_with_admin
-from shared.users import normalize_email
+from shared.audit import chain as audit
+from shared.core import db, health, mail, storage
+from shared.core.errors import AppError, Conflict, NotFound
+from shared.core.migrate import MigrationError, migrate
+from shared.core.settings import SettingsError, get_settings, load_local_settings
+from shared.identity.opaque import new_token
+from shared.identity.operators import SETUP_TTL
+from shared.tenancy.tenants import create_tenant, create_tenant_with_admin
+from shared.tenancy.users import normalize_email
 
 
 class CheckFailed(AppError):

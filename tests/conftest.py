@@ -63,11 +63,11 @@ for _k, _v in TEST_SETTINGS.items():
 os.environ.setdefault("CUSTOS_LOCAL_DIR", str(ROOT / ".local" / "test"))
 os.environ.setdefault("AzureWebJobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
 
-from shared import db  # noqa: E402  (settings must be in the environment first)
-from shared.migrate import MigrationError, migrate  # noqa: E402
-from shared.settings import get_settings  # noqa: E402
-from shared.tenants import Tenant, create_tenant  # noqa: E402
-from shared.tokens import issue_access_token  # noqa: E402
+from shared.core import db  # noqa: E402  (settings must be in the environment first)
+from shared.core.migrate import MigrationError, migrate  # noqa: E402
+from shared.core.settings import get_settings  # noqa: E402
+from shared.identity.tokens import issue_access_token  # noqa: E402
+from shared.tenancy.tenants import Tenant, create_tenant  # noqa: E402
 
 
 def free_port() -> int:
@@ -172,8 +172,8 @@ def create_user(
 ) -> dict:
     """A user row. Roles that must have a second factor (ADMIN, REVIEWER) get a confirmed TOTP
     unless `mfa=False` (its secret is `row["totp_secret"]`); `mfa=True` gives any role one."""
-    from shared.guards import MFA_REQUIRED_ROLES
-    from shared.mfa import seed_confirmed_totp
+    from shared.identity.guards import MFA_REQUIRED_ROLES
+    from shared.identity.mfa.factors import seed_confirmed_totp
 
     email = f"u-{uuid.uuid4().hex[:12]}@example.test"
     with db.tenant_tx(tenant_id) as conn:
@@ -189,7 +189,7 @@ def create_user(
 
 def create_session_row(tenant_id: str, user_id: str) -> str:
     """A live session for a user (what a login creates); returns its id."""
-    from shared.sessions import create_session
+    from shared.identity.sessions import create_session
 
     with db.tenant_tx(tenant_id) as conn:
         user = conn.execute("select id::text as id, role, display_name from users where id = %s", (user_id,)).fetchone()
@@ -203,8 +203,8 @@ def create_operator(name: str = "Olive Operator", *, mfa: bool = True) -> dict:
     import psycopg
     from psycopg.rows import dict_row
 
-    from shared.audit import PLATFORM_CHAIN
-    from shared.mfa import OPERATORS, seed_confirmed_totp
+    from shared.audit.chain import PLATFORM_CHAIN
+    from shared.identity.mfa.factors import OPERATORS, seed_confirmed_totp
 
     email = f"op-{uuid.uuid4().hex[:12]}@custos.test"
     with psycopg.connect(os.environ["DATABASE_OWNER_URL"], row_factory=dict_row) as conn:

@@ -28,7 +28,7 @@ from devhost.__main__ import load_local_settings, read_route_prefix
 from devhost.routing import decode_path, join_route, parse_template
 from devhost.server import MethodNotAllowed, collect_functions, route_request
 from devhost.timers import DevTimerRequest, next_fire, resolve_schedule, run_timer_loop
-from shared.errors import NotFound
+from shared.core.errors import NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
 GUID = "3f2504e0-4f89-11d3-9a0c-0305e82c3301"

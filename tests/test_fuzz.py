@@ -19,8 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared.http import EndpointSpec, endpoint_spec
-from shared.tenants import Tenant
+from shared.tenancy.tenants import Tenant
+from shared.web.endpoint import EndpointSpec, endpoint_spec
 from tests.conftest import PersonFactory, auth
 
 EXAMPLES = int(os.environ.get("CUSTOS_FUZZ_EXAMPLES", "8"))
@@ -125,8 +125,8 @@ def requests(draw: st.DrawFn, route: Route) -> tuple[str, dict[str, str], bytes,
 def fuzz_tenant() -> Tenant:
     import uuid
 
-    from shared import db
-    from shared.tenants import create_tenant
+    from shared.core import db
+    from shared.tenancy.tenants import create_tenant
 
     with db.platform_tx() as conn:
         return create_tenant(conn, slug=f"fz-{uuid.uuid4().hex[:12]}", name="Fuzz Tenant", region="uksouth")

@@ -19,10 +19,11 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from shared import audit, db
-from shared.http import BODY_METHODS, EndpointSpec, endpoint_spec
-from shared.pagination import encode_cursor
-from shared.tenants import create_tenant
+from shared.audit import chain as audit
+from shared.core import db
+from shared.core.pagination import encode_cursor
+from shared.tenancy.tenants import create_tenant
+from shared.web.endpoint import BODY_METHODS, EndpointSpec, endpoint_spec
 from tests.conftest import Host, auth, create_operator, create_session_row, create_user, token_for
 
 ALLOWED = {200, 201, 202, 204, 400, 401, 403, 404, 405, 409, 415, 422}
@@ -65,7 +66,7 @@ def http_routes() -> list[Route]:
         if getattr(trigger, "route", None) is None:
             continue
         spec = endpoint_spec(fn.get_user_function())
-        assert spec is not None, f"{fn.get_function_name()} is not wrapped by shared.http.endpoint"
+        assert spec is not None, f"{fn.get_function_name()} is not wrapped by shared.web.endpoint.endpoint"
         if not spec.preflight:
             for m in trigger.methods or ["GET", "POST", "PUT", "PATCH", "DELETE"]:
                 out.append(Route(fn.get_function_name(), trigger.route, str(getattr(m, "value", m)).upper(), spec))

@@ -12,8 +12,8 @@ import uuid
 import httpx
 import pytest
 
-from shared import db
-from shared.settings import SettingsError, load_settings
+from shared.core import db
+from shared.core.settings import SettingsError, load_settings
 from tests.conftest import ROOT, Host, free_port
 
 
@@ -126,7 +126,7 @@ def test_health_is_503_while_database_is_down() -> None:
 
 
 def test_every_setting_is_documented_and_in_the_sample() -> None:
-    from shared.settings import Settings
+    from shared.core.settings import Settings
 
     names = {name.upper() for name in Settings.model_fields}
     sample = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"]

@@ -20,8 +20,8 @@ from schemathesis import GenerationMode
 from schemathesis.openapi.checks import RejectedPositiveData
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from shared import db
-from shared.tenants import create_tenant
+from shared.core import db
+from shared.tenancy.tenants import create_tenant
 from tests.conftest import Host, PersonFactory
 
 MAX_EXAMPLES = 25
@@ -29,7 +29,7 @@ MAX_EXAMPLES = 25
 # The document as the app builds it (conftest has put the test settings in the environment);
 # the served copy is the same one (test_openapi checks it is valid).
 from function_app import create_app  # noqa: E402
-from shared.openapi import build_openapi  # noqa: E402
+from shared.web.openapi import build_openapi  # noqa: E402
 
 SCHEMA = schemathesis.openapi.from_dict(build_openapi(create_app(), version="fuzz"))
 OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}

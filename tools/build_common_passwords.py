@@ -149,7 +149,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 3:
         raise SystemExit(__doc__)
     entries = build(django_list(Path(argv[1])), zxcvbn_list(Path(argv[2])))
-    target = Path(__file__).resolve().parent.parent / "shared" / "data" / "common-passwords.txt"
+    target = Path(__file__).resolve().parent.parent / "shared" / "identity" / "data" / "common-passwords.txt"
     target.write_text("".join(entry + "\n" for entry in entries), encoding="utf-8")
     print(f"{target}: {len(entries)} entries")
 

@@ -2,8 +2,8 @@
 
     .venv/bin/python tools/readme_tables.py
 
-Tests compare the README with the code; run this after changing shared/rbac.py or
-shared/settings.py.
+Tests compare the README with the code; run this after changing shared/tenancy/rbac.py or
+shared/core/settings.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.rbac import PERMISSIONS, ROLE_PERMISSIONS, Role  # noqa: E402
-from shared.settings import Settings  # noqa: E402
+from shared.core.settings import Settings  # noqa: E402
+from shared.tenancy.rbac import PERMISSIONS, ROLE_PERMISSIONS, Role  # noqa: E402
 
 
 def roles_table() -> str:

@@ -1,0 +1,5 @@
+"""The audit trail: the per-tenant SHA-256 chain (append, read, verify), Ed25519-signed
+checkpoints outside the database, and the JSON Lines export.
+
+May import: `shared.core` and `shared.web.jsonio`; `shared.web.endpoint` only for types.
+"""

@@ -1,0 +1,473 @@
+"""The audit trail: append-only, one SHA-256 hash chain per tenant.
+
+Each event's `checksum` is the SHA-256 (hex) of the RFC 8785 canonical JSON of all its
+fields, `previous_checksum` included; the first event of a chain links to GENESIS (64
+zeros). `append` runs inside the caller's transaction, so the change and its event commit
+together or not at all, and serializes one tenant's appends on that tenant's chain-head
+row (different tenants never wait on each other). docs/audit.md is the full description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import rfc8785
+from psycopg.rows import tuple_row
+
+from shared.core import db
+from shared.core.db import Conn
+from shared.core.settings import get_settings
+from shared.web.jsonio import loads_stored
+
+if TYPE_CHECKING:
+    from shared.web.endpoint import RequestContext
+
+GENESIS = "0" * 64
+PLATFORM_CHAIN = "00000000-0000-0000-0000-000000000000"
+"""Chain of platform-level events (operator actions, integrity alerts)."""
+
+ACTOR_TYPES = frozenset({"user", "operator", "system", "timer"})
+MAX_SAFE_INT = 2**53 - 1
+
+# Every field that the checksum covers, in RFC 8785 order (sorted keys).
+FIELDS = (
+    "action", "actor_id", "actor_name", "actor_type", "after", "app_version", "before", "ip",
+    "occurred_at", "previous_checksum", "reason", "request_id", "seq", "session_id",
+    "target_id", "target_type", "tenant_id", "user_agent",
+)
+JSON_FIELDS = frozenset({"before", "after"})
+INT_FIELDS = frozenset({"seq"})
+_SELECT = (
+    "select tenant_id::text, seq, "
+    "to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') as occurred_at, "
+    "actor_id, actor_name, actor_type, action, target_type, target_id, before::text as before, "
+    "after::text as after, reason, ip, user_agent, session_id, request_id, app_version, "
+    "previous_checksum, checksum from audit_events"
+)
+_COLUMNS = (
+    "tenant_id", "seq", "occurred_at", "actor_id", "actor_name", "actor_type", "action",
+    "target_type", "target_id", "before", "after", "reason", "ip", "user_agent", "session_id",
+    "request_id", "app_version", "previous_checksum", "checksum",
+)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acted: id and printed name as they were at the time."""
+
+    id: str | None
+    name: str
+    type: str = "user"
+
+    def __post_init__(self) -> None:
+        if self.type not in ACTOR_TYPES:
+            raise ValueError(f"actor type {self.type!r} is not one of {sorted(ACTOR_TYPES)}")
+
+
+SYSTEM = Actor(id=None, name="Custos", type="system")
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    ip: str | None = None
+    user_agent: str | None = None
+    session_id: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Appended:
+    seq: int
+    checksum: str
+    occurred_at: str
+
+
+def context_actor(ctx: RequestContext) -> tuple[Actor, RequestMeta]:
+    """The actor and request metadata of an HTTP request."""
+    p = ctx.principal
+    if p is None:
+        actor = Actor(id=None, name="anonymous", type="system")
+    else:
+        actor = Actor(
+            id=p.user_id, name=p.name or p.user_id, type="operator" if p.is_operator or p.is_support else "user"
+        )
+    meta = RequestMeta(
+        ip=ctx.client_ip or None,
+        user_agent=ctx.user_agent or None,
+        session_id=p.session_id if p else None,
+        request_id=ctx.request_id,
+    )
+    return actor, meta
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON value that RFC 8785 can canonicalize: integers beyond 2**53 and non-finite
+    floats become strings (JSON numbers are IEEE doubles; such values would not survive)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return value if -MAX_SAFE_INT <= value <= MAX_SAFE_INT else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
+def canonical_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return rfc8785.dumps(json_safe(value)).decode("utf-8")
+
+
+# RFC 8785 strings are ECMAScript JSON.stringify strings: what json.dumps produces with
+# ensure_ascii=False (text from PostgreSQL holds no lone surrogates). encode_basestring is
+# that same encoder without building a JSONEncoder per call (verify's hot path).
+_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+
+
+def canonical_bytes(row: dict[str, Any]) -> bytes:
+    """RFC 8785 canonical JSON of an event's fields (checksum excluded).
+
+    `before`/`after` are already canonical JSON text and are embedded as stored, byte for
+    byte, so any change to them changes the checksum. Equal to `rfc8785.dumps` of the same
+    fields with those two parsed (a test checks this on generated rows).
+    """
+    parts = []
+    for name in FIELDS:
+        value = row[name]
+        if value is None:
+            text = "null"
+        elif name in JSON_FIELDS:
+            text = value
+        elif name in INT_FIELDS:
+            text = str(int(value))
+        else:
+            text = _string(value)
+        parts.append(f'"{name}":{text}')
+    return ("{" + ",".join(parts) + "}").encode("utf-8")
+
+
+def compute_checksum(row: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_bytes(row)).hexdigest()
+
+
+def normal_tenant_id(tenant_id: str) -> str:
+    """The tenant id in its canonical lowercase hyphenated form.
+
+    Raises:
+        ValueError: it is not a UUID.
+    """
+    return str(uuid.UUID(str(tenant_id)))
+
+
+def format_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def append(
+    conn: Conn,
+    *,
+    tenant_id: str,
+    actor: Actor,
+    action: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    reason: str | None = None,
+    meta: RequestMeta | None = None,
+) -> Appended:
+    """Append one event to the tenant's chain inside the caller's transaction.
+
+    The caller's transaction must have `tenant_id` set (shared.core.db.tenant_tx), so the
+    event cannot be written to another tenant's chain (row-level security refuses it).
+    """
+    meta = meta or RequestMeta()
+    tid = str(uuid.UUID(str(tenant_id)))
+    conn.execute(
+        "insert into audit_chain_heads (tenant_id, seq, checksum) values (%s, 0, %s) on conflict do nothing",
+        (tid, GENESIS),
+    )
+    head = conn.execute(
+        "select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %s for update",
+        (tid,),
+    ).fetchone()
+    if head is None:
+        raise RuntimeError("the audit chain head is not visible: is the tenant set on this transaction?")
+    row: dict[str, Any] = {
+        "tenant_id": tid,
+        "seq": int(head["seq"]) + 1,
+        "occurred_at": format_time(head["now"]),
+        "actor_id": actor.id,
+        "actor_name": actor.name,
+        "actor_type": actor.type,
+        "action": action,
+        "target_type": target_type,
+        "target_id": None if target_id is None else str(target_id),
+        "before": canonical_json(before),
+        "after": canonical_json(after),
+        "reason": reason,
+        "ip": meta.ip,
+        "user_agent": meta.user_agent,
+        "session_id": meta.session_id,
+        "request_id": meta.request_id,
+        "app_version": get_settings().app_version,
+        "previous_checksum": head["checksum"],
+    }
+    row["checksum"] = compute_checksum(row)
+    conn.execute(
+        f"insert into audit_events ({', '.join(_COLUMNS)}) values ({', '.join(['%s'] * len(_COLUMNS))})",
+        [row[c] for c in _COLUMNS],
+    )
+    conn.execute(
+        "update audit_chain_heads set seq = %s, checksum = %s where tenant_id = %s",
+        (row["seq"], row["checksum"], tid),
+    )
+    return Appended(seq=row["seq"], checksum=row["checksum"], occurred_at=row["occurred_at"])
+
+
+def record(
+    conn: Conn, ctx: RequestContext, action: str, *, tenant_id: str | None = None, **fields: Any
+) -> Appended:
+    """`append` for an HTTP request: actor and metadata come from the request."""
+    actor, meta = context_actor(ctx)
+    return append(conn, tenant_id=tenant_id or ctx.tenant_id, actor=actor, action=action, meta=meta, **fields)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def _event(row: tuple[Any, ...]) -> dict[str, Any]:
+    event = dict(zip(_COLUMNS, row, strict=True))
+    for name in JSON_FIELDS:
+        if event[name] is not None:
+            event[name] = loads_stored(event[name])
+    return event
+
+
+def list_events(
+    conn: Conn,
+    *,
+    after_seq: int = 0,
+    limit: int = 100,
+    actor_id: str | None = None,
+    action: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> list[dict[str, Any]]:
+    """Events of the transaction's tenant in seq order, after `after_seq`, filtered."""
+    clauses: list[str] = ["seq > %s"]
+    params: list[Any] = [after_seq]
+    for column, value in (
+        ("actor_id", actor_id), ("action", action), ("target_type", target_type), ("target_id", target_id)
+    ):
+        if value is not None:
+            clauses.append(f"{column} = %s")
+            params.append(value)
+    if since is not None:
+        clauses.append("occurred_at >= %s")
+        params.append(since)
+    if until is not None:
+        clauses.append("occurred_at < %s")
+        params.append(until)
+    params.append(limit)
+    with conn.cursor(row_factory=tuple_row) as cur:
+        cur.execute(f"{_SELECT} where {' and '.join(clauses)} order by seq limit %s", params)
+        return [_event(r) for r in cur.fetchall()]
+
+
+def stream_rows(conn: Conn, batch: int = 2000) -> Iterator[dict[str, Any]]:
+    """All rows of the transaction's tenant in seq order, through a server-side cursor
+    (bounded memory however long the chain). JSON fields stay canonical text."""
+    with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:
+        cur.itersize = batch
+        cur.execute(f"{_SELECT} order by seq")
+        for row in cur:
+            yield dict(zip(_COLUMNS, row, strict=True))
+
+
+# --- verifying ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A signed checkpoint already checked for its signature."""
+
+    seq: int
+    checksum: str
+    created_at: str
+
+
+@dataclass
+class Verification:
+    valid: bool
+    events_checked: int
+    head: dict[str, Any] | None
+    checkpoint: dict[str, Any] | None
+    first_failure: dict[str, Any] | None
+    duration_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "valid": self.valid,
+            "events_checked": self.events_checked,
+            "head": self.head,
+            "checkpoint": self.checkpoint,
+            "first_failure": self.first_failure,
+            "duration_ms": self.duration_ms,
+        }
+
+
+def verify_rows(
+    rows: Iterator[dict[str, Any]],
+    *,
+    tenant_id: str,
+    checkpoint: CheckpointRef | None,
+    start_seq: int = 1,
+) -> Verification:
+    """Walk a chain: seq continuity, each previous link, each checksum, and agreement with
+    the newest signed checkpoint (which catches a cut tail and a recomputed chain).
+
+    From `start_seq` 1 the first event must link to GENESIS; a walk that starts later (a
+    segment from a checkpoint's event on) takes the first event's link as given. Each
+    failure carries a stable `code` beside its human `reason`.
+    """
+    started = time.perf_counter()
+    expected_seq, checked = start_seq, 0
+    previous: str | None = GENESIS if start_seq == 1 else None
+    failure: dict[str, Any] | None = None
+    head: dict[str, Any] | None = None
+    for row in rows:
+        seq = int(row["seq"])
+        if seq != expected_seq:
+            failure = (
+                {"seq": expected_seq, "code": "missing_event", "reason": "missing event"}
+                if seq > expected_seq
+                else {"seq": expected_seq, "code": "duplicate_event", "reason": "duplicate or reordered event"}
+            )
+            break
+        if row["tenant_id"] != tenant_id:
+            failure = {"seq": seq, "code": "foreign_event", "reason": "event of another tenant"}
+            break
+        if previous is not None and row["previous_checksum"] != previous:
+            failure = {"seq": seq, "code": "broken_link", "reason": "previous_checksum does not link to the event before"}
+            break
+        checksum = row["computed"] if "computed" in row else compute_checksum(row)
+        if checksum != row["checksum"]:
+            failure = {"seq": seq, "code": "checksum_mismatch", "reason": "checksum does not match the event's content"}
+            break
+        if checkpoint is not None and seq == checkpoint.seq and checksum != checkpoint.checksum:
+            failure = {"seq": seq, "code": "checkpoint_mismatch", "reason": "event differs from the signed checkpoint"}
+            break
+        checked += 1
+        previous = checksum
+        expected_seq += 1
+        head = {"seq": seq, "checksum": checksum}
+    if failure is None and checkpoint is not None and (head is None or head["seq"] < checkpoint.seq):
+        failure = {
+            "seq": (head["seq"] + 1) if head else start_seq,
+            "code": "chain_truncated",
+            "reason": f"chain ends before signed checkpoint seq {checkpoint.seq}",
+        }
+    return Verification(
+        valid=failure is None,
+        events_checked=checked,
+        head=head,
+        checkpoint=None if checkpoint is None else {"seq": checkpoint.seq, "created_at": checkpoint.created_at},
+        first_failure=failure,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+def _sql_text(column: str) -> str:
+    return f"coalesce(to_json({column})::text, 'null')"
+
+
+# The canonical form of `canonical_bytes`, built by PostgreSQL: strings through to_json (the
+# same escapes as RFC 8785: \" \\ \b \f \n \r \t, other controls as lowercase \u00xx, nothing
+# else), `before`/`after` embedded as stored, seq as an integer. A test checks it is
+# byte-identical to canonical_bytes on generated rows.
+_SQL_CANONICAL = " || ".join([
+    """'{"action":' || """ + _sql_text("action"),
+    """',"actor_id":' || """ + _sql_text("actor_id"),
+    """',"actor_name":' || """ + _sql_text("actor_name"),
+    """',"actor_type":' || """ + _sql_text("actor_type"),
+    """',"after":' || coalesce(after::text, 'null')""",
+    """',"app_version":' || """ + _sql_text("app_version"),
+    """',"before":' || coalesce(before::text, 'null')""",
+    """',"ip":' || """ + _sql_text("ip"),
+    """',"occurred_at":"' || to_char(occurred_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'""",
+    """',"previous_checksum":' || """ + _sql_text("previous_checksum"),
+    """',"reason":' || """ + _sql_text("reason"),
+    """',"request_id":' || """ + _sql_text("request_id"),
+    """',"seq":' || seq::text""",
+    """',"session_id":' || """ + _sql_text("session_id"),
+    """',"target_id":' || """ + _sql_text("target_id"),
+    """',"target_type":' || """ + _sql_text("target_type"),
+    """',"tenant_id":' || """ + _sql_text("tenant_id::text"),
+    """',"user_agent":' || """ + _sql_text("user_agent"),
+    "'}'",
+])
+SQL_CHECKSUM = f"encode(sha256(convert_to({_SQL_CANONICAL}, 'UTF8')), 'hex')"
+
+
+def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Iterator[dict[str, Any]]:
+    """Each event's seq, links and stored checksum with the checksum recomputed by the
+    database from the same canonical form: the server-side verifier's fast path (the
+    offline verifier recomputes everything itself with the rfc8785 package)."""
+    with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:
+        cur.itersize = batch
+        cur.execute(
+            f"select seq, tenant_id::text, previous_checksum, checksum, {SQL_CHECKSUM} from audit_events"
+            " where seq >= %s order by seq",
+            (from_seq,),
+        )
+        for seq, tenant, previous, checksum, computed in cur:
+            yield {"seq": seq, "tenant_id": tenant, "previous_checksum": previous, "checksum": checksum,
+                   "computed": computed}
+
+
+def verify_tenant(
+    tenant_id: str,
+    checkpoint: CheckpointRef | None,
+    *,
+    stale_after: timedelta | None = None,
+    now: datetime | None = None,
+) -> Verification:
+    """Verify a tenant's chain from the database against its newest signed checkpoint.
+
+    With `stale_after`, a sound chain whose oldest event not covered by `checkpoint` occurred
+    more than `stale_after` before `now` (default: the database clock) fails as
+    `checkpoint_stale`: checkpoints stopped, and the uncovered tail could be cut unnoticed.
+    """
+    tid = normal_tenant_id(tenant_id)
+    with db.tenant_tx(tid) as conn:
+        result = verify_rows(stream_checksums(conn), tenant_id=tid, checkpoint=checkpoint)
+        if result.valid and stale_after is not None:
+            covered = checkpoint.seq if checkpoint else 0
+            oldest = conn.execute(
+                "select seq, occurred_at, now() as db_now from audit_events where seq > %s order by seq limit 1",
+                (covered,),
+            ).fetchone()
+            if oldest is not None and oldest["occurred_at"] < (now or oldest["db_now"]) - stale_after:
+                result.valid = False
+                result.first_failure = {
+                    "seq": int(oldest["seq"]),
+                    "code": "checkpoint_stale",
+                    "reason": f"events since {format_time(oldest['occurred_at'])} are not covered by a signed "
+                    f"checkpoint (allowed: {int(stale_after.total_seconds())} s)",
+                }
+        return result

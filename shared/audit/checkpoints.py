@@ -1,0 +1,327 @@
+"""Signed checkpoints of each audit chain head, kept outside the database.
+
+A checkpoint is `{tenant_id, seq, checksum, created_at, key_id}` signed with Ed25519 over
+its RFC 8785 canonical JSON, written as a new blob in `audit-checkpoints` that is never
+overwritten (the container is immutable in Azure). Someone with database rights can rewrite
+the chain, but not these blobs: a cut tail or a recomputed chain then disagrees with the
+newest checkpoint.
+
+What has been checkpointed is read only from these blobs, signature verified, never from a
+table the app can write (`audit_checkpoint_log` is a log for people, nothing decides on it).
+Blobs are named `<tenant>/desc/<10^20-1-seq, 20 digits>.json`, so the first blob a listing
+returns is the newest, however many years of checkpoints lie behind it. Tenants first
+checkpointed before that layout also have `<tenant>/<seq, 20 digits>.json` blobs, read when
+no newer-layout blob verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import rfc8785
+from azure.core.exceptions import ResourceExistsError
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from shared.audit import chain as audit
+from shared.core import db, storage
+from shared.core.keys import (
+    dev_private_key_pem,
+    ed25519_public_jwk,
+    jwk_thumbprint,
+    load_pem_private,
+    split_pem_public,
+)
+from shared.core.settings import SettingsError, get_settings
+
+CONTAINER = "audit-checkpoints"
+STALE_INTERVALS = 2
+"""Uncovered events older than this many checkpoint intervals fail verify as checkpoint_stale."""
+_SEQ_CEILING = 10**20 - 1
+log = logging.getLogger("custos.audit")
+
+
+@dataclass(frozen=True)
+class AuditKeys:
+    signing: ed25519.Ed25519PrivateKey
+    signing_kid: str
+    verifying: dict[str, ed25519.Ed25519PublicKey]
+
+    def jwks(self) -> dict[str, Any]:
+        return {
+            "keys": [
+                {**ed25519_public_jwk(pub), "kid": kid, "use": "sig", "alg": "EdDSA"}
+                for kid, pub in self.verifying.items()
+            ]
+        }
+
+
+@functools.cache
+def audit_keys() -> AuditKeys:
+    """This worker's checkpoint keys: one signs, retired ones still verify.
+
+    Raises:
+        SettingsError: AUDIT_SIGNING_KEY or AUDIT_VERIFY_KEYS is not Ed25519 PEM.
+    """
+    s = get_settings()
+    pem = s.audit_signing_key or dev_private_key_pem(s, "audit-ed25519", ed25519.Ed25519PrivateKey.generate)
+    signing = load_pem_private(pem, "audit_signing_key")
+    if not isinstance(signing, ed25519.Ed25519PrivateKey):
+        raise SettingsError("AUDIT_SIGNING_KEY: must be an Ed25519 private key")
+    kid = jwk_thumbprint(ed25519_public_jwk(signing.public_key()))
+    verifying = {kid: signing.public_key()}
+    for pub in split_pem_public(s.audit_verify_keys, "audit_verify_keys"):
+        if not isinstance(pub, ed25519.Ed25519PublicKey):
+            raise SettingsError("AUDIT_VERIFY_KEYS: every key must be Ed25519")
+        verifying[jwk_thumbprint(ed25519_public_jwk(pub))] = pub
+    return AuditKeys(signing=signing, signing_kid=kid, verifying=verifying)
+
+
+def signed_payload(doc: dict[str, Any]) -> bytes:
+    return rfc8785.dumps({k: doc[k] for k in ("tenant_id", "seq", "checksum", "created_at", "key_id")})
+
+
+def sign(tenant_id: str, seq: int, checksum: str, created_at: str) -> dict[str, Any]:
+    keys = audit_keys()
+    doc: dict[str, Any] = {
+        "tenant_id": tenant_id,
+        "seq": seq,
+        "checksum": checksum,
+        "created_at": created_at,
+        "key_id": keys.signing_kid,
+    }
+    doc["signature"] = base64.urlsafe_b64encode(keys.signing.sign(signed_payload(doc))).rstrip(b"=").decode()
+    return doc
+
+
+class CheckpointInvalid(ValueError):
+    """A checkpoint blob is malformed, signed by an unknown key, or its signature fails."""
+
+
+def check_signature(
+    doc: Any, keys: AuditKeys, *, expected_tenant_id: str, expected_seq: int | None = None
+) -> audit.CheckpointRef:
+    """The checkpoint a document attests, once its signature and its place are checked.
+
+    Raises:
+        CheckpointInvalid: the document is malformed, names an unknown key, its signature
+            does not verify, or it belongs to another tenant or another blob name.
+    """
+    if not isinstance(doc, dict):
+        raise CheckpointInvalid("checkpoint is not a JSON object")
+    try:
+        pub = keys.verifying[doc["key_id"]]
+        sig = base64.urlsafe_b64decode(doc["signature"] + "=" * (-len(doc["signature"]) % 4))
+        pub.verify(sig, signed_payload(doc))
+        ref = audit.CheckpointRef(seq=int(doc["seq"]), checksum=str(doc["checksum"]), created_at=str(doc["created_at"]))
+    except KeyError as exc:
+        raise CheckpointInvalid(f"checkpoint lacks {exc} or names an unknown key") from None
+    except (InvalidSignature, ValueError, TypeError):
+        raise CheckpointInvalid("checkpoint signature does not verify") from None
+    # A validly signed checkpoint copied to another tenant's or another seq's name.
+    if doc["tenant_id"] != expected_tenant_id:
+        raise CheckpointInvalid("checkpoint of another tenant")
+    if expected_seq is not None and ref.seq != expected_seq:
+        raise CheckpointInvalid("checkpoint seq differs from its blob name")
+    return ref
+
+
+def blob_name(tenant_id: str, seq: int) -> str:
+    """Where a checkpoint is written: names sort newest first."""
+    return f"{tenant_id}/desc/{_SEQ_CEILING - seq:020d}.json"
+
+
+def _seq_of(name: str) -> int | None:
+    stem = name.rsplit("/", 1)[-1].removesuffix(".json")
+    if len(stem) != 20 or not stem.isdigit():
+        return None
+    return _SEQ_CEILING - int(stem) if "/desc/" in name else int(stem)
+
+
+def _names_newest_first(tenant_id: str) -> Iterator[str]:
+    container = storage.blob_service().get_container_client(CONTAINER)
+    # Pages are fetched lazily: the newest checkpoint costs one short listing.
+    yield from (item.name for item in container.list_blobs(name_starts_with=f"{tenant_id}/desc/", results_per_page=16))
+    legacy = [item.name for item in container.list_blobs(name_starts_with=f"{tenant_id}/0")]
+    yield from reversed(legacy)
+
+
+def _download(name: str) -> Any:
+    container = storage.blob_service().get_container_client(CONTAINER)
+    return json.loads(container.download_blob(name).readall())
+
+
+def write(doc: dict[str, Any]) -> bool:
+    """Store a checkpoint as a new blob; False if one for that seq already exists."""
+    blob = storage.blob_service().get_blob_client(CONTAINER, blob_name(doc["tenant_id"], doc["seq"]))
+    try:
+        blob.upload_blob(json.dumps(doc, indent=1).encode(), overwrite=False)
+    except ResourceExistsError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Newest:
+    """The newest checkpoint whose signature verifies, and the blobs newer than it that did not."""
+
+    ref: audit.CheckpointRef | None
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+
+def newest_signed(tenant_id: str) -> Newest:
+    """The tenant's newest signed checkpoint, read from blob storage and verified.
+
+    Blobs that sort newer but do not verify (forged, unsigned, moved from another tenant or
+    name) are skipped and returned in `rejected`; they never count as checkpointed.
+    """
+    keys = audit_keys()
+    rejected: list[dict[str, Any]] = []
+    for name in _names_newest_first(tenant_id):
+        seq = _seq_of(name)
+        try:
+            if seq is None:
+                raise CheckpointInvalid("blob name is not a checkpoint name")
+            try:
+                doc = _download(name)
+            except ValueError:
+                raise CheckpointInvalid("checkpoint is not JSON") from None
+            ref = check_signature(doc, keys, expected_tenant_id=tenant_id, expected_seq=seq)
+        except CheckpointInvalid as exc:
+            rejected.append({"name": name, "seq": seq, "reason": str(exc)})
+            continue
+        return Newest(ref=ref, rejected=rejected)
+    return Newest(ref=None, rejected=rejected)
+
+
+def all_checkpoints(tenant_id: str) -> list[dict[str, Any]]:
+    """Every checkpoint document of a tenant, unverified (the export's auditor verifies), oldest first."""
+    names = sorted(_names_newest_first(tenant_id), key=lambda name: _seq_of(name) or 0)
+    return [_download(name) for name in names]
+
+
+def checkpoint_interval() -> timedelta:
+    """The longest gap between two runs of the checkpoint timer (AUDIT_CHECKPOINT_SCHEDULE)."""
+    return timedelta(seconds=get_settings().audit_checkpoint_interval_s)
+
+
+def verify_tenant(tenant_id: str, *, now: datetime | None = None) -> audit.Verification:
+    """Verify the tenant's chain against its newest signed checkpoint, and that checkpoints
+    keep up: events older than STALE_INTERVALS intervals must be covered by one."""
+    tid = audit.normal_tenant_id(tenant_id)
+    newest = newest_signed(tid)
+    if newest.rejected:
+        bad = newest.rejected[0]
+        return audit.Verification(
+            valid=False, events_checked=0, head=None, checkpoint={"seq": bad["seq"], "created_at": None},
+            first_failure={"seq": bad["seq"], "code": "checkpoint_invalid", "reason": bad["reason"]},
+            duration_ms=0.0,
+        )
+    return audit.verify_tenant(tid, newest.ref, stale_after=STALE_INTERVALS * checkpoint_interval(), now=now)
+
+
+def chain_ids() -> list[str]:
+    """Every chain: each tenant that is not purged, and the platform chain."""
+    with db.platform_tx() as conn:
+        rows = conn.execute("select id::text as id from tenants where status <> 'PURGED' order by created_at").fetchall()
+    return [audit.PLATFORM_CHAIN, *(r["id"] for r in rows)]
+
+
+# What this worker itself signed or verified from storage, per chain: worker memory is out of
+# a database attacker's reach, and it spares the timer a blob listing per unchanged chain.
+_signed_by_this_worker: dict[str, audit.CheckpointRef] = {}
+
+
+def checkpoint_tenant(tenant_id: str) -> dict[str, Any] | None:
+    """Sign and store the chain's head if it moved past the newest signed checkpoint.
+
+    Only a head that still links back to that checkpoint is signed, so a checkpoint never
+    vouches for a chain someone has cut or rewritten since the last one (verify reports it).
+    Returns the new checkpoint, or None when there was nothing to sign or it was refused.
+    """
+    tid = audit.normal_tenant_id(tenant_id)
+    last = _signed_by_this_worker.get(tid)
+    with db.tenant_tx(tid) as conn:
+        head = conn.execute("select seq, checksum, now() as now from audit_events order by seq desc limit 1").fetchone()
+        if head is None or (last is not None and (head["seq"], head["checksum"]) == (last.seq, last.checksum)):
+            return None
+    if last is None or head["seq"] < last.seq:
+        newest = newest_signed(tid)
+        for bad in newest.rejected:
+            log.error("audit checkpoint blob rejected tenant=%s blob=%s reason=%s", tid, bad["name"], bad["reason"])
+        last = newest.ref
+    start = last.seq if last else 1
+    with db.tenant_tx(tid) as conn:
+        segment = audit.verify_rows(
+            audit.stream_checksums(conn, from_seq=start), tenant_id=tid, checkpoint=last, start_seq=start
+        )
+        if not segment.valid:
+            failure = segment.first_failure or {}
+            log.error(
+                "audit checkpoint refused tenant=%s seq=%s reason=%s", tid, failure.get("seq"), failure.get("reason")
+            )
+            return None
+        if segment.head is None or (last is not None and segment.head["seq"] <= last.seq):
+            if last is not None:
+                _signed_by_this_worker[tid] = last
+            return None
+        doc = sign(tid, int(segment.head["seq"]), segment.head["checksum"], audit.format_time(head["now"]))
+        written = write(doc)
+        if written:
+            _signed_by_this_worker[tid] = audit.CheckpointRef(
+                seq=doc["seq"], checksum=doc["checksum"], created_at=doc["created_at"]
+            )
+        else:  # another worker signed this seq first: read what it wrote next time
+            _signed_by_this_worker.pop(tid, None)
+        conn.execute(
+            "insert into audit_checkpoint_log (tenant_id, seq, checksum, created_at) values (%s, %s, %s, now())"
+            " on conflict do nothing",
+            (tid, doc["seq"], doc["checksum"]),
+        )
+    return doc if written else None
+
+
+def checkpoint_all() -> list[dict[str, Any]]:
+    """Write a checkpoint for every chain whose head moved since its newest signed checkpoint."""
+    written = []
+    for tenant_id in chain_ids():
+        doc = checkpoint_tenant(tenant_id)
+        if doc is not None:
+            written.append(doc)
+    return written
+
+
+_ALERTS = {"checkpoint_stale": "platform.audit_checkpoint_stale"}
+
+
+def verify_all(*, now: datetime | None = None) -> list[tuple[str, audit.Verification]]:
+    """Verify every chain; a failure is logged and raised as a platform alert event
+    (`platform.audit_checkpoint_stale` when checkpoints stopped, else `platform.audit_chain_invalid`)."""
+    results = []
+    for tenant_id in chain_ids():
+        result = verify_tenant(tenant_id, now=now)
+        results.append((tenant_id, result))
+        if not result.valid:
+            failure = result.first_failure or {}
+            log.error(
+                "audit chain verification failed tenant=%s seq=%s code=%s reason=%s",
+                tenant_id, failure.get("seq"), failure.get("code"), failure.get("reason"),
+            )
+            with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+                audit.append(
+                    conn,
+                    tenant_id=audit.PLATFORM_CHAIN,
+                    actor=audit.Actor(id=None, name="audit verifier", type="timer"),
+                    action=_ALERTS.get(str(failure.get("code")), "platform.audit_chain_invalid"),
+                    target_type="tenant",
+                    target_id=tenant_id,
+                    after={"first_failure": failure, "events_checked": result.events_checked},
+                )
+    return results

@@ -1,0 +1,267 @@
+"""Who is calling, and may they do this: authentication and permission guards.
+
+The token proves who the caller is and which tenant they act in; what they may do is read
+from the database on every request (role, designations, overrides, status), so a role
+change or a deactivation takes effect on the caller's very next request. The tenant of a
+request comes from its access token only, never from the URL or body.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import azure.functions as func
+
+from shared.audit import chain as audit
+from shared.core import db
+from shared.core.errors import Forbidden, Unauthenticated
+from shared.core.settings import get_settings
+from shared.identity import sessions
+from shared.identity.tokens import AccessClaims, verify_access_token
+from shared.tenancy.rbac import PLATFORM_OPERATOR, SUPPORT, SUPPORT_PERMISSIONS, effective_permissions
+
+MFA_REQUIRED_ROLES: frozenset[str] = frozenset({"ADMIN", "REVIEWER"})
+"""Roles that must have a second factor; the tenant setting below extends it to every role."""
+
+MFA_ALL_ROLES_SETTING = "mfa.required_for_all_roles"
+
+
+class MfaEnrolmentRequired(Forbidden):
+    code, title = "mfa-enrolment-required", "A second factor is required"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """The authenticated caller."""
+
+    user_id: str
+    tenant_id: str | None
+    session_id: str
+    role: str
+    permissions: frozenset[str]
+    name: str | None = None
+    time_zone: str = "UTC"
+    support_grant_id: str | None = None
+    tenant_status: str = "ACTIVE"
+    mfa_required: bool = False
+    mfa_enrolled: bool = False
+
+    @property
+    def is_operator(self) -> bool:
+        """A platform operator outside every tenant."""
+        return self.role == PLATFORM_OPERATOR and self.tenant_id is None
+
+    @property
+    def is_support(self) -> bool:
+        """A platform operator inside a tenant under granted, time-limited support access."""
+        return self.support_grant_id is not None
+
+    @property
+    def mfa_enrolment_pending(self) -> bool:
+        """Must have a second factor and has none yet: may only reach enrolment endpoints."""
+        return self.mfa_required and not self.mfa_enrolled
+
+
+def bearer_token(req: func.HttpRequest) -> str:
+    """The token of an `Authorization: Bearer` header.
+
+    Raises:
+        Unauthenticated: no header, another scheme, or an empty token.
+    """
+    header = req.headers.get("Authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("a bearer access token is required")
+    return token.strip()
+
+
+def _uuid(value: str | None) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise Unauthenticated("invalid token") from None
+
+
+def authenticate(req: func.HttpRequest, *, request_id: str | None = None, client_ip: str | None = None) -> Principal:
+    """Verify the request's access token and load its principal from the database; the
+    session's activity is recorded on the way (see shared.identity.sessions). `request_id` and
+    `client_ip` go into the event of a session that ends here for idleness.
+
+    Raises:
+        Unauthenticated: missing, forged, expired or otherwise invalid token, a session that
+            has ended (revoked, expired, idle: an idle one is revoked now), or a caller who is
+            no longer active.
+    """
+    claims = verify_access_token(bearer_token(req))
+    meta = audit.RequestMeta(client_ip or None, (req.headers.get("User-Agent") or "")[:512] or None,
+                             claims.session_id, request_id)
+    return principal_for(claims, meta)
+
+
+def principal_for(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
+    """The principal of verified token claims, loaded from the database; `meta` goes into the
+    event of a session that ends here for idleness.
+
+    Raises:
+        Unauthenticated: the caller, their session or their support grant is no longer live.
+    """
+    if claims.tenant_id is None:
+        if claims.role != PLATFORM_OPERATOR:
+            raise Unauthenticated("invalid token")
+        return _operator(claims, meta)
+    if claims.role == SUPPORT:
+        return _support(claims)
+    return _tenant_user(claims, meta)
+
+
+_SESSION_STATE = """case when s.revoked_at is not null or s.expires_at <= now() then 'ended'
+                          when s.last_seen_at < now() - {max_idle} then 'idle' else 'live' end"""
+"""A session row's state; the idle test must match the one that revokes (shared.identity.sessions)."""
+
+
+def _tenant_user(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
+    tenant_id, user_id, session_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
+    with db.tenant_tx(tenant_id) as conn:
+        # One statement loads the principal and, at most once every TOUCH_EVERY_S, records
+        # the session's activity (a CTE's update runs even though nothing reads it).
+        row = conn.execute(
+            f"""with touched as (
+                    update sessions s set last_seen_at = now()
+                     where s.id = %(sid)s and s.user_id = %(uid)s and s.revoked_at is null and s.expires_at > now()
+                       and s.last_seen_at < now() - make_interval(secs => %(touch)s)
+                       and not coalesce(s.last_seen_at < now() - {sessions.MAX_IDLE_SQL}, false)
+                    returning s.id)
+               select u.role, u.status, u.display_name, u.time_zone, t.status as tenant_status,
+                      array(select distinct p from user_designations ud
+                              join designations d on d.tenant_id = ud.tenant_id and d.id = ud.designation_id
+                              cross join unnest(d.permissions) p
+                             where ud.user_id = u.id and d.deleted_at is null) as designation_permissions,
+                      array(select permission from user_permission_overrides o
+                             where o.user_id = u.id and o.effect = 'grant') as grants,
+                      array(select permission from user_permission_overrides o
+                             where o.user_id = u.id and o.effect = 'deny') as denies,
+                      (select {_SESSION_STATE.format(max_idle=sessions.MAX_IDLE_SQL)}
+                         from sessions s where s.id = %(sid)s and s.user_id = u.id) as session_state,
+                      exists(select 1 from mfa_totp m where m.user_id = u.id and m.confirmed_at is not null)
+                        or exists(select 1 from webauthn_credentials w where w.user_id = u.id) as mfa_enrolled,
+                      coalesce((select ts.value = 'true'::jsonb from tenant_settings ts where ts.key = %(mfa_key)s),
+                               false) as mfa_all_roles
+                 from users u join tenants t on t.id = u.tenant_id
+                where u.id = %(uid)s""",
+            {"sid": session_id, "uid": user_id, "touch": sessions.TOUCH_EVERY_S, "mfa_key": MFA_ALL_ROLES_SETTING},
+        ).fetchone()
+    if row is None or row["status"] != "active" or row["tenant_status"] == "PURGED":
+        raise Unauthenticated("the account is not active")
+    if row["session_state"] == "idle":
+        with db.tenant_tx(tenant_id) as conn:
+            sessions.end_if_idle(conn, tenant_id=tenant_id, session_id=session_id, meta=meta)
+        raise Unauthenticated(sessions.IDLE_DETAIL)
+    if row["session_state"] != "live":
+        raise Unauthenticated("the session has ended")
+    return Principal(
+        user_id=user_id,
+        tenant_id=tenant_id,
+        session_id=claims.session_id,
+        role=row["role"],
+        permissions=effective_permissions(
+            row["role"], set(row["designation_permissions"]), set(row["grants"]), set(row["denies"])
+        ),
+        name=row["display_name"] or claims.name,
+        time_zone=row["time_zone"],
+        tenant_status=row["tenant_status"],
+        mfa_required=row["role"] in MFA_REQUIRED_ROLES or bool(row["mfa_all_roles"]),
+        mfa_enrolled=bool(row["mfa_enrolled"]),
+    )
+
+
+def _operator(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
+    operator_id, session_id = _uuid(claims.subject), _uuid(claims.session_id)
+    max_idle = get_settings().operator_session_max_idle_minutes
+    with db.platform_tx() as conn:
+        row = conn.execute(
+            f"""with touched as (
+                    update operator_sessions s set last_seen_at = now()
+                     where s.id = %(sid)s and s.operator_id = %(oid)s and s.revoked_at is null
+                       and s.expires_at > now() and s.last_seen_at < now() - make_interval(secs => %(touch)s)
+                       and s.last_seen_at >= now() - make_interval(mins => %(idle)s)
+                    returning s.id)
+               select o.display_name, o.status,
+                      (select {_SESSION_STATE.format(max_idle="make_interval(mins => %(idle)s)")}
+                         from operator_sessions s where s.id = %(sid)s and s.operator_id = o.id) as session_state,
+                      exists(select 1 from operator_mfa_totp m where m.operator_id = o.id and m.confirmed_at is not null)
+                        or exists(select 1 from operator_webauthn_credentials w where w.operator_id = o.id)
+                        as mfa_enrolled
+                 from platform_operators o where o.id = %(oid)s""",
+            {"sid": session_id, "oid": operator_id, "touch": sessions.TOUCH_EVERY_S, "idle": max_idle},
+        ).fetchone()
+    if row is None or row["status"] != "active":
+        raise Unauthenticated("the account is not active")
+    if row["session_state"] == "idle":
+        with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+            sessions.end_operator_session_if_idle(conn, session_id=session_id, max_idle_minutes=max_idle, meta=meta)
+        raise Unauthenticated(sessions.IDLE_DETAIL)
+    if row["session_state"] != "live":
+        raise Unauthenticated("the session has ended")
+    return Principal(
+        user_id=operator_id,
+        tenant_id=None,
+        session_id=claims.session_id,
+        role=PLATFORM_OPERATOR,
+        permissions=frozenset(),
+        name=row["display_name"],
+        mfa_required=True,
+        mfa_enrolled=bool(row["mfa_enrolled"]),
+    )
+
+
+def _support(claims: AccessClaims) -> Principal:
+    """An operator's support token: valid only while the tenant's grant is live."""
+    tenant_id, operator_id, grant_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
+    with db.tenant_tx(tenant_id) as conn:
+        row = conn.execute(
+            """select o.display_name from support_access_grants g
+                 join platform_operators o on o.id = g.operator_id
+                where g.id = %s and g.operator_id = %s and g.revoked_at is null
+                  and g.expires_at > now() and o.status = 'active'""",
+            (grant_id, operator_id),
+        ).fetchone()
+    if row is None:
+        raise Unauthenticated("support access has ended")
+    return Principal(
+        user_id=operator_id,
+        tenant_id=tenant_id,
+        session_id=grant_id,
+        role=SUPPORT,
+        permissions=SUPPORT_PERMISSIONS,
+        name=row["display_name"],
+        support_grant_id=grant_id,
+    )
+
+
+def require_permission(principal: Principal, permission: str) -> None:
+    """Raises Forbidden unless the principal holds `permission` in its own tenant."""
+    if principal.tenant_id is None or permission not in principal.permissions:
+        raise Forbidden(f"requires permission {permission}")
+
+
+def require_mfa_enrolment(principal: Principal, *, enrolment_endpoint: bool) -> None:
+    """Raises MfaEnrolmentRequired when the caller must have a second factor, has none, and
+    the endpoint is not one of those that let them enrol (`endpoint(mfa_enrolment=True)`)."""
+    if principal.mfa_enrolment_pending and not enrolment_endpoint:
+        where = "/api/platform/mfa" if principal.is_operator else "/api/mfa"
+        raise MfaEnrolmentRequired(
+            f"your role requires a second factor: enrol one (POST {where}/totp/enroll or a passkey) first"
+        )
+
+
+def require_tenant_user(principal: Principal) -> None:
+    """Raises Forbidden unless the caller acts inside a tenant (a user or support access)."""
+    if principal.tenant_id is None:
+        raise Forbidden("requires a tenant user")
+
+
+def require_operator(principal: Principal) -> None:
+    """Raises Forbidden unless the caller is a platform operator."""
+    if not principal.is_operator:
+        raise Forbidden("requires a platform operator")

@@ -1,0 +1,584 @@
+"""The one route wrapper every HTTP function goes through.
+
+    @bp.route(route="api/things/{id}", methods=["GET"])
+    @endpoint(permission="things.read")
+    def get_thing(ctx: RequestContext) -> Thing: ...
+
+In order, the wrapper: assigns a request id; refuses oversized bodies; applies the CORS
+allow-list (answering preflights); authenticates the bearer token; takes the tenant from
+the token; checks the permission; parses the JSON body and query into pydantic models;
+calls the handler; renders every `AppError` as RFC 9457 problem+json and anything else as a
+bare 500 carrying only the request id; adds security headers to every response; writes one
+access-log line. The function it returns has exactly the signature `(req)` the Functions
+worker binds, so guards never add parameters to a function's signature.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import azure.functions as func
+from pydantic import BaseModel, ValidationError
+
+from shared.audit import chain as audit
+from shared.audit.chain import RequestMeta
+from shared.core import db
+from shared.core.errors import (
+    AppError,
+    BlankValue,
+    CardDataRefused,
+    Forbidden,
+    InternalError,
+    MalformedRequest,
+    NotFound,
+    OriginNotAllowed,
+    PayloadTooLarge,
+    TenantLocked,
+    Unauthenticated,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from shared.core.settings import get_settings
+from shared.identity.guards import (
+    Principal,
+    bearer_token,
+    principal_for,
+    require_mfa_enrolment,
+    require_operator,
+    require_permission,
+    require_tenant_user,
+)
+from shared.identity.ratelimit import api_limiter
+from shared.identity.tokens import AccessClaims, verify_access_token
+from shared.tenancy.rbac import SUPPORT, SUPPORT_PERMISSIONS
+from shared.web import jsonio
+from shared.web.card_data import find_card_data, redact_card_numbers
+from shared.web.models import BLANK
+
+access_log = logging.getLogger("custos.access")
+log = logging.getLogger("custos.http")
+
+SECURITY_HEADERS: dict[str, str] = {
+    "Strict-Transport-Security": "max-age=63072000; includeSubDomains; preload",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
+}
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, Content-Disposition, If-Match, X-Request-Id"
+CORS_EXPOSE_HEADERS = "X-Request-Id, Retry-After, Location, ETag"
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    """What an endpoint declares; the OpenAPI document is generated from these."""
+
+    permission: str | None
+    auth: bool
+    body: type[BaseModel] | None
+    query: type[BaseModel] | None
+    response: type[BaseModel] | None
+    status: int
+    raw_body: bool
+    preflight: bool
+    operator: bool
+    body_limit: str
+    summary: str
+    tags: tuple[str, ...]
+    mfa_enrolment: bool = False
+    allow_cancelled: bool = False
+    allow_support: bool = False
+    media_type: str | None = None
+    statuses: tuple[int, ...] = ()
+
+
+class ResponseContractError(Exception):
+    """A handler answered with a body its endpoint does not declare (raised only where
+    `custos_env` is "test", so the wrapper turns it into a logged 500 the tests see)."""
+
+
+@dataclass
+class Reply:
+    """A handler result with a status, headers, or a non-JSON body."""
+
+    body: Any = None
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    media_type: str | None = None
+
+
+@dataclass
+class RequestContext:
+    """What a handler gets: the request, its caller and its parsed input."""
+
+    request: func.HttpRequest
+    request_id: str
+    client_ip: str
+    user_agent: str
+    principal: Principal | None = None
+    claims: AccessClaims | None = None
+    body: Any = None
+    query: Any = None
+
+    @property
+    def route(self) -> dict[str, str]:
+        return dict(self.request.route_params or {})
+
+    @property
+    def tenant_id(self) -> str:
+        """The caller's tenant, from the token. Raises Unauthenticated for tenantless callers."""
+        if self.principal is None or self.principal.tenant_id is None:
+            raise Unauthenticated("a tenant user is required")
+        return self.principal.tenant_id
+
+    def int_param(self, name: str) -> int:
+        """A positive 32-bit route parameter; anything else is simply not found."""
+        value = self.route.get(name, "")
+        if not value.isdigit() or not 1 <= int(value) <= 2**31 - 1:
+            raise NotFound()
+        return int(value)
+
+    def uuid_param(self, name: str) -> uuid.UUID:
+        """A route parameter as a UUID; a malformed id is simply not found (never a 500)."""
+        try:
+            return uuid.UUID(self.route.get(name, ""))
+        except ValueError:
+            raise NotFound() from None
+
+
+Handler = Callable[[RequestContext], Any]
+
+
+def endpoint(
+    *,
+    permission: str | None = None,
+    auth: bool = True,
+    body: type[BaseModel] | None = None,
+    query: type[BaseModel] | None = None,
+    response: type[BaseModel] | None = None,
+    status: int = 200,
+    raw_body: bool = False,
+    preflight: bool = False,
+    operator: bool = False,
+    body_limit: str = "max_body_bytes",
+    tags: tuple[str, ...] = (),
+    mfa_enrolment: bool = False,
+    allow_cancelled: bool = False,
+    allow_support: bool = False,
+    media_type: str | None = None,
+    statuses: tuple[int, ...] = (),
+) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
+    """Wrap a handler into a Functions HTTP function. See the module docstring.
+
+    `allow_cancelled` lets a write through while the caller's tenant is cancelled (sign-out,
+    session revocation, export). `allow_support` admits a support token to an endpoint that
+    has no permission of its own (its logout); otherwise a support token reaches only
+    endpoints whose permission is one of the read-only support permissions.
+
+    `response` is the model of the JSON success body (the OpenAPI document shows it, and in
+    the test environment every answer is checked against it); `media_type` names a non-JSON
+    success body; `statuses` are the statuses the handler answers beyond the wrapper's own
+    (e.g. 502 when a stored file fails its hash check).
+
+    Raises:
+        ValueError: for contradictory options.
+    """
+    if (permission or operator) and not auth:
+        raise ValueError("an endpoint with a permission must authenticate")
+    if permission and operator:
+        raise ValueError("operator endpoints take no tenant permission")
+
+    def decorate(handler: Handler) -> Callable[[func.HttpRequest], func.HttpResponse]:
+        spec = EndpointSpec(
+            permission=permission,
+            auth=auth,
+            body=body,
+            query=query,
+            response=response,
+            status=status,
+            raw_body=raw_body,
+            preflight=preflight,
+            operator=operator,
+            body_limit=body_limit,
+            summary=(handler.__doc__ or handler.__name__).strip().splitlines()[0],
+            tags=tags,
+            mfa_enrolment=mfa_enrolment,
+            allow_cancelled=allow_cancelled,
+            allow_support=allow_support,
+            media_type=media_type,
+            statuses=statuses,
+        )
+        checked = _contract_checked(spec, handler)
+
+        def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+            return _handle(spec, checked, req)
+
+        wrapper.__name__ = handler.__name__
+        wrapper.__qualname__ = handler.__qualname__
+        wrapper.__doc__ = handler.__doc__
+        wrapper.__module__ = handler.__module__
+        wrapper.__custos_endpoint__ = spec  # type: ignore[attr-defined]
+        wrapper.__custos_handler__ = handler  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _contract_checked(spec: EndpointSpec, handler: Handler) -> Handler:
+    """The handler, checking its answers against the spec where `custos_env` is "test".
+
+    Production pays one attribute read per request; the check itself (a strict JSON
+    validation of the body) runs only in tests, where schemathesis and every HTTP test see a
+    drifted model as a 500.
+    """
+
+    def run(ctx: RequestContext) -> Any:
+        result = handler(ctx)
+        if get_settings().custos_env == "test":
+            check_response_contract(spec, result, name=handler.__name__)
+        return result
+
+    return run
+
+
+def check_response_contract(spec: EndpointSpec, result: Any, *, name: str) -> None:
+    """Check a handler's result against what its endpoint declares.
+
+    Raises:
+        ResponseContractError: a JSON body without a declared model, a body that does not
+            validate against the model, or a body of an undeclared media type.
+    """
+    if isinstance(result, func.HttpResponse):
+        return
+    body, media_type = (result.body, result.media_type) if isinstance(result, Reply) else (result, None)
+    if body is None:
+        return
+    if isinstance(body, (bytes, str)) and media_type:
+        if spec.media_type is None:
+            raise ResponseContractError(f"{name} answers {media_type} but declares no media_type")
+        return
+    if spec.response is None:
+        raise ResponseContractError(f"{name} answers a JSON body but declares no response model")
+    payload = jsonio.dumps(body)
+    try:
+        spec.response.model_validate_json(payload, strict=True)
+    except ValidationError as exc:
+        if all(e["type"] == "json_invalid" and "recursion" in e["msg"] for e in exc.errors()):
+            return  # stored data deeper than pydantic's parser goes (an older version's); rendered anyway
+        raise ResponseContractError(f"{name} answered a body its model {spec.response.__name__} refuses: {exc}") from None
+
+
+def endpoint_spec(fn: Callable[..., Any]) -> EndpointSpec | None:
+    """The spec of a wrapped function, or None if it is not wrapped."""
+    return getattr(fn, "__custos_endpoint__", None)
+
+
+def client_ip(req: func.HttpRequest) -> str:
+    """The right-most X-Forwarded-For entry (the one Azure's front end appends), if it is an
+    IP address; "" otherwise. It is stored (sessions, audit) and used as a throttle key, so
+    a forged or garbled header must never reach the database as anything but an address."""
+    forwarded = req.headers.get("X-Forwarded-For") or ""
+    entries = [e.strip() for e in forwarded.split(",") if e.strip()]
+    if not entries:
+        return ""
+    ip = entries[-1]
+    if ip.startswith("["):  # [v6]:port
+        ip = ip[1:].split("]", 1)[0]
+    elif ip.count(":") == 1:  # v4:port
+        ip = ip.split(":", 1)[0]
+    try:
+        return str(ipaddress.ip_address(ip))
+    except ValueError:
+        return ""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def header_text(req: func.HttpRequest, name: str, limit: int = 512) -> str:
+    """A header value fit to store and log: control characters and lone surrogates removed."""
+    return _CONTROL.sub("", req.headers.get(name) or "")[:limit]
+
+
+def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
+    started = time.perf_counter()
+    ctx = RequestContext(
+        request=req,
+        request_id=str(uuid.uuid4()),
+        client_ip=client_ip(req),
+        user_agent=redact_card_numbers(header_text(req, "User-Agent", limit=2048), limit=512),  # logged and audited
+    )
+    origin = req.headers.get("Origin")
+    cors_ok = False
+    try:
+        settings = get_settings()
+        cors_ok = _check_origin(origin, settings.cors_origins)
+        if spec.preflight:
+            response = _preflight(req, origin, settings.cors_max_age_s)
+        else:
+            api_limiter().take(ctx.client_ip or "unknown")
+            _check_size(req, getattr(settings, spec.body_limit))
+            _check_route_and_query(req)
+            parsed = _read_json(req)
+            _refuse_card_data(req, parsed)
+            if spec.auth:
+                _authenticate(ctx, spec, req)
+            if spec.query is not None:
+                ctx.query = _validate(spec.query, dict(req.params or {}), "query")
+            if spec.body is not None and req.method.upper() in BODY_METHODS:
+                ctx.body = _validate(spec.body, parsed if parsed is not _NO_JSON else _parse_json(req), "body")
+            response = _render(handler(ctx), spec.status)
+    except AppError as exc:
+        response = _problem(exc, ctx.request_id)
+    except Exception:
+        log.exception("unhandled error request_id=%s", ctx.request_id)
+        response = _problem(InternalError(), ctx.request_id)
+    if ctx.claims is not None and ctx.claims.role == SUPPORT:
+        response = _audit_support_request(ctx, req, response)
+    _finish(response, ctx.request_id, origin if cors_ok else None)
+    _log_access(ctx, req, response, started)
+    return response
+
+
+def _authenticate(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest) -> None:
+    """Authenticate, then apply the caller-kind, second-factor, permission and tenant-state guards."""
+    ctx.claims = claims = verify_access_token(bearer_token(req))
+    ctx.principal = principal = principal_for(
+        claims, RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id))
+    if spec.operator:
+        require_operator(principal)
+        require_mfa_enrolment(principal, enrolment_endpoint=spec.mfa_enrolment)
+        return
+    require_tenant_user(principal)
+    if principal.is_support and not spec.allow_support and spec.permission not in SUPPORT_PERMISSIONS:
+        raise Forbidden("support access is read-only: this endpoint acts as a tenant user")
+    require_mfa_enrolment(principal, enrolment_endpoint=spec.mfa_enrolment)
+    if spec.permission:
+        require_permission(principal, spec.permission)
+    if (req.method.upper() not in SAFE_METHODS and principal.tenant_status != "ACTIVE"
+            and not spec.allow_cancelled):
+        raise TenantLocked("the tenant is cancelled: data is read-only until it is purged")
+
+
+def _check_route_and_query(req: func.HttpRequest) -> None:
+    """NUL and lone surrogates never reach a handler: a route parameter holding one names
+    nothing (404), a query holding one is refused (422)."""
+    for value in (req.route_params or {}).values():
+        try:
+            jsonio.check_text(value, ["path"])
+        except jsonio.ForbiddenCharacters:
+            raise NotFound() from None
+    for name, value in (req.params or {}).items():
+        jsonio.check_text(name, ["query"])
+        jsonio.check_text(value, ["query", name])
+
+
+def _check_origin(origin: str | None, allowed: frozenset[str]) -> bool:
+    if origin is None:
+        return False
+    if origin not in allowed:
+        raise OriginNotAllowed(f"origin {origin[:200]} is not allowed")
+    return True
+
+
+def _preflight(req: func.HttpRequest, origin: str | None, max_age: int) -> func.HttpResponse:
+    requested = req.headers.get("Access-Control-Request-Method")
+    if origin is None or not requested:
+        raise NotFound()
+    return func.HttpResponse(
+        status_code=204,
+        headers={
+            "Access-Control-Allow-Methods": "GET, POST, PUT, PATCH, DELETE",
+            "Access-Control-Allow-Headers": CORS_ALLOW_HEADERS,
+            "Access-Control-Max-Age": str(max_age),
+        },
+    )
+
+
+def _check_size(req: func.HttpRequest, limit: int) -> None:
+    declared = req.headers.get("Content-Length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"the body may be at most {limit} bytes", limit=limit)
+    if len(req.get_body() or b"") > limit:
+        raise PayloadTooLarge(f"the body may be at most {limit} bytes", limit=limit)
+
+
+_NO_JSON = object()
+
+
+def _is_json(media: str) -> bool:
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _media(req: func.HttpRequest) -> str:
+    return (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+
+
+def _read_json(req: func.HttpRequest) -> Any:
+    """The JSON body parsed once and checked (depth, NUL, surrogates); _NO_JSON when the body
+    is empty, not declared JSON, or not parseable (reported where a body is required).
+
+    Raises:
+        JsonTooDeep, ForbiddenCharacters: see shared.web.jsonio.
+    """
+    raw = req.get_body() or b""
+    if not raw.strip() or not _is_json(_media(req)):
+        return _NO_JSON
+    try:
+        return jsonio.parse_body(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, AppError):
+            raise
+        return _NO_JSON
+
+
+def _refuse_card_data(req: func.HttpRequest, parsed: Any) -> None:
+    """Refuse card numbers and CVVs in the query or a JSON body before anything else sees them."""
+    for name, value in (req.params or {}).items():
+        if find_card_data({name: value}) is not None:
+            raise CardDataRefused(location=["query", name])
+    if parsed is not _NO_JSON:
+        found = find_card_data(parsed)
+        if found is not None:
+            raise CardDataRefused(location=["body", *found])
+
+
+def _parse_json(req: func.HttpRequest) -> Any:
+    if not _is_json(_media(req)):
+        raise UnsupportedMediaType("send the body as application/json")
+    raw = req.get_body() or b""
+    if not raw.strip():
+        raise MalformedRequest("a JSON body is required", code_detail="empty-body")
+    try:
+        return jsonio.parse_body(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        if isinstance(exc, AppError):
+            raise
+        raise MalformedRequest(f"the body is not valid JSON: {_json_error(exc)}") from None
+
+
+def _json_error(exc: Exception) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} at line {exc.lineno} column {exc.colno}"
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8"
+    return str(exc)
+
+
+def _validate(model: type[BaseModel], data: Any, where: str) -> BaseModel:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        # Never echo the input back: it may hold a password or a card number.
+        errors = [
+            {"location": [where, *err["loc"]], "message": err["msg"], "code": err["type"]}
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        if all(err["code"] == BLANK for err in errors):
+            raise BlankValue(f"the {where} holds a blank text", errors=errors) from None
+        raise ValidationFailed(f"the {where} is not valid", errors=errors) from None
+
+
+def _render(result: Any, status: int) -> func.HttpResponse:
+    if isinstance(result, func.HttpResponse):
+        return result
+    headers: dict[str, str] = {}
+    media_type: str | None = None
+    if isinstance(result, Reply):
+        status, headers, media_type, result = result.status, dict(result.headers), result.media_type, result.body
+    if result is None and status == 200:
+        status = 204
+    if result is None:
+        return func.HttpResponse(status_code=status, headers=headers)
+    if isinstance(result, (bytes, str)) and media_type:
+        return func.HttpResponse(body=result, status_code=status, headers={**headers, "Content-Type": media_type})
+    headers["Content-Type"] = media_type or "application/json; charset=utf-8"
+    return func.HttpResponse(body=jsonio.dumps(result), status_code=status, headers=headers)
+
+
+def _problem(exc: AppError, request_id: str) -> func.HttpResponse:
+    body = exc.to_problem()
+    body["request_id"] = request_id
+    return func.HttpResponse(
+        body=json.dumps(body, ensure_ascii=False).encode(),
+        status_code=exc.status,
+        headers={**exc.headers(), "Content-Type": "application/problem+json"},
+    )
+
+
+def problem_response(exc: AppError, request_id: str) -> func.HttpResponse:
+    """`exc` rendered as the wrapper renders it (problem+json, `request_id`, the error's headers),
+    for a host that answers before any function runs, e.g. devhost's 404 and 405."""
+    return _problem(exc, request_id)
+
+
+def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | None) -> None:
+    headers = response.headers
+    for name, value in SECURITY_HEADERS.items():
+        headers[name] = value
+    headers["X-Request-Id"] = request_id
+    if cors_origin:
+        headers["Access-Control-Allow-Origin"] = cors_origin
+        headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+        headers["Vary"] = "Origin"
+
+
+def _audit_support_request(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse) -> func.HttpResponse:
+    """Every request made with a support token is in the tenant's audit trail, refused and
+    failed ones included. A served request whose event cannot be written is not served."""
+    claims = ctx.claims
+    assert claims is not None and claims.tenant_id is not None
+    served = response.status_code < 400
+    try:
+        tenant_id = str(uuid.UUID(claims.tenant_id))
+        actor = audit.Actor(id=claims.subject, name=(ctx.principal.name if ctx.principal else claims.name) or "",
+                            type="operator")
+        with db.tenant_tx(tenant_id) as conn:
+            audit.append(
+                conn, tenant_id=tenant_id, actor=actor, action="support.accessed" if served else "support.refused",
+                target_type="support_grant", target_id=claims.session_id,
+                after={"method": req.method, "path": redact_card_numbers(urlsplit(req.url).path),
+                       "status": response.status_code},
+                meta=audit.RequestMeta(ip=ctx.client_ip or None, user_agent=ctx.user_agent or None, request_id=ctx.request_id,
+                                       session_id=claims.session_id),
+            )
+    except Exception:
+        log.exception("support request not audited request_id=%s", ctx.request_id)
+        if served:
+            return _problem(InternalError(), ctx.request_id)
+    return response
+
+
+def _log_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse, started: float) -> None:
+    p = ctx.principal
+    access_log.info(
+        json.dumps(
+            {
+                "request_id": ctx.request_id,
+                "method": req.method,
+                "path": redact_card_numbers(urlsplit(req.url).path),  # never the query: it may carry tokens
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "tenant": p.tenant_id if p else None,
+                "user": p.user_id if p else None,
+                "session": p.session_id if p else None,
+                "ip": ctx.client_ip,
+                "user_agent": ctx.user_agent,
+            }
+        )
+    )

@@ -1,0 +1,461 @@
+"""The audit trail: appends, the verifier under attack, checkpoints, export, offline check."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import rfc8785
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shared.audit import chain as audit
+from shared.audit import checkpoints
+from shared.core import db, storage
+from shared.core.errors import InvalidValue
+from shared.tenancy.tenant_settings import put_setting
+from shared.tenancy.tenants import Tenant, create_tenant
+from tests.conftest import ROOT, TokenFactory, auth
+
+ACTOR = audit.Actor(id="u-1", name="Ada Lovelace", type="user")
+
+
+def add_events(tenant_id: str, n: int) -> None:
+    for i in range(n):
+        with db.tenant_tx(tenant_id) as conn:
+            audit.append(
+                conn, tenant_id=tenant_id, actor=ACTOR, action="test.event", target_type="thing",
+                target_id=str(i), before={"n": i}, after={"n": i + 1, "note": "é ✓"}, reason=f"step {i}",
+                meta=audit.RequestMeta(ip="203.0.113.5", user_agent="pytest", request_id=str(uuid.uuid4())),
+            )
+
+
+@contextmanager
+def attacker(tenant_id: str) -> Iterator[psycopg.Connection]:
+    """The owner role with the append-only triggers disabled: an attacker with database rights."""
+    with psycopg.connect(os.environ["DATABASE_OWNER_URL"]) as conn:
+        conn.execute("alter table audit_events disable trigger user")
+        conn.execute("select set_config('app.tenant_id', %s, false)", (tenant_id,))
+        yield conn
+        conn.execute("alter table audit_events enable trigger user")
+        conn.commit()
+
+
+def verify(client: httpx.Client, tenant: Tenant, make_token: TokenFactory) -> dict[str, Any]:
+    resp = client.get("/api/audit/verify", headers=auth(make_token(tenant.id, "VIEWER")))
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def checkpoint_now(client: httpx.Client) -> None:
+    assert client.post("/admin/functions/audit_checkpoint").status_code == 202
+
+
+@pytest.fixture
+def chain(tenant: Tenant) -> Tenant:
+    """A tenant whose chain holds 6 events (tenant.created and 5 more)."""
+    add_events(tenant.id, 5)
+    return tenant
+
+
+def row(conn: psycopg.Connection, seq: int) -> dict[str, Any]:
+    cur = conn.execute(audit._SELECT + " where seq = %s", (seq,))
+    return dict(zip(audit._COLUMNS, cur.fetchone(), strict=True))
+
+
+# --- verifier ------------------------------------------------------------------------------
+
+
+def test_untouched_chain_is_valid(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    result = verify(client, chain, make_token)
+    assert result["valid"] is True
+    assert result["events_checked"] == 6
+    assert result["head"]["seq"] == 6
+    assert result["first_failure"] is None
+    assert set(result) == {"valid", "events_checked", "head", "checkpoint", "first_failure", "duration_ms"}
+
+
+def test_edited_field_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    with attacker(chain.id) as conn:
+        conn.execute("update audit_events set reason = 'nothing to see' where tenant_id = %s and seq = 3", (chain.id,))
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert result["first_failure"]["seq"] == 3
+    assert "checksum" in result["first_failure"]["reason"]
+
+
+def test_edited_json_whitespace_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    with attacker(chain.id) as conn:
+        conn.execute("""update audit_events set after = '{"n": 3, "note":"é ✓"}' where tenant_id = %s and seq = 4""", (chain.id,))
+    assert verify(client, chain, make_token)["first_failure"]["seq"] == 4
+
+
+def test_deleted_row_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    with attacker(chain.id) as conn:
+        conn.execute("delete from audit_events where tenant_id = %s and seq = 3", (chain.id,))
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert result["first_failure"] == {"seq": 3, "code": "missing_event", "reason": "missing event"}
+
+
+def test_inserted_forged_row_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    """A well-formed forged event slipped in at seq 3: it links to 2 and its own checksum
+    holds, so the first event that no longer holds is the one pushed to seq 4."""
+    with attacker(chain.id) as conn:
+        conn.execute("update audit_events set seq = seq + 100 where tenant_id = %s and seq >= 3", (chain.id,))
+        conn.execute("update audit_events set seq = seq - 99 where tenant_id = %s and seq >= 103", (chain.id,))
+        forged = row(conn, 2)
+        forged.update(seq=3, action="test.forged", reason="forged", previous_checksum=forged["checksum"])
+        forged["checksum"] = audit.compute_checksum(forged)
+        conn.execute(
+            f"insert into audit_events ({', '.join(audit._COLUMNS)}) values ({', '.join(['%s'] * len(audit._COLUMNS))})",
+            [forged[c] for c in audit._COLUMNS],
+        )
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert result["first_failure"]["seq"] == 4
+
+
+def test_swapped_rows_are_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    with attacker(chain.id) as conn:
+        conn.execute("update audit_events set seq = 1000 where tenant_id = %s and seq = 2", (chain.id,))
+        conn.execute("update audit_events set seq = 2 where tenant_id = %s and seq = 3", (chain.id,))
+        conn.execute("update audit_events set seq = 3 where tenant_id = %s and seq = 1000", (chain.id,))
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert result["first_failure"]["seq"] == 2
+
+
+def test_cut_tail_is_caught_by_checkpoint(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    checkpoint_now(client)
+    assert verify(client, chain, make_token)["checkpoint"]["seq"] == 6
+    with attacker(chain.id) as conn:
+        conn.execute("delete from audit_events where tenant_id = %s and seq >= 5", (chain.id,))
+        conn.execute("update audit_chain_heads set seq = 4, checksum = %s where tenant_id = %s",
+                     (row(conn, 4)["checksum"], chain.id))
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert result["first_failure"]["seq"] == 5
+    assert "checkpoint" in result["first_failure"]["reason"]
+
+
+def test_recomputed_chain_is_caught_by_checkpoint(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    checkpoint_now(client)
+    with attacker(chain.id) as conn:
+        conn.execute("update audit_events set reason = 'rewritten' where tenant_id = %s and seq = 2", (chain.id,))
+        previous = row(conn, 1)["checksum"]
+        for seq in range(2, 7):
+            r = row(conn, seq)
+            r["previous_checksum"] = previous
+            r["checksum"] = previous = audit.compute_checksum(r)
+            conn.execute("update audit_events set previous_checksum = %s, checksum = %s where tenant_id = %s and seq = %s",
+                         (r["previous_checksum"], r["checksum"], chain.id, seq))
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert result["first_failure"] == {
+        "seq": 6, "code": "checkpoint_mismatch", "reason": "event differs from the signed checkpoint"
+    }
+
+
+def test_forged_checkpoint_blob_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    doc = {"tenant_id": chain.id, "seq": 99, "checksum": "0" * 64, "created_at": "2026-01-01T00:00:00Z",
+           "key_id": checkpoints.audit_keys().signing_kid}
+    doc["signature"] = ed25519.Ed25519PrivateKey.generate().sign(checkpoints.signed_payload(doc)).hex()
+    blob = storage.blob_service().get_blob_client(checkpoints.CONTAINER, checkpoints.blob_name(chain.id, 99))
+    blob.upload_blob(json.dumps(doc).encode())
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert "signature" in result["first_failure"]["reason"]
+
+
+def test_verify_returns_no_event_content(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    body = json.dumps(verify(client, chain, make_token))
+    assert "Ada Lovelace" not in body and "step" not in body
+
+
+# --- append-only and transactions -------------------------------------------------------------
+
+
+def test_app_role_cannot_update_delete_or_truncate(chain: Tenant) -> None:
+    for statement in ("update audit_events set reason = 'x'", "delete from audit_events", "truncate audit_events"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            with db.tenant_tx(chain.id) as conn:
+                conn.execute(statement)
+
+
+def test_triggers_refuse_the_owner_too(chain: Tenant) -> None:
+    with psycopg.connect(os.environ["DATABASE_OWNER_URL"]) as conn:
+        for statement in ("update audit_events set reason = 'x'", "delete from audit_events", "truncate audit_events"):
+            conn.execute("select set_config('app.tenant_id', %s, false)", (chain.id,))
+            assert conn.execute("select count(*) from audit_events").fetchone() == (6,)
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(statement)
+            conn.rollback()
+
+
+def test_failing_change_rolls_back_its_event(chain: Tenant) -> None:
+    with pytest.raises(RuntimeError):
+        with db.tenant_tx(chain.id) as conn:
+            audit.append(conn, tenant_id=chain.id, actor=ACTOR, action="test.doomed")
+            raise RuntimeError("the change failed")
+    with db.tenant_tx(chain.id) as conn:
+        assert audit.list_events(conn, action="test.doomed") == []
+        assert conn.execute("select seq from audit_chain_heads").fetchone()["seq"] == 6
+
+
+def test_failing_append_rolls_back_the_change(chain: Tenant) -> None:
+    with pytest.raises(InvalidValue) as err:
+        with db.tenant_tx(chain.id) as conn:
+            put_setting(conn, tenant_id=chain.id, key="sessions.max_idle_minutes", value=30, actor_id=None)
+            audit.append(conn, tenant_id=chain.id, actor=ACTOR, action="Not A Valid Action")
+    assert isinstance(err.value.__cause__, psycopg.errors.CheckViolation)
+    with db.tenant_tx(chain.id) as conn:
+        assert conn.execute("select count(*) as n from tenant_settings").fetchone()["n"] == 0
+
+
+def test_cannot_append_to_another_tenants_chain(chain: Tenant, tenant: Tenant) -> None:
+    other = str(uuid.uuid4())
+    with pytest.raises((psycopg.errors.InsufficientPrivilege, RuntimeError)):
+        with db.tenant_tx(chain.id) as conn:
+            audit.append(conn, tenant_id=other, actor=ACTOR, action="test.cross")
+
+
+def test_sixteen_concurrent_writers_make_a_gapless_valid_chain(tenant: Tenant) -> None:
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            add_events(tenant.id, 10)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    result = audit.verify_tenant(tenant.id, None)
+    assert result.valid, result.first_failure
+    assert result.events_checked == 161
+
+
+# --- canonical form -----------------------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=30)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**60), 2**60) | st.floats(allow_nan=False) | _text,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_text, children, max_size=4),
+    max_leaves=12,
+)
+
+
+def offline_parse(text: str | None) -> Any:
+    sys.path.insert(0, str(ROOT / "tools"))
+    import verify_audit_export as offline
+
+    return None if text is None else json.loads(text, parse_int=offline.parse_int)
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=st.fixed_dictionaries({name: st.one_of(st.none(), _text) for name in audit.FIELDS}),
+       seq=st.integers(1, 2**40), before=_json, after=_json)
+def test_fast_canonical_form_equals_rfc8785(fields: dict, seq: int, before: Any, after: Any) -> None:
+    fields.update(seq=seq, before=audit.canonical_json(before), after=audit.canonical_json(after))
+    parsed = {**fields, "before": offline_parse(fields["before"]), "after": offline_parse(fields["after"])}
+    assert audit.canonical_bytes(fields) == rfc8785.dumps(parsed)
+
+
+def test_checksum_known_answer() -> None:
+    row = {name: None for name in audit.FIELDS}
+    row.update(seq=1, tenant_id="00000000-0000-0000-0000-000000000001", action="tenant.created",
+               actor_name="Custos", actor_type="system", app_version="1", previous_checksum=audit.GENESIS,
+               occurred_at="2026-01-01T00:00:00.000000Z", after='{"a":1}')
+    expected = ('{"action":"tenant.created","actor_id":null,"actor_name":"Custos","actor_type":"system",'
+                '"after":{"a":1},"app_version":"1","before":null,"ip":null,"occurred_at":"2026-01-01T00:00:00.000000Z",'
+                f'"previous_checksum":"{audit.GENESIS}","reason":null,"request_id":null,"seq":1,"session_id":null,'
+                '"target_id":null,"target_type":null,"tenant_id":"00000000-0000-0000-0000-000000000001","user_agent":null}')
+    assert audit.canonical_bytes(row) == expected.encode()
+    import hashlib
+    assert audit.compute_checksum(row) == hashlib.sha256(expected.encode()).hexdigest()
+
+
+# --- API ------------------------------------------------------------------------------------
+
+
+def test_setting_change_is_audited_with_old_and_new(client: httpx.Client, tenant: Tenant, make_token: TokenFactory) -> None:
+    token = make_token(tenant.id, "ADMIN", name="Grace Hopper")
+    url = "/api/tenant/settings/sessions.max_idle_minutes"
+    client.put(url, json={"value": 30, "reason": "first"}, headers=auth(token))
+    client.put(url, json={"value": 60, "reason": "longer shifts"}, headers={**auth(token), "User-Agent": "ua/1"})
+    resp = client.get("/api/audit", params={"action": "tenant.setting_changed"}, headers=auth(token))
+    assert resp.status_code == 200
+    events = resp.json()["events"]
+    assert [(e["before"], e["after"], e["reason"]) for e in events] == [(None, 30, "first"), (30, 60, "longer shifts")]
+    last = events[-1]
+    assert last["actor_name"] == "Grace Hopper" and last["user_agent"] == "ua/1" and last["ip"] == "127.0.0.1"
+    assert last["request_id"] and last["session_id"]
+
+
+def test_audit_list_paginates_and_filters(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    token = make_token(chain.id, "MANAGER")
+    page1 = client.get("/api/audit", params={"limit": 4}, headers=auth(token)).json()
+    assert [e["seq"] for e in page1["events"]] == [1, 2, 3, 4]
+    page2 = client.get("/api/audit", params={"limit": 4, "after": page1["next"]}, headers=auth(token)).json()
+    assert [e["seq"] for e in page2["events"]] == [5, 6] and page2["next"] is None
+    only = client.get("/api/audit", params={"target_type": "thing", "target_id": "2"}, headers=auth(token)).json()
+    assert [e["seq"] for e in only["events"]] == [4]
+    bad = client.get("/api/audit", params={"since": "yesterday"}, headers=auth(token))
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+
+
+def test_audit_list_needs_permission(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    assert client.get("/api/audit", headers=auth(make_token(chain.id, "VIEWER"))).status_code == 403
+
+
+def test_audit_is_tenant_isolated(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    with db.platform_tx() as conn:
+        other = create_tenant(conn, slug=f"o-{uuid.uuid4().hex[:12]}", name="Other", region="uksouth")
+    events = client.get("/api/audit", headers=auth(make_token(other.id))).json()["events"]
+    assert [(e["tenant_id"], e["action"]) for e in events] == [(other.id, "tenant.created")]
+    assert all(e["action"] != "test.event" for e in events)
+
+
+def test_operator_verifies_any_tenant(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
+    op = make_token(None, "PLATFORM_OPERATOR")
+    resp = client.get(f"/api/platform/tenants/{chain.id}/audit/verify", headers=auth(op))
+    assert resp.status_code == 200 and resp.json()["valid"] is True
+    assert client.get(f"/api/platform/tenants/{uuid.uuid4()}/audit/verify", headers=auth(op)).status_code == 404
+    assert client.get("/api/platform/tenants/not-a-uuid/audit/verify", headers=auth(op)).status_code == 404
+    tenant_admin = make_token(chain.id, "ADMIN")
+    assert client.get(f"/api/platform/tenants/{chain.id}/audit/verify", headers=auth(tenant_admin)).status_code == 403
+    assert client.get("/api/audit", headers=auth(op)).status_code == 403
+
+
+def test_nightly_verify_raises_a_platform_alert(client: httpx.Client, chain: Tenant) -> None:
+    with attacker(chain.id) as conn:
+        conn.execute("update audit_events set reason = 'x' where tenant_id = %s and seq = 2", (chain.id,))
+    assert client.post("/admin/functions/audit_verify_all").status_code == 202
+    with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+        alerts = audit.list_events(conn, action="platform.audit_chain_invalid", target_id=chain.id)
+    assert alerts and alerts[-1]["after"]["first_failure"]["seq"] == 2
+
+
+# --- export and offline verification -------------------------------------------------------------
+
+
+def _export(client: httpx.Client, tenant: Tenant, make_token: TokenFactory, tmp_path) -> tuple[Any, Any]:
+    resp = client.get("/api/audit/export", headers=auth(make_token(tenant.id, "ADMIN")))
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("application/jsonl")
+    export = tmp_path / "export.jsonl"
+    export.write_bytes(resp.content)
+    keys = tmp_path / "keys.json"
+    keys.write_text(client.get("/.well-known/audit-keys.json").text)
+    return export, keys
+
+
+def _offline(export: Any, keys: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "verify_audit_export.py"), str(export), "--keys", str(keys)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_offline_verifier_accepts_a_real_export(client: httpx.Client, chain: Tenant, make_token: TokenFactory, tmp_path) -> None:
+    checkpoint_now(client)
+    export, keys = _export(client, chain, make_token, tmp_path)
+    out = _offline(export, keys)
+    assert out.returncode == 0, out.stdout + out.stderr
+    summary = json.loads(out.stdout)
+    # six events, and the export itself recorded as the seventh before the export was taken
+    assert summary["valid"] is True and summary["events"] == 7 and summary["checkpoints"] == 1
+
+
+def test_offline_verifier_rejects_a_tampered_export(client: httpx.Client, chain: Tenant, make_token: TokenFactory, tmp_path) -> None:
+    checkpoint_now(client)
+    export, keys = _export(client, chain, make_token, tmp_path)
+    lines = export.read_text().splitlines()
+    event = json.loads(lines[3])
+    event["after"]["n"] = 999
+    lines[3] = json.dumps(event)
+    export.write_text("\n".join(lines) + "\n")
+    out = _offline(export, keys)
+    assert out.returncode == 1
+    assert json.loads(out.stdout)["first_failure"]["seq"] == 3
+
+
+def test_offline_verifier_rejects_a_recomputed_export(client: httpx.Client, chain: Tenant, make_token: TokenFactory, tmp_path) -> None:
+    """Recomputing every checksum in the file still disagrees with the signed checkpoint."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import verify_audit_export as offline
+
+    checkpoint_now(client)
+    export, keys = _export(client, chain, make_token, tmp_path)
+    lines = [json.loads(line) for line in export.read_text().splitlines()]
+    previous = audit.GENESIS
+    for line in lines:
+        if line["type"] == "event":
+            if line["seq"] == 2:
+                line["reason"] = "rewritten"
+            line["previous_checksum"] = previous
+            line["checksum"] = previous = offline.checksum(line)
+    export.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    out = _offline(export, keys)
+    assert out.returncode == 1
+    assert "checkpoint" in json.loads(out.stdout)["first_failure"]["reason"]
+
+
+def test_offline_ed25519_known_answer() -> None:
+    """RFC 8032 section 7.1, test 1 (empty message)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import verify_audit_export as offline
+
+    public = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+    signature = bytes.fromhex(
+        "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e06522490155"
+        "5fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+    )
+    assert offline.ed25519_verify(public, b"", signature)
+    assert not offline.ed25519_verify(public, b"x", signature)
+
+
+_pg_text = st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.fixed_dictionaries({
+    "action": _pg_text, "actor_id": st.none() | _pg_text, "actor_name": _pg_text, "actor_type": _pg_text,
+    "ip": st.none() | _pg_text, "reason": st.none() | _pg_text, "request_id": st.none() | _pg_text,
+    "session_id": st.none() | _pg_text, "target_id": st.none() | _pg_text, "target_type": st.none() | _pg_text,
+    "user_agent": st.none() | _pg_text, "app_version": _pg_text, "previous_checksum": _pg_text,
+    "seq": st.integers(1, 2**62), "before": st.none() | _json, "after": st.none() | _json,
+}), min_size=1, max_size=5))
+def test_database_canonical_form_equals_the_python_one(rows: list[dict]) -> None:
+    """The verifier's fast path (PostgreSQL builds and hashes the canonical JSON) must be
+    byte-identical to canonical_bytes, or a sound chain would read as tampered."""
+    with psycopg.connect(os.environ["DATABASE_OWNER_URL"]) as conn:
+        conn.execute("create temp table t (like audit_events) on commit drop")
+        for r in rows:
+            r = {**r, "tenant_id": str(uuid.uuid4()), "occurred_at": "2026-01-02T03:04:05.123456Z", "checksum": "0" * 64,
+                 "before": audit.canonical_json(r["before"]), "after": audit.canonical_json(r["after"])}
+            conn.execute(
+                f"insert into t ({', '.join(audit._COLUMNS)}) values ({', '.join(['%s'] * len(audit._COLUMNS))})",
+                [r[c] for c in audit._COLUMNS],
+            )
+            text, digest = conn.execute(
+                f"select convert_to({audit._SQL_CANONICAL}, 'UTF8'), {audit.SQL_CHECKSUM} from t where seq = %s and tenant_id = %s",
+                (r["seq"], r["tenant_id"]),
+            ).fetchone()
+            assert bytes(text) == audit.canonical_bytes(r)
+            assert digest == audit.compute_checksum(r)

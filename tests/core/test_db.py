@@ -1,0 +1,157 @@
+"""Database: the migration runner, the roles, and row-level security."""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from shared.core import db
+from shared.core.migrate import MigrationError, discover, migrate
+from shared.core.settings import get_settings
+from shared.tenancy.tenants import Tenant
+
+
+def _with_db(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture
+def scratch_db() -> Iterator[str]:
+    """A fresh database owned by the owner role; the owner URL pointing at it."""
+    name = f"custos_scratch_{uuid.uuid4().hex[:10]}"
+    admin = os.environ["DATABASE_ADMIN_URL"]
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}" owner custos_owner')
+        conn.execute(f'grant connect on database "{name}" to custos_app')
+    yield _with_db(get_settings().database_owner_url, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'drop database "{name}" with (force)')
+
+
+def _applied(url: str) -> list[tuple[int, str]]:
+    with psycopg.connect(url) as conn:
+        return [(r[0], r[1]) for r in conn.execute("select version, name from schema_migrations order by version")]
+
+
+def test_migrations_apply_once_when_run_twice(scratch_db: str) -> None:
+    first = migrate(scratch_db, "custos_app")
+    assert first == [m.name for m in discover()]
+    assert migrate(scratch_db, "custos_app") == []
+    assert _applied(scratch_db) == [(m.version, m.name) for m in discover()]
+
+
+def test_migrations_run_concurrently_apply_once(scratch_db: str) -> None:
+    results: list[list[str]] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(migrate(scratch_db, "custos_app"))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(len(r) for r in results) == [0, 0, 0, len(discover())]
+    assert _applied(scratch_db) == [(m.version, m.name) for m in discover()]
+
+
+def test_changed_migration_is_refused(scratch_db: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_one.sql").write_text("create table one (id int);")
+    migrate(scratch_db, "custos_app", tmp_path)
+    (tmp_path / "0001_one.sql").write_text("create table one (id bigint);")
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        migrate(scratch_db, "custos_app", tmp_path)
+
+
+def test_failed_migration_leaves_no_trace(scratch_db: str, tmp_path: Path) -> None:
+    (tmp_path / "0001_ok.sql").write_text("create table ok (id int);")
+    (tmp_path / "0002_bad.sql").write_text("create table half (id int); select 1/0;")
+    with pytest.raises(MigrationError, match="0002_bad.sql failed"):
+        migrate(scratch_db, "custos_app", tmp_path)
+    assert [v for v, _ in _applied(scratch_db)] == [1]
+    with psycopg.connect(scratch_db) as conn:
+        assert conn.execute("select to_regclass('half')").fetchone() == (None,)
+
+
+def test_app_role_is_unprivileged_and_owns_nothing() -> None:
+    role = get_settings().database_app_role
+    with psycopg.connect(os.environ["DATABASE_ADMIN_URL"]) as conn:
+        row = conn.execute(
+            "select rolsuper, rolbypassrls, rolcreaterole, rolcreatedb from pg_roles where rolname = %s", (role,)
+        ).fetchone()
+        assert row == (False, False, False, False)
+        owned = conn.execute(
+            "select count(*) from pg_class c join pg_roles r on r.oid = c.relowner where r.rolname = %s", (role,)
+        ).fetchone()
+        assert owned == (0,)
+
+
+def test_app_connects_as_app_role() -> None:
+    with db.platform_tx() as conn:
+        assert conn.execute("select current_user as u").fetchone()["u"] == get_settings().database_app_role
+
+
+def _put(conn: psycopg.Connection, tenant_id: str, key: str) -> None:
+    conn.execute(
+        "insert into tenant_settings (tenant_id, key, value) values (%s, %s, 'true'::jsonb)", (tenant_id, key)
+    )
+
+
+def test_no_tenant_set_sees_no_rows(tenant: Tenant) -> None:
+    with db.tenant_tx(tenant.id) as conn:
+        _put(conn, tenant.id, "mfa.required_for_all_roles")
+        assert conn.execute("select count(*) as n from tenant_settings").fetchone()["n"] == 1
+    with db.platform_tx() as conn:
+        assert conn.execute("select count(*) as n from tenant_settings").fetchone()["n"] == 0
+    # a pooled connection that once had a tenant set reads '' afterwards, still nothing
+    with db.pool().connection() as conn:
+        assert conn.execute("select count(*) as n from tenant_settings").fetchone()["n"] == 0
+
+
+def test_tenant_cannot_read_or_write_another_tenant(tenant: Tenant) -> None:
+    from tests.conftest import create_tenant
+
+    with db.platform_tx() as conn:
+        other = create_tenant(conn, slug=f"o-{uuid.uuid4().hex[:12]}", name="Other", region="uksouth")
+    with db.tenant_tx(other.id) as conn:
+        _put(conn, other.id, "mfa.required_for_all_roles")
+    with db.tenant_tx(tenant.id) as conn:
+        assert conn.execute("select count(*) as n from tenant_settings where tenant_id = %s", (other.id,)).fetchone()["n"] == 0
+        updated = conn.execute("update tenant_settings set value = 'false' where tenant_id = %s", (other.id,))
+        assert updated.rowcount == 0
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+        with db.tenant_tx(tenant.id) as conn:
+            _put(conn, other.id, "display.time_zone")
+    with db.tenant_tx(other.id) as conn:
+        assert conn.execute("select value from tenant_settings").fetchall() == [{"value": True}]
+
+
+def test_tenant_setting_does_not_leak_through_savepoints(tenant: Tenant) -> None:
+    """The pitfall DESIGN.md names: each tenant_tx is a real top-level transaction."""
+    with db.tenant_tx(tenant.id) as conn:
+        _put(conn, tenant.id, "sessions.max_idle_minutes")
+    with db.pool().connection() as conn:
+        with conn.transaction():
+            assert conn.execute("select current_setting('app.tenant_id', true) as t").fetchone()["t"] in ("", None)
+
+
+def test_app_role_cannot_delete_tenants_or_alter_schema(tenant: Tenant) -> None:
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with db.platform_tx() as conn:
+            conn.execute("delete from tenants where id = %s", (tenant.id,))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with db.platform_tx() as conn:
+            conn.execute("create table sneaky (id int)")
