@@ -20,7 +20,6 @@ from croniter import croniter
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-from tests.audit.test_chain import add_events, checkpoint_now, verify
 
 from shared.audit import chain as audit
 from shared.audit import checkpoints
@@ -28,6 +27,7 @@ from shared.core import db, storage
 from shared.core.ncrontab import longest_gap_s
 from shared.core.settings import SettingsError, load_settings
 from shared.tenancy.tenants import Tenant, create_tenant
+from tests.audit.test_chain import add_events, checkpoint_now, verify
 from tests.conftest import TokenFactory, auth
 
 

@@ -11,14 +11,14 @@ from typing import Any
 
 import httpx
 import pyotp
-from tests.identity.test_signin import client_from
-from tests.identity.mfa.test_factors import SoftAuthenticator, problem_type
 
 from shared.audit import chain as audit
 from shared.core import db
 from shared.identity.passwords import hash_password
 from shared.tenancy.tenants import Tenant
 from tests.conftest import ROOT, Host, PersonFactory, auth
+from tests.identity.mfa.test_factors import SoftAuthenticator, problem_type
+from tests.identity.test_signin import client_from
 
 PASSWORD = "Operator-Harbour-Lantern-" + uuid.uuid4().hex[:6]
 

@@ -10,13 +10,13 @@ import httpx
 import psycopg
 import pyotp
 import pytest
-from tests.identity.test_signin import client_from
 
 from shared.audit import chain as audit
 from shared.core import db
 from shared.identity.passwords import hash_password
 from shared.tenancy.tenants import Tenant
 from tests.conftest import Host, Person, PersonFactory, auth
+from tests.identity.test_signin import client_from
 
 PASSWORD = "Signing-Harbour-Lantern-" + uuid.uuid4().hex[:6]
 HASH = hash_password(PASSWORD)

@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fido2.cose import ES256
 from fido2.utils import websafe_decode, websafe_encode
 from fido2.webauthn import AttestationObject, AttestedCredentialData, AuthenticatorData, CollectedClientData
-from tests.identity.test_signin import PASSWORD, client_from, events, login
 
 from shared.core import db
 from shared.core.settings import get_settings
@@ -29,6 +28,7 @@ from shared.identity.mfa import passkeys
 from shared.identity.passwords import hash_password
 from shared.tenancy.tenants import Tenant
 from tests.conftest import Host, PersonFactory, auth, create_user
+from tests.identity.test_signin import PASSWORD, client_from, events, login
 
 RFC_SECRET = base64.b32encode(b"12345678901234567890").decode()
 ORIGIN = "http://localhost:3000"
