@@ -9,12 +9,8 @@ import azure.functions as func
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions._models_system import AuditEvents, ChainVerified
-from shared.audit import chain as audit
-from shared.audit import checkpoints
-from shared.audit.export import export_jsonl
-from shared.core import db
-from shared.core.errors import NotFound
-from shared.tenancy.tenants import get_tenant
+from shared.audit import api as audit_api
+from shared.tenancy import platform
 from shared.web.endpoint import Reply, RequestContext, endpoint
 
 bp = func.Blueprint()
@@ -38,48 +34,27 @@ class AuditQuery(BaseModel):
 def list_audit(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's audit events in seq order, filtered, paginated by seq cursor."""
     q: AuditQuery = ctx.query
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        events = audit.list_events(
-            conn, after_seq=q.after, limit=q.limit + 1, actor_id=q.actor, action=q.action,
-            target_type=q.target_type, target_id=q.target_id, since=q.since, until=q.until,
-        )
-    more = len(events) > q.limit
-    events = events[: q.limit]
-    return {"events": events, "next": str(events[-1]["seq"]) if more else None}
+    return audit_api.list_events(ctx, after=q.after, limit=q.limit, actor_id=q.actor, action=q.action,
+                                 target_type=q.target_type, target_id=q.target_id, since=q.since, until=q.until)
 
 
 @bp.route(route="api/audit/verify", methods=["GET"])
 @endpoint(response=ChainVerified, tags=("audit",))
 def verify_audit(ctx: RequestContext) -> dict[str, Any]:
     """Walk the tenant's chain and compare it with the newest signed checkpoint."""
-    return checkpoints.verify_tenant(ctx.tenant_id).as_dict()
+    return audit_api.verify(ctx)
 
 
 @bp.route(route="api/audit/export", methods=["GET"])
 @endpoint(media_type="application/jsonl", permission="audit.export", tags=("audit",))
 def export_audit(ctx: RequestContext) -> Reply:
     """The tenant's events with their checksums and the signed checkpoints, as JSON Lines."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        audit.record(conn, ctx, "audit.exported", target_type="tenant", target_id=ctx.tenant_id)
-    body = export_jsonl(ctx.tenant_id)
-    return Reply(
-        body=body,
-        media_type="application/jsonl",
-        headers={"Content-Disposition": f'attachment; filename="audit-{ctx.tenant_id}.jsonl"'},
-    )
+    return Reply(body=audit_api.export(ctx), media_type="application/jsonl",
+                 headers={"Content-Disposition": f'attachment; filename="audit-{ctx.tenant_id}.jsonl"'})
 
 
 @bp.route(route="api/platform/tenants/{id}/audit/verify", methods=["GET"])
 @endpoint(response=ChainVerified, operator=True, tags=("platform",))
 def operator_verify_audit(ctx: RequestContext) -> dict[str, Any]:
     """A platform operator verifies any tenant's chain (no event content is returned)."""
-    tenant_id = str(ctx.uuid_param("id"))
-    if get_tenant(tenant_id) is None:
-        raise NotFound()
-    result = checkpoints.verify_tenant(tenant_id).as_dict()
-    with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
-        audit.record(
-            conn, ctx, "platform.audit_verified", tenant_id=audit.PLATFORM_CHAIN,
-            target_type="tenant", target_id=tenant_id, after={"valid": result["valid"]},
-        )
-    return result
+    return platform.verify_tenant_chain(ctx, ctx.uuid_param("id"))

@@ -8,7 +8,6 @@ import azure.functions as func
 from pydantic import Field
 
 from functions._models_auth import LoginResult, PasswordChanged, StatusMessage, Tokens
-from shared.audit import chain as audit
 from shared.identity import signin as auth
 from shared.identity.sessions import refresh
 from shared.web.endpoint import Reply, RequestContext, endpoint
@@ -50,9 +49,6 @@ class PasswordChange(Strict):
     new_password: str = Password
 
 
-def _meta(ctx: RequestContext) -> audit.RequestMeta:
-    return audit.context_actor(ctx)[1]
-
 
 @bp.route(route="api/auth/login", methods=["POST"])
 @endpoint(response=LoginResult, auth=False, body=Login, tags=("auth",))
@@ -60,22 +56,21 @@ def auth_login(ctx: RequestContext) -> dict[str, Any]:
     """Sign in with tenant, email and password: an access token and a refresh token."""
     b: Login = ctx.body
     return auth.login(tenant_slug=b.tenant, email=b.email, password=b.password, remember_me=b.remember_me,
-                      meta=_meta(ctx)).as_dict()
+                      meta=ctx.meta).as_dict()
 
 
 @bp.route(route="api/auth/refresh", methods=["POST"])
 @endpoint(response=Tokens, auth=False, body=RefreshBody, tags=("auth",))
 def auth_refresh(ctx: RequestContext) -> dict[str, Any]:
     """Rotate a refresh token: the old one dies, a new pair is issued."""
-    return refresh(ctx.body.refresh_token, meta=_meta(ctx)).as_dict()
+    return refresh(ctx.body.refresh_token, meta=ctx.meta).as_dict()
 
 
 @bp.route(route="api/auth/logout", methods=["POST"])
 @endpoint(mfa_enrolment=True, allow_cancelled=True, allow_support=True, tags=("auth",))
 def auth_logout(ctx: RequestContext) -> None:
     """End the caller's session (a support token's logout ends that support access)."""
-    assert ctx.principal is not None
-    auth.logout(principal=ctx.principal, meta=_meta(ctx))
+    auth.logout(principal=ctx.user, meta=ctx.meta)
 
 
 @bp.route(route="api/auth/invitations/accept", methods=["POST"])
@@ -84,7 +79,7 @@ def auth_accept_invitation(ctx: RequestContext) -> dict[str, Any]:
     """Accept an invitation: set name and password, and sign in."""
     b: AcceptInvitation = ctx.body
     return auth.accept_invitation(token=b.token, display_name=b.display_name, password=b.password,
-                                  meta=_meta(ctx)).as_dict()
+                                  meta=ctx.meta).as_dict()
 
 
 @bp.route(route="api/auth/password/reset/request", methods=["POST"])
@@ -92,7 +87,7 @@ def auth_accept_invitation(ctx: RequestContext) -> dict[str, Any]:
 def auth_reset_request(ctx: RequestContext) -> Reply:
     """Mail a reset code if the account exists (the answer is the same either way)."""
     b: ResetRequest = ctx.body
-    auth.request_reset(tenant_slug=b.tenant, email=b.email, meta=_meta(ctx))
+    auth.request_reset(tenant_slug=b.tenant, email=b.email, meta=ctx.meta)
     return Reply(body={"status": "If the account exists, a reset code is on its way."}, status=202)
 
 
@@ -100,14 +95,13 @@ def auth_reset_request(ctx: RequestContext) -> Reply:
 @endpoint(auth=False, body=ResetConfirm, tags=("auth",))
 def auth_reset_confirm(ctx: RequestContext) -> None:
     """Set a new password with a reset code; every session of the account ends."""
-    auth.confirm_reset(token=ctx.body.token, new_password=ctx.body.new_password, meta=_meta(ctx))
+    auth.confirm_reset(token=ctx.body.token, new_password=ctx.body.new_password, meta=ctx.meta)
 
 
 @bp.route(route="api/auth/password/change", methods=["POST"])
 @endpoint(response=PasswordChanged, body=PasswordChange, tags=("auth",))
 def auth_password_change(ctx: RequestContext) -> dict[str, Any]:
     """Change one's password (the current one is required); other sessions end."""
-    assert ctx.principal is not None
-    ended = auth.change_password(principal=ctx.principal, current=ctx.body.current_password,
-                                 new=ctx.body.new_password, meta=_meta(ctx))
+    ended = auth.change_password(principal=ctx.user, current=ctx.body.current_password,
+                                 new=ctx.body.new_password, meta=ctx.meta)
     return {"other_sessions_ended": ended}

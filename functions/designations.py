@@ -8,15 +8,7 @@ import azure.functions as func
 from pydantic import Field
 
 from functions._models_tenancy import Designation, Designations
-from shared.audit import chain as audit
-from shared.core import db
-from shared.tenancy.designations import (
-    create_designation,
-    delete_designation,
-    get_designation,
-    list_designations,
-    update_designation,
-)
+from shared.tenancy import api
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Permission, Reason, ReasonQuery, Strict
 
@@ -41,8 +33,7 @@ class DesignationPatch(Strict):
 @endpoint(response=Designations, permission="designations.read", tags=("designations",))
 def designations_list(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's designations."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return {"designations": list_designations(conn)}
+    return api.list_designations(ctx)
 
 
 @bp.route(route="api/designations", methods=["POST"])
@@ -50,11 +41,7 @@ def designations_list(ctx: RequestContext) -> dict[str, Any]:
 def designations_create(ctx: RequestContext) -> Reply:
     """Create a designation (only with permissions you hold)."""
     b: DesignationNew = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        d = create_designation(conn, actor=ctx.principal, name=b.name, description=b.description,
-                               permissions=b.permissions, reason=b.reason, audit_actor=actor, meta=meta)
+    d = api.create_designation(ctx, name=b.name, description=b.description, permissions=b.permissions, reason=b.reason)
     return Reply(body=d, status=201, headers={"Location": f"/api/designations/{d['id']}"})
 
 
@@ -62,8 +49,7 @@ def designations_create(ctx: RequestContext) -> Reply:
 @endpoint(response=Designation, permission="designations.read", tags=("designations",))
 def designations_get(ctx: RequestContext) -> dict[str, Any]:
     """One designation."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return get_designation(conn, ctx.uuid_param("id"))
+    return api.get_designation(ctx, ctx.uuid_param("id"))
 
 
 @bp.route(route="api/designations/{id}", methods=["PATCH"])
@@ -71,20 +57,12 @@ def designations_get(ctx: RequestContext) -> dict[str, Any]:
 def designations_patch(ctx: RequestContext) -> dict[str, Any]:
     """Rename, describe or change the permissions of a designation."""
     b: DesignationPatch = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return update_designation(conn, actor=ctx.principal, designation_id=ctx.uuid_param("id"),
-                                  changes=b.model_dump(exclude={"reason"}), reason=b.reason,
-                                  audit_actor=actor, meta=meta)
+    return api.update_designation(ctx, designation_id=ctx.uuid_param("id"), changes=b.model_dump(exclude={"reason"}),
+                                  reason=b.reason)
 
 
 @bp.route(route="api/designations/{id}", methods=["DELETE"])
 @endpoint(permission="designations.manage", query=ReasonQuery, tags=("designations",))
 def designations_delete(ctx: RequestContext) -> None:
     """Retire a designation and remove it from its holders (`?reason=` required)."""
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        delete_designation(conn, actor=ctx.principal, designation_id=ctx.uuid_param("id"),
-                           reason=ctx.query.reason, audit_actor=actor, meta=meta)
+    api.delete_designation(ctx, designation_id=ctx.uuid_param("id"), reason=ctx.query.reason)

@@ -23,7 +23,6 @@ from functions._models_auth import (
     TotpEnrolment,
     WebAuthnOptions,
 )
-from shared.audit import chain as audit
 from shared.identity.mfa import factors as mfa
 from shared.identity.mfa import passkeys
 from shared.web.endpoint import Reply, RequestContext, endpoint
@@ -98,9 +97,6 @@ class PasskeySignIn(Strict):
     remember_me: bool = False
 
 
-def _meta(ctx: RequestContext) -> audit.RequestMeta:
-    return audit.context_actor(ctx)[1]
-
 
 # --- the caller's own factors ------------------------------------------------------------------
 
@@ -109,59 +105,52 @@ def _meta(ctx: RequestContext) -> audit.RequestMeta:
 @endpoint(response=MfaStatus, mfa_enrolment=True, tags=("mfa",))
 def mfa_status(ctx: RequestContext) -> dict[str, Any]:
     """The caller's second factors, and whether one is required."""
-    assert ctx.principal is not None
-    return mfa.status(ctx.principal)
+    return mfa.status(ctx.user)
 
 
 @bp.route(route="api/mfa/totp/enroll", methods=["POST"])
 @endpoint(response=TotpEnrolment, mfa_enrolment=True, tags=("mfa",))
 def mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
     """Start a TOTP enrolment: secret, otpauth URI and QR code (SVG); confirm with a code."""
-    assert ctx.principal is not None
-    return mfa.start_totp_enrolment(ctx.principal, meta=_meta(ctx)).as_dict()
+    return mfa.start_totp_enrolment(ctx.user, meta=ctx.meta).as_dict()
 
 
 @bp.route(route="api/mfa/totp/confirm", methods=["POST"])
 @endpoint(response=TotpConfirmed, mfa_enrolment=True, body=TotpConfirm, tags=("mfa",))
 def mfa_totp_confirm(ctx: RequestContext) -> dict[str, Any]:
     """Activate the pending TOTP with a code; a first factor comes with recovery codes (shown once)."""
-    assert ctx.principal is not None
-    return mfa.confirm_totp(ctx.principal, code=ctx.body.code, meta=_meta(ctx))
+    return mfa.confirm_totp(ctx.user, code=ctx.body.code, meta=ctx.meta)
 
 
 @bp.route(route="api/mfa/totp", methods=["DELETE"])
 @endpoint(tags=("mfa",))
 def mfa_totp_remove(ctx: RequestContext) -> None:
     """Remove one's TOTP (not the last factor of a role that requires one)."""
-    assert ctx.principal is not None
-    mfa.remove_totp(ctx.principal, meta=_meta(ctx))
+    mfa.remove_totp(ctx.user, meta=ctx.meta)
 
 
 @bp.route(route="api/mfa/recovery-codes", methods=["POST"])
 @endpoint(response=RecoveryCodes, body=RecoveryRegenerate, tags=("mfa",))
 def mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
     """New recovery codes (shown once); the old ones stop working. Needs a current code or a recent second factor."""
-    assert ctx.principal is not None
     code = ctx.body.code if ctx.body is not None else None
-    return mfa.regenerate_recovery_codes(ctx.principal, code=code, meta=_meta(ctx))
+    return mfa.regenerate_recovery_codes(ctx.user, code=code, meta=ctx.meta)
 
 
 @bp.route(route="api/mfa/passkeys/registration/options", methods=["POST"])
 @endpoint(response=WebAuthnOptions, mfa_enrolment=True, tags=("mfa",))
 def mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for navigator.credentials.create(), with a single-use challenge id."""
-    assert ctx.principal is not None
-    return mfa.passkey_registration_options(ctx.principal)
+    return mfa.passkey_registration_options(ctx.user)
 
 
 @bp.route(route="api/mfa/passkeys/registration/verify", methods=["POST"])
 @endpoint(response=PasskeyRegistered, mfa_enrolment=True, body=PasskeyRegistration, status=201, tags=("mfa",))
 def mfa_passkey_register(ctx: RequestContext) -> Reply:
     """Register a passkey from the authenticator's answer; a first factor comes with recovery codes."""
-    assert ctx.principal is not None
     b: PasskeyRegistration = ctx.body
-    result = mfa.register_passkey(ctx.principal, challenge_id=b.challenge_id, credential=b.credential, name=b.name,
-                                  meta=_meta(ctx))
+    result = mfa.register_passkey(ctx.user, challenge_id=b.challenge_id, credential=b.credential, name=b.name,
+                                  meta=ctx.meta)
     return Reply(body=result, status=201, headers={"Location": f"/api/mfa/passkeys/{result['passkey']['id']}"})
 
 
@@ -169,24 +158,21 @@ def mfa_passkey_register(ctx: RequestContext) -> Reply:
 @endpoint(response=Passkeys, tags=("mfa",))
 def mfa_passkeys_list(ctx: RequestContext) -> dict[str, Any]:
     """The caller's passkeys."""
-    assert ctx.principal is not None
-    return {"passkeys": mfa.list_passkeys(ctx.principal)}
+    return {"passkeys": mfa.list_passkeys(ctx.user)}
 
 
 @bp.route(route="api/mfa/passkeys/{id}", methods=["PATCH"])
 @endpoint(response=Passkey, body=PasskeyRename, tags=("mfa",))
 def mfa_passkey_rename(ctx: RequestContext) -> dict[str, Any]:
     """Rename one of the caller's passkeys."""
-    assert ctx.principal is not None
-    return mfa.rename_passkey(ctx.principal, ctx.uuid_param("id"), name=ctx.body.name, meta=_meta(ctx))
+    return mfa.rename_passkey(ctx.user, ctx.uuid_param("id"), name=ctx.body.name, meta=ctx.meta)
 
 
 @bp.route(route="api/mfa/passkeys/{id}", methods=["DELETE"])
 @endpoint(tags=("mfa",))
 def mfa_passkey_remove(ctx: RequestContext) -> None:
     """Remove one of the caller's passkeys (not the last factor of a role that requires one)."""
-    assert ctx.principal is not None
-    mfa.remove_passkey(ctx.principal, ctx.uuid_param("id"), meta=_meta(ctx))
+    mfa.remove_passkey(ctx.user, ctx.uuid_param("id"), meta=ctx.meta)
 
 
 # --- administration ----------------------------------------------------------------------------
@@ -196,10 +182,8 @@ def mfa_passkey_remove(ctx: RequestContext) -> None:
 @endpoint(response=FactorsReset, permission="mfa.reset", body=ReasonBody, tags=("mfa", "users"))
 def mfa_reset(ctx: RequestContext) -> dict[str, Any]:
     """Remove every second factor of a user, with a reason; their sessions end and they are mailed."""
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    return mfa.reset_factors(actor=ctx.principal, user_id=ctx.uuid_param("id"), reason=ctx.body.reason,
-                             audit_actor=actor, meta=meta)
+    return mfa.reset_factors(actor=ctx.user, user_id=ctx.uuid_param("id"), reason=ctx.body.reason,
+                             audit_actor=ctx.actor, meta=ctx.meta)
 
 
 # --- sign-in ---------------------------------------------------------------------------------
@@ -209,7 +193,7 @@ def mfa_reset(ctx: RequestContext) -> dict[str, Any]:
 @endpoint(response=WebAuthnOptions, auth=False, body=TicketBody, tags=("auth", "mfa"))
 def auth_mfa_passkey_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for proving the sign-in ticket's user with a passkey (second factor)."""
-    return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=_meta(ctx))
+    return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=ctx.meta)
 
 
 @bp.route(route="api/auth/mfa/verify", methods=["POST"])
@@ -218,7 +202,7 @@ def auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
     """Second sign-in step: the ticket and a TOTP code, a recovery code or a passkey assertion give the tokens."""
     b: SecondFactor = ctx.body
     return mfa.verify_second_factor(ticket=b.mfa_ticket, code=b.code, recovery_code=b.recovery_code,
-                                    assertion=b.assertion, challenge_id=b.challenge_id, meta=_meta(ctx)).as_dict()
+                                    assertion=b.assertion, challenge_id=b.challenge_id, meta=ctx.meta).as_dict()
 
 
 @bp.route(route="api/auth/passkey/options", methods=["POST"])
@@ -234,7 +218,7 @@ def auth_passkey_verify(ctx: RequestContext) -> dict[str, Any]:
     """Sign in with a passkey alone: the same tokens as a login."""
     b: PasskeySignIn = ctx.body
     return mfa.passkey_sign_in(challenge_id=b.challenge_id, assertion=b.assertion, remember_me=b.remember_me,
-                               meta=_meta(ctx)).as_dict()
+                               meta=ctx.meta).as_dict()
 
 
 # --- platform operators: the same factors, under /api/platform -------------------------------------
@@ -248,49 +232,43 @@ class StepUp(Strict):
 @endpoint(response=MfaStatus, operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
 def platform_mfa_status(ctx: RequestContext) -> dict[str, Any]:
     """The operator's second factors (every operator must have one)."""
-    assert ctx.principal is not None
-    return mfa.status(ctx.principal)
+    return mfa.status(ctx.user)
 
 
 @bp.route(route="api/platform/mfa/totp/enroll", methods=["POST"])
 @endpoint(response=TotpEnrolment, operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
 def platform_mfa_totp_enroll(ctx: RequestContext) -> dict[str, Any]:
     """Start an operator's TOTP enrolment: secret, otpauth URI and QR code; confirm with a code."""
-    assert ctx.principal is not None
-    return mfa.start_totp_enrolment(ctx.principal, meta=_meta(ctx)).as_dict()
+    return mfa.start_totp_enrolment(ctx.user, meta=ctx.meta).as_dict()
 
 
 @bp.route(route="api/platform/mfa/totp/confirm", methods=["POST"])
 @endpoint(response=TotpConfirmed, operator=True, mfa_enrolment=True, body=TotpConfirm, tags=("platform", "mfa"))
 def platform_mfa_totp_confirm(ctx: RequestContext) -> dict[str, Any]:
     """Activate the operator's pending TOTP; a first factor comes with recovery codes (shown once)."""
-    assert ctx.principal is not None
-    return mfa.confirm_totp(ctx.principal, code=ctx.body.code, meta=_meta(ctx))
+    return mfa.confirm_totp(ctx.user, code=ctx.body.code, meta=ctx.meta)
 
 
 @bp.route(route="api/platform/mfa/totp", methods=["DELETE"])
 @endpoint(operator=True, tags=("platform", "mfa"))
 def platform_mfa_totp_remove(ctx: RequestContext) -> None:
     """Remove the operator's TOTP (not their last factor)."""
-    assert ctx.principal is not None
-    mfa.remove_totp(ctx.principal, meta=_meta(ctx))
+    mfa.remove_totp(ctx.user, meta=ctx.meta)
 
 
 @bp.route(route="api/platform/mfa/recovery-codes", methods=["POST"])
 @endpoint(response=RecoveryCodes, operator=True, body=RecoveryRegenerate, tags=("platform", "mfa"))
 def platform_mfa_recovery_codes(ctx: RequestContext) -> dict[str, Any]:
     """New recovery codes for the operator (shown once); the old ones stop working."""
-    assert ctx.principal is not None
     code = ctx.body.code if ctx.body is not None else None
-    return mfa.regenerate_recovery_codes(ctx.principal, code=code, meta=_meta(ctx))
+    return mfa.regenerate_recovery_codes(ctx.user, code=code, meta=ctx.meta)
 
 
 @bp.route(route="api/platform/mfa/passkeys/registration/options", methods=["POST"])
 @endpoint(response=WebAuthnOptions, operator=True, mfa_enrolment=True, tags=("platform", "mfa"))
 def platform_mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for a new passkey of the operator, with a single-use challenge id."""
-    assert ctx.principal is not None
-    return mfa.passkey_registration_options(ctx.principal)
+    return mfa.passkey_registration_options(ctx.user)
 
 
 @bp.route(route="api/platform/mfa/passkeys/registration/verify", methods=["POST"])
@@ -298,10 +276,9 @@ def platform_mfa_passkey_registration_options(ctx: RequestContext) -> dict[str, 
           tags=("platform", "mfa"))
 def platform_mfa_passkey_register(ctx: RequestContext) -> Reply:
     """Register an operator's passkey; a first factor comes with recovery codes."""
-    assert ctx.principal is not None
     b: PasskeyRegistration = ctx.body
-    result = mfa.register_passkey(ctx.principal, challenge_id=b.challenge_id, credential=b.credential, name=b.name,
-                                  meta=_meta(ctx))
+    result = mfa.register_passkey(ctx.user, challenge_id=b.challenge_id, credential=b.credential, name=b.name,
+                                  meta=ctx.meta)
     return Reply(body=result, status=201)
 
 
@@ -309,23 +286,21 @@ def platform_mfa_passkey_register(ctx: RequestContext) -> Reply:
 @endpoint(operator=True, tags=("platform", "mfa"))
 def platform_mfa_passkey_remove(ctx: RequestContext) -> None:
     """Remove one of the operator's passkeys (not their last factor)."""
-    assert ctx.principal is not None
-    mfa.remove_passkey(ctx.principal, ctx.uuid_param("id"), meta=_meta(ctx))
+    mfa.remove_passkey(ctx.user, ctx.uuid_param("id"), meta=ctx.meta)
 
 
 @bp.route(route="api/platform/auth/step-up", methods=["POST"])
 @endpoint(response=SteppedUp, operator=True, body=StepUp, tags=("platform", "mfa"))
 def platform_mfa_step_up(ctx: RequestContext) -> dict[str, Any]:
     """Prove a current TOTP code again: cancelling tenants and support tokens need a recent second factor."""
-    assert ctx.principal is not None
-    return mfa.step_up(ctx.principal, code=ctx.body.code, meta=_meta(ctx))
+    return mfa.step_up(ctx.user, code=ctx.body.code, meta=ctx.meta)
 
 
 @bp.route(route="api/platform/auth/mfa/passkey/options", methods=["POST"])
 @endpoint(response=WebAuthnOptions, auth=False, body=TicketBody, tags=("platform", "mfa"))
 def platform_auth_mfa_passkey_options(ctx: RequestContext) -> dict[str, Any]:
     """Options for proving an operator's sign-in ticket with a passkey."""
-    return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=_meta(ctx), realm=mfa.OPERATORS)
+    return mfa.second_factor_passkey_options(ticket=ctx.body.mfa_ticket, meta=ctx.meta, realm=mfa.OPERATORS)
 
 
 @bp.route(route="api/platform/auth/mfa/verify", methods=["POST"])
@@ -334,7 +309,7 @@ def platform_auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
     """An operator's second sign-in step: ticket and a TOTP code, recovery code or passkey give the session."""
     b: SecondFactor = ctx.body
     return mfa.verify_second_factor(ticket=b.mfa_ticket, code=b.code, recovery_code=b.recovery_code,
-                                    assertion=b.assertion, challenge_id=b.challenge_id, meta=_meta(ctx),
+                                    assertion=b.assertion, challenge_id=b.challenge_id, meta=ctx.meta,
                                     realm=mfa.OPERATORS).as_dict()
 
 

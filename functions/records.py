@@ -6,7 +6,6 @@ import uuid
 from typing import Any, Literal
 
 import azure.functions as func
-import psycopg
 from pydantic import Field
 
 from functions._models_records import (
@@ -20,10 +19,7 @@ from functions._models_records import (
     Version,
     Versions,
 )
-from shared.audit import chain as audit
-from shared.core import db
-from shared.core.errors import NotFound, ValidationFailed
-from shared.records import attachments, records, tenant_schemas
+from shared.records import api, records, tenant_schemas
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Reason, ReasonBody, Strict
 
@@ -94,8 +90,7 @@ def _refs(refs: list[Reference] | None) -> list[dict[str, Any]] | None:
 @endpoint(response=RecordTypes, permission="records.read", tags=("records",))
 def record_types(ctx: RequestContext) -> dict[str, Any]:
     """Record types with their current schemas (built-in: document, invoice, payslip)."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return {"types": records.list_types(conn, ctx.tenant_id)}
+    return api.list_types(ctx)
 
 
 @bp.route(route="api/record-types", methods=["POST"])
@@ -103,31 +98,22 @@ def record_types(ctx: RequestContext) -> dict[str, Any]:
 def record_type_create(ctx: RequestContext) -> Reply:
     """Define a record type with a JSON Schema for its payload."""
     b: TypeNew = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        t = records.create_type(conn, actor=ctx.principal, name=b.name, display_name=b.display_name,
-                                schema=b.json_schema, reason=b.reason, meta=meta, audit_actor=actor)
-    return Reply(body=t, status=201)
+    return Reply(body=api.create_type(ctx, name=b.name, display_name=b.display_name, schema=b.json_schema,
+                                      reason=b.reason), status=201)
 
 
 @bp.route(route="api/record-types/{name}", methods=["GET"])
 @endpoint(response=RecordType, permission="records.read", tags=("records",))
 def record_type_get(ctx: RequestContext) -> dict[str, Any]:
     """One record type."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return records.get_type(conn, ctx.tenant_id, ctx.route["name"])
+    return api.get_type(ctx, ctx.route["name"])
 
 
 @bp.route(route="api/record-types/{name}/schema", methods=["PUT"])
 @endpoint(response=RecordType, permission="record_types.manage", body=SchemaChange, tags=("records",))
 def record_type_schema(ctx: RequestContext) -> dict[str, Any]:
     """A new schema version; stored records keep theirs."""
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return records.change_type_schema(conn, actor=ctx.principal, name=ctx.route["name"], schema=ctx.body.json_schema,
-                                          reason=ctx.body.reason, meta=meta, audit_actor=actor)
+    return api.change_type_schema(ctx, name=ctx.route["name"], schema=ctx.body.json_schema, reason=ctx.body.reason)
 
 
 @bp.route(route="api/records", methods=["POST"])
@@ -135,11 +121,7 @@ def record_type_schema(ctx: RequestContext) -> dict[str, Any]:
 def record_create(ctx: RequestContext) -> Reply:
     """Create a record (version 1); referenced records are frozen into it."""
     b: RecordNew = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        r = records.create_record(conn, actor=ctx.principal, type_name=b.type, payload=b.payload,
-                                  references=_refs(b.references) or [], meta=meta, audit_actor=actor)
+    r = api.create_record(ctx, type_name=b.type, payload=b.payload, references=_refs(b.references) or [])
     return Reply(body=r, status=201, headers={"Location": f"/api/records/{r['id']}"})
 
 
@@ -148,16 +130,14 @@ def record_create(ctx: RequestContext) -> Reply:
 def record_list(ctx: RequestContext) -> dict[str, Any]:
     """Records, oldest first, filtered by type and status, paginated."""
     q: RecordQuery = ctx.query
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return records.list_records(conn, ctx.tenant_id, type_name=q.type, status=q.status, after=q.after, limit=q.limit)
+    return api.list_records(ctx, type_name=q.type, status=q.status, after=q.after, limit=q.limit)
 
 
 @bp.route(route="api/records/{id}", methods=["GET"])
 @endpoint(response=Record, permission="records.read", tags=("records",))
 def record_get(ctx: RequestContext) -> dict[str, Any]:
     """A record with its current version, frozen context and whether each source changed."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return records.get_record(conn, ctx.uuid_param("id"))
+    return api.get_record(ctx, ctx.uuid_param("id"))
 
 
 @bp.route(route="api/records/{id}", methods=["PATCH"])
@@ -165,41 +145,29 @@ def record_get(ctx: RequestContext) -> dict[str, Any]:
 def record_edit(ctx: RequestContext) -> dict[str, Any]:
     """A new version of the record, with a reason; editing a stale version gets 409."""
     b: RecordEdit = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return records.update_record(conn, actor=ctx.principal, record_id=ctx.uuid_param("id"), expected_version=b.version,
-                                     payload=b.payload, references=_refs(b.references), reason=b.reason,
-                                     meta=meta, audit_actor=actor)
+    return api.update_record(ctx, record_id=ctx.uuid_param("id"), expected_version=b.version, payload=b.payload,
+                             references=_refs(b.references), reason=b.reason)
 
 
 @bp.route(route="api/records/{id}/versions", methods=["GET"])
 @endpoint(response=Versions, permission="records.read", tags=("records",))
 def record_versions(ctx: RequestContext) -> dict[str, Any]:
     """Every version of a record, oldest first."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return {"versions": records.list_versions(conn, ctx.uuid_param("id"))}
+    return api.list_versions(ctx, ctx.uuid_param("id"))
 
 
 @bp.route(route="api/records/{id}/versions/{v:int}", methods=["GET"])
 @endpoint(response=Version, permission="records.read", tags=("records",))
 def record_version(ctx: RequestContext) -> dict[str, Any]:
     """One version of a record."""
-    record_id = ctx.uuid_param("id")
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        records.get_record(conn, record_id)
-        return records.get_version(conn, str(record_id), ctx.int_param("v"))
+    return api.get_version(ctx, ctx.uuid_param("id"), ctx.int_param("v"))
 
 
 @bp.route(route="api/records/{id}/retire", methods=["POST"])
 @endpoint(response=Record, permission="records.retire", body=ReasonBody, tags=("records",))
 def record_retire(ctx: RequestContext) -> dict[str, Any]:
     """Retire a record (records are never deleted; retired ones stay readable)."""
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return records.retire_record(conn, actor=ctx.principal, record_id=ctx.uuid_param("id"), reason=ctx.body.reason,
-                                     meta=meta, audit_actor=actor)
+    return api.retire_record(ctx, record_id=ctx.uuid_param("id"), reason=ctx.body.reason)
 
 
 @bp.route(route="api/records/{id}/attachments", methods=["POST"])
@@ -207,50 +175,28 @@ def record_retire(ctx: RequestContext) -> dict[str, Any]:
 def record_attach(ctx: RequestContext) -> Reply:
     """Attach a file (raw body, its Content-Type, filename in Content-Disposition): a new version."""
     req = ctx.request
-    record_id = ctx.uuid_param("id")
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        records.get_record(conn, record_id)  # 404 before any upload
-    stored = attachments.store(ctx.tenant_id, req.get_body() or b"",
-                               content_type=req.headers.get("Content-Type") or "application/octet-stream",
-                               filename=attachments.filename_from(req.headers.get("Content-Disposition")))
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        r = records.add_attachment_version(conn, actor=ctx.principal, record_id=record_id,
-                                           expected_version=ctx.query.version, attachment=stored.as_dict(),
-                                           meta=meta, audit_actor=actor)
-    return Reply(body={**stored.as_dict(), "version": r["current_version"], "record": r}, status=201)
+    return Reply(body=api.attach(ctx, record_id=ctx.uuid_param("id"), data=req.get_body() or b"",
+                                 content_type=req.headers.get("Content-Type") or "application/octet-stream",
+                                 content_disposition=req.headers.get("Content-Disposition"),
+                                 expected_version=ctx.query.version), status=201)
 
 
 @bp.route(route="api/records/{id}/attachments/{sha256}", methods=["GET"])
 @endpoint(media_type="*/*", statuses=(502,), permission="records.read", tags=("records",))
 def record_attachment(ctx: RequestContext) -> Reply:
     """Download an attachment; its hash is checked again on the way out."""
-    record_id = ctx.uuid_param("id")
-    sha256 = ctx.route["sha256"].lower()
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        versions = records.list_versions(conn, record_id)
-    entry = next((a for v in versions for a in v["attachments"] if a["sha256"] == sha256), None)
-    if entry is None:
-        raise NotFound("no such attachment on this record")
-    actor, meta = audit.context_actor(ctx)
-    data = attachments.read_verified(ctx.tenant_id, sha256, record_id=str(record_id), meta=meta, actor=actor)
+    data, entry = api.download(ctx, record_id=ctx.uuid_param("id"), sha256=ctx.route["sha256"])
     safe = entry["filename"].replace('"', "")
     return Reply(body=data, media_type=entry["content_type"],
-                 headers={"Content-Disposition": f'attachment; filename="{safe}"', "Digest": f"sha-256={sha256}",
-                          "X-Content-SHA256": sha256})
+                 headers={"Content-Disposition": f'attachment; filename="{safe}"', "Digest": f"sha-256={entry['sha256']}",
+                          "X-Content-SHA256": entry["sha256"]})
 
 
 @bp.route(route="api/payment-methods", methods=["GET"])
 @endpoint(response=PaymentMethods, permission="payment_methods.manage", tags=("payments",))
 def payment_methods(ctx: RequestContext) -> dict[str, Any]:
     """Stored payment methods: gateway token, brand, last four digits, expiry. Never card data."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        rows = conn.execute(
-            """select id::text as id, gateway, brand, last4, exp_month, exp_year, label, created_at
-                 from payment_methods where retired_at is null order by created_at"""
-        ).fetchall()
-    return {"payment_methods": rows}
+    return api.list_payment_methods(ctx)
 
 
 @bp.route(route="api/payment-methods", methods=["POST"])
@@ -258,25 +204,6 @@ def payment_methods(ctx: RequestContext) -> dict[str, Any]:
 def payment_method_create(ctx: RequestContext) -> Reply:
     """Store a payment method as the gateway's token with brand, last four and expiry."""
     b: PaymentMethodNew = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        try:
-            row = conn.execute(
-                """insert into payment_methods (tenant_id, gateway, gateway_token, brand, last4, exp_month, exp_year, label, created_by)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s)
-                   returning id::text as id, gateway, brand, last4, exp_month, exp_year, label, created_at""",
-                (ctx.tenant_id, b.gateway, b.gateway_token, b.brand, b.last4, b.exp_month, b.exp_year, b.label,
-                 ctx.principal.user_id),
-            ).fetchone()
-        except psycopg.errors.CheckViolation:
-            raise ValidationFailed("the payment method is not valid") from None
-        assert row is not None
-        audit.append(conn, tenant_id=ctx.tenant_id, actor=actor, action="payment_method.created",
-                     target_type="payment_method", target_id=row["id"],
-                     after={"gateway": b.gateway, "brand": b.brand, "last4": b.last4,
-                            "expiry": f"{b.exp_month:02d}/{b.exp_year}"}, meta=meta)
-    return Reply(body=row, status=201)
-
-
-
+    return Reply(body=api.create_payment_method(ctx, gateway=b.gateway, gateway_token=b.gateway_token, brand=b.brand,
+                                                last4=b.last4, exp_month=b.exp_month, exp_year=b.exp_year,
+                                                label=b.label), status=201)

@@ -9,9 +9,7 @@ import azure.functions as func
 from pydantic import ConfigDict, Field, model_validator
 
 from functions._models_records import Manifest, SignaturePolicy, SignaturesVerified, Signed, Vocabulary
-from shared.audit import chain as audit
-from shared.core import db
-from shared.records import records, signatures
+from shared.records import api, signatures
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Reason, Strict
 
@@ -64,36 +62,29 @@ class PolicyBody(Strict):
 def sign_version(ctx: RequestContext) -> Reply:
     """Sign a record version: password again, a meaning and a listed reason (§11.50, §11.200)."""
     b: SignBody = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    result = signatures.sign(signer=ctx.principal, record_id=str(ctx.uuid_param("id")), version=ctx.int_param("v"),
-                             password=b.password, meaning=b.meaning, reason_code=b.reason, comment=b.comment, code=b.code,
-                             meta=meta, actor=actor)
-    return Reply(body=result, status=201)
+    return Reply(body=api.sign(ctx, record_id=ctx.uuid_param("id"), version=ctx.int_param("v"), password=b.password,
+                               meaning=b.meaning, reason_code=b.reason, comment=b.comment, code=b.code), status=201)
 
 
 @bp.route(route="api/records/{id}/signatures/verify", methods=["GET"])
 @endpoint(response=SignaturesVerified, permission="records.read", tags=("signatures",))
 def verify_signatures(ctx: RequestContext) -> dict[str, Any]:
     """Re-check every signature's link to its version's content (§11.70)."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return signatures.verify(conn, str(ctx.uuid_param("id")))
+    return api.verify_signatures(ctx, ctx.uuid_param("id"))
 
 
 @bp.route(route="api/records/{id}/versions/{v:int}/manifest", methods=["GET"])
 @endpoint(response=Manifest, permission="records.read", tags=("signatures",))
 def version_manifest(ctx: RequestContext) -> dict[str, Any]:
     """A printable manifest of a version with its signatures and audit extract."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return signatures.manifest(conn, str(ctx.uuid_param("id")), ctx.int_param("v"))
+    return api.manifest(ctx, ctx.uuid_param("id"), ctx.int_param("v"))
 
 
 @bp.route(route="api/signature-vocabulary", methods=["GET"])
 @endpoint(response=Vocabulary, permission="records.read", tags=("signatures",))
 def signature_vocabulary(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's signature meanings and reasons."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return signatures.vocabulary(conn, ctx.tenant_id)
+    return api.vocabulary(ctx)
 
 
 @bp.route(route="api/signature-vocabulary", methods=["POST"])
@@ -101,19 +92,14 @@ def signature_vocabulary(ctx: RequestContext) -> dict[str, Any]:
 def signature_vocabulary_add(ctx: RequestContext) -> dict[str, Any]:
     """Add a meaning or a reason to the controlled vocabulary."""
     b: VocabularyEntry = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return signatures.add_vocabulary(conn, tenant_id=ctx.tenant_id, kind=b.kind, code=b.code, text=b.text,
-                                         actor=actor, meta=meta, reason=b.reason)
+    return api.add_vocabulary(ctx, kind=b.kind, code=b.code, text=b.text, reason=b.reason)
 
 
 @bp.route(route="api/record-types/{name}/signature-policy", methods=["GET"])
 @endpoint(response=SignaturePolicy, permission="records.read", tags=("signatures",))
 def signature_policy(ctx: RequestContext) -> dict[str, Any]:
     """How many review and approval signatures a record type needs, and who may give them."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        t = records.get_type(conn, ctx.tenant_id, ctx.route["name"])
-        return signatures.policy_for(conn, t["id"]).__dict__
+    return api.signature_policy(ctx, ctx.route["name"])
 
 
 @bp.route(route="api/record-types/{name}/signature-policy", methods=["PUT"])
@@ -121,9 +107,5 @@ def signature_policy(ctx: RequestContext) -> dict[str, Any]:
 def signature_policy_set(ctx: RequestContext) -> dict[str, Any]:
     """Set a record type's signature policy."""
     b: PolicyBody = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        t = records.get_type(conn, ctx.tenant_id, ctx.route["name"])
-        policy = signatures.Policy(b.required_reviews, b.required_approvals, b.review_permission, b.approve_permission)
-        return signatures.set_policy(conn, type_id=t["id"], tenant_id=ctx.tenant_id, policy=policy, actor=actor,
-                                     meta=meta, reason=b.reason).__dict__
+    policy = signatures.Policy(b.required_reviews, b.required_approvals, b.review_permission, b.approve_permission)
+    return api.set_signature_policy(ctx, type_name=ctx.route["name"], policy=policy, reason=b.reason)

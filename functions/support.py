@@ -8,9 +8,7 @@ import azure.functions as func
 from pydantic import Field
 
 from functions._models_tenancy import Grant, SupportGrants
-from shared.audit import chain as audit
-from shared.core import db
-from shared.tenancy.support import grant, list_grants, revoke
+from shared.tenancy import api
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Email, Reason, ReasonQuery, Strict
 
@@ -27,8 +25,7 @@ class SupportGrant(Strict):
 @endpoint(response=SupportGrants, permission="tenant.settings.read", tags=("support",))
 def support_list(ctx: RequestContext) -> dict[str, Any]:
     """Support access grants of the tenant, newest first."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return {"grants": list_grants(conn)}
+    return api.list_support_grants(ctx)
 
 
 @bp.route(route="api/support-access", methods=["POST"])
@@ -36,20 +33,11 @@ def support_list(ctx: RequestContext) -> dict[str, Any]:
 def support_grant(ctx: RequestContext) -> Reply:
     """Let a platform operator read this tenant's data for a limited time (ADMIN only)."""
     b: SupportGrant = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        g = grant(conn, actor=ctx.principal, operator_email=b.operator_email, reason=b.reason, hours=b.hours,
-                  audit_actor=actor, meta=meta)
-    return Reply(body=g, status=201)
+    return Reply(body=api.grant_support(ctx, operator_email=b.operator_email, reason=b.reason, hours=b.hours), status=201)
 
 
 @bp.route(route="api/support-access/{id}", methods=["DELETE"])
 @endpoint(response=Grant, permission="tenant.settings.manage", query=ReasonQuery, tags=("support",))
 def support_revoke(ctx: RequestContext) -> dict[str, Any]:
     """End a support access grant now (`?reason=` required)."""
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return revoke(conn, actor=ctx.principal, grant_id=ctx.uuid_param("id"), reason=ctx.query.reason,
-                      audit_actor=actor, meta=meta)
+    return api.revoke_support(ctx, grant_id=ctx.uuid_param("id"), reason=ctx.query.reason)

@@ -8,11 +8,7 @@ import azure.functions as func
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions._models_tenancy import SettingChanged, Tenant, TenantSettings
-from shared.audit import chain as audit
-from shared.core import db
-from shared.core.errors import NotFound
-from shared.tenancy.tenant_settings import CATALOGUE, list_settings, put_setting
-from shared.tenancy.tenants import get_tenant
+from shared.tenancy import api
 from shared.web.endpoint import RequestContext, endpoint
 
 bp = func.Blueprint()
@@ -29,35 +25,19 @@ class SettingChange(BaseModel):
 @endpoint(response=Tenant, tags=("tenant",))
 def current_tenant(ctx: RequestContext) -> dict[str, Any]:
     """The caller's tenant."""
-    tenant = get_tenant(ctx.tenant_id)
-    if tenant is None:
-        raise NotFound()
-    return tenant.__dict__
+    return api.current_tenant(ctx)
 
 
 @bp.route(route="api/tenant/settings", methods=["GET"])
 @endpoint(response=TenantSettings, permission="tenant.settings.read", tags=("tenant",))
 def tenant_settings(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's settings, with the catalogue of keys that exist."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        stored = list_settings(conn)
-    return {
-        "settings": stored,
-        "catalogue": {key: description for key, (description, _) in CATALOGUE.items()},
-    }
+    return api.settings(ctx)
 
 
 @bp.route(route="api/tenant/settings/{key}", methods=["PUT"])
 @endpoint(response=SettingChanged, permission="tenant.settings.manage", body=SettingChange, tags=("tenant",))
 def change_tenant_setting(ctx: RequestContext) -> dict[str, Any]:
     """Set one tenant setting, with a reason."""
-    key = ctx.route["key"]
     body: SettingChange = ctx.body
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        old, new = put_setting(conn, tenant_id=ctx.tenant_id, key=key, value=body.value, actor_id=ctx.principal.user_id)
-        audit.record(
-            conn, ctx, "tenant.setting_changed", target_type="tenant_setting", target_id=key,
-            before=old, after=new, reason=body.reason,
-        )
-    return {"key": key, "value": new, "previous": old}
+    return api.change_setting(ctx, key=ctx.route["key"], value=body.value, reason=body.reason)

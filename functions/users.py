@@ -10,12 +10,7 @@ from pydantic import Field
 
 from functions._models_auth import StatusMessage
 from functions._models_tenancy import Me, Overrides, User, UserInvited, Users
-from shared.audit import chain as audit
-from shared.core import db
-from shared.identity.guards import require_permission
-from shared.identity.signin import admin_reset
-from shared.tenancy.designations import get_overrides, put_overrides, set_user_designations
-from shared.tenancy.users import deactivate_user, get_user, invite, list_users, update_user
+from shared.tenancy import api
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Email, Permission, Reason, ReasonBody, Strict
 
@@ -60,14 +55,7 @@ class OverridesPut(Strict):
 @endpoint(response=Me, mfa_enrolment=True, tags=("users",))
 def me(ctx: RequestContext) -> dict[str, Any]:
     """The caller: user, role, designations and effective permissions."""
-    p = ctx.principal
-    assert p is not None
-    if p.is_support:
-        return {"user": {"id": p.user_id, "display_name": p.name}, "role": p.role, "designations": [],
-                "permissions": sorted(p.permissions), "support_grant_id": p.support_grant_id}
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        user = get_user(conn, uuid.UUID(p.user_id))
-    return {"user": user, "role": p.role, "designations": user["designations"], "permissions": sorted(p.permissions)}
+    return api.me(ctx)
 
 
 @bp.route(route="api/users", methods=["GET"])
@@ -75,8 +63,7 @@ def me(ctx: RequestContext) -> dict[str, Any]:
 def users_list(ctx: RequestContext) -> dict[str, Any]:
     """The tenant's users, by email, paginated."""
     q: UserQuery = ctx.query
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return list_users(conn, after=q.after, limit=q.limit, status=q.status, role=q.role)
+    return api.list_users(ctx, after=q.after, limit=q.limit, status=q.status, role=q.role)
 
 
 @bp.route(route="api/users", methods=["POST"])
@@ -84,20 +71,16 @@ def users_list(ctx: RequestContext) -> dict[str, Any]:
 def users_invite(ctx: RequestContext) -> Reply:
     """Invite a user; the invitation goes out by mail."""
     b: InviteUser = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        inv = invite(conn, tenant_id=ctx.tenant_id, email=b.email, role=b.role, display_name=b.display_name,
-                     time_zone=b.time_zone, actor=ctx.principal, audit_actor=actor, meta=meta, reason=b.reason)
-    return Reply(body={"user": inv.user, "invitation": {"expires_at": inv.expires_at}}, status=201,
-                 headers={"Location": f"/api/users/{inv.user['id']}"})
+    out = api.invite(ctx, email=b.email, role=b.role, display_name=b.display_name, time_zone=b.time_zone,
+                     reason=b.reason)
+    return Reply(body=out, status=201, headers={"Location": f"/api/users/{out['user']['id']}"})
 
 
 @bp.route(route="api/users/{id}", methods=["GET"])
 @endpoint(response=User, permission="users.read", tags=("users",))
 def users_get(ctx: RequestContext) -> dict[str, Any]:
     """One user."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return get_user(conn, ctx.uuid_param("id"))
+    return api.get_user(ctx, ctx.uuid_param("id"))
 
 
 @bp.route(route="api/users/{id}", methods=["PATCH"])
@@ -105,37 +88,22 @@ def users_get(ctx: RequestContext) -> dict[str, Any]:
 def users_patch(ctx: RequestContext) -> dict[str, Any]:
     """Change a user's name, time zone, role or designations, with a reason."""
     b: UserPatch = ctx.body
-    p = ctx.principal
-    assert p is not None
-    user_id = ctx.uuid_param("id")
-    actor, meta = audit.context_actor(ctx)
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        user = update_user(conn, actor=p, user_id=user_id, reason=b.reason, meta=meta, audit_actor=actor,
-                           changes=b.model_dump(include={"display_name", "time_zone", "role"}))
-        if b.designations is not None:
-            require_permission(p, "designations.manage")
-            user = set_user_designations(conn, actor=p, user_id=user_id, designation_ids=b.designations,
-                                         reason=b.reason, audit_actor=actor, meta=meta)
-    return user
+    return api.update_user(ctx, user_id=ctx.uuid_param("id"), changes=b.model_dump(include={"display_name", "time_zone", "role"}),
+                           designation_ids=b.designations, reason=b.reason)
 
 
 @bp.route(route="api/users/{id}/deactivate", methods=["POST"])
 @endpoint(response=User, permission="users.deactivate", body=ReasonBody, tags=("users",))
 def users_deactivate(ctx: RequestContext) -> dict[str, Any]:
     """Deactivate a user (users are never deleted)."""
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return deactivate_user(conn, actor=ctx.principal, user_id=ctx.uuid_param("id"), reason=ctx.body.reason,
-                               meta=meta, audit_actor=actor)
+    return api.deactivate_user(ctx, user_id=ctx.uuid_param("id"), reason=ctx.body.reason)
 
 
 @bp.route(route="api/users/{id}/overrides", methods=["GET"])
 @endpoint(response=Overrides, permission="users.read", tags=("users",))
 def overrides_get(ctx: RequestContext) -> dict[str, Any]:
     """A user's permission overrides."""
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        return {"overrides": get_overrides(conn, ctx.uuid_param("id"))}
+    return api.get_overrides(ctx, ctx.uuid_param("id"))
 
 
 @bp.route(route="api/users/{id}/overrides", methods=["PUT"])
@@ -143,13 +111,8 @@ def overrides_get(ctx: RequestContext) -> dict[str, Any]:
 def overrides_put(ctx: RequestContext) -> dict[str, Any]:
     """Replace a user's permission overrides (grant or deny; deny wins)."""
     b: OverridesPut = ctx.body
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        result = put_overrides(conn, actor=ctx.principal, user_id=ctx.uuid_param("id"),
-                               overrides=[o.model_dump() for o in b.overrides], reason=b.reason,
-                               audit_actor=actor, meta=meta)
-    return {"overrides": result}
+    return api.put_overrides(ctx, user_id=ctx.uuid_param("id"), overrides=[o.model_dump() for o in b.overrides],
+                             reason=b.reason)
 
 
 
@@ -159,9 +122,5 @@ def overrides_put(ctx: RequestContext) -> dict[str, Any]:
 @endpoint(response=StatusMessage, permission="users.update", body=ReasonBody, status=202, tags=("users",))
 def users_password_reset(ctx: RequestContext) -> Reply:
     """Mail a user a password reset code (admins never see or set passwords)."""
-    actor, meta = audit.context_actor(ctx)
-    assert ctx.principal is not None
-    with db.tenant_tx(ctx.tenant_id) as conn:
-        admin_reset(conn, actor=ctx.principal, user_id=str(ctx.uuid_param("id")), reason=ctx.body.reason,
-                    audit_actor=actor, meta=meta)
+    api.reset_password(ctx, user_id=ctx.uuid_param("id"), reason=ctx.body.reason)
     return Reply(body={"status": "a reset code was mailed to the user"}, status=202)

@@ -4,13 +4,19 @@
     @endpoint(permission="things.read")
     def get_thing(ctx: RequestContext) -> Thing: ...
 
-In order, the wrapper: assigns a request id; refuses oversized bodies; applies the CORS
-allow-list (answering preflights); authenticates the bearer token; takes the tenant from
-the token; checks the permission; parses the JSON body and query into pydantic models;
-calls the handler; renders every `AppError` as RFC 9457 problem+json and anything else as a
-bare 500 carrying only the request id; adds security headers to every response; writes one
-access-log line. The function it returns has exactly the signature `(req)` the Functions
-worker binds, so guards never add parameters to a function's signature.
+Before the handler, `STAGES` run in this order: cors, rate_limit, body_size, characters,
+json, card_data, authenticate, authorize, query, body. They check the Origin allow-list (403),
+the per-IP rate (429) and body size (413), refuse NUL and lone surrogates in route and query,
+parse the JSON body once (depth, NUL, surrogates), refuse card data, verify the bearer token
+and load the caller from the database, apply caller kind, support rules, second factor,
+permission and cancelled-tenant rules, and parse query and body into the endpoint's pydantic
+models. Then the handler makes one call into a domain `api` module,
+which owns its transaction (shared.web.caller); its result is rendered; every `AppError`
+becomes RFC 9457 problem+json and anything else a bare 500 carrying only the request id; a
+support token's request is written to the tenant's audit trail; security headers are added
+to every response; one access-log line is written. Each request gets a request id first.
+The function `endpoint` returns has exactly the signature `(req)` the Functions worker binds,
+so guards never add parameters to a function's signature.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +39,7 @@ from pydantic import BaseModel, ValidationError
 from shared.audit import chain as audit
 from shared.audit.chain import RequestMeta
 from shared.core import db
+from shared.core.db import Conn
 from shared.core.errors import (
     AppError,
     BlankValue,
@@ -134,6 +142,8 @@ class RequestContext:
     claims: AccessClaims | None = None
     body: Any = None
     query: Any = None
+    json: Any = None
+    cors_origin: str | None = None
 
     @property
     def route(self) -> dict[str, str]:
@@ -145,6 +155,27 @@ class RequestContext:
         if self.principal is None or self.principal.tenant_id is None:
             raise Unauthenticated("a tenant user is required")
         return self.principal.tenant_id
+
+    @property
+    def user(self) -> Principal:
+        """The authenticated caller. Raises Unauthenticated on an endpoint without authentication."""
+        if self.principal is None:
+            raise Unauthenticated("authentication required")
+        return self.principal
+
+    @property
+    def actor(self) -> audit.Actor:
+        """Who is acting, as the audit trail records it."""
+        return audit.context_actor(self)[0]
+
+    @property
+    def meta(self) -> audit.RequestMeta:
+        """The request's IP, user agent, session and id, as the audit trail records them."""
+        return audit.context_actor(self)[1]
+
+    def tenant_tx(self) -> AbstractContextManager[Conn]:
+        """A transaction in the caller's tenant (see shared.web.caller: domain calls open it)."""
+        return db.tenant_tx(self.tenant_id)
 
     def int_param(self, name: str) -> int:
         """A positive 32-bit route parameter; anything else is simply not found."""
@@ -315,6 +346,87 @@ def header_text(req: func.HttpRequest, name: str, limit: int = 512) -> str:
     return _CONTROL.sub("", req.headers.get(name) or "")[:limit]
 
 
+Stage = Callable[["RequestContext", EndpointSpec], None]
+
+
+def _stage_cors(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """A request from an Origin outside the allow-list is refused (403)."""
+    origin = ctx.request.headers.get("Origin")
+    if _check_origin(origin, get_settings().cors_origins):
+        ctx.cors_origin = origin
+
+
+def _stage_rate_limit(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """The per-worker, per-IP API limiter (429)."""
+    api_limiter().take(ctx.client_ip or "unknown")
+
+
+def _stage_body_size(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """Bodies over the endpoint's limit are refused before they are read further (413)."""
+    _check_size(ctx.request, getattr(get_settings(), spec.body_limit))
+
+
+def _stage_characters(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """NUL and lone surrogates: a route parameter holding one names nothing (404), a query 422."""
+    _check_route_and_query(ctx.request)
+
+
+def _stage_json(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """A JSON body is parsed once and checked: depth, NUL, lone surrogates (422)."""
+    ctx.json = _read_json(ctx.request)
+
+
+def _stage_card_data(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """Card numbers and security codes in the query or the JSON body are refused (422)."""
+    _refuse_card_data(ctx.request, ctx.json)
+
+
+def _stage_authenticate(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """The bearer token is verified and the caller loaded from the database (401)."""
+    if spec.auth:
+        ctx.claims = claims = verify_access_token(bearer_token(ctx.request))
+        ctx.principal = principal_for(
+            claims, RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id))
+
+
+def _stage_authorize(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """Caller kind, support rules, second-factor enrolment, permission, tenant state (403, 423)."""
+    if spec.auth:
+        _authorize(ctx, spec, ctx.request)
+
+
+def _stage_query(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """The query string into the endpoint's model (422)."""
+    if spec.query is not None:
+        ctx.query = _validate(spec.query, dict(ctx.request.params or {}), "query")
+
+
+def _stage_body(ctx: RequestContext, spec: EndpointSpec) -> None:
+    """The JSON body into the endpoint's model (415, 400, 422)."""
+    if spec.body is not None and ctx.request.method.upper() in BODY_METHODS:
+        ctx.body = _validate(spec.body, ctx.json if ctx.json is not _NO_JSON else _parse_json(ctx.request), "body")
+
+
+STAGES: tuple[tuple[str, Stage], ...] = (
+    ("cors", _stage_cors),
+    ("rate_limit", _stage_rate_limit),
+    ("body_size", _stage_body_size),
+    ("characters", _stage_characters),
+    ("json", _stage_json),
+    ("card_data", _stage_card_data),
+    ("authenticate", _stage_authenticate),
+    ("authorize", _stage_authorize),
+    ("query", _stage_query),
+    ("body", _stage_body),
+)
+"""What runs before the handler, in this order; the README lists the same names (a test checks).
+After the handler: its result is rendered; any AppError becomes problem+json and anything else
+a bare 500; a request made with a support token is written to the tenant's audit trail; the
+security and CORS headers are added; one access-log line is written."""
+
+AFTER_HANDLER: tuple[str, ...] = ("render", "problem", "support_audit", "headers", "access_log")
+
+
 def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func.HttpResponse:
     started = time.perf_counter()
     ctx = RequestContext(
@@ -323,25 +435,13 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         client_ip=client_ip(req),
         user_agent=redact_card_numbers(header_text(req, "User-Agent", limit=2048), limit=512),  # logged and audited
     )
-    origin = req.headers.get("Origin")
-    cors_ok = False
     try:
-        settings = get_settings()
-        cors_ok = _check_origin(origin, settings.cors_origins)
         if spec.preflight:
-            response = _preflight(req, origin, settings.cors_max_age_s)
+            _stage_cors(ctx, spec)
+            response = _preflight(req, ctx.cors_origin, get_settings().cors_max_age_s)
         else:
-            api_limiter().take(ctx.client_ip or "unknown")
-            _check_size(req, getattr(settings, spec.body_limit))
-            _check_route_and_query(req)
-            parsed = _read_json(req)
-            _refuse_card_data(req, parsed)
-            if spec.auth:
-                _authenticate(ctx, spec, req)
-            if spec.query is not None:
-                ctx.query = _validate(spec.query, dict(req.params or {}), "query")
-            if spec.body is not None and req.method.upper() in BODY_METHODS:
-                ctx.body = _validate(spec.body, parsed if parsed is not _NO_JSON else _parse_json(req), "body")
+            for _, stage in STAGES:
+                stage(ctx, spec)
             response = _render(handler(ctx), spec.status)
     except AppError as exc:
         response = _problem(exc, ctx.request_id)
@@ -350,16 +450,13 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         response = _problem(InternalError(), ctx.request_id)
     if ctx.claims is not None and ctx.claims.role == SUPPORT:
         response = _audit_support_request(ctx, req, response)
-    _finish(response, ctx.request_id, origin if cors_ok else None)
+    _finish(response, ctx.request_id, ctx.cors_origin)
     _log_access(ctx, req, response, started)
     return response
 
 
-def _authenticate(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest) -> None:
-    """Authenticate, then apply the caller-kind, second-factor, permission and tenant-state guards."""
-    ctx.claims = claims = verify_access_token(bearer_token(req))
-    ctx.principal = principal = principal_for(
-        claims, RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id))
+def _authorize(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest) -> None:
+    principal = ctx.user
     if spec.operator:
         require_operator(principal)
         require_mfa_enrolment(principal, enrolment_endpoint=spec.mfa_enrolment)

@@ -479,3 +479,43 @@ def test_whitespace_only_names_are_refused_by_the_request_models(client: httpx.C
         resp = client.post("/api/designations", json={"name": name, "permissions": ["records.read"], "reason": "blank"},
                            headers=auth(token))
         assert_problem(resp, 422, "blank-value")
+
+
+# --- the pipeline as one list ----------------------------------------------------------------
+
+
+def test_the_stages_in_code_docstring_and_readme_agree() -> None:
+    import re
+
+    from shared.web import endpoint as wrapper
+    from tests.conftest import ROOT
+
+    names = [name for name, _ in wrapper.STAGES]
+    assert names == ["cors", "rate_limit", "body_size", "characters", "json", "card_data", "authenticate",
+                     "authorize", "query", "body"]
+    readme = (ROOT / "README.md").read_text()
+    table = re.findall(r"^\| (\d+) \| `([a-z_]+)` \|", readme, flags=re.M)
+    assert [name for _, name in table] == names
+    assert [int(n) for n, _ in table] == list(range(1, len(names) + 1))
+    doc = " ".join((wrapper.__doc__ or "").split())
+    assert "run in this order: " + ", ".join(names) + "." in doc
+
+
+def test_triggers_write_no_sql_and_no_audit_events() -> None:
+    import ast
+
+    from tests.conftest import ROOT
+
+    offenders = []
+    for path in sorted((ROOT / "functions").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in {"execute", "tenant_tx", "platform_tx", "append",
+                                                                 "record", "context_actor", "transaction"}:
+                offenders.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module in {"shared.core.db", "shared.audit.chain"}:
+                offenders.append(f"{path.name}:{node.lineno} imports {node.module}")
+            if isinstance(node, ast.ImportFrom) and node.module == "shared.core" and any(
+                    a.name == "db" for a in node.names):
+                offenders.append(f"{path.name}:{node.lineno} imports shared.core.db")
+    assert offenders == []
