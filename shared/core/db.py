@@ -12,7 +12,8 @@ Round trips are the cost of a request here, so none is spent needlessly:
 - The pool does not check a connection on every checkout (a `select 1` round trip each
   time). Instead, the retry rule: when the *first* statement of a checkout fails because the
   connection is broken (`conn.broken`: the server closed it, a failover, an idle cut), the
-  connection is discarded and the unit of work starts once more on another one. Nothing of
+  connection is discarded, the pool's idle connections are tested (their siblings are
+  usually broken too), and the unit of work starts once more on another one. Nothing of
   the unit had been done yet (only `begin` and `set_config`, or one statement the caller
   declares safe to repeat), so repeating it cannot apply anything twice. A failure after
   that, or a second broken connection, is a 503 `service-unavailable`.
@@ -142,7 +143,11 @@ def first_statement(first: Callable[[Conn], T], *, timeout: float | None = None)
             p.putconn(conn)  # a broken connection is discarded by the pool, not reused
             if attempt == 2 or not (isinstance(exc, psycopg.OperationalError) and conn.broken):
                 raise
-            log.info("database connection was broken before its first statement: retrying once on another")
+            # One broken connection usually means all of its siblings are too (a restart, a
+            # failover): test the idle ones now, so the retry gets a working connection
+            # rather than the next dead one.
+            log.info("database connection was broken before its first statement: retrying once")
+            p.check()
     raise AssertionError("unreachable")
 
 
