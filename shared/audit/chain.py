@@ -195,14 +195,14 @@ def append(
     """
     meta = meta or RequestMeta()
     tid = str(uuid.UUID(str(tenant_id)))
-    conn.execute(
-        "insert into audit_chain_heads (tenant_id, seq, checksum) values (%s, 0, %s) on conflict do nothing",
-        (tid, GENESIS),
-    )
-    head = conn.execute(
-        "select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %s for update",
-        (tid,),
-    ).fetchone()
+    lock_head = "select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %s for update"
+    head = conn.execute(lock_head, (tid,)).fetchone()
+    if head is None:  # the tenant's first event: create its head, then lock it like any other
+        conn.execute(
+            "insert into audit_chain_heads (tenant_id, seq, checksum) values (%s, 0, %s) on conflict do nothing",
+            (tid, GENESIS),
+        )
+        head = conn.execute(lock_head, (tid,)).fetchone()
     if head is None:
         raise RuntimeError("the audit chain head is not visible: is the tenant set on this transaction?")
     row: dict[str, Any] = {
@@ -226,13 +226,13 @@ def append(
         "previous_checksum": head["checksum"],
     }
     row["checksum"] = compute_checksum(row)
+    # The event and the head move together, in one round trip.
     conn.execute(
-        f"insert into audit_events ({', '.join(_COLUMNS)}) values ({', '.join(['%s'] * len(_COLUMNS))})",
-        [row[c] for c in _COLUMNS],
-    )
-    conn.execute(
-        "update audit_chain_heads set seq = %s, checksum = %s where tenant_id = %s",
-        (row["seq"], row["checksum"], tid),
+        f"""with event as (insert into audit_events ({', '.join(_COLUMNS)})
+                           values ({', '.join(['%s'] * len(_COLUMNS))}) returning seq, checksum)
+            update audit_chain_heads h set seq = event.seq, checksum = event.checksum
+              from event where h.tenant_id = %s""",
+        [*(row[c] for c in _COLUMNS), tid],
     )
     return Appended(seq=row["seq"], checksum=row["checksum"], occurred_at=row["occurred_at"])
 

@@ -4,6 +4,22 @@ Pool connections are autocommit, and every unit of work opens an explicit top-le
 transaction. That matters for row-level security: `set_config('app.tenant_id', ..., true)`
 is transaction-local, and on a non-autocommit connection a nested `conn.transaction()` is
 only a savepoint in which a tenant set earlier would still be in force.
+
+Round trips are the cost of a request here, so none is spent needlessly:
+
+- A transaction opens with one message, `begin; select set_config(...)` (simple query
+  protocol, the tenant id a validated UUID literal), not two.
+- The pool does not check a connection on every checkout (a `select 1` round trip each
+  time). Instead, the retry rule: when the *first* statement of a checkout fails because the
+  connection is broken (`conn.broken`: the server closed it, a failover, an idle cut), the
+  connection is discarded, the pool's idle connections are tested (their siblings are
+  usually broken too), and the unit of work starts once more on another one. Nothing of
+  the unit had been done yet (only `begin` and `set_config`, or one statement the caller
+  declares safe to repeat), so repeating it cannot apply anything twice. A failure after
+  that, or a second broken connection, is a 503 `service-unavailable`.
+- Bounded waits: libpq's `connect_timeout`, TCP keepalives and `tcp_user_timeout` end a
+  connection to a dead server in seconds, and a server-side `statement_timeout` ends a
+  runaway statement (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -11,8 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
@@ -26,8 +43,32 @@ log = logging.getLogger("custos.db")
 Conn = psycopg.Connection[DictRow]
 """A pooled connection: autocommit, rows as dicts."""
 
+T = TypeVar("T")
+
 _pool: ConnectionPool[Conn] | None = None
 _pool_lock = threading.Lock()
+
+TCP_USER_TIMEOUT_MS = 10_000
+"""Unacknowledged data older than this ends the connection (a server gone from the network)."""
+
+
+def connect_kwargs() -> dict[str, Any]:
+    """libpq and psycopg options of every pooled connection (timeouts: see the module doc)."""
+    s = get_settings()
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "row_factory": dict_row,
+        # libpq counts whole seconds, and at least 2.
+        "connect_timeout": max(2, round(s.db_connect_timeout_s)),
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+    if s.db_statement_timeout_s:
+        kwargs["options"] = f"-c statement_timeout={int(s.db_statement_timeout_s * 1000)}"
+    return kwargs
 
 
 def pool() -> ConnectionPool[Conn]:
@@ -41,8 +82,9 @@ def pool() -> ConnectionPool[Conn]:
                     s.database_url,
                     min_size=s.db_pool_min,
                     max_size=s.db_pool_max,
-                    kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
-                    check=ConnectionPool.check_connection,
+                    kwargs=connect_kwargs(),
+                    # No `check`: a broken connection is caught by the retry rule instead
+                    # of a `select 1` round trip on every checkout.
                     timeout=s.db_connect_timeout_s,
                     name="custos",
                     open=False,
@@ -61,10 +103,10 @@ def close_pool() -> None:
 
 
 @contextmanager
-def _connection(timeout: float | None = None) -> Iterator[Conn]:
+def _mapped_errors() -> Iterator[None]:
+    """Database errors as the application's: the client's fault, a conflict, or a 503."""
     try:
-        with pool().connection(timeout=timeout) as conn:
-            yield conn
+        yield
     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
         raise ConcurrentChange("a concurrent change got in the way: try again") from exc
     except (PoolTimeout, psycopg.OperationalError) as exc:
@@ -79,24 +121,89 @@ def _connection(timeout: float | None = None) -> Iterator[Conn]:
         raise InvalidValue("a value is out of range or breaks a rule of the data") from exc
 
 
-@contextmanager
-def tenant_tx(tenant_id: uuid.UUID | str) -> Iterator[Conn]:
-    """A top-level transaction in which row-level security admits exactly one tenant."""
-    tid = str(uuid.UUID(str(tenant_id)))
-    with _connection() as conn, conn.transaction():
-        conn.execute("select set_config('app.tenant_id', %s, true)", (tid,))
-        yield conn
+def first_statement(first: Callable[[Conn], T], *, timeout: float | None = None) -> tuple[Conn, T]:
+    """Check out a connection and run `first` on it, under the retry rule: when `first` fails
+    because the connection is broken, that connection is discarded and `first` runs once more
+    on another. Returns the connection (give it back with `pool().putconn`) and `first`'s
+    result. Not for general use: `tenant_tx`, `platform_tx` and `one_statement` are.
+
+    `first` must be safe to run twice (it is, when it is the first thing a unit of work does).
+
+    Raises:
+        psycopg.OperationalError: the second connection is broken too, or `first` failed
+            otherwise (the caller maps it).
+        PoolTimeout: no connection within `timeout` (default: the pool's).
+    """
+    p = pool()
+    for attempt in (1, 2):
+        conn = p.getconn(timeout=timeout)
+        try:
+            return conn, first(conn)
+        except BaseException as exc:
+            p.putconn(conn)  # a broken connection is discarded by the pool, not reused
+            if attempt == 2 or not (isinstance(exc, psycopg.OperationalError) and conn.broken):
+                raise
+            # One broken connection usually means all of its siblings are too (a restart, a
+            # failover): test the idle ones now, so the retry gets a working connection
+            # rather than the next dead one.
+            log.info("database connection was broken before its first statement: retrying once")
+            p.check()
+    raise AssertionError("unreachable")
 
 
 @contextmanager
-def platform_tx() -> Iterator[Conn]:
-    """A top-level transaction with no tenant set: tenant tables show no rows in it."""
-    with _connection() as conn, conn.transaction():
-        conn.execute("select set_config('app.tenant_id', '', true)")
-        yield conn
+def _transaction(begin: str) -> Iterator[Conn]:
+    with _mapped_errors():
+        conn, _ = first_statement(lambda c: c.execute(begin))
+        try:
+            try:
+                yield conn
+            except BaseException:
+                if not conn.broken:
+                    with suppress(psycopg.Error):  # the error that got us here is the one to report
+                        conn.rollback()
+                raise
+            conn.commit()
+        finally:
+            pool().putconn(conn)
+
+
+def tenant_tx(tenant_id: uuid.UUID | str) -> AbstractContextManager[Conn]:
+    """A top-level transaction in which row-level security admits exactly one tenant.
+
+    Raises:
+        ValueError: `tenant_id` is not a UUID.
+        ServiceUnavailable: the database cannot be reached (after the retry rule).
+    """
+    tid = str(uuid.UUID(str(tenant_id)))  # a UUID's text: safe as a literal below
+    return _transaction(f"begin; select set_config('app.tenant_id', '{tid}', true)")
+
+
+def platform_tx() -> AbstractContextManager[Conn]:
+    """A top-level transaction with no tenant set: tenant tables show no rows in it.
+
+    Raises:
+        ServiceUnavailable: the database cannot be reached (after the retry rule).
+    """
+    return _transaction("begin; select set_config('app.tenant_id', '', true)")
+
+
+def one_statement(query: str, params: dict[str, Any] | tuple[Any, ...]) -> list[DictRow]:
+    """Run one statement that is its own transaction (autocommit), in one round trip, and
+    return its rows. Under the retry rule, so the statement must be safe to run twice (a read,
+    or a write that repeats harmlessly, like recording a session's activity).
+
+    Raises:
+        ServiceUnavailable: the database cannot be reached (after the retry rule).
+    """
+    with _mapped_errors():
+        conn, rows = first_statement(lambda c: c.execute(query, params).fetchall())
+        pool().putconn(conn)
+    return rows
 
 
 def ping(timeout: float = 2.0) -> None:
     """Raises ServiceUnavailable when the database cannot answer `select 1` in time."""
-    with _connection(timeout=timeout) as conn:
-        conn.execute("select 1")
+    with _mapped_errors():
+        conn, _ = first_statement(lambda c: c.execute("select 1"), timeout=timeout)
+        pool().putconn(conn)

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     db_connect_timeout_s: float = Field(
         5.0, gt=0, le=60, description="Seconds to wait for a pooled connection."
     )
+    db_statement_timeout_s: float = Field(
+        60.0, ge=0, le=3600,
+        description="Seconds a single statement of the app role may run before the server cancels it (0: no limit).",
+    )
 
     # --- storage ---------------------------------------------------------------------
     storage_connection_string: str = Field(

@@ -115,42 +115,17 @@ def principal_for(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
     return _tenant_user(claims, meta)
 
 
-_SESSION_STATE = """case when s.revoked_at is not null or s.expires_at <= now() then 'ended'
-                          when s.last_seen_at < now() - {max_idle} then 'idle' else 'live' end"""
-"""A session row's state; the idle test must match the one that revokes (shared.identity.sessions)."""
-
-
 def _tenant_user(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
     tenant_id, user_id, session_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
-    with db.tenant_tx(tenant_id) as conn:
-        # One statement loads the principal and, at most once every TOUCH_EVERY_S, records
-        # the session's activity (a CTE's update runs even though nothing reads it).
-        row = conn.execute(
-            f"""with touched as (
-                    update sessions s set last_seen_at = now()
-                     where s.id = %(sid)s and s.user_id = %(uid)s and s.revoked_at is null and s.expires_at > now()
-                       and s.last_seen_at < now() - make_interval(secs => %(touch)s)
-                       and not coalesce(s.last_seen_at < now() - {sessions.MAX_IDLE_SQL}, false)
-                    returning s.id)
-               select u.role, u.status, u.display_name, u.time_zone, t.status as tenant_status,
-                      array(select distinct p from user_designations ud
-                              join designations d on d.tenant_id = ud.tenant_id and d.id = ud.designation_id
-                              cross join unnest(d.permissions) p
-                             where ud.user_id = u.id and d.deleted_at is null) as designation_permissions,
-                      array(select permission from user_permission_overrides o
-                             where o.user_id = u.id and o.effect = 'grant') as grants,
-                      array(select permission from user_permission_overrides o
-                             where o.user_id = u.id and o.effect = 'deny') as denies,
-                      (select {_SESSION_STATE.format(max_idle=sessions.MAX_IDLE_SQL)}
-                         from sessions s where s.id = %(sid)s and s.user_id = u.id) as session_state,
-                      exists(select 1 from mfa_totp m where m.user_id = u.id and m.confirmed_at is not null)
-                        or exists(select 1 from webauthn_credentials w where w.user_id = u.id) as mfa_enrolled,
-                      coalesce((select ts.value = 'true'::jsonb from tenant_settings ts where ts.key = %(mfa_key)s),
-                               false) as mfa_all_roles
-                 from users u join tenants t on t.id = u.tenant_id
-                where u.id = %(uid)s""",
-            {"sid": session_id, "uid": user_id, "touch": sessions.TOUCH_EVERY_S, "mfa_key": MFA_ALL_ROLES_SETTING},
-        ).fetchone()
+    # One round trip: custos_principal (migration 0017) sets the tenant, records the session's
+    # activity at most once every TOUCH_EVERY_S and returns all the guard decides on, as one
+    # autocommit statement. Its idle test matches the one that revokes (sessions.MAX_IDLE_SQL).
+    rows = db.one_statement(
+        "select * from custos_principal(%(tid)s, %(uid)s, %(sid)s, %(touch)s, %(mfa_key)s)",
+        {"tid": tenant_id, "uid": user_id, "sid": session_id, "touch": sessions.TOUCH_EVERY_S,
+         "mfa_key": MFA_ALL_ROLES_SETTING},
+    )
+    row = rows[0] if rows else None
     if row is None or row["status"] != "active" or row["tenant_status"] == "PURGED":
         raise Unauthenticated("the account is not active")
     if row["session_state"] == "idle":
@@ -178,23 +153,27 @@ def _tenant_user(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
 def _operator(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
     operator_id, session_id = _uuid(claims.subject), _uuid(claims.session_id)
     max_idle = get_settings().operator_session_max_idle_minutes
-    with db.platform_tx() as conn:
-        row = conn.execute(
-            f"""with touched as (
-                    update operator_sessions s set last_seen_at = now()
-                     where s.id = %(sid)s and s.operator_id = %(oid)s and s.revoked_at is null
-                       and s.expires_at > now() and s.last_seen_at < now() - make_interval(secs => %(touch)s)
-                       and s.last_seen_at >= now() - make_interval(mins => %(idle)s)
-                    returning s.id)
-               select o.display_name, o.status,
-                      (select {_SESSION_STATE.format(max_idle="make_interval(mins => %(idle)s)")}
-                         from operator_sessions s where s.id = %(sid)s and s.operator_id = o.id) as session_state,
-                      exists(select 1 from operator_mfa_totp m where m.operator_id = o.id and m.confirmed_at is not null)
-                        or exists(select 1 from operator_webauthn_credentials w where w.operator_id = o.id)
-                        as mfa_enrolled
-                 from platform_operators o where o.id = %(oid)s""",
-            {"sid": session_id, "oid": operator_id, "touch": sessions.TOUCH_EVERY_S, "idle": max_idle},
-        ).fetchone()
+    # One autocommit statement, no tenant set (operator tables are platform tables): a
+    # CTE's update runs even though nothing reads it.
+    rows = db.one_statement(
+        """with touched as (
+                update operator_sessions s set last_seen_at = now()
+                 where s.id = %(sid)s and s.operator_id = %(oid)s and s.revoked_at is null
+                   and s.expires_at > now() and s.last_seen_at < now() - make_interval(secs => %(touch)s)
+                   and s.last_seen_at >= now() - make_interval(mins => %(idle)s)
+                returning s.id)
+           select o.display_name, o.status,
+                  (select case when s.revoked_at is not null or s.expires_at <= now() then 'ended'
+                               when s.last_seen_at < now() - make_interval(mins => %(idle)s) then 'idle'
+                               else 'live' end
+                     from operator_sessions s where s.id = %(sid)s and s.operator_id = o.id) as session_state,
+                  exists(select 1 from operator_mfa_totp m where m.operator_id = o.id and m.confirmed_at is not null)
+                    or exists(select 1 from operator_webauthn_credentials w where w.operator_id = o.id)
+                    as mfa_enrolled
+             from platform_operators o where o.id = %(oid)s""",
+        {"sid": session_id, "oid": operator_id, "touch": sessions.TOUCH_EVERY_S, "idle": max_idle},
+    )
+    row = rows[0] if rows else None
     if row is None or row["status"] != "active":
         raise Unauthenticated("the account is not active")
     if row["session_state"] == "idle":
@@ -218,14 +197,8 @@ def _operator(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
 def _support(claims: AccessClaims) -> Principal:
     """An operator's support token: valid only while the tenant's grant is live."""
     tenant_id, operator_id, grant_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
-    with db.tenant_tx(tenant_id) as conn:
-        row = conn.execute(
-            """select o.display_name from support_access_grants g
-                 join platform_operators o on o.id = g.operator_id
-                where g.id = %s and g.operator_id = %s and g.revoked_at is null
-                  and g.expires_at > now() and o.status = 'active'""",
-            (grant_id, operator_id),
-        ).fetchone()
+    rows = db.one_statement("select * from custos_support_principal(%s, %s, %s)", (tenant_id, operator_id, grant_id))
+    row = rows[0] if rows else None
     if row is None:
         raise Unauthenticated("support access has ended")
     return Principal(

@@ -123,7 +123,13 @@ def check_schema(schema: Any) -> dict[str, Any]:
 
 
 def ensure_builtin_types(conn: Conn, tenant_id: str) -> None:
-    """Create the built-in types of a tenant if they are missing (idempotent)."""
+    """Create the built-in types of a tenant if they are missing (idempotent). Costs one read
+    once they exist, which is almost always."""
+    present = conn.execute(
+        "select count(*) as n from record_types where builtin and name = any(%s)", (list(BUILTIN_TYPES),)
+    ).fetchone()
+    if present is not None and present["n"] == len(BUILTIN_TYPES):
+        return
     for name, (display, schema) in BUILTIN_TYPES.items():
         row = conn.execute(
             """insert into record_types (tenant_id, name, display_name, builtin) values (%s, %s, %s, true)
@@ -157,16 +163,15 @@ def list_types(conn: Conn, tenant_id: str) -> list[dict[str, Any]]:
 
 def get_type(conn: Conn, tenant_id: str, name: str, *, lock: bool = False) -> dict[str, Any]:
     """A type by name with its current schema. Raises NotFound."""
-    if name in BUILTIN_TYPES:
+    query = f"""select t.id, t.name, t.display_name, t.builtin, t.schema_version, t.created_at, t.updated_at,
+                       s.schema::text as schema
+                  from record_types t join record_type_schemas s
+                    on s.tenant_id = t.tenant_id and s.type_id = t.id and s.version = t.schema_version
+                 where t.name = %s{' for update of t' if lock else ''}"""
+    row = conn.execute(query, (name,)).fetchone()
+    if row is None and name in BUILTIN_TYPES:  # a tenant's built-in types are created on first use
         ensure_builtin_types(conn, tenant_id)
-    row = conn.execute(
-        f"""select t.id, t.name, t.display_name, t.builtin, t.schema_version, t.created_at, t.updated_at,
-                   s.schema::text as schema
-              from record_types t join record_type_schemas s
-                on s.tenant_id = t.tenant_id and s.type_id = t.id and s.version = t.schema_version
-             where t.name = %s{' for update of t' if lock else ''}""",
-        (name,),
-    ).fetchone()
+        row = conn.execute(query, (name,)).fetchone()
     if row is None:
         raise NotFound(f"no record type {name!r}")
     return _type_json(row)
@@ -359,30 +364,60 @@ def create_record(
     validate_payload(rtype["schema"], payload)
     record_id = str(uuid.uuid4())
     frozen = _freeze(conn, references, record_id)
-    conn.execute("insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s)",
-                 (tenant_id, record_id, rtype["id"], actor.user_id))
+    row = conn.execute(
+        f"""with r as (insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s) returning *)
+            select {RECORD_COLUMNS}, r.type_id from r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id""",
+        (tenant_id, record_id, rtype["id"], actor.user_id),
+    ).fetchone()
+    assert row is not None
     version = _insert_version(conn, tenant_id=tenant_id, record_id=record_id, version=1,
                               schema_version=rtype["schema_version"], payload=payload, references=references,
                               frozen=frozen, attachments=[], actor=actor, reason=None)
+    # The answer is what a read returns (a new record has no signatures yet), built before the
+    # audit event: the chain head's row lock is then held only for the append and the commit.
+    record = _record_json(row)
+    record["version"] = _with_source_state(conn, version)
+    record["signatures"], record["version"]["signatures"], record["changed_after_signing"] = [], [], False
     audit.append(conn, tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
                  target_id=record_id, after={"type": type_name, "version": 1, "checksum": version["checksum"],
                                              "payload": payload, "references": version["references"]}, meta=meta)
-    return get_record(conn, record_id)
+    return record
+
+
+def _record_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (str(v) if k in ("id", "created_by", "retired_by", "type_id") and v is not None else v)
+            for k, v in row.items()}
 
 
 def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
     """A record with its current version (and frozen context with source state). Raises NotFound."""
+    # The record and its current version in one read.
     row = conn.execute(
-        f"""select {RECORD_COLUMNS}, r.type_id from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+        f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}
+              from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+              join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
              where r.id = %s{' for update of r' if lock else ''}""",
         (str(record_id),),
     ).fetchone()
     if row is None:
         raise NotFound("no such record")
-    record = {k: (str(v) if k in ("id", "created_by", "retired_by", "type_id") and v is not None else v) for k, v in row.items()}
-    record["version"] = _with_source_state(conn, get_version(conn, record["id"], int(record["current_version"])))
+    record = _record_json({k: v for k, v in row.items() if not k.startswith("v_")})
+    record["version"] = _with_source_state(conn, _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")}))
     _add_signatures(conn, record)
     return record
+
+
+def _prefixed(columns: str, table: str, prefix: str) -> str:
+    """VERSION_COLUMNS qualified by `table` and renamed with `prefix` (`payload::text as payload`
+    becomes `v.payload::text as v_payload`)."""
+    out = []
+    for column in (c.strip() for c in columns.split(", ")):
+        expression, _, name = column.partition(" as ")
+        out.append(f"{table}.{expression} as {prefix}{name or expression}")
+    return ", ".join(out)
+
+
+_VERSION_AS_V = _prefixed(VERSION_COLUMNS, "v", "v_")
 
 
 def _add_signatures(conn: Conn, record: dict[str, Any]) -> None:

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import httpx
 import psycopg
 import pytest
 
+from shared.audit import chain as audit
 from shared.core import db
+from shared.core.errors import ServiceUnavailable
 from shared.core.migrate import MigrationError, discover, migrate
 from shared.core.settings import get_settings
+from shared.identity.guards import principal_for
+from shared.identity.tokens import verify_access_token
 from shared.tenancy.tenants import Tenant
+from tests.conftest import Host, PersonFactory
 
 
 def _with_db(url: str, name: str) -> str:
@@ -155,3 +162,98 @@ def test_app_role_cannot_delete_tenants_or_alter_schema(tenant: Tenant) -> None:
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         with db.platform_tx() as conn:
             conn.execute("create table sneaky (id int)")
+
+
+# --- broken connections, dead servers ---------------------------------------------------------
+
+
+def _terminate(pids: list[int]) -> None:
+    """End these server processes, as a restart or a failover would, and wait until they are gone."""
+    with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as admin:
+        admin.execute("select pg_terminate_backend(pid, 5000) from unnest(%s::int[]) pid", (pids,))
+
+
+def _drop_every_pooled_connection() -> None:
+    p = db.pool()
+    conns = [p.getconn() for _ in range(p.max_size)]
+    pids = [c.info.backend_pid for c in conns]
+    for c in conns:
+        p.putconn(c)
+    _terminate(pids)
+
+
+def test_a_transaction_survives_the_server_dropping_every_pooled_connection(tenant: Tenant) -> None:
+    """No connection check on checkout: the retry rule catches the broken first statement."""
+    _drop_every_pooled_connection()
+    with db.tenant_tx(tenant.id) as conn:
+        assert conn.execute("select current_setting('app.tenant_id') as t").fetchone()["t"] == tenant.id
+
+
+def test_authentication_survives_the_server_dropping_every_pooled_connection(
+    tenant: Tenant, make_person: PersonFactory,
+) -> None:
+    person = make_person(tenant.id, "VIEWER")
+    _drop_every_pooled_connection()
+    principal = principal_for(verify_access_token(person.token), audit.RequestMeta())
+    assert principal.user_id == person.id
+
+
+def test_a_connection_broken_inside_the_work_is_a_503_and_the_work_is_not_repeated(tenant: Tenant) -> None:
+    """Only the first statement is retried: a unit that has started is never run twice."""
+    runs = 0
+    with pytest.raises(ServiceUnavailable):
+        with db.tenant_tx(tenant.id) as conn:
+            runs += 1
+            conn.execute("insert into tenant_settings (tenant_id, key, value) values (%s, 'x.broken', '1')",
+                         (tenant.id,))
+            _terminate([conn.info.backend_pid])
+            conn.execute("select 1")
+    assert runs == 1
+    with db.tenant_tx(tenant.id) as conn:
+        assert conn.execute("select count(*) as n from tenant_settings where key = 'x.broken'").fetchone()["n"] == 0
+
+
+def test_app_connections_carry_the_statement_timeout(tenant: Tenant) -> None:
+    expected = int(get_settings().db_statement_timeout_s * 1000)
+    with db.tenant_tx(tenant.id) as conn:
+        row = conn.execute("select setting::int as ms from pg_settings where name = 'statement_timeout'").fetchone()
+    assert row["ms"] == expected > 0
+
+
+@pytest.fixture
+def silent_database() -> Iterator[str]:
+    """A DATABASE_URL whose server accepts TCP connections and never says a word."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    parts = urlsplit(get_settings().database_url)
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        yield urlunsplit(parts._replace(netloc=netloc))
+    finally:
+        listener.close()
+        for s in held:
+            s.close()
+
+
+def test_health_answers_503_when_the_database_never_answers(silent_database: str) -> None:
+    """Bounded waits: the request returns with a 503 instead of hanging on the database.
+    (How fast is measured, not asserted: see bench/.)"""
+    h = Host(env={"DATABASE_URL": silent_database})
+    try:
+        with httpx.Client(base_url=h.url, timeout=15) as c:
+            resp = c.get("/api/health")
+        assert resp.status_code == 503
+        assert resp.json()["components"]["database"] == "unavailable"
+    finally:
+        h.stop()
