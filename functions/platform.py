@@ -12,8 +12,7 @@ from functions._models_tenancy import Tenant, TenantCreated, Tenants
 from shared.audit import chain as audit
 from shared.core import db
 from shared.core.errors import NotFound
-from shared.identity import operators
-from shared.identity.mfa import factors as mfa
+from shared.identity import mfa, operators
 from shared.tenancy.support import issue_support_token
 from shared.tenancy.tenants import cancel_tenant, create_tenant_with_admin, get_tenant, list_tenants
 from shared.web.endpoint import Reply, RequestContext, endpoint

@@ -17,9 +17,8 @@ from shared.core import db, mail
 from shared.core.db import Conn
 from shared.core.errors import AppError, Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
 from shared.core.settings import get_settings
-from shared.identity import passwords, ratelimit
+from shared.identity import mfa, passwords, ratelimit
 from shared.identity.guards import Principal
-from shared.identity.mfa import factors as mfa
 from shared.identity.opaque import ParsedToken, new_token, parse_token
 from shared.identity.sessions import create_session, revoke_all
 from shared.tenancy import support

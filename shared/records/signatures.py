@@ -171,7 +171,7 @@ def _verify_credentials(conn: Conn, signer: Principal, password: str, code: str 
 def _second_factor_failure(conn: Conn, signer: Principal, code: str | None) -> str | None:
     """'missing_code' / 'bad_code' when the signer has TOTP and the code is absent or wrong."""
     try:
-        from shared.identity.mfa import factors as mfa
+        from shared.identity import mfa
     except ImportError:  # pragma: no cover - MFA ships with the app
         return None
     if not mfa.has_totp(conn, signer.user_id):
