@@ -21,8 +21,9 @@ from typing import Any
 from shared.audit import chain as audit
 from shared.core import db
 from shared.identity import mfa, passwords, ratelimit
+from shared.identity.errors import InvalidCredentials
 from shared.identity.opaque import same_hash
-from shared.identity.signin import InvalidCredentials, refuse_token, take_one_time_token
+from shared.identity.signin import refuse_token, take_one_time_token
 
 SETUP_TTL = timedelta(hours=24)
 OPERATOR_SESSION_HOURS = mfa.OPERATOR_SESSION_HOURS

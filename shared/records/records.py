@@ -24,14 +24,12 @@ from shared.core.db import Conn
 from shared.core.errors import (
     Conflict,
     NotFound,
-    PayloadInvalid,
-    RecordSchemaInvalid,
-    RecordSchemaUnusable,
     ValidationFailed,
 )
 from shared.core.pagination import decode_cursor, encode_cursor
 from shared.identity.guards import Principal
 from shared.records import tenant_schemas
+from shared.records.errors import PayloadInvalid, RecordSchemaInvalid, RecordSchemaUnusable
 from shared.web.jsonio import loads_stored
 
 MAX_SCHEMA_BYTES = tenant_schemas.MAX_SCHEMA_BYTES

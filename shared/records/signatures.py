@@ -23,9 +23,10 @@ import rfc8785
 from shared.audit import chain as audit
 from shared.core import db
 from shared.core.db import Conn
-from shared.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from shared.core.errors import Conflict, NotFound, ValidationFailed
 from shared.identity import passwords, ratelimit
 from shared.identity.guards import Principal
+from shared.records.errors import InvalidSigningCredentials, SignatureRefused
 from shared.records.records import canonical, get_record, payload_checksum
 
 WORKFLOW_MEANINGS = ("AUTHORED", "REVIEWED", "APPROVED", "REJECTED")
@@ -44,16 +45,6 @@ DEFAULT_REASONS = {
 }
 SIGNATURE_COLUMNS = ("id, record_id, version, content_checksum, signer_id, signer_name, signer_tz, meaning, "
                      "reason_code, reason_text, comment, signed_at, binding")
-
-
-class SignatureRefused(Forbidden):
-    code, title = "signature-refused", "The signature was refused"
-
-
-class InvalidSigningCredentials(Forbidden):
-    """Wrong password or code: 403, not 401 — the caller's session itself is fine."""
-
-    code, title = "invalid-signing-credentials", "The password or code is wrong"
 
 
 def ensure_vocabulary(conn: Conn, tenant_id: str) -> None:

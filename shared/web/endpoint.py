@@ -35,7 +35,6 @@ from shared.core import db
 from shared.core.errors import (
     AppError,
     BlankValue,
-    CardDataRefused,
     Forbidden,
     InternalError,
     MalformedRequest,
@@ -62,6 +61,7 @@ from shared.identity.tokens import AccessClaims, verify_access_token
 from shared.tenancy.rbac import SUPPORT, SUPPORT_PERMISSIONS
 from shared.web import jsonio
 from shared.web.card_data import find_card_data, redact_card_numbers
+from shared.web.errors import CardDataRefused
 from shared.web.models import BLANK
 
 access_log = logging.getLogger("custos.access")

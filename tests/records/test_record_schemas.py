@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from shared.core import db
-from shared.core.errors import RecordSchemaUnusable, ValidationFailed
+from shared.core.errors import ValidationFailed
 from shared.records import records, tenant_schemas
+from shared.records.errors import RecordSchemaUnusable
 from shared.tenancy.tenants import Tenant
 from tests.conftest import ROOT, Person, PersonFactory, auth
 
@@ -245,7 +246,7 @@ def test_tenant_patterns_never_reach_python_re(monkeypatch: pytest.MonkeyPatch) 
 
 def test_catastrophic_pattern_is_evaluated_in_linear_time() -> None:
     # A subprocess, not a thread: a backtracking match holds the GIL, so a thread's join never returns.
-    code = ("from shared import records\n"
+    code = ("from shared.records import records\n"
             "try:\n"
             "    records.validate_payload({'type': 'object', 'properties': {'a': {'type': 'string', 'pattern': '^(a+)+$'}}},\n"
             "                             {'a': 'a' * 40 + '!'})\n"
