@@ -30,6 +30,7 @@ from shared.core.pagination import decode_cursor, encode_cursor
 from shared.identity.guards import Principal
 from shared.records import tenant_schemas
 from shared.records.errors import PayloadInvalid, RecordSchemaInvalid, RecordSchemaUnusable
+from shared.records.manifestations import SIGNATURE_COLUMNS, manifest_entry
 from shared.web.jsonio import loads_stored
 
 MAX_SCHEMA_BYTES = tenant_schemas.MAX_SCHEMA_BYTES
@@ -386,8 +387,6 @@ def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False) ->
 def _add_signatures(conn: Conn, record: dict[str, Any]) -> None:
     """§11.50: every read shows the signatures (printed name, time with zone, meaning), and
     whether the record changed after it was signed (§11.70: signatures stay on their version)."""
-    from shared.records.signatures import SIGNATURE_COLUMNS, manifest_entry  # signatures build on records
-
     rows = conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at",
                         (record["id"],)).fetchall()
     record["signatures"] = [manifest_entry(r) for r in rows]
