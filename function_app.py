@@ -20,6 +20,7 @@ from functions import (
 )
 from shared.core.settings import load_settings
 from shared.web.card_data import install_log_redaction
+from shared.web.openapi import describe_app
 
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
@@ -45,3 +46,4 @@ load_settings()  # a missing or malformed setting stops start-up here, naming th
 
 # Authentication is the endpoint wrapper's job (shared/web/endpoint.py), so no function keys.
 app = create_app()
+describe_app(create_app)  # the OpenAPI trigger serves this app's document; it cannot import this module

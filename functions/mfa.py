@@ -23,8 +23,7 @@ from functions._models_auth import (
     TotpEnrolment,
     WebAuthnOptions,
 )
-from shared.identity.mfa import factors as mfa
-from shared.identity.mfa import passkeys
+from shared.identity import mfa
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import ReasonBody, Strict
 
@@ -319,6 +318,6 @@ def platform_auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
 @bp.timer_trigger(arg_name="timer", schedule="%WEBAUTHN_CHALLENGE_PURGE_SCHEDULE%", run_on_startup=False)
 def purge_webauthn_challenges(timer: func.TimerRequest) -> None:
     """Delete WebAuthn challenges that expired without being used."""
-    purged = passkeys.purge_expired_challenges()
+    purged = mfa.purge_expired_challenges()
     if purged:
         log.info("expired WebAuthn challenges purged: %d", purged)

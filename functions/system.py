@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import azure.functions as func
@@ -11,7 +10,7 @@ from functions._models_system import Health, OpenApiDocument
 from shared.core import health
 from shared.core.settings import get_settings
 from shared.web.endpoint import Reply, RequestContext, endpoint
-from shared.web.openapi import build_openapi
+from shared.web.openapi import served_document
 
 bp = func.Blueprint()
 
@@ -28,14 +27,7 @@ def health_check(ctx: RequestContext) -> Reply:
 @endpoint(response=OpenApiDocument, auth=False, tags=("system",))
 def openapi_document(ctx: RequestContext) -> dict[str, Any]:
     """The OpenAPI 3.1 description of this API."""
-    return _openapi()
-
-
-@functools.cache
-def _openapi() -> dict[str, Any]:
-    from function_app import create_app  # function_app imports this module: import late
-
-    return build_openapi(create_app(), version=get_settings().app_version)
+    return served_document(get_settings().app_version)
 
 
 @bp.route(route="{*path}", methods=["OPTIONS"])

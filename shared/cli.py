@@ -18,17 +18,13 @@ from psycopg.rows import dict_row
 
 from shared.audit import chain as audit
 from shared.core import db, health, mail, storage
-from shared.core.errors import AppError, Conflict, NotFound
+from shared.core.errors import AppError, CheckFailed, Conflict, NotFound
 from shared.core.migrate import MigrationError, migrate
 from shared.core.settings import SettingsError, get_settings, load_local_settings
 from shared.identity.opaque import new_token
 from shared.identity.operators import SETUP_TTL
 from shared.tenancy.tenants import create_tenant, create_tenant_with_admin
 from shared.tenancy.users import normalize_email
-
-
-class CheckFailed(AppError):
-    status, code, title = 503, "check-failed", "A dependency is unavailable"
 
 
 def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:

@@ -173,7 +173,7 @@ def create_user(
     """A user row. Roles that must have a second factor (ADMIN, REVIEWER) get a confirmed TOTP
     unless `mfa=False` (its secret is `row["totp_secret"]`); `mfa=True` gives any role one."""
     from shared.identity.guards import MFA_REQUIRED_ROLES
-    from shared.identity.mfa.factors import seed_confirmed_totp
+    from shared.identity.mfa import seed_confirmed_totp
 
     email = f"u-{uuid.uuid4().hex[:12]}@example.test"
     with db.tenant_tx(tenant_id) as conn:
@@ -204,7 +204,7 @@ def create_operator(name: str = "Olive Operator", *, mfa: bool = True) -> dict:
     from psycopg.rows import dict_row
 
     from shared.audit.chain import PLATFORM_CHAIN
-    from shared.identity.mfa.factors import OPERATORS, seed_confirmed_totp
+    from shared.identity.mfa import OPERATORS, seed_confirmed_totp
 
     email = f"op-{uuid.uuid4().hex[:12]}@custos.test"
     with psycopg.connect(os.environ["DATABASE_OWNER_URL"], row_factory=dict_row) as conn:

@@ -2,6 +2,11 @@
 
 Each error knows its HTTP status and a stable problem `type`; `shared.web.endpoint` turns any
 `AppError` into `application/problem+json`. `AppError` itself is never raised bare.
+
+This module holds the root, the generic HTTP-shaped errors every package may raise, and the errors
+of `shared.core`'s own modules (pagination, mail, the ops CLI's checks). Each other package keeps its
+own in its `errors.py` (`shared.web.errors`, `shared.identity.errors`, `shared.identity.mfa.errors`,
+`shared.tenancy.errors`, `shared.records.errors`); docs/problems.md lists every problem type.
 """
 
 from __future__ import annotations
@@ -41,10 +46,14 @@ class AppError(Exception):
 
 
 class MalformedRequest(AppError, ValueError):
+    """The body or query could not be parsed at all (not JSON, wrong encoding, wrong shape)."""
+
     status, code, title = 400, "malformed-request", "The request could not be parsed"
 
 
 class Unauthenticated(AppError):
+    """No valid access token: missing, malformed, expired, or its session is over."""
+
     status, code, title = 401, "unauthenticated", "Authentication required"
 
     def headers(self) -> dict[str, str]:
@@ -52,18 +61,26 @@ class Unauthenticated(AppError):
 
 
 class Forbidden(AppError):
+    """The caller is known but may not do this (permission, tenant state, policy)."""
+
     status, code, title = 403, "forbidden", "Not allowed"
 
 
 class OriginNotAllowed(Forbidden):
+    """A browser request from an origin not in the CORS allow-list."""
+
     code, title = "origin-not-allowed", "Origin not allowed"
 
 
 class NotFound(AppError):
+    """No such resource, or one of another tenant (never a 403: no existence oracle)."""
+
     status, code, title = 404, "not-found", "Not found"
 
 
 class Conflict(AppError):
+    """The request clashes with the resource's current state (duplicate, wrong status)."""
+
     status, code, title = 409, "conflict", "Conflict"
 
 
@@ -74,10 +91,14 @@ class ConcurrentChange(Conflict):
 
 
 class PayloadTooLarge(AppError):
+    """The body is larger than the endpoint accepts; refused before it is read."""
+
     status, code, title = 413, "payload-too-large", "Request body too large"
 
 
 class UnsupportedMediaType(AppError):
+    """The body's Content-Type is not one the endpoint accepts."""
+
     status, code, title = 415, "unsupported-media-type", "Unsupported media type"
 
 
@@ -102,47 +123,15 @@ class InvalidValue(ValidationFailed):
     code, title = "invalid-value", "A value is out of range or not acceptable"
 
 
-class RecordSchemaInvalid(ValidationFailed):
-    """A record type's schema breaks a rule of tenant schemas (outside URIs, RE2, depth, size)."""
-
-    code, title = "record-schema-invalid", "The record type's schema is not acceptable"
-
-
-class PayloadInvalid(ValidationFailed):
-    """A record's payload does not match its type's (tenant-defined) schema."""
-
-    code, title = "record-payload-invalid", "The payload does not match its record type's schema"
-
-
-class RecordSchemaUnusable(ValidationFailed):
-    """A record type's stored schema cannot be evaluated safely; an admin must define a new version."""
-
-    code, title = "record-schema-unusable", "The record type's schema cannot be used"
-
-
-class CardDataRefused(AppError):
-    """A card number or CVV was sent: refused before it is stored or logged."""
-
-    status, code, title = 422, "card-data-refused", "Card numbers and security codes are not accepted"
-
-    def __init__(self, location: list[str | int]) -> None:
-        super().__init__(
-            "send a payment gateway token instead of card data",
-            errors=[{"location": location, "message": "card number or security code", "code": "card_data"}],
-        )
-
-
-class IntegrityFailure(AppError):
-    """Stored content no longer matches its recorded hash: it is not served."""
-
-    status, code, title = 502, "integrity-failure", "Stored content failed its integrity check"
-
-
 class TenantLocked(AppError):
+    """The tenant is read-only (cancelled, awaiting its purge): its data may be read, not changed."""
+
     status, code, title = 423, "tenant-read-only", "The tenant is read-only"
 
 
 class TooManyRequests(AppError):
+    """A throttle refused the attempt; `retry_after` (and Retry-After) says when to try again."""
+
     status, code, title = 429, "rate-limited", "Too many requests"
 
     def __init__(self, retry_after_s: int, detail: str | None = None) -> None:
@@ -154,6 +143,8 @@ class TooManyRequests(AppError):
 
 
 class ServiceUnavailable(AppError):
+    """A dependency (database, storage, mail relay) did not answer in time."""
+
     status, code, title = 503, "unavailable", "A dependency is unavailable"
 
 
@@ -161,3 +152,30 @@ class InternalError(AppError):
     """Rendered for any unexpected exception: no details, only the request id."""
 
     status, code, title = 500, "internal", "Internal error"
+
+
+class InvalidCursor(ValidationFailed):
+    """A cursor this API did not issue (or one that was edited)."""
+
+    code, title = "invalid-cursor", "The cursor is not valid"
+
+
+class MailError(Exception):
+    """Root of the mail errors; never raised bare."""
+
+
+class InvalidMail(MailError, ValidationFailed):
+    """`enqueue` was given an address, subject, body or kind it refuses; the message says which.
+
+    A ValueError, and a 422 problem should it reach a client.
+    """
+
+
+class RelayUnavailable(MailError):
+    """The SMTP relay could not be reached, refused STARTTLS, or refused our login."""
+
+
+class CheckFailed(AppError):
+    """An ops CLI check found a dependency unavailable (the CLI's exit status, not an HTTP answer)."""
+
+    status, code, title = 503, "check-failed", "A dependency is unavailable"

@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 
 from shared.core import db
 from shared.core.db import Conn
-from shared.core.errors import ValidationFailed
+from shared.core.errors import InvalidMail, RelayUnavailable
 from shared.core.settings import Settings, get_settings
 
 log = logging.getLogger("custos.mail")
@@ -56,21 +56,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KIND = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 
 _no_host_logged = False
-
-
-class MailError(Exception):
-    """Root of the mail errors; never raised bare."""
-
-
-class InvalidMail(MailError, ValidationFailed):
-    """`enqueue` was given an address, subject, body or kind it refuses; the message says which.
-
-    A ValueError, and a 422 problem should it reach a client.
-    """
-
-
-class RelayUnavailable(MailError):
-    """The SMTP relay could not be reached, refused STARTTLS, or refused our login."""
 
 
 @dataclass(frozen=True)

@@ -9,14 +9,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from shared.core.errors import ValidationFailed
-
-
-class InvalidCursor(ValidationFailed):
-    """A cursor this API did not issue (or one that was edited)."""
-
-    code, title = "invalid-cursor", "The cursor is not valid"
-
+from shared.core.errors import InvalidCursor
 
 Part = Literal["text", "uuid", "timestamp"]
 _PARSERS: dict[str, Callable[[str], str]] = {"text": str, "uuid": lambda v: str(uuid.UUID(v)), "timestamp": lambda v: datetime.fromisoformat(v).isoformat()}

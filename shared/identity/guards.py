@@ -18,6 +18,7 @@ from shared.core import db
 from shared.core.errors import Forbidden, Unauthenticated
 from shared.core.settings import get_settings
 from shared.identity import sessions
+from shared.identity.errors import MfaEnrolmentRequired
 from shared.identity.tokens import AccessClaims, verify_access_token
 from shared.tenancy.rbac import PLATFORM_OPERATOR, SUPPORT, SUPPORT_PERMISSIONS, effective_permissions
 
@@ -25,10 +26,6 @@ MFA_REQUIRED_ROLES: frozenset[str] = frozenset({"ADMIN", "REVIEWER"})
 """Roles that must have a second factor; the tenant setting below extends it to every role."""
 
 MFA_ALL_ROLES_SETTING = "mfa.required_for_all_roles"
-
-
-class MfaEnrolmentRequired(Forbidden):
-    code, title = "mfa-enrolment-required", "A second factor is required"
 
 
 @dataclass(frozen=True)

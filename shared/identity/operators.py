@@ -7,7 +7,7 @@ sessions are short (OPERATOR_SESSION_HOURS, no refresh tokens: sign in again) an
 their own table, out of every tenant's reach.
 
 Every operator must have a second factor (TOTP with recovery codes, or a passkey: the
-recipes of `shared.identity.mfa.factors` over its OPERATORS realm). A correct password of an operator with a
+recipes of `shared.identity.mfa` over its OPERATORS realm). A correct password of an operator with a
 factor gives an MFA ticket, traded at `/api/platform/auth/mfa/verify` for a session; one
 without a factor gets a session that may only enrol one. Cancelling a tenant and taking a
 support token need a second factor proved within MFA_RECENT_AUTH_S (docs/mfa.md).
@@ -20,10 +20,10 @@ from typing import Any
 
 from shared.audit import chain as audit
 from shared.core import db
-from shared.identity import passwords, ratelimit
-from shared.identity.mfa import factors as mfa
+from shared.identity import mfa, passwords, ratelimit
+from shared.identity.errors import InvalidCredentials
 from shared.identity.opaque import same_hash
-from shared.identity.signin import InvalidCredentials, refuse_token, take_one_time_token
+from shared.identity.signin import refuse_token, take_one_time_token
 
 SETUP_TTL = timedelta(hours=24)
 OPERATOR_SESSION_HOURS = mfa.OPERATOR_SESSION_HOURS

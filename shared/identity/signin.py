@@ -15,11 +15,11 @@ from typing import Any, NoReturn
 from shared.audit import chain as audit
 from shared.core import db, mail
 from shared.core.db import Conn
-from shared.core.errors import AppError, Conflict, Forbidden, NotFound, Unauthenticated, ValidationFailed
+from shared.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.core.settings import get_settings
-from shared.identity import passwords, ratelimit
+from shared.identity import mfa, passwords, ratelimit
+from shared.identity.errors import InvalidCredentials, InvalidToken
 from shared.identity.guards import Principal
-from shared.identity.mfa import factors as mfa
 from shared.identity.opaque import ParsedToken, new_token, parse_token
 from shared.identity.sessions import create_session, revoke_all
 from shared.tenancy import support
@@ -28,16 +28,6 @@ from shared.tenancy.users import normalize_email
 RESET_TTL = timedelta(minutes=30)
 log = logging.getLogger("custos.auth")
 
-
-class InvalidCredentials(Unauthenticated):
-    code, title = "invalid-credentials", "Invalid credentials"
-
-    def headers(self) -> dict[str, str]:
-        return {}
-
-
-class InvalidToken(AppError):
-    status, code, title = 400, "invalid-token", "The link or code is invalid or has expired"
 
 def take_one_time_token(token: str, *, kind: str, family: ratelimit.Family, password: str, field: str,
                         meta: audit.RequestMeta) -> tuple[ParsedToken, ratelimit.Attempt]:

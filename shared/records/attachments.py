@@ -24,15 +24,15 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from shared.audit import chain as audit
 from shared.core import db, storage
 from shared.core.errors import (
-    CardDataRefused,
-    IntegrityFailure,
     NotFound,
     PayloadTooLarge,
     UnsupportedMediaType,
     ValidationFailed,
 )
 from shared.core.settings import get_settings
+from shared.records.errors import IntegrityFailure
 from shared.web.card_data import holds_card_number
+from shared.web.errors import CardDataRefused
 
 CONTAINER = "attachments"
 CHUNK = 1 << 20

@@ -24,14 +24,13 @@ from shared.core.db import Conn
 from shared.core.errors import (
     Conflict,
     NotFound,
-    PayloadInvalid,
-    RecordSchemaInvalid,
-    RecordSchemaUnusable,
     ValidationFailed,
 )
 from shared.core.pagination import decode_cursor, encode_cursor
 from shared.identity.guards import Principal
 from shared.records import tenant_schemas
+from shared.records.errors import PayloadInvalid, RecordSchemaInvalid, RecordSchemaUnusable
+from shared.records.manifestations import SIGNATURE_COLUMNS, manifest_entry
 from shared.web.jsonio import loads_stored
 
 MAX_SCHEMA_BYTES = tenant_schemas.MAX_SCHEMA_BYTES
@@ -423,8 +422,6 @@ _VERSION_AS_V = _prefixed(VERSION_COLUMNS, "v", "v_")
 def _add_signatures(conn: Conn, record: dict[str, Any]) -> None:
     """§11.50: every read shows the signatures (printed name, time with zone, meaning), and
     whether the record changed after it was signed (§11.70: signatures stay on their version)."""
-    from shared.records.signatures import SIGNATURE_COLUMNS, manifest_entry  # signatures build on records
-
     rows = conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at",
                         (record["id"],)).fetchall()
     record["signatures"] = [manifest_entry(r) for r in rows]

@@ -23,10 +23,12 @@ import rfc8785
 from shared.audit import chain as audit
 from shared.core import db
 from shared.core.db import Conn
-from shared.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from shared.core.errors import Conflict, NotFound, ValidationFailed
 from shared.identity import passwords, ratelimit
 from shared.identity.guards import Principal
-from shared.records.records import canonical, get_record, payload_checksum
+from shared.records.errors import InvalidSigningCredentials, SignatureRefused
+from shared.records.manifestations import SIGNATURE_COLUMNS, manifest_entry
+from shared.records.records import canonical, get_record, get_version, payload_checksum
 
 WORKFLOW_MEANINGS = ("AUTHORED", "REVIEWED", "APPROVED", "REJECTED")
 BUILTIN_MEANINGS = {
@@ -42,18 +44,6 @@ DEFAULT_REASONS = {
     "rejection_errors": "The record contains errors and must be corrected",
     "rejection_incomplete": "The record is incomplete",
 }
-SIGNATURE_COLUMNS = ("id, record_id, version, content_checksum, signer_id, signer_name, signer_tz, meaning, "
-                     "reason_code, reason_text, comment, signed_at, binding")
-
-
-class SignatureRefused(Forbidden):
-    code, title = "signature-refused", "The signature was refused"
-
-
-class InvalidSigningCredentials(Forbidden):
-    """Wrong password or code: 403, not 401 — the caller's session itself is fine."""
-
-    code, title = "invalid-signing-credentials", "The password or code is wrong"
 
 
 def ensure_vocabulary(conn: Conn, tenant_id: str) -> None:
@@ -171,7 +161,7 @@ def _verify_credentials(conn: Conn, signer: Principal, password: str, code: str 
 def _second_factor_failure(conn: Conn, signer: Principal, code: str | None) -> str | None:
     """'missing_code' / 'bad_code' when the signer has TOTP and the code is absent or wrong."""
     try:
-        from shared.identity.mfa import factors as mfa
+        from shared.identity import mfa
     except ImportError:  # pragma: no cover - MFA ships with the app
         return None
     if not mfa.has_totp(conn, signer.user_id):
@@ -303,20 +293,6 @@ def _signatures(conn: Conn, record_id: str) -> list[dict[str, Any]]:
                         (str(record_id),)).fetchall()
 
 
-def manifest_entry(row: dict[str, Any]) -> dict[str, Any]:
-    """§11.50: printed name, date and time with zone, and meaning."""
-    from zoneinfo import ZoneInfo
-
-    local = row["signed_at"].astimezone(ZoneInfo(row["signer_tz"]))
-    return {
-        "id": str(row["id"]), "version": row["version"], "signer_id": str(row["signer_id"]),
-        "printed_name": row["signer_name"], "meaning": row["meaning"], "reason": row["reason_text"],
-        "reason_code": row["reason_code"], "comment": row["comment"],
-        "signed_at": audit.format_time(row["signed_at"]), "signed_at_local": local.isoformat(), "time_zone": row["signer_tz"],
-        "content_checksum": row["content_checksum"],
-    }
-
-
 def verify(conn: Conn, record_id: str) -> dict[str, Any]:
     """Re-check every signature's link to its version's content."""
     record = get_record(conn, record_id)
@@ -342,8 +318,6 @@ def verify(conn: Conn, record_id: str) -> dict[str, Any]:
 
 def manifest(conn: Conn, record_id: str, version: int) -> dict[str, Any]:
     """A printable manifest of one version: content, checksum, signatures, audit extract."""
-    from shared.records.records import get_version
-
     record = get_record(conn, record_id)
     v = get_version(conn, record_id, version)
     sigs = [manifest_entry(s) for s in _signatures(conn, record_id) if s["version"] == version]

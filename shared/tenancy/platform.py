@@ -11,7 +11,7 @@ from shared.audit import chain as audit
 from shared.audit import checkpoints
 from shared.core import db
 from shared.core.errors import NotFound
-from shared.identity.mfa import factors as mfa
+from shared.identity import mfa
 from shared.tenancy import support, tenants
 from shared.web.caller import Caller
 

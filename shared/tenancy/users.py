@@ -25,6 +25,7 @@ from shared.core.settings import get_settings
 from shared.identity.guards import Principal
 from shared.identity.opaque import new_token
 from shared.identity.sessions import revoke_all
+from shared.tenancy.errors import UnknownTimeZone
 from shared.tenancy.rbac import Role, role_permissions
 from shared.web.models import EMAIL_ADDRESS
 
@@ -39,10 +40,6 @@ def normalize_email(email: str) -> str:
     if len(value) > 254 or not EMAIL.match(value):
         raise ValidationFailed("not an email address", errors=[{"location": ["body", "email"], "message": "not an email address"}])
     return value
-
-
-class UnknownTimeZone(ValidationFailed):
-    code, title = "unknown-time-zone", "Not a time zone of the IANA database"
 
 
 def check_time_zone(zone: str) -> str:

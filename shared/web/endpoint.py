@@ -43,7 +43,6 @@ from shared.core.db import Conn
 from shared.core.errors import (
     AppError,
     BlankValue,
-    CardDataRefused,
     Forbidden,
     InternalError,
     MalformedRequest,
@@ -70,6 +69,7 @@ from shared.identity.tokens import AccessClaims, verify_access_token
 from shared.tenancy.rbac import SUPPORT, SUPPORT_PERMISSIONS
 from shared.web import jsonio
 from shared.web.card_data import find_card_data, redact_card_numbers
+from shared.web.errors import CardDataRefused
 from shared.web.models import BLANK
 
 access_log = logging.getLogger("custos.access")

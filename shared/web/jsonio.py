@@ -25,18 +25,10 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from shared.core.errors import ValidationFailed
+from shared.web.errors import ForbiddenCharacters, JsonTooDeep
 
 MAX_DEPTH = 32
 """Deepest nesting of arrays and objects accepted in a request body (the top level is 1)."""
-
-
-class JsonTooDeep(ValidationFailed):
-    code, title = "json-too-deep", "The JSON body is nested too deeply"
-
-
-class ForbiddenCharacters(ValidationFailed):
-    code, title = "forbidden-characters", "The request holds characters that are not accepted"
 
 
 class RawJSON:

@@ -9,7 +9,9 @@ API to this document (tests/test_schemathesis.py).
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Callable
 from typing import Any
 
 import azure.functions as func
@@ -173,3 +175,28 @@ def build_openapi(app: func.FunctionApp, *, version: str) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
         },
     }
+
+
+_described: list[Callable[[], func.FunctionApp]] = []
+
+
+def describe_app(factory: Callable[[], func.FunctionApp]) -> None:
+    """Name the app whose document `served_document` returns: function_app passes its `create_app`.
+
+    The trigger that serves the document cannot import function_app, which imports every
+    trigger module: the app is passed in instead of looked up.
+    """
+    _described[:] = [factory]
+    served_document.cache_clear()
+
+
+@functools.cache
+def served_document(version: str) -> dict[str, Any]:
+    """The OpenAPI document of the app named by `describe_app`, built once per worker.
+
+    Raises:
+        RuntimeError: no app was named (function_app names one when it is imported).
+    """
+    if not _described:
+        raise RuntimeError("no app to describe: function_app calls shared.web.openapi.describe_app at import")
+    return build_openapi(_described[0](), version=version)

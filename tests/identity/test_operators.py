@@ -17,7 +17,7 @@ from shared.core import db
 from shared.identity.passwords import hash_password
 from shared.tenancy.tenants import Tenant
 from tests.conftest import ROOT, Host, PersonFactory, auth
-from tests.identity.mfa.test_factors import SoftAuthenticator, problem_type
+from tests.identity.mfa.helpers import SoftAuthenticator, problem_type
 from tests.identity.test_signin import client_from
 
 PASSWORD = "Operator-Harbour-Lantern-" + uuid.uuid4().hex[:6]
@@ -159,7 +159,7 @@ def test_operator_totp_code_and_recovery_code_work_once(host: Host, make_person:
 
 
 def test_tenant_user_tickets_do_not_open_operator_sessions(host: Host, tenant: Tenant) -> None:
-    from tests.identity.mfa.test_factors import password_user, ticket_for
+    from tests.identity.mfa.helpers import password_user, ticket_for
 
     user = password_user(tenant, "ADMIN")
     with client_from(host) as c:

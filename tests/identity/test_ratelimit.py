@@ -410,8 +410,8 @@ def test_parallel_wrong_totp_codes_on_one_ticket_reach_the_code_check_at_most_th
 
     from shared.audit import chain as audit
     from shared.core import db
+    from shared.identity import mfa
     from shared.identity import signin as auth
-    from shared.identity.mfa import factors as mfa
     from shared.identity.passwords import hash_password
     from tests.conftest import create_user
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from shared.web import jsonio
-from shared.web.jsonio import MAX_DEPTH, ForbiddenCharacters, JsonTooDeep, RawJSON
+from shared.web.errors import ForbiddenCharacters, JsonTooDeep
+from shared.web.jsonio import MAX_DEPTH, RawJSON
 
 
 def nested(depth: int, leaf: object = 1) -> object:

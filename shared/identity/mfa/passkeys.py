@@ -1,6 +1,6 @@
 """Passkeys (WebAuthn, py_webauthn): the two ceremonies, their challenges, and stored credentials.
 
-The building blocks `shared.identity.mfa.factors` composes; not for direct use by triggers. Nothing here
+The building blocks the recipes of `shared.identity.mfa` compose; not for direct use by triggers. Nothing here
 writes audit events or decides policy (who must have a factor, what a failure costs).
 
 Challenges are server-side, single-use and expiring: `new_challenge` stores 32 random

@@ -18,8 +18,9 @@ import httpx
 import pytest
 
 from shared.core import db
-from shared.core.errors import RecordSchemaUnusable, ValidationFailed
+from shared.core.errors import ValidationFailed
 from shared.records import records, tenant_schemas
+from shared.records.errors import RecordSchemaUnusable
 from shared.tenancy.tenants import Tenant
 from tests.conftest import ROOT, Person, PersonFactory, auth
 
