@@ -242,7 +242,7 @@ def test_cancel_and_support_token_need_a_recent_second_factor(host: Host, tenant
         done = c.post(cancel, json={"reason": "contract ended"}, headers=auth(op.token))
         assert done.status_code == 200 and done.json()["status"] == "CANCELLED", done.text
     with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
-        actions = [e["action"] for e in audit.list_events(conn, limit=1000) if e["actor_id"] == op.id]
+        actions = [e["action"] for e in audit.list_events(conn, actor_id=op.id, limit=1000)]
     assert {"mfa.step_up", "mfa.step_up_failed"} <= set(actions)
 
 
