@@ -82,7 +82,7 @@ def test_untouched_chain_is_valid(client: httpx.Client, chain: Tenant, make_toke
     assert result["events_checked"] == 6
     assert result["head"]["seq"] == 6
     assert result["first_failure"] is None
-    assert set(result) == {"valid", "events_checked", "head", "checkpoint", "first_failure", "duration_ms"}
+    assert set(result) == {"valid", "from_seq", "events_checked", "head", "checkpoint", "first_failure", "duration_ms"}
 
 
 def test_edited_field_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
