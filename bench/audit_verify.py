@@ -282,7 +282,6 @@ def full_verify(args: argparse.Namespace) -> bool:
 
 def incremental_verify(args: argparse.Namespace) -> bool:
     """The incremental verify of `--appended` events on the long chain; True if it verified."""
-    from shared.audit import chain as audit
     from shared.audit import checkpoints
 
     n = args.incremental_events
