@@ -167,6 +167,10 @@ def bulk_append(tenant_id: str, events: int, start: datetime | None = None) -> i
             "update audit_chain_heads set seq = %s, checksum = %s where tenant_id = %s",
             (last["seq"], last["checksum"], tenant_id),
         )
+    with psycopg.connect(get_settings().database_owner_url, autocommit=True) as conn:
+        # Fresh statistics, as autovacuum would leave them after a while: without them the
+        # planner may scan the whole table for a 1,000-event range right after a bulk load.
+        conn.execute("analyze audit_events")
     return int(last["seq"])
 
 
