@@ -57,6 +57,7 @@ class ChainFailure(Out):
 
 class ChainVerified(Out):
     valid: bool
+    from_seq: int = Field(description="First event walked: 1 for a full verify, else the newest signed checkpoint's")
     events_checked: int
     head: ChainHead | None
     checkpoint: CheckpointRef | None

@@ -29,6 +29,12 @@ class AuditQuery(BaseModel):
     limit: int = Field(100, ge=1, le=1000)
 
 
+class VerifyQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    full: bool = Field(False, description="Walk every event from 1, not only from the newest signed checkpoint")
+
+
 @bp.route(route="api/audit", methods=["GET"])
 @endpoint(response=AuditEvents, permission="audit.read", query=AuditQuery, tags=("audit",))
 def list_audit(ctx: RequestContext) -> dict[str, Any]:
@@ -39,10 +45,10 @@ def list_audit(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/audit/verify", methods=["GET"])
-@endpoint(response=ChainVerified, tags=("audit",))
+@endpoint(response=ChainVerified, query=VerifyQuery, tags=("audit",))
 def verify_audit(ctx: RequestContext) -> dict[str, Any]:
-    """Walk the tenant's chain and compare it with the newest signed checkpoint."""
-    return audit_api.verify(ctx)
+    """Walk the tenant's chain from its newest signed checkpoint (`full=true`: from the first event)."""
+    return audit_api.verify(ctx, full=ctx.query.full)
 
 
 @bp.route(route="api/audit/export", methods=["GET"])
@@ -54,7 +60,7 @@ def export_audit(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/platform/tenants/{id}/audit/verify", methods=["GET"])
-@endpoint(response=ChainVerified, operator=True, tags=("platform",))
+@endpoint(response=ChainVerified, operator=True, query=VerifyQuery, tags=("platform",))
 def operator_verify_audit(ctx: RequestContext) -> dict[str, Any]:
     """A platform operator verifies any tenant's chain (no event content is returned)."""
-    return platform.verify_tenant_chain(ctx, ctx.uuid_param("id"))
+    return platform.verify_tenant_chain(ctx, ctx.uuid_param("id"), full=ctx.query.full)

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
     [
         ("http_overhead", ["--requests", "50", "--threads", "2", "--rounds", "1", "--calls", "50"], "| route "),
         ("audit_append", ["--appends", "32"], "| scenario "),
-        ("audit_verify", ["--events", "200", "--repeats", "1"], "| step "),
+        ("audit_verify", ["--events", "200", "--repeats", "1", "--incremental-events", "300", "--appended", "10"], "| verify "),
         ("login", ["--n", "2", "--throttled", "5"], "| measurement "),
         ("records", ["--threads", "2", "--requests", "10", "--rounds", "1", "--warmup", "2"], "| route "),
         ("reset_timing", ["--n", "3"], "| kind "),

@@ -23,9 +23,9 @@ def list_events(caller: Caller, *, after: int, limit: int, actor_id: str | None,
     return {"events": events, "next": str(events[-1]["seq"]) if more else None}
 
 
-def verify(caller: Caller) -> dict[str, Any]:
-    """The tenant's chain walked and compared with its newest signed checkpoint."""
-    return checkpoints.verify_tenant(caller.tenant_id).as_dict()
+def verify(caller: Caller, *, full: bool = False) -> dict[str, Any]:
+    """The tenant's chain walked from its newest signed checkpoint (`full`: from the first event)."""
+    return checkpoints.verify_tenant(caller.tenant_id, full=full).as_dict()
 
 
 def export(caller: Caller) -> bytes:

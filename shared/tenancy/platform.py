@@ -56,10 +56,10 @@ def cancel_tenant(caller: Caller, *, tenant_id: uuid.UUID, reason: str) -> dict[
     return tenants.cancel_tenant(str(tenant_id), reason=reason, actor=caller.actor, meta=caller.meta).__dict__
 
 
-def verify_tenant_chain(caller: Caller, tenant_id: uuid.UUID) -> dict[str, Any]:
+def verify_tenant_chain(caller: Caller, tenant_id: uuid.UUID, *, full: bool = False) -> dict[str, Any]:
     """An operator verifies a tenant's chain (no event content is returned); recorded in the platform chain."""
     tid = _existing(tenant_id)
-    result = checkpoints.verify_tenant(tid).as_dict()
+    result = checkpoints.verify_tenant(tid, full=full).as_dict()
     with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
         audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=caller.actor, action="platform.audit_verified",
                      target_type="tenant", target_id=tid, after={"valid": result["valid"]}, meta=caller.meta)

@@ -82,7 +82,7 @@ def test_untouched_chain_is_valid(client: httpx.Client, chain: Tenant, make_toke
     assert result["events_checked"] == 6
     assert result["head"]["seq"] == 6
     assert result["first_failure"] is None
-    assert set(result) == {"valid", "events_checked", "head", "checkpoint", "first_failure", "duration_ms"}
+    assert set(result) == {"valid", "from_seq", "events_checked", "head", "checkpoint", "first_failure", "duration_ms"}
 
 
 def test_edited_field_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
@@ -183,6 +183,130 @@ def test_forged_checkpoint_blob_is_caught(client: httpx.Client, chain: Tenant, m
 def test_verify_returns_no_event_content(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     body = json.dumps(verify(client, chain, make_token))
     assert "Ada Lovelace" not in body and "step" not in body
+
+
+def verify_query(client: httpx.Client, tenant: Tenant, make_token: TokenFactory, query: str) -> httpx.Response:
+    return client.get(f"/api/audit/verify?{query}", headers=auth(make_token(tenant.id, "VIEWER")))
+
+
+def rechain(conn: psycopg.Connection, tenant_id: str, first: int, last: int) -> str:
+    """What an attacker does after an edit: recompute links and checksums from `first` to `last`."""
+    previous = row(conn, first - 1)["checksum"]
+    for seq in range(first, last + 1):
+        r = row(conn, seq)
+        r["previous_checksum"] = previous
+        r["checksum"] = previous = audit.compute_checksum(r)
+        conn.execute("update audit_events set previous_checksum = %s, checksum = %s where tenant_id = %s and seq = %s",
+                     (r["previous_checksum"], r["checksum"], tenant_id, seq))
+    return previous
+
+
+def test_verify_walks_from_the_newest_signed_checkpoint_unless_full(
+    client: httpx.Client, chain: Tenant, make_token: TokenFactory
+) -> None:
+    checkpoint_now(client)
+    add_events(chain.id, 3)
+    incremental = verify(client, chain, make_token)
+    assert incremental["valid"] is True
+    assert (incremental["from_seq"], incremental["events_checked"], incremental["head"]["seq"]) == (6, 4, 9)
+    full = verify_query(client, chain, make_token, "full=true").json()
+    assert full["valid"] is True
+    assert (full["from_seq"], full["events_checked"], full["head"]["seq"]) == (1, 9, 9)
+
+
+def test_history_rewritten_under_the_checkpoint_with_its_stored_checksum_kept_is_caught(
+    client: httpx.Client, chain: Tenant, make_token: TokenFactory
+) -> None:
+    """The attacker edits event 3, recomputes 3 to 5, points event 6 at the new 5, and leaves
+    event 6's checksum column equal to the signed one. Only recomputing the checkpointed
+    event from its fields (not trusting its checksum column) sees it."""
+    checkpoint_now(client)
+    add_events(chain.id, 2)
+    with attacker(chain.id) as conn:
+        conn.execute("update audit_events set reason = 'rewritten' where tenant_id = %s and seq = 3", (chain.id,))
+        new_five = rechain(conn, chain.id, 3, 5)
+        conn.execute("update audit_events set previous_checksum = %s where tenant_id = %s and seq = 6", (new_five, chain.id))
+    result = verify(client, chain, make_token)
+    assert result["valid"] is False
+    assert result["from_seq"] == 6
+    assert result["first_failure"]["seq"] == 6
+    assert result["first_failure"]["code"] == "checksum_mismatch"
+
+
+def test_edit_under_the_checkpoint_not_carried_through_it_is_caught_by_full_and_nightly(
+    client: httpx.Client, chain: Tenant, make_token: TokenFactory
+) -> None:
+    """The limit of the incremental walk, stated as a test: an edit before the checkpoint that
+    is not recomputed through it leaves the checkpointed event intact; the full walk (asked
+    for, or the nightly timer's) reports it."""
+    checkpoint_now(client)
+    with attacker(chain.id) as conn:
+        conn.execute("update audit_events set reason = 'edited' where tenant_id = %s and seq = 3", (chain.id,))
+    assert verify(client, chain, make_token)["valid"] is True
+    full = verify_query(client, chain, make_token, "full=true").json()
+    assert full["valid"] is False
+    assert full["first_failure"] == {"seq": 3, "code": "checksum_mismatch",
+                                     "reason": "checksum does not match the event's content"}
+    assert client.post("/admin/functions/audit_verify_all").status_code == 202
+    with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+        alerts = audit.list_events(conn, action="platform.audit_chain_invalid", target_id=chain.id)
+    assert alerts and alerts[-1]["after"]["first_failure"]["seq"] == 3
+
+
+@pytest.mark.parametrize("query", ["full=maybe", "full=", "full=true&full=false", "everything=true"])
+def test_verify_refuses_a_malformed_full_parameter(
+    client: httpx.Client, chain: Tenant, make_token: TokenFactory, query: str
+) -> None:
+    resp = verify_query(client, chain, make_token, query)
+    assert resp.status_code in (400, 422), resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+
+
+_ATTACKS: dict[str, list[str]] = {
+    "untouched": [],
+    "edit": ["update audit_events set reason = 'x' where seq = 7"],
+    "edit_checkpointed_event": ["update audit_events set actor_name = 'Mallory' where seq = 5"],
+    "delete": ["delete from audit_events where seq = 6"],
+    "delete_first": ["delete from audit_events where seq = 1"],
+    "delete_checkpointed_event": ["delete from audit_events where seq = 5"],
+    "cut_tail": ["delete from audit_events where seq >= 4"],
+    "cut_all": ["delete from audit_events"],
+    "broken_link": ["update audit_events set previous_checksum = repeat('a', 64) where seq = 8"],
+    "genesis_link": ["update audit_events set previous_checksum = repeat('b', 64) where seq = 1"],
+    "gap_then_edit": ["delete from audit_events where seq = 7", "update audit_events set reason = 'y' where seq = 8"],
+    "far_seq": ["update audit_events set seq = 1000000 where seq = 9"],
+    "checksum_column_only": ["update audit_events set checksum = repeat('c', 64) where seq = 6"],
+}
+
+
+@pytest.mark.parametrize("attack", sorted(_ATTACKS))
+def test_database_verifier_reports_what_the_streaming_walk_reports(tenant: Tenant, attack: str) -> None:
+    """verify_segment (the checks in SQL) against verify_rows (every event walked in
+    Python), in full and from a checkpoint at seq 5, on the same tampered chain."""
+    add_events(tenant.id, 8)
+    with db.tenant_tx(tenant.id) as conn:
+        at_five = conn.execute("select checksum from audit_events where seq = 5").fetchone()
+    assert at_five is not None
+    checkpoint = audit.CheckpointRef(seq=5, checksum=at_five["checksum"], created_at="2026-01-01T00:00:00.000000Z")
+    with attacker(tenant.id) as conn:
+        for statement in _ATTACKS[attack]:
+            conn.execute(statement.replace(" where ", " where tenant_id = %(t)s and ") if " where " in statement
+                         else statement + " where tenant_id = %(t)s", {"t": tenant.id})
+    full_walk_valid = None
+    for start, ref in ((1, None), (1, checkpoint), (5, checkpoint)):
+        with db.tenant_tx(tenant.id) as conn:
+            in_sql = audit.verify_segment(conn, tenant_id=tenant.id, checkpoint=ref, start_seq=start).as_dict()
+            walked = audit.verify_rows(audit.stream_checksums(conn, from_seq=start), tenant_id=tenant.id,
+                                       checkpoint=ref, start_seq=start).as_dict()
+            end = conn.execute("select coalesce(max(seq), 0) as end from audit_events").fetchone()["end"]
+        in_sql.pop("duration_ms"), walked.pop("duration_ms")
+        if walked["head"] is None and (walked["first_failure"] or {}).get("code") == "chain_truncated":
+            # A walk that met no event names where it started; the database knows where the chain ends.
+            walked["first_failure"]["seq"] = end + 1
+        assert in_sql == walked, (start, ref)
+        if start == 1 and ref is not None:
+            full_walk_valid = walked["valid"]
+    assert full_walk_valid is (attack == "untouched")
 
 
 # --- append-only and transactions -------------------------------------------------------------
