@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 import pyotp
-import segno
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -333,6 +332,8 @@ def otpauth_uri(secret: str, *, account: str, settings: Settings | None = None) 
 
 def qr_svg(text: str) -> str:
     """A standalone SVG QR code (error correction M) of `text`."""
+    import segno  # only enrolment draws a QR code: not loaded at import
+
     buf = io.BytesIO()
     segno.make(text, error="m").save(buf, kind="svg", scale=4, border=4, xmldecl=False, svgns=True, nl=False)
     return buf.getvalue().decode("utf-8")
