@@ -74,8 +74,8 @@ run: venv node
 	[ -f local.settings.json ] || cp local.settings.sample.json local.settings.json
 	echo "+ $(VPY) -m shared.cli migrate"
 	$(VPY) -m shared.cli migrate
-	echo "+ $(VPY) -m devhost --port $(PORT)"
-	$(VPY) -m devhost --port $(PORT)
+	echo "+ $(VPY) -m devhost --port $(PORT) --banner"
+	$(VPY) -m devhost --port $(PORT) --banner
 
 # The tests start devhost themselves.  Services are always stopped afterwards; the exit
 # status is pytest's.

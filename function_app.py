@@ -20,6 +20,7 @@ from functions import (
 )
 from shared.core.settings import load_settings
 from shared.web.card_data import install_log_redaction
+from shared.web.logs import quiet_azure_sdk
 from shared.web.openapi import describe_app
 
 BLUEPRINTS = (
@@ -42,6 +43,7 @@ def create_app() -> func.FunctionApp:
 
 
 install_log_redaction()  # before anything logs: no record, whoever writes it, carries a card number
+quiet_azure_sdk()  # Storage request dumps would be most of the log (and of Application Insights' bill)
 load_settings()  # a missing or malformed setting stops start-up here, naming the setting
 
 # Authentication is the endpoint wrapper's job (shared/web/endpoint.py), so no function keys.

@@ -379,24 +379,22 @@ def _wait_ready(host: Devhost, ready_path: str | None, timeout: float = 30.0) ->
 
 
 def access_log(host: Devhost, request_ids: Sequence[str] = (), *, wait_s: float = 5.0) -> dict[str, dict[str, Any]]:
-    """The wrapper's JSON access-log lines (`custos.access: {...}`) in the devhost's log,
-    by request id. Waits up to `wait_s` for every one of `request_ids` to be written."""
+    """The wrapper's access-log lines (JSON lines of logger `custos.access`) in the devhost's
+    log, by request id. Waits up to `wait_s` for every one of `request_ids` to be written."""
     import json
 
-    marker = "custos.access: "
     deadline = time.monotonic() + wait_s
     while True:
         entries: dict[str, dict[str, Any]] = {}
         with open(host.log_path, encoding="utf-8", errors="replace") as log:
             for line in log:
-                at = line.find(marker)
-                if at < 0:
+                if '"custos.access"' not in line:
                     continue
                 try:
-                    entry = json.loads(line[at + len(marker):])
+                    entry = json.loads(line)
                 except ValueError:
                     continue
-                if isinstance(entry, dict) and "request_id" in entry:
+                if isinstance(entry, dict) and entry.get("logger") == "custos.access" and "request_id" in entry:
                     entries[entry["request_id"]] = entry
         if all(r in entries for r in request_ids) or time.monotonic() > deadline:
             return entries

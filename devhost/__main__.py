@@ -1,8 +1,14 @@
 """``python -m devhost``: load local settings, import the FunctionApp, serve it with uvicorn.
 
 Usage: ``python -m devhost [--host 127.0.0.1] [--port 7071] [--app function_app:app]
-[--settings local.settings.json] [--route-prefix PREFIX]``. The port may also come from
+[--settings local.settings.json] [--route-prefix PREFIX] [--banner]``. The port may also come from
 ``DEVHOST_PORT`` or ``Host.LocalHttpPort`` in the settings file.
+
+Logs go to stderr, one JSON object per line (``shared.web.logs``): the app's lines with their
+fields as keys, devhost's and uvicorn's too; the Azure SDK only from WARNING. uvicorn's own
+access line is off: the wrapper's ``custos.access`` line says more about each request.
+``--banner`` prints a few plain lines to stdout once the server accepts connections (URL,
+first steps with the ops CLI, where the logs go), for ``make run``.
 """
 
 from __future__ import annotations
@@ -15,12 +21,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import azure.functions as func
 import uvicorn
 
 from devhost.server import create_asgi_app
 from shared.core.settings import SettingsError, load_local_settings
+from shared.web.logs import configure_logging
 
 log = logging.getLogger("devhost")
 
@@ -56,13 +64,47 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--app", default="function_app:app", help="module:attribute")
     parser.add_argument("--settings", default="local.settings.json", type=Path)
     parser.add_argument("--route-prefix", default=None, help="default: host.json extensions.http.routePrefix")
+    parser.add_argument("--banner", action="store_true", help="print a short how-to to stdout when ready")
     return parser.parse_args(argv)
+
+
+def banner(url: str) -> str:
+    """What `make run` shows once the host is ready."""
+    python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd() + os.sep) else sys.executable
+    cli = f"{python} -m shared.cli"
+    return "\n".join([
+        "",
+        f"  Custos is running at {url}   (Ctrl-C stops it and the services)",
+        f"    health      curl {url}/api/health",
+        f"    API docs    {url}/api/openapi.json",
+        "  First steps (in another shell: . .local/run/services.sh):",
+        f"    an operator {cli} create-operator --email you@example.com   (prints a setup token)",
+        f"    a tenant    {cli} create-tenant --slug acme --name 'Acme' --admin-email admin@example.com",
+        "  Logs: below, on stderr, one JSON object per line (custos.access: one per request);",
+        "        the Azure SDK logs only warnings. Services' logs: .local/run/",
+        "",
+    ])
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that calls `on_ready` once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: Any = None) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_ready is not None:
+            self.on_ready()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m devhost``."""
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
+    # uvicorn's start-up chatter: "devhost ready" (and the banner) say the same in one line.
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     try:
         settings = load_local_settings(args.settings)
     except SettingsError as exc:
@@ -77,15 +119,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if route_prefix is None:
         route_prefix = read_route_prefix(Path("host.json"))
     asgi_app = create_asgi_app(import_app(args.app), route_prefix=route_prefix)
-    uvicorn.run(
+    config = uvicorn.Config(
         asgi_app,
         host=args.host,
         port=port,
         lifespan="on",
         proxy_headers=False,  # never let X-Forwarded-For rewrite the peer address
         server_header=False,
-        log_level="info",
+        log_config=None,  # keep the JSON handler configure_logging installed
+        access_log=False,
     )
+    url = f"http://{args.host}:{port}"
+
+    def ready() -> None:
+        log.info("devhost ready", extra={"url": url})
+        if args.banner:
+            print(banner(url), flush=True)
+
+    _Server(config, on_ready=ready).run()
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ bp = func.Blueprint()
 @bp.route(route="api/health", methods=["GET"])
 @endpoint(response=Health, auth=False, tags=("system",))
 def health_check(ctx: RequestContext) -> Reply:
-    """Readiness: database and storage; 503 names the failed part."""
-    result = health.check()
-    return Reply(body=result, status=200 if result["ok"] else 503)
+    """Readiness: database and storage; a 503 problem names each part's state."""
+    return Reply(body=health.ready())
 
 
 @bp.route(route="api/openapi.json", methods=["GET"])

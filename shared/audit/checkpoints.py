@@ -26,7 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import rfc8785
-from azure.core.exceptions import ResourceExistsError
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -161,6 +160,8 @@ def _download(name: str) -> Any:
 def write(doc: dict[str, Any]) -> bool:
     """Store a checkpoint as a new blob; False if one for that seq already exists."""
     blob = storage.blob_service().get_blob_client(CONTAINER, blob_name(doc["tenant_id"], doc["seq"]))
+    from azure.core.exceptions import ResourceExistsError  # loaded with the client, not at import
+
     try:
         blob.upload_blob(json.dumps(doc, indent=1).encode(), overwrite=False)
     except ResourceExistsError:

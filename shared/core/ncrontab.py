@@ -10,8 +10,9 @@ of week both restricted means both must match (NCrontab's rule, unlike Vixie cro
 
 from __future__ import annotations
 
+import calendar
 import functools
-from datetime import date, timedelta
+from datetime import date
 
 _NAMES = {
     4: {m: i + 1 for i, m in enumerate(("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"))},
@@ -75,12 +76,21 @@ def longest_gap_s(expression: str) -> int:
     within_day = max((b - a for a, b in zip(times, times[1:], strict=False)), default=0)
     if all(text == "*" for text in fields[3:]):
         return max(within_day, _DAY - times[-1] + times[0])
-    start = date(2001, 1, 1)
+    start = date(2001, 1, 1).toordinal()
     firing_days = []
-    for offset in range(_CYCLE_DAYS):
-        day = start + timedelta(days=offset)
-        if day.day in days and day.month in months and (day.isoweekday() % 7) in weekdays:
-            firing_days.append(offset)
+    # Month by month over the cycle, only the days the day-of-month field allows (this runs
+    # at start-up, in load_settings: a day-by-day walk took about 0.2 s for "1 January").
+    allowed_days = sorted(days)
+    for year in range(2001, 2001 + 400):
+        for month in sorted(months):
+            first = date(year, month, 1).toordinal()
+            length = calendar.monthrange(year, month)[1]
+            for day in allowed_days:
+                if day > length:
+                    break
+                ordinal = first + day - 1
+                if ordinal % 7 in weekdays:  # ordinal 1 (1 January of year 1) was a Monday; 0 is Sunday
+                    firing_days.append(ordinal - start)
     if not firing_days:
         raise ValueError("the schedule never fires")
     # The cycle wraps: its first firing day follows its last one.

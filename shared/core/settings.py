@@ -69,6 +69,16 @@ class Settings(BaseSettings):
     storage_account_name: str = Field(
         "", description="Storage account name for managed-identity access when no connection string."
     )
+    storage_connect_timeout_s: float = Field(
+        2.0, gt=0, le=60, description="Seconds to wait for a Storage connection (each try)."
+    )
+    storage_read_timeout_s: float = Field(
+        20.0, gt=0, le=300, description="Seconds to wait for Storage to send data (each socket read, each try)."
+    )
+    storage_retries: int = Field(2, ge=0, le=10, description="Retries of a failed Storage call (0.5 s apart).")
+    health_timeout_s: float = Field(
+        4.0, gt=0, le=30, description="`GET /api/health` answers within this: a probe still waiting is unavailable."
+    )
 
     # --- HTTP --------------------------------------------------------------------------
     max_body_bytes: int = Field(

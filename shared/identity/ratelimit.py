@@ -84,20 +84,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
-
-from azure.core import MatchConditions
-from azure.core.exceptions import (
-    AzureError,
-    ResourceExistsError,
-    ResourceModifiedError,
-    ResourceNotFoundError,
-)
-from azure.data.tables import TableClient, TableTransactionError, UpdateMode
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from shared.core import storage
 from shared.core.errors import ServiceUnavailable, TooManyRequests
 from shared.core.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
 
 log = logging.getLogger("custos.ratelimit")
 
@@ -322,6 +316,9 @@ class _Reserved:
 
 def _is_conflict(exc: Exception) -> bool:
     """A lost ETag race or create race (a transaction reports it with the failing op's status)."""
+    from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+    from azure.data.tables import TableTransactionError
+
     if isinstance(exc, (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError)):
         return True
     return isinstance(exc, TableTransactionError) and exc.status_code in (404, 409, 412)
@@ -361,6 +358,8 @@ class Throttle:
             raise ValueError(f"rate-limit family {family!r} is not one of {sorted(self._policies)}") from None
 
     def _read(self, table: TableClient, family: str, key: Key) -> _State | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             entity = table.get_entity(family, key.row_key, **_IO)
         except ResourceNotFoundError:
@@ -385,6 +384,10 @@ class Throttle:
                 delay), or the reservation kept losing races.
             ValueError: `family` is unknown.
         """
+        from azure.core import MatchConditions  # the Storage SDK loads on first use (import time)
+        from azure.core.exceptions import AzureError
+        from azure.data.tables import UpdateMode
+
         policy = self.policy(family)
         now = time.time() if now is None else now
         keys = list({key.row_key: key for key in keys}.values())  # one op per entity in a transaction
@@ -477,6 +480,10 @@ class Throttle:
 
     def _release(self, family: str, reserved: Sequence[_Reserved], now: float) -> None:
         """`Attempt.succeeded`: restart the email+IP rows, take this attempt's count off the others."""
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError
+        from azure.data.tables import UpdateMode
+
         pending = list(reserved)
         current = {r.key.row_key: r.after for r in pending}
         for round_ in range(MAX_WRITE_ATTEMPTS):

@@ -11,8 +11,6 @@ import time
 import uuid
 from dataclasses import dataclass
 
-import jwt
-
 from shared.core.errors import Unauthenticated
 from shared.core.keys import EcKeyRing, load_jwt_keyring
 from shared.core.settings import get_settings
@@ -77,6 +75,8 @@ def issue_access_token(
     }
     if name:
         claims["name"] = name  # printed name at sign-in, for audit events
+    import jwt  # PyJWT (and the cryptography it loads) on first use, not at import
+
     return jwt.encode(claims, ring.signing, algorithm=ALGORITHM, headers={"kid": ring.signing_kid})
 
 
@@ -101,6 +101,8 @@ def verify_access_token(token: str, *, now: float | None = None) -> AccessClaims
     Raises:
         Unauthenticated: with a short reason; never says which key or claim value was expected.
     """
+    import jwt
+
     settings = get_settings()
     ring = keyring()
     try:

@@ -19,8 +19,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
 from shared.audit import chain as audit
 from shared.core import db, storage
 from shared.core.errors import (
@@ -141,6 +139,8 @@ def store(tenant_id: str, data: bytes, *, content_type: str, filename: str) -> S
     refuse_card_data(data, media=media, content_type=content_type, filename=filename)
     sha256, size = sha256_of(_chunks(data))
     blob = storage.blob_service().get_blob_client(CONTAINER, blob_name(tenant_id, sha256))
+    from azure.core.exceptions import ResourceExistsError  # loaded with the client, not at import
+
     try:
         blob.upload_blob(data, overwrite=False, content_type=media, metadata={"sha256": sha256}, max_concurrency=2)
         deduplicated = False
@@ -159,6 +159,8 @@ def read_verified(tenant_id: str, sha256: str, *, record_id: str, meta: audit.Re
     if not _SHA256.match(sha256):
         raise NotFound("no such attachment")
     blob = storage.blob_service().get_blob_client(CONTAINER, blob_name(tenant_id, sha256))
+    from azure.core.exceptions import ResourceNotFoundError
+
     try:
         downloader = blob.download_blob()
     except ResourceNotFoundError:

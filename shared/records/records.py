@@ -12,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 import rfc8785
-from jsonschema.exceptions import ValidationError
 
 from shared.audit import chain as audit
 from shared.audit.chain import json_safe
@@ -32,6 +31,9 @@ from shared.records import tenant_schemas
 from shared.records.errors import PayloadInvalid, RecordSchemaInvalid, RecordSchemaUnusable
 from shared.records.manifestations import SIGNATURE_COLUMNS, manifest_entry
 from shared.web.jsonio import loads_stored
+
+if TYPE_CHECKING:
+    from jsonschema.exceptions import ValidationError
 
 MAX_SCHEMA_BYTES = tenant_schemas.MAX_SCHEMA_BYTES
 MAX_REFERENCES = 20
@@ -246,7 +248,7 @@ def _error_entry(error: ValidationError, location: list[Any]) -> dict[str, Any]:
         names = [t for t in (value if isinstance(value, list) else [value]) if t in _TYPES]
         message = f"must be {' or '.join(names)}" if names else "has the wrong type"
     elif keyword == "format":
-        message = f"is not a valid {value}" if value in tenant_schemas.FORMATS.checkers else "has the wrong format"
+        message = f"is not a valid {value}" if value in tenant_schemas.formats().checkers else "has the wrong format"
     elif keyword is None:
         message = "is not allowed here"
     else:

@@ -219,6 +219,20 @@ def _redact_value(value: Any) -> Any:
     return redact_card_numbers(value) if isinstance(value, str) else value
 
 
+def redact_value(value: Any, *, depth: int = 0) -> Any:
+    """`value` with card numbers removed from every string in it (dict keys and values, list
+    and tuple items, nested up to 32 levels; deeper parts are replaced by MARKER)."""
+    if isinstance(value, str):
+        return redact_card_numbers(value)
+    if depth >= 32:
+        return MARKER
+    if isinstance(value, dict):
+        return {redact_value(k, depth=depth + 1): redact_value(v, depth=depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_value(v, depth=depth + 1) for v in value]
+    return value
+
+
 def redact_record(record: logging.LogRecord) -> None:
     """Remove card numbers from a log record's message, arguments, traceback and stack."""
     if isinstance(record.msg, str):
@@ -262,3 +276,24 @@ def install_log_redaction() -> None:
 
     factory.custos_redacting = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)
+    _redact_extra_fields()
+
+
+def _redact_extra_fields() -> None:
+    """Redact the `extra=` fields too: `Logger.makeRecord` sets them after the factory has
+    run, and structured logging puts request data there (Application Insights sends them
+    as custom dimensions)."""
+    make_record = logging.Logger.makeRecord
+    if getattr(make_record, "custos_redacting", False):
+        return
+
+    def redacting_make_record(self: logging.Logger, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make_record(self, *args, **kwargs)
+        extra = args[8] if len(args) > 8 else kwargs.get("extra")
+        if extra:
+            for key in extra:
+                record.__dict__[key] = redact_value(record.__dict__[key])
+        return record
+
+    redacting_make_record.custos_redacting = True  # type: ignore[attr-defined]
+    logging.Logger.makeRecord = redacting_make_record  # type: ignore[method-assign]

@@ -663,19 +663,21 @@ def _audit_support_request(ctx: RequestContext, req: func.HttpRequest, response:
 
 def _log_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpResponse, started: float) -> None:
     p = ctx.principal
+    path = redact_card_numbers(urlsplit(req.url).path)  # never the query: it may carry tokens
+    # The fields go as `extra` (Application Insights custom dimensions, devhost's JSON keys),
+    # not as JSON inside the message.
     access_log.info(
-        json.dumps(
-            {
-                "request_id": ctx.request_id,
-                "method": req.method,
-                "path": redact_card_numbers(urlsplit(req.url).path),  # never the query: it may carry tokens
-                "status": response.status_code,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                "tenant": p.tenant_id if p else None,
-                "user": p.user_id if p else None,
-                "session": p.session_id if p else None,
-                "ip": ctx.client_ip,
-                "user_agent": ctx.user_agent,
-            }
-        )
+        "%s %s %s", req.method, path, response.status_code,
+        extra={
+            "request_id": ctx.request_id,
+            "method": req.method,
+            "path": path,
+            "status": response.status_code,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "tenant": p.tenant_id if p else None,
+            "user": p.user_id if p else None,
+            "session": p.session_id if p else None,
+            "ip": ctx.client_ip,
+            "user_agent": ctx.user_agent,
+        },
     )

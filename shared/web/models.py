@@ -40,7 +40,9 @@ class Strict(BaseModel):
     with a minimum length that is nothing but white space is refused as `blank_value`.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: a model's validator is built on first use, not when its module is
+    # imported (over a hundred models: a large part of a worker's start-up, bench/startup.py).
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     @model_validator(mode="after")
     def _trim(self) -> Any:
@@ -68,4 +70,4 @@ class Out(BaseModel):
     """A response body: exactly these fields (the OpenAPI document says
     `additionalProperties: false`, and the tests hold every answer to it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built on first use, as Strict

@@ -346,7 +346,8 @@ def test_access_log_line(host, client: httpx.Client, tenant: Tenant, make_token:
     while rid not in host.log() and time.monotonic() < deadline:
         time.sleep(0.05)
     line = next(line for line in host.log().splitlines() if rid in line)
-    entry = json.loads(line[line.index("{"):])
+    entry = json.loads(line)  # the whole line is the JSON object, its fields are keys
+    assert entry["logger"] == "custos.access" and entry["request_id"] == rid
     assert entry["tenant"] == tenant.id
     assert entry["status"] == 200
     assert entry["path"] == "/api/tenant"

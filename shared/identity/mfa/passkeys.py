@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import logging
 import re
 import secrets
@@ -32,42 +33,41 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableTransactionError
-from webauthn import (
-    generate_authentication_options,
-    generate_registration_options,
-    verify_authentication_response,
-    verify_registration_response,
-)
-from webauthn.helpers import options_to_json_dict
-from webauthn.helpers.cose import COSEAlgorithmIdentifier
-from webauthn.helpers.exceptions import WebAuthnException
-from webauthn.helpers.structs import (
-    AttestationConveyancePreference,
-    AuthenticatorSelectionCriteria,
-    AuthenticatorTransport,
-    PublicKeyCredentialDescriptor,
-    ResidentKeyRequirement,
-    UserVerificationRequirement,
-)
+from typing import TYPE_CHECKING, Any, Literal
 
 from shared.core import storage
 from shared.core.db import Conn
 from shared.core.errors import ServiceUnavailable
 from shared.core.settings import Settings, get_settings
 
+# webauthn and the Storage SDK load on first use, not at import (bench/startup.py).
+if TYPE_CHECKING:
+    from azure.data.tables import TableClient
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier
+    from webauthn.helpers.structs import PublicKeyCredentialDescriptor
+
 log = logging.getLogger("custos.passkeys")
 
 TABLE = "webauthnchallenges"
 PARTITION = "challenge"
 Purpose = Literal["register", "second_factor", "passwordless"]
-ALGORITHMS = [COSEAlgorithmIdentifier.ECDSA_SHA_256, COSEAlgorithmIdentifier.EDDSA,
-              COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256]
-TRANSPORTS = frozenset(t.value for t in AuthenticatorTransport)
+
+
+@functools.cache
+def supported_algorithms() -> list[COSEAlgorithmIdentifier]:
+    """The COSE algorithms accepted for a new passkey."""
+    from webauthn.helpers.cose import COSEAlgorithmIdentifier
+
+    return [COSEAlgorithmIdentifier.ECDSA_SHA_256, COSEAlgorithmIdentifier.EDDSA,
+            COSEAlgorithmIdentifier.RSASSA_PKCS1_v1_5_SHA_256]
+
+
+@functools.cache
+def known_transports() -> frozenset[str]:
+    """The WebAuthn transport names kept from a registration."""
+    from webauthn.helpers.structs import AuthenticatorTransport
+
+    return frozenset(t.value for t in AuthenticatorTransport)
 _CHALLENGE_ID = re.compile(r"^[0-9a-f]{32}$")
 _IO: dict[str, Any] = {"retry_total": 1, "connection_timeout": 3, "read_timeout": 5}
 
@@ -184,6 +184,8 @@ def new_challenge(*, purpose: Purpose, tenant_id: str = "", user_id: str = "", t
     challenge = Challenge(id=secrets.token_hex(16), purpose=purpose, challenge=secrets.token_bytes(32),
                           expires_at=now + get_settings().webauthn_challenge_ttl_s, tenant_id=tenant_id,
                           user_id=user_id, ticket_hash=ticket_hash)
+    from azure.core.exceptions import AzureError
+
     try:
         _table().create_entity(challenge.entity(), **_IO)
     except AzureError as exc:
@@ -205,6 +207,10 @@ def take_challenge(challenge_id: str, *, purpose: Purpose, tenant_id: str | None
         raise ChallengeUnknown("unknown or used challenge")
     now = time.time() if now is None else now
     table = _table()
+    from azure.core import MatchConditions
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+    from azure.data.tables import TableTransactionError
+
     try:
         entity = table.get_entity(PARTITION, challenge_id, **_IO)
     except ResourceNotFoundError:
@@ -242,6 +248,8 @@ def purge_expired_challenges(*, now: float | None = None, grace_s: float = 60.0)
     """
     now = time.time() if now is None else now
     table, purged = _table(), 0
+    from azure.core.exceptions import AzureError
+
     try:
         for entity in table.query_entities("PartitionKey eq @p and expires_at lt @t",
                                            parameters={"p": PARTITION, "t": float(now - grace_s)},
@@ -266,9 +274,11 @@ class Options:
 
 
 def _descriptors(credential_ids: Iterable[tuple[bytes, Sequence[str]]]) -> list[PublicKeyCredentialDescriptor]:
-    return [PublicKeyCredentialDescriptor(id=cid, transports=[AuthenticatorTransport(t) for t in transports
-                                                             if t in TRANSPORTS] or None)
-            for cid, transports in credential_ids]
+    from webauthn.helpers.structs import AuthenticatorTransport, PublicKeyCredentialDescriptor
+
+    return [PublicKeyCredentialDescriptor(id=cid, transports=[AuthenticatorTransport(t) for t in names
+                                                             if t in known_transports()] or None)
+            for cid, names in credential_ids]
 
 
 def registration_options(*, tenant_id: str, user_id: str, user_name: str, display_name: str,
@@ -281,6 +291,15 @@ def registration_options(*, tenant_id: str, user_id: str, user_name: str, displa
     Raises:
         ServiceUnavailable: Table Storage did not answer.
     """
+    from webauthn import generate_registration_options
+    from webauthn.helpers import options_to_json_dict
+    from webauthn.helpers.structs import (
+        AttestationConveyancePreference,
+        AuthenticatorSelectionCriteria,
+        ResidentKeyRequirement,
+        UserVerificationRequirement,
+    )
+
     rp = relying_party()
     challenge = new_challenge(purpose="register", tenant_id=tenant_id, user_id=user_id)
     options = generate_registration_options(
@@ -291,7 +310,7 @@ def registration_options(*, tenant_id: str, user_id: str, user_name: str, displa
         authenticator_selection=AuthenticatorSelectionCriteria(
             resident_key=ResidentKeyRequirement.PREFERRED, user_verification=UserVerificationRequirement.PREFERRED,
         ),
-        exclude_credentials=_descriptors(existing), supported_pub_key_algs=ALGORITHMS,
+        exclude_credentials=_descriptors(existing), supported_pub_key_algs=supported_algorithms(),
     )
     body = options_to_json_dict(options)
     body["extensions"] = {"credProps": True}
@@ -321,18 +340,21 @@ def verify_registration(*, challenge_id: str, credential: dict[str, Any], expect
     """
     challenge = take_challenge(challenge_id, purpose="register", tenant_id=expected_tenant_id,
                                user_id=expected_user_id)
+    from webauthn import verify_registration_response
+    from webauthn.helpers.exceptions import WebAuthnException
+
     rp = relying_party()
     try:
         verified = verify_registration_response(
             credential=credential, expected_challenge=challenge.challenge, expected_rp_id=rp.id,
             expected_origin=list(rp.origins), require_user_presence=True, require_user_verification=False,
-            supported_pub_key_algs=ALGORITHMS,
+            supported_pub_key_algs=supported_algorithms(),
         )
     except (WebAuthnException, ValueError, TypeError, KeyError) as exc:
         raise PasskeyRejected(f"the passkey could not be verified: {exc}") from None
     raw_response = credential.get("response")
     response: dict[str, Any] = raw_response if isinstance(raw_response, dict) else {}
-    transports = [t for t in response.get("transports") or [] if isinstance(t, str) and t in TRANSPORTS]
+    transports = [t for t in response.get("transports") or [] if isinstance(t, str) and t in known_transports()]
     extensions = credential.get("clientExtensionResults")
     cred_props = extensions.get("credProps") if isinstance(extensions, dict) else None
     rk = cred_props.get("rk") if isinstance(cred_props, dict) else None
@@ -379,6 +401,10 @@ def authentication_options(*, purpose: Purpose, tenant_id: str = "", user_id: st
     Raises:
         ServiceUnavailable: Table Storage did not answer.
     """
+    from webauthn import generate_authentication_options
+    from webauthn.helpers import options_to_json_dict
+    from webauthn.helpers.structs import UserVerificationRequirement
+
     rp = relying_party()
     challenge = new_challenge(purpose=purpose, tenant_id=tenant_id, user_id=user_id, ticket_hash=ticket_hash)
     options = generate_authentication_options(
@@ -438,6 +464,9 @@ def verify_assertion(conn: Conn, *, challenge: Challenge, assertion: dict[str, A
     handle = raw_response.get("userHandle") if isinstance(raw_response, dict) else None
     if handle and b64url_decode(handle) != uuid.UUID(stored["user_id"]).bytes:
         raise PasskeyRejected("the user handle does not match the passkey's user")
+    from webauthn import verify_authentication_response
+    from webauthn.helpers.exceptions import WebAuthnException
+
     rp = relying_party()
     try:
         # The counter is compared below, after the signature: only an authentic assertion

@@ -19,7 +19,6 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyotp
-import segno
 
 from shared.core.db import Conn
 from shared.core.settings import Settings, get_settings
@@ -112,6 +111,8 @@ def otpauth_uri(secret: str, *, account: str, settings: Settings | None = None) 
 def qr_svg(text: str) -> str:
     """A standalone SVG QR code (error correction M) of `text`."""
     buf = io.BytesIO()
+    import segno  # only enrolment draws a QR code: not loaded at import
+
     segno.make(text, error="m").save(buf, kind="svg", scale=4, border=4, xmldecl=False, svgns=True, nl=False)
     return buf.getvalue().decode("utf-8")
 
