@@ -39,10 +39,10 @@ def test_the_heavy_modules_load_when_first_used() -> None:
     modules = _modules_after(
         "import function_app\n"
         "from shared.core import storage\n"
-        "from shared.identity.mfa import passkeys, factors\n"
+        "from shared.identity.mfa import passkeys, totp\n"
         "from shared.records import tenant_schemas\n"
         "storage.blob_service(); storage.table_service()\n"
-        "passkeys.supported_algorithms(); factors.qr_svg('otpauth://totp/x')\n"
+        "passkeys.supported_algorithms(); totp.qr_svg('otpauth://totp/x')\n"
         "tenant_schemas.problems({'type': 'object'})"
     )
     assert [name for name in HEAVY if name not in ("fido2", "azure.identity") and not _loaded(modules, name)] == []

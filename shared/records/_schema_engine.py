@@ -19,7 +19,7 @@ import referencing.exceptions
 from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.exceptions import SchemaError, UnknownType, ValidationError
 
-from shared.records.tenant_schemas import (  # the light half; no cycle: it imports this module lazily
+from shared.records._schema_limits import (
     DRAFT_2020_12,
     MAX_EVALUATIONS,
     MAX_SCHEMA_BYTES,
