@@ -19,7 +19,7 @@ from psycopg.rows import dict_row
 from shared.audit import chain as audit
 from shared.core import db, health, mail, storage
 from shared.core.errors import AppError, CheckFailed, Conflict, NotFound
-from shared.core.migrate import MigrationError, migrate
+from shared.core.migrate import MigrationError, ensure_app_role, migrate
 from shared.core.settings import SettingsError, get_settings, load_local_settings
 from shared.identity.opaque import new_token
 from shared.identity.operators import SETUP_TTL
@@ -33,8 +33,21 @@ def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
     if not s.database_owner_url:
         raise SettingsError("DATABASE_OWNER_URL: required to migrate")
     applied = migrate(s.database_owner_url, s.database_app_role)
-    storage.ensure_storage()
+    if not args.skip_storage:
+        storage.ensure_storage()
     return {"applied": applied}
+
+
+def cmd_create_app_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Create the app's login role (DATABASE_APP_ROLE) as the owner if missing and grant it
+    custos_app_rw; safe to re-run. With --entra-object-id (Azure) the role is the Entra
+    principal of the app's managed identity. Run it before `migrate` on a new server."""
+    s = get_settings()
+    if not s.database_owner_url:
+        raise SettingsError("DATABASE_OWNER_URL: required to create the app role")
+    role = ensure_app_role(s.database_owner_url, args.role or s.database_app_role,
+                           entra_object_id=args.entra_object_id)
+    return {"role": role.__dict__}
 
 
 def _cli_actor() -> audit.Actor:
@@ -113,6 +126,7 @@ def cmd_outbox(args: argparse.Namespace) -> dict[str, Any]:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
+    "create-app-role": cmd_create_app_role,
     "create-tenant": cmd_create_tenant,
     "check": cmd_check,
     "create-operator": cmd_create_operator,
@@ -123,7 +137,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help=cmd_migrate.__doc__)
+    mg = sub.add_parser("migrate", help=cmd_migrate.__doc__)
+    mg.add_argument("--skip-storage", action="store_true",
+                    help="database only: where Bicep made the containers and tables, or Storage is unreachable from here")
+    ar = sub.add_parser("create-app-role", help=cmd_create_app_role.__doc__)
+    ar.add_argument("--role", default="", help="role name (default: DATABASE_APP_ROLE)")
+    ar.add_argument("--entra-object-id", metavar="OBJECT_ID",
+                    help="Azure only: the managed identity's object (principal) id the role maps to")
     ct = sub.add_parser("create-tenant", help=cmd_create_tenant.__doc__)
     ct.add_argument("--slug", required=True)
     ct.add_argument("--name", required=True)

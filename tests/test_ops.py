@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
 
 import httpx
+import psycopg
+import psycopg.sql
 import pytest
 
 from shared.core import db
@@ -92,6 +95,38 @@ def test_cli_check_and_migrate() -> None:
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["components"] == {"database": "ok", "storage": "ok"}
     out = _cli("migrate")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"applied": []}
+
+
+def test_cli_create_app_role_is_idempotent_and_rejects_bad_input() -> None:
+    role = f"custos_app_{uuid.uuid4().hex[:10]}"
+    try:
+        first = _cli("create-app-role", "--role", role)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["role"] == {"name": role, "created": True, "granted": True, "entra_object_id": None}
+        again = _cli("create-app-role", "--role", role)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["role"]["created"] is False
+        bad = _cli("create-app-role", "--role", role, "--entra-object-id", "'; drop role custos_owner; --")
+        assert bad.returncode == 2 and "not a UUID" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop role if exists {}").format(psycopg.sql.Identifier(role)))
+
+
+def test_cli_migrate_can_leave_unreachable_storage_alone() -> None:
+    """A deploy step that reaches the database but not Storage (private endpoints) still migrates."""
+    closed = free_port()
+    unreachable = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{closed}", os.environ["STORAGE_CONNECTION_STRING"])
+    env = {**os.environ, "STORAGE_CONNECTION_STRING": unreachable, "STORAGE_RETRIES": "0"}
+
+    def migrate(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shared.cli", "migrate", *extra], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert migrate().returncode == 2
+    out = migrate("--skip-storage")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"applied": []}
 
