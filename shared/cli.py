@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,21 +21,39 @@ from shared.audit import chain as audit
 from shared.core import db, health, mail, storage
 from shared.core.errors import AppError, CheckFailed, Conflict, NotFound
 from shared.core.migrate import MigrationError, ensure_app_role, migrate
-from shared.core.settings import SettingsError, get_settings, load_local_settings
+from shared.core.settings import Settings, SettingsError, get_settings, load_local_settings
 from shared.identity.opaque import new_token
 from shared.identity.operators import SETUP_TTL
 from shared.tenancy.tenants import create_tenant, create_tenant_with_admin
 from shared.tenancy.users import normalize_email
 
 
+def _owner_settings(purpose: str) -> tuple[str, str]:
+    """DATABASE_OWNER_URL and DATABASE_APP_ROLE alone, for deploy steps that hold no app secret.
+
+    Raises:
+        SettingsError: the owner URL is missing or not a postgresql:// URL.
+    """
+    url = os.environ.get("DATABASE_OWNER_URL", "")
+    if not url:
+        raise SettingsError(f"DATABASE_OWNER_URL: required to {purpose}")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("DATABASE_OWNER_URL: must be a postgresql:// URL")
+    role = os.environ.get("DATABASE_APP_ROLE") or str(Settings.model_fields["database_app_role"].default)
+    return url, role
+
+
 def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
     """Apply database migrations as the owner role and create storage containers/tables."""
+    if args.skip_storage:
+        # The deployment runs this with the owner's token only: the app's keys and Storage
+        # settings live in Key Vault and the Function App, not on the deploying machine.
+        return {"applied": migrate(*_owner_settings("migrate"))}
     s = get_settings()
     if not s.database_owner_url:
         raise SettingsError("DATABASE_OWNER_URL: required to migrate")
     applied = migrate(s.database_owner_url, s.database_app_role)
-    if not args.skip_storage:
-        storage.ensure_storage()
+    storage.ensure_storage()
     return {"applied": applied}
 
 
@@ -42,11 +61,8 @@ def cmd_create_app_role(args: argparse.Namespace) -> dict[str, Any]:
     """Create the app's login role (DATABASE_APP_ROLE) as the owner if missing and grant it
     custos_app_rw; safe to re-run. With --entra-object-id (Azure) the role is the Entra
     principal of the app's managed identity. Run it before `migrate` on a new server."""
-    s = get_settings()
-    if not s.database_owner_url:
-        raise SettingsError("DATABASE_OWNER_URL: required to create the app role")
-    role = ensure_app_role(s.database_owner_url, args.role or s.database_app_role,
-                           entra_object_id=args.entra_object_id)
+    url, app_role = _owner_settings("create the app role")
+    role = ensure_app_role(url, args.role or app_role, entra_object_id=args.entra_object_id)
     return {"role": role.__dict__}
 
 
@@ -139,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     mg = sub.add_parser("migrate", help=cmd_migrate.__doc__)
     mg.add_argument("--skip-storage", action="store_true",
-                    help="database only: where Bicep made the containers and tables, or Storage is unreachable from here")
+                    help="database only, needing DATABASE_OWNER_URL (and DATABASE_APP_ROLE) alone: the deploy step")
     ar = sub.add_parser("create-app-role", help=cmd_create_app_role.__doc__)
     ar.add_argument("--role", default="", help="role name (default: DATABASE_APP_ROLE)")
     ar.add_argument("--entra-object-id", metavar="OBJECT_ID",

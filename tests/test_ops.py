@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -129,6 +130,34 @@ def test_cli_migrate_can_leave_unreachable_storage_alone() -> None:
     out = migrate("--skip-storage")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"applied": []}
+
+
+def test_deploy_steps_need_only_the_owner_url(tmp_path: Path) -> None:
+    """The deploying machine holds the owner's token, not the app's keys or Storage settings."""
+    role = f"custos_app_{uuid.uuid4().hex[:10]}"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DATABASE_OWNER_URL": os.environ["DATABASE_OWNER_URL"],
+           "DATABASE_APP_ROLE": role}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        made = cli("create-app-role")
+        assert made.returncode == 0, made.stderr
+        assert json.loads(made.stdout)["role"]["name"] == role
+        migrated = cli("migrate", "--skip-storage")
+        assert migrated.returncode == 0, migrated.stderr
+        assert json.loads(migrated.stdout) == {"applied": []}
+    finally:
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop role if exists {}").format(psycopg.sql.Identifier(role)))
+    env["DATABASE_OWNER_URL"] = "mysql://root@db/custos"
+    wrong = cli("migrate", "--skip-storage")
+    assert wrong.returncode == 2 and "DATABASE_OWNER_URL" in wrong.stderr and "Traceback" not in wrong.stderr
+    del env["DATABASE_OWNER_URL"]
+    missing = cli("create-app-role")
+    assert missing.returncode == 2 and "DATABASE_OWNER_URL: required" in missing.stderr
 
 
 def _devservices(*args: str) -> None:
