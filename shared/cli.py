@@ -188,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     except AppError as exc:
         print(json.dumps({"error": exc.to_problem()}, default=str), file=sys.stderr)
         return 2
+    except psycopg.OperationalError as exc:
+        # libpq's own words (host, TLS, authentication), never the connection string or password.
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(json.dumps({"error": f"database unavailable: {lines[0]}"}), file=sys.stderr)
+        return 2
     finally:
         db.close_pool()
     print(json.dumps(result, default=str, indent=2))
