@@ -172,6 +172,16 @@ def test_dependabot_watches_pip_npm_and_actions() -> None:
     assert (ROOT / "requirements.txt").is_file() and (ROOT / "package-lock.json").is_file()
 
 
+def test_readme_shows_deploying_in_three_lines_and_links_the_guides() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deploy on Azure", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert block == ["azd auth login", "azd env new custos-uks --location uksouth", "azd up"]
+    for guide in ("docs/deploy.md", "docs/scale.md"):
+        assert f"]({guide})" in section and (ROOT / guide).is_file()
+    assert "make run" in readme and "make test" in readme
+
+
 # ---------------------------------------------------------------- the postprovision hook
 
 
