@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,22 +20,50 @@ from psycopg.rows import dict_row
 from shared.audit import chain as audit
 from shared.core import db, health, mail, storage
 from shared.core.errors import AppError, CheckFailed, Conflict, NotFound
-from shared.core.migrate import MigrationError, migrate
-from shared.core.settings import SettingsError, get_settings, load_local_settings
+from shared.core.migrate import MigrationError, ensure_app_role, migrate
+from shared.core.settings import Settings, SettingsError, get_settings, load_local_settings
 from shared.identity.opaque import new_token
 from shared.identity.operators import SETUP_TTL
 from shared.tenancy.tenants import create_tenant, create_tenant_with_admin
 from shared.tenancy.users import normalize_email
 
 
+def _owner_settings(purpose: str) -> tuple[str, str]:
+    """DATABASE_OWNER_URL and DATABASE_APP_ROLE alone, for deploy steps that hold no app secret.
+
+    Raises:
+        SettingsError: the owner URL is missing or not a postgresql:// URL.
+    """
+    url = os.environ.get("DATABASE_OWNER_URL", "")
+    if not url:
+        raise SettingsError(f"DATABASE_OWNER_URL: required to {purpose}")
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError("DATABASE_OWNER_URL: must be a postgresql:// URL")
+    role = os.environ.get("DATABASE_APP_ROLE") or str(Settings.model_fields["database_app_role"].default)
+    return url, role
+
+
 def cmd_migrate(args: argparse.Namespace) -> dict[str, Any]:
     """Apply database migrations as the owner role and create storage containers/tables."""
+    if args.skip_storage:
+        # The deployment runs this with the owner's token only: the app's keys and Storage
+        # settings live in Key Vault and the Function App, not on the deploying machine.
+        return {"applied": migrate(*_owner_settings("migrate"))}
     s = get_settings()
     if not s.database_owner_url:
         raise SettingsError("DATABASE_OWNER_URL: required to migrate")
     applied = migrate(s.database_owner_url, s.database_app_role)
     storage.ensure_storage()
     return {"applied": applied}
+
+
+def cmd_create_app_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Create the app's login role (DATABASE_APP_ROLE) as the owner if missing and grant it
+    custos_app_rw; safe to re-run. With --entra-object-id (Azure) the role is the Entra
+    principal of the app's managed identity. Run it before `migrate` on a new server."""
+    url, app_role = _owner_settings("create the app role")
+    role = ensure_app_role(url, args.role or app_role, entra_object_id=args.entra_object_id)
+    return {"role": role.__dict__}
 
 
 def _cli_actor() -> audit.Actor:
@@ -113,6 +142,7 @@ def cmd_outbox(args: argparse.Namespace) -> dict[str, Any]:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
+    "create-app-role": cmd_create_app_role,
     "create-tenant": cmd_create_tenant,
     "check": cmd_check,
     "create-operator": cmd_create_operator,
@@ -123,7 +153,13 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shared.cli", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("migrate", help=cmd_migrate.__doc__)
+    mg = sub.add_parser("migrate", help=cmd_migrate.__doc__)
+    mg.add_argument("--skip-storage", action="store_true",
+                    help="database only, needing DATABASE_OWNER_URL (and DATABASE_APP_ROLE) alone: the deploy step")
+    ar = sub.add_parser("create-app-role", help=cmd_create_app_role.__doc__)
+    ar.add_argument("--role", default="", help="role name (default: DATABASE_APP_ROLE)")
+    ar.add_argument("--entra-object-id", metavar="OBJECT_ID",
+                    help="Azure only: the managed identity's object (principal) id the role maps to")
     ct = sub.add_parser("create-tenant", help=cmd_create_tenant.__doc__)
     ct.add_argument("--slug", required=True)
     ct.add_argument("--name", required=True)
@@ -151,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except AppError as exc:
         print(json.dumps({"error": exc.to_problem()}, default=str), file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as exc:
+        # libpq's own words (host, TLS, authentication), never the connection string or password.
+        lines = str(exc).strip().splitlines() or [type(exc).__name__]
+        print(json.dumps({"error": f"database unavailable: {lines[0]}"}), file=sys.stderr)
         return 2
     finally:
         db.close_pool()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import httpx
+import psycopg
+import psycopg.sql
 import pytest
 
 from shared.core import db
@@ -94,6 +98,66 @@ def test_cli_check_and_migrate() -> None:
     out = _cli("migrate")
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"applied": []}
+
+
+def test_cli_create_app_role_is_idempotent_and_rejects_bad_input() -> None:
+    role = f"custos_app_{uuid.uuid4().hex[:10]}"
+    try:
+        first = _cli("create-app-role", "--role", role)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["role"] == {"name": role, "created": True, "granted": True, "entra_object_id": None}
+        again = _cli("create-app-role", "--role", role)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["role"]["created"] is False
+        bad = _cli("create-app-role", "--role", role, "--entra-object-id", "'; drop role custos_owner; --")
+        assert bad.returncode == 2 and "not a UUID" in bad.stderr and "Traceback" not in bad.stderr
+    finally:
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop role if exists {}").format(psycopg.sql.Identifier(role)))
+
+
+def test_cli_migrate_can_leave_unreachable_storage_alone() -> None:
+    """A deploy step that reaches the database but not Storage (private endpoints) still migrates."""
+    closed = free_port()
+    unreachable = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{closed}", os.environ["STORAGE_CONNECTION_STRING"])
+    env = {**os.environ, "STORAGE_CONNECTION_STRING": unreachable, "STORAGE_RETRIES": "0"}
+
+    def migrate(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shared.cli", "migrate", *extra], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    assert migrate().returncode == 2
+    out = migrate("--skip-storage")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"applied": []}
+
+
+def test_deploy_steps_need_only_the_owner_url(tmp_path: Path) -> None:
+    """The deploying machine holds the owner's token, not the app's keys or Storage settings."""
+    role = f"custos_app_{uuid.uuid4().hex[:10]}"
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), "DATABASE_OWNER_URL": os.environ["DATABASE_OWNER_URL"],
+           "DATABASE_APP_ROLE": role}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        made = cli("create-app-role")
+        assert made.returncode == 0, made.stderr
+        assert json.loads(made.stdout)["role"]["name"] == role
+        migrated = cli("migrate", "--skip-storage")
+        assert migrated.returncode == 0, migrated.stderr
+        assert json.loads(migrated.stdout) == {"applied": []}
+    finally:
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("drop role if exists {}").format(psycopg.sql.Identifier(role)))
+    env["DATABASE_OWNER_URL"] = "mysql://root@db/custos"
+    wrong = cli("migrate", "--skip-storage")
+    assert wrong.returncode == 2 and "DATABASE_OWNER_URL" in wrong.stderr and "Traceback" not in wrong.stderr
+    del env["DATABASE_OWNER_URL"]
+    missing = cli("create-app-role")
+    assert missing.returncode == 2 and "DATABASE_OWNER_URL: required" in missing.stderr
 
 
 def _devservices(*args: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,3 +105,129 @@ def _grant_app_role(conn: psycopg.Connection, app_role: str) -> None:
     if not exists:
         raise MigrationError(f"DATABASE_APP_ROLE {app_role!r} does not exist")
     conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_GROUP_ROLE), sql.Identifier(app_role)))
+
+
+# Azure Database for PostgreSQL Flexible Server only: maps a new login role to a Microsoft Entra
+# object (here the app's managed identity, type 'service'), so a token issued to that identity
+# is accepted as the role's password. No stock PostgreSQL has this function, which is why it is
+# kept apart from the portable statements below and only runs when an object id is given.
+ENTRA_CREATE_PRINCIPAL = "select pgaadauth_create_principal_with_oid(%s, %s, 'service', false, false)"
+
+# The attributes that would let the app role escape row-level security or widen its own rights.
+_UNSAFE_ROLE_ATTRIBUTES = ("rolsuper", "rolbypassrls", "rolcreaterole", "rolcreatedb", "rolreplication")
+
+
+@dataclass(frozen=True)
+class AppRole:
+    """What `ensure_app_role` found or did: `created` this run, `granted` the group role now held."""
+
+    name: str
+    created: bool
+    granted: bool
+    entra_object_id: str | None
+
+
+def ensure_app_role(owner_url: str, app_role: str, *, entra_object_id: str | None = None) -> AppRole:
+    """Create the app's login role if missing and make it a member of `custos_app_rw`; idempotent.
+
+    With `entra_object_id` (Azure) the role is created by Flexible Server's
+    `pgaadauth_create_principal_with_oid` as the Entra principal of that object, and an
+    existing role must already carry that mapping. Without it (local, or a server where the
+    role is made another way) a plain LOGIN role without a password is created. Either way an
+    existing role is refused if it could bypass row-level security or create roles, databases
+    or replication connections: the app role must be NOSUPERUSER NOBYPASSRLS and own nothing.
+    The group role is granted when it exists; before the first migration it does not, and
+    `migrate` grants it.
+
+    Raises:
+        MigrationError: the object id is not a UUID; the role exists with unsafe attributes, as
+            a member of a role with them or of the database owner, or mapped to a different (or
+            no) Entra object; the Entra function is missing (not an
+            Azure server with Entra authentication); or the owner may not create the role.
+    """
+    if entra_object_id is not None:
+        try:
+            entra_object_id = str(uuid.UUID(entra_object_id))
+        except ValueError:
+            raise MigrationError(f"--entra-object-id {entra_object_id!r}: not a UUID") from None
+    created = False
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            existing = conn.execute(
+                sql.SQL("select {} from pg_roles where rolname = %s").format(
+                    sql.SQL(", ").join(sql.Identifier(a) for a in _UNSAFE_ROLE_ATTRIBUTES)
+                ),
+                (app_role,),
+            ).fetchone()
+            if existing is None:
+                _create_app_role(conn, app_role, entra_object_id)
+                created = True
+            else:
+                unsafe = [a.removeprefix("rol").upper() for a, on in zip(_UNSAFE_ROLE_ATTRIBUTES, existing, strict=True) if on]
+                if unsafe:
+                    raise MigrationError(
+                        f"role {app_role!r} exists with {', '.join(unsafe)}: the app role must be "
+                        "NOSUPERUSER NOBYPASSRLS NOCREATEROLE NOCREATEDB NOREPLICATION; fix or drop it by hand"
+                    )
+                _check_memberships(conn, app_role)
+                if entra_object_id is not None:
+                    _check_entra_label(conn, app_role, entra_object_id)
+            granted = conn.execute("select 1 from pg_roles where rolname = %s", (APP_GROUP_ROLE,)).fetchone() is not None
+            if granted:
+                _grant_app_role(conn, app_role)
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (LOCK_KEY,))
+    return AppRole(app_role, created, granted, entra_object_id)
+
+
+def _create_app_role(conn: psycopg.Connection, app_role: str, entra_object_id: str | None) -> None:
+    try:
+        if entra_object_id is None:
+            conn.execute(sql.SQL(
+                "create role {} login nosuperuser nobypassrls nocreatedb nocreaterole noreplication inherit"
+            ).format(sql.Identifier(app_role)))
+            return
+        with conn.transaction():
+            conn.execute(ENTRA_CREATE_PRINCIPAL, (app_role, entra_object_id))
+    except psycopg.errors.UndefinedFunction:
+        raise MigrationError(
+            "pgaadauth_create_principal_with_oid is missing: the server is not Azure Database for "
+            "PostgreSQL Flexible Server with Microsoft Entra authentication, or the owner is not its Entra admin"
+        ) from None
+    except psycopg.Error as exc:
+        raise MigrationError(f"could not create role {app_role!r}: {exc.diag.message_primary or exc}") from None
+
+
+def _check_entra_label(conn: psycopg.Connection, app_role: str, entra_object_id: str) -> None:
+    row = conn.execute(
+        """select l.label from pg_shseclabel l join pg_roles r on r.oid = l.objoid
+           where l.classoid = 'pg_authid'::regclass and l.provider = 'pgaadauth' and r.rolname = %s""",
+        (app_role,),
+    ).fetchone()
+    fields = dict(
+        part.split("=", 1) if "=" in part else (part, "") for part in (row[0].split(",") if row else [])
+    )
+    if "aadauth" not in fields or fields.get("oid", "").lower() != entra_object_id:
+        raise MigrationError(
+            f"role {app_role!r} exists but is not the Entra principal of object {entra_object_id} "
+            f"(its pgaadauth label: {row[0] if row else 'none'}); drop it or choose another DATABASE_APP_ROLE"
+        )
+
+
+def _check_memberships(conn: psycopg.Connection, app_role: str) -> None:
+    # Membership passes rights on: an app role inside the owner role (or any role with unsafe
+    # attributes) could ALTER the tables or switch RLS off, whatever its own attributes say.
+    rows = conn.execute(
+        """select r.rolname from pg_roles r
+           where r.rolname <> %s and pg_has_role(%s, r.oid, 'MEMBER')
+             and (r.rolsuper or r.rolbypassrls or r.rolcreaterole or r.rolcreatedb or r.rolreplication
+                  or r.oid = (select datdba from pg_database where datname = current_database()))
+           order by r.rolname""",
+        (app_role, app_role),
+    ).fetchall()
+    if rows:
+        raise MigrationError(
+            f"role {app_role!r} is a member of {', '.join(r[0] for r in rows)}: the app role may only "
+            f"hold {APP_GROUP_ROLE}; revoke the membership by hand"
+        )
