@@ -6,7 +6,6 @@ import logging
 
 import azure.functions as func
 
-from shared.audit import checkpoints
 from shared.core import health, mail
 from shared.identity import signin as auth
 
@@ -27,6 +26,7 @@ def heartbeat(timer: func.TimerRequest) -> None:
 def audit_checkpoint(timer: func.TimerRequest) -> None:
     """Sign the head of every audit chain that moved past its newest signed checkpoint (read
     from blob storage, never from the database) and store it outside the database."""
+    from shared.audit import checkpoints  # Ed25519 and blob machinery load on first use, not at import
     written = checkpoints.checkpoint_all()
     log.info("audit checkpoints written: %d", len(written))
     health.record_heartbeat("audit_checkpoint", ok=True, detail=f"{len(written)} written")
@@ -36,6 +36,7 @@ def audit_checkpoint(timer: func.TimerRequest) -> None:
 def audit_verify_all(timer: func.TimerRequest) -> None:
     """Verify every audit chain and that checkpoints keep up; failures are logged and raised
     as platform alert events (a stale checkpoint as one of its own)."""
+    from shared.audit import checkpoints  # Ed25519 and blob machinery load on first use, not at import
     results = checkpoints.verify_all()
     bad = [result for _, result in results if not result.valid]
     stale = sum(1 for result in bad if (result.first_failure or {}).get("code") == "checkpoint_stale")

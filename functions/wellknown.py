@@ -7,7 +7,6 @@ from typing import Any
 import azure.functions as func
 
 from functions._models_system import JwkSet
-from shared.audit.checkpoints import audit_keys
 from shared.core.settings import get_settings
 from shared.identity.tokens import keyring
 from shared.web.endpoint import Reply, RequestContext, endpoint
@@ -42,4 +41,6 @@ def jwks(ctx: RequestContext) -> Reply:
 @endpoint(response=JwkSet, media_type="application/jwk-set+json", auth=False, tags=("well-known",))
 def audit_checkpoint_keys(ctx: RequestContext) -> Reply:
     """Public Ed25519 keys that verify signed audit checkpoints."""
+    from shared.audit.checkpoints import audit_keys  # Ed25519 and blob machinery load on first use
+
     return Reply(body=audit_keys().jwks(), media_type="application/jwk-set+json")

@@ -13,7 +13,8 @@ from tests.conftest import ROOT
 #: (bench/startup.py measures what the import costs).
 HEAVY = (
     "azure.storage.blob", "azure.data.tables", "azure.core.pipeline", "azure.identity", "webauthn", "fido2",
-    "jsonschema", "referencing", "re2", "segno", "shared.records._schema_engine",
+    "jsonschema", "referencing", "re2", "segno", "shared.records._schema_engine", "psycopg_pool",
+    "shared.audit.checkpoints",
 )
 
 
@@ -38,10 +39,11 @@ def test_the_heavy_modules_load_when_first_used() -> None:
     # The probe is only meaningful if these names are importable and really are what a request loads.
     modules = _modules_after(
         "import function_app\n"
-        "from shared.core import storage\n"
+        "from shared.core import db, storage\n"
+        "from shared.audit import checkpoints\n"
         "from shared.identity.mfa import passkeys, totp\n"
         "from shared.records import tenant_schemas\n"
-        "storage.blob_service(); storage.table_service()\n"
+        "storage.blob_service(); storage.table_service(); db.pool(); db.close_pool()\n"
         "passkeys.supported_algorithms(); totp.qr_svg('otpauth://totp/x')\n"
         "tenant_schemas.problems({'type': 'object'})"
     )

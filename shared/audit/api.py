@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from shared.audit import chain, checkpoints
+from shared.audit import chain
 from shared.audit.export import export_jsonl
 from shared.web.caller import Caller
 
@@ -25,6 +25,7 @@ def list_events(caller: Caller, *, after: int, limit: int, actor_id: str | None,
 
 def verify(caller: Caller, *, full: bool = False) -> dict[str, Any]:
     """The tenant's chain walked from its newest signed checkpoint (`full`: from the first event)."""
+    from shared.audit import checkpoints  # Ed25519 and blob machinery load on first use, not at import
     return checkpoints.verify_tenant(caller.tenant_id, full=full).as_dict()
 
 

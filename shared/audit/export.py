@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared.audit import chain as audit
-from shared.audit import checkpoints
 from shared.core import db
 from shared.core.errors import PayloadTooLarge
 from shared.core.settings import get_settings
@@ -31,6 +30,8 @@ def export_jsonl(tenant_id: str) -> bytes:
     Raises:
         PayloadTooLarge: the chain is longer than AUDIT_EXPORT_MAX_EVENTS.
     """
+    from shared.audit import checkpoints  # Ed25519 and blob machinery load on first use, not at import
+
     limit = get_settings().audit_export_max_events
     out = bytearray(
         _line(

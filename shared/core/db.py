@@ -29,11 +29,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
-from psycopg_pool import ConnectionPool, PoolTimeout
+
+if TYPE_CHECKING:
+    # psycopg_pool loads with the first pool (`pool()`), not at import: see bench/startup.py.
+    from psycopg_pool import ConnectionPool
 
 from shared.core.errors import ConcurrentChange, Conflict, InvalidValue, ServiceUnavailable
 from shared.core.settings import get_settings
@@ -77,6 +80,8 @@ def pool() -> ConnectionPool[Conn]:
     if _pool is None:
         with _pool_lock:
             if _pool is None:
+                from psycopg_pool import ConnectionPool
+
                 s = get_settings()
                 p: ConnectionPool[Conn] = ConnectionPool(
                     s.database_url,
@@ -105,6 +110,8 @@ def close_pool() -> None:
 @contextmanager
 def _mapped_errors() -> Iterator[None]:
     """Database errors as the application's: the client's fault, a conflict, or a 503."""
+    from psycopg_pool import PoolTimeout  # loads with the first unit of work, as the pool does
+
     try:
         yield
     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:

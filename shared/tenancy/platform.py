@@ -8,7 +8,6 @@ import uuid
 from typing import Any
 
 from shared.audit import chain as audit
-from shared.audit import checkpoints
 from shared.core import db
 from shared.core.errors import NotFound
 from shared.identity import mfa
@@ -59,6 +58,7 @@ def cancel_tenant(caller: Caller, *, tenant_id: uuid.UUID, reason: str) -> dict[
 def verify_tenant_chain(caller: Caller, tenant_id: uuid.UUID, *, full: bool = False) -> dict[str, Any]:
     """An operator verifies a tenant's chain (no event content is returned); recorded in the platform chain."""
     tid = _existing(tenant_id)
+    from shared.audit import checkpoints  # Ed25519 and blob machinery load on first use, not at import
     result = checkpoints.verify_tenant(tid, full=full).as_dict()
     with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
         audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=caller.actor, action="platform.audit_verified",
