@@ -27,6 +27,8 @@ DISTRO_ENVIRONMENT = {
     "OTEL_EXPERIMENTAL_RESOURCE_DETECTORS": "azure_app_service",
     # The SDK's own usage telemetry goes to Microsoft's endpoints, not the tenant's workspace.
     "APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL": "true",
+    # Nor may the SDK fetch its configuration from Microsoft's control plane at run time.
+    "APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED": "true",
 }
 
 

@@ -129,6 +129,9 @@ def test_a_request_is_traced_to_the_ingestion_endpoint_with_the_identitys_token(
                 f"InstrumentationKey={uuid.uuid4()};IngestionEndpoint={ingestion.url}",
             "REQUESTS_CA_BUNDLE": str(ingestion.ca_file),
             "OTEL_BSP_SCHEDULE_DELAY": "200", "OTEL_BLRP_SCHEDULE_DELAY": "200",
+            # The distro's default samples 5 traces a second, and each export here fetches a token
+            # (the stand-in's tokens are short-lived), itself a traced call.
+            "OTEL_TRACES_SAMPLER": "always_on",
         })
         try:
             with httpx.Client(base_url=host.url, timeout=30) as client:
