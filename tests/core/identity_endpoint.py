@@ -40,6 +40,9 @@ class IdentityEndpoint:
     issued: list[Issued] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     failing: bool = False
+    latency_s: float = 0.0
+    #: The endpoint's idea of now, for `expires_on`: the test's clock when it moves time on.
+    clock: Callable[[], float] = time.time
 
     def env(self) -> dict[str, str]:
         """The environment App Service gives a worker with this identity assigned."""
@@ -64,10 +67,11 @@ def identity_endpoint(on_issue: Callable[[str, str], None] | None = None) -> Ite
             if state.failing or query.get("client_id") != state.client_id:
                 state.refused.append("failing" if state.failing else "client_id")
                 return self._send(400, {"error": "invalid_request", "error_description": "no such identity"})
+            time.sleep(state.latency_s)  # a slow endpoint widens any race between callers
             with lock:
                 # Long and URL-safe, like a JWT: a real token is ~1.5 kB.
                 token = "eyJ" + secrets.token_urlsafe(1100)
-                expires_on = int(time.time()) + TOKEN_LIFETIME_S
+                expires_on = int(state.clock()) + TOKEN_LIFETIME_S
                 if on_issue is not None:
                     on_issue(query["resource"], token)
                 state.issued.append(Issued(query["resource"], query["client_id"], token, expires_on))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -99,7 +100,7 @@ def test_connections_opened_after_a_refresh_use_the_new_token_and_old_ones_keep_
 ) -> None:
     now = [time.time()]
     password = entra.database_password()
-    password.clock = lambda: now[0]
+    password.clock = endpoint.clock = lambda: now[0]
     pool = db.pool()
     pool.wait()
     old = pool.getconn()
@@ -145,3 +146,26 @@ def test_entra_sign_in_verifies_the_servers_name_unless_the_url_says_otherwise(e
 def test_password_sign_in_adds_nothing_and_asks_no_identity_endpoint(endpoint: IdentityEndpoint) -> None:
     assert entra.connect_params(os.environ["DATABASE_URL"], "password") == {}
     assert endpoint.issued == []
+
+
+def test_threads_that_need_a_token_at_once_share_one_fetch(endpoint: IdentityEndpoint) -> None:
+    now = [time.time()]
+    endpoint.clock = password_clock = lambda: now[0]
+    password = entra.TokenPassword(entra.make_credential(endpoint.client_id), margin_s=60, clock=password_clock)
+    first = password()
+    now[0] += TOKEN_LIFETIME_S  # expired for everyone at once
+    endpoint.latency_s = 0.3
+    start = threading.Barrier(8)
+    got: list[str] = []
+
+    def connect() -> None:
+        start.wait()
+        got.append(password())
+
+    threads = [threading.Thread(target=connect) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(endpoint.tokens(POSTGRES)) == 2
+    assert set(got) == {endpoint.tokens(POSTGRES)[1]} and first not in got
