@@ -13,6 +13,7 @@ import base64
 import functools
 import json
 import os
+import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
@@ -254,6 +255,22 @@ class Settings(BaseSettings):
     def _postgres_url(cls, v: str) -> str:
         if v and not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
+        return v
+
+    @field_validator("applicationinsights_connection_string")
+    @classmethod
+    def _appinsights(cls, v: str) -> str:
+        if not v:
+            return v
+        parts = dict(p.split("=", 1) for p in v.split(";") if "=" in p)
+        key = parts.get("InstrumentationKey", "")
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            raise ValueError("must be an Application Insights connection string with an InstrumentationKey") from None
+        for name in ("IngestionEndpoint", "LiveEndpoint"):
+            if name in parts and not parts[name].startswith("https://"):
+                raise ValueError(f"{name} must be https (telemetry is sent with a bearer token)")
         return v
 
     @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule", "mail_delivery_schedule")

@@ -97,3 +97,17 @@ def test_local_settings_keep_passwords_and_connection_strings(monkeypatch: pytes
     monkeypatch.setenv("DATABASE_URL", "postgresql://custos_app:local-password@127.0.0.1:5432/custos")
     settings = load_settings()
     assert settings.database_auth == "password" and settings.storage_connection_string
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("not a connection string", "InstrumentationKey"),
+    ("InstrumentationKey=abc;IngestionEndpoint=https://uksouth-1.in.applicationinsights.azure.com/", "InstrumentationKey"),
+    ("InstrumentationKey=00000000-0000-0000-0000-000000000001;IngestionEndpoint=http://uksouth-1.in.example/",
+     "IngestionEndpoint must be https"),
+])
+def test_a_malformed_application_insights_connection_string_is_named(
+    monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", value)
+    with pytest.raises(SettingsError, match=f"APPLICATIONINSIGHTS_CONNECTION_STRING: .*{message}"):
+        load_settings()
