@@ -18,6 +18,7 @@ from functions import (
     users,
     wellknown,
 )
+from shared.core import telemetry
 from shared.core.settings import load_settings
 from shared.web.card_data import install_log_redaction
 from shared.web.logs import quiet_azure_sdk
@@ -44,7 +45,8 @@ def create_app() -> func.FunctionApp:
 
 install_log_redaction()  # before anything logs: no record, whoever writes it, carries a card number
 quiet_azure_sdk()  # Storage request dumps would be most of the log (and of Application Insights' bill)
-load_settings()  # a missing or malformed setting stops start-up here, naming the setting
+settings = load_settings()  # a missing or malformed setting stops start-up here, naming the setting
+telemetry.configure(settings)  # only with APPLICATIONINSIGHTS_CONNECTION_STRING; imports nothing otherwise
 
 # Authentication is the endpoint wrapper's job (shared/web/endpoint.py), so no function keys.
 app = create_app()

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     # psycopg_pool loads with the first pool (`pool()`), not at import: see bench/startup.py.
     from psycopg_pool import ConnectionPool
 
+from shared.core import entra
 from shared.core.errors import ConcurrentChange, Conflict, InvalidValue, ServiceUnavailable
 from shared.core.settings import get_settings
 
@@ -56,7 +57,12 @@ TCP_USER_TIMEOUT_MS = 10_000
 
 
 def connect_kwargs() -> dict[str, Any]:
-    """libpq and psycopg options of every pooled connection (timeouts: see the module doc)."""
+    """libpq and psycopg options of a new pooled connection (timeouts: see the module doc), with
+    the Entra token as its password when `DATABASE_AUTH=entra`.
+
+    Raises:
+        azure.core.exceptions.ClientAuthenticationError: no token could be had (the pool retries).
+    """
     s = get_settings()
     kwargs: dict[str, Any] = {
         "autocommit": True,
@@ -71,6 +77,8 @@ def connect_kwargs() -> dict[str, Any]:
     }
     if s.db_statement_timeout_s:
         kwargs["options"] = f"-c statement_timeout={int(s.db_statement_timeout_s * 1000)}"
+    # Entra: this connection's password is the identity's current token (shared/core/entra.py).
+    kwargs.update(entra.connect_params(s.database_url, s.database_auth))
     return kwargs
 
 
@@ -87,7 +95,7 @@ def pool() -> ConnectionPool[Conn]:
                     s.database_url,
                     min_size=s.db_pool_min,
                     max_size=s.db_pool_max,
-                    kwargs=connect_kwargs(),
+                    kwargs=connect_kwargs,  # called for each new connection: a token is fetched when due
                     # No `check`: a broken connection is caught by the retry rule instead
                     # of a `select 1` round trip on every checkout.
                     timeout=s.db_connect_timeout_s,

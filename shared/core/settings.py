@@ -13,6 +13,7 @@ import base64
 import functools
 import json
 import os
+import uuid
 from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,18 @@ class Settings(BaseSettings):
     storage_retries: int = Field(2, ge=0, le=10, description="Retries of a failed Storage call (0.5 s apart).")
     health_timeout_s: float = Field(
         4.0, gt=0, le=30, description="`GET /api/health` answers within this: a probe still waiting is unavailable."
+    )
+
+    # --- Azure identity and telemetry (docs/security.md, "Entra ID only in Azure") --------
+    database_auth: Literal["password", "entra"] = Field(
+        "password",
+        description="How the app role signs in to PostgreSQL: `password` (in DATABASE_URL; local only) or `entra` (an Entra access token of the managed identity, refreshed before expiry; required in production).",
+    )
+    azure_client_id: str = Field(
+        "", description="Client id of the app's user-assigned managed identity (PostgreSQL, Storage, telemetry); empty: DefaultAzureCredential."
+    )
+    applicationinsights_connection_string: str = Field(
+        "", description="Application Insights connection string; when set, OpenTelemetry traces and logs go there with Entra authentication. Empty: telemetry off."
     )
 
     # --- HTTP --------------------------------------------------------------------------
@@ -244,6 +257,22 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return v
 
+    @field_validator("applicationinsights_connection_string")
+    @classmethod
+    def _appinsights(cls, v: str) -> str:
+        if not v:
+            return v
+        parts = dict(p.split("=", 1) for p in v.split(";") if "=" in p)
+        key = parts.get("InstrumentationKey", "")
+        try:
+            uuid.UUID(key)
+        except ValueError:
+            raise ValueError("must be an Application Insights connection string with an InstrumentationKey") from None
+        for name in ("IngestionEndpoint", "LiveEndpoint"):
+            if name in parts and not parts[name].startswith("https://"):
+                raise ValueError(f"{name} must be https (telemetry is sent with a bearer token)")
+        return v
+
     @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule", "mail_delivery_schedule")
     @classmethod
     def _ncrontab(cls, v: str) -> str:
@@ -307,6 +336,29 @@ class Settings(BaseSettings):
             raise ValueError("audit_checkpoint_schedule must fire at least once a day in production")
         return self
 
+    @model_validator(mode="after")
+    def _identity_only_in_production(self) -> Settings:
+        # In Azure the app holds no password or shared key: a leaked app setting then grants
+        # nothing, and access ends when the identity's role assignment is removed.
+        if self.custos_env != "production":
+            return self
+        if self.storage_connection_string:
+            raise ValueError(
+                "STORAGE_CONNECTION_STRING must be empty in production (shared keys and SAS are refused): "
+                "set STORAGE_ACCOUNT_NAME and the app uses its managed identity"
+            )
+        if self.database_auth != "entra":
+            raise ValueError("DATABASE_AUTH must be entra in production: the app signs in with its managed identity")
+        for name, url in (("DATABASE_URL", self.database_url), ("DATABASE_OWNER_URL", self.database_owner_url)):
+            if not url:
+                continue
+            params = _conninfo(url, name)
+            if params.get("password") or params.get("passfile"):
+                raise ValueError(f"{name} must carry no password in production: PostgreSQL takes Entra tokens only")
+            if params.get("sslmode", "verify-full") != "verify-full":
+                raise ValueError(f"{name}: sslmode must be verify-full in production (or left out)")
+        return self
+
     @property
     def cors_origins(self) -> frozenset[str]:
         return frozenset(_split(self.cors_allowed_origins))
@@ -323,6 +375,16 @@ class Settings(BaseSettings):
     @property
     def dev_keys_allowed(self) -> bool:
         return self.custos_env in ("local", "test")
+
+
+def _conninfo(url: str, name: str) -> dict[str, str]:
+    """The libpq parameters of `url`, as libpq itself parses them (userinfo and query alike)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return {k: str(v) for k, v in conninfo_to_dict(url).items() if v is not None}
+    except Exception:  # psycopg.ProgrammingError: the message may echo the URL, password and all
+        raise ValueError(f"{name} is not a valid PostgreSQL URL") from None
 
 
 def _split(value: str) -> list[str]:

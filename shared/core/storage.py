@@ -38,9 +38,9 @@ _ensure_lock = threading.Lock()
 
 
 def _credential() -> object:
-    from azure.identity import DefaultAzureCredential
+    from shared.core import entra
 
-    return DefaultAzureCredential()
+    return entra.credential()
 
 
 def client_options(settings: Settings) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared.audit import chain as audit
 from shared.audit.chain import RequestMeta
-from shared.core import db
+from shared.core import db, telemetry
 from shared.core.db import Conn
 from shared.core.errors import (
     AppError,
@@ -257,7 +257,8 @@ def endpoint(
         checked = _contract_checked(spec, handler)
 
         def wrapper(req: func.HttpRequest) -> func.HttpResponse:
-            return _handle(spec, checked, req)
+            with telemetry.server_span(handler.__name__, req.method):
+                return _handle(spec, checked, req)
 
         wrapper.__name__ = handler.__name__
         wrapper.__qualname__ = handler.__qualname__
@@ -666,18 +667,17 @@ def _log_access(ctx: RequestContext, req: func.HttpRequest, response: func.HttpR
     path = redact_card_numbers(urlsplit(req.url).path)  # never the query: it may carry tokens
     # The fields go as `extra` (Application Insights custom dimensions, devhost's JSON keys),
     # not as JSON inside the message.
-    access_log.info(
-        "%s %s %s", req.method, path, response.status_code,
-        extra={
-            "request_id": ctx.request_id,
-            "method": req.method,
-            "path": path,
-            "status": response.status_code,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-            "tenant": p.tenant_id if p else None,
-            "user": p.user_id if p else None,
-            "session": p.session_id if p else None,
-            "ip": ctx.client_ip,
-            "user_agent": ctx.user_agent,
-        },
-    )
+    fields = {
+        "request_id": ctx.request_id,
+        "method": req.method,
+        "path": path,
+        "status": response.status_code,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+        "tenant": p.tenant_id if p else None,
+        "user": p.user_id if p else None,
+        "session": p.session_id if p else None,
+        "ip": ctx.client_ip,
+        "user_agent": ctx.user_agent,
+    }
+    access_log.info("%s %s %s", req.method, path, response.status_code, extra=fields)
+    telemetry.annotate_request(fields)

@@ -166,6 +166,11 @@ def test_production_refuses_checkpoints_less_often_than_daily(monkeypatch: pytes
     monkeypatch.setenv("MFA_ENCRYPTION_KEY", base64.b64encode(bytes(32)).decode())
     monkeypatch.setenv("WEBAUTHN_RP_ID", "custos.example")
     monkeypatch.setenv("WEBAUTHN_ORIGINS", "https://app.custos.example")
+    monkeypatch.setenv("STORAGE_CONNECTION_STRING", "")  # production: identity only
+    monkeypatch.setenv("STORAGE_ACCOUNT_NAME", "custosprod")
+    monkeypatch.setenv("DATABASE_AUTH", "entra")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://custos-id@custos.postgres.database.azure.com/custos")
+    monkeypatch.setenv("DATABASE_OWNER_URL", "")
     monkeypatch.setenv("AUDIT_CHECKPOINT_SCHEDULE", "0 0 0 * * *")
     assert load_settings().audit_checkpoint_interval_s == 86_400
     monkeypatch.setenv("AUDIT_CHECKPOINT_SCHEDULE", "0 0 0 * * MON")
