@@ -225,8 +225,10 @@ def postgres_problems(t: Templates) -> list[str]:
     if dig(ha, "operator", "operands", "true_value") != "ZoneRedundant":
         problems.append(f"postgres high availability {ha!r} cannot be zone-redundant")
     admins = [decl for _, _, decl in resources(t, "Microsoft.DBforPostgreSQL/flexibleServers/administrators")]
-    if not admins or any(dig(a, "properties", "principalType") != "ServicePrincipal" for a in admins):
-        problems.append("postgres Entra admin is not a managed identity")
+    if not admins:
+        problems.append("postgres has no Entra admin (the database owner)")
+    if any(mentions(a, "appPrincipalId") or mentions(a, "identityName") for a in admins):
+        problems.append("the app identity is a postgres Entra admin: it would bypass the app role's limits")
     params = {p["name"]: p["value"] for p in dig(t[file], "variables", "serverParameters", "value") or []}
     if params.get("require_secure_transport") != "on":
         problems.append("postgres require_secure_transport is not on")
@@ -449,6 +451,7 @@ WEAKENINGS = [
     ("postgres", "modules/postgres.bicep", "{ name: 'require_secure_transport', value: 'on' }", "{ name: 'require_secure_transport', value: 'off' }"),
     ("postgres", "modules/postgres.bicep", "value: 'pgaudit,pg_stat_statements' }", "value: 'pg_stat_statements' }"),
     ("postgres", "modules/postgres.bicep", "publicNetworkAccess: 'Disabled'", "publicNetworkAccess: 'Enabled'"),
+    ("postgres", "modules/postgres.bicep", "name: ownerObjectId", "name: appPrincipalId"),
     ("keyvault", "modules/keyvault.bicep", "enablePurgeProtection: true", "enablePurgeProtection: false"),
     ("keyvault", "modules/keyvault.bicep", "enableRbacAuthorization: true", "enableRbacAuthorization: false"),
     ("functionapp", "modules/functionapp.bicep", "minTlsVersion: '1.2'", "minTlsVersion: '1.0'"),

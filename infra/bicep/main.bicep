@@ -80,9 +80,19 @@ param wormRetentionDays int = 2557
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
-@description('Optional. GitHub OIDC subject allowed to act as the owner identity for migrations; empty: none.')
-@maxLength(400)
-param ownerFederatedSubject string = ''
+@description('Required. Object id of the database owner: an Entra group (e.g. custos-db-owners) whose members (people, the deploy identity) run migrations. It becomes the PostgreSQL Entra admin.')
+@minLength(36)
+@maxLength(36)
+param databaseOwnerObjectId string
+
+@description('Required. Display name of the database owner (its PostgreSQL role name, AZURE_POSTGRES_OWNER of the hook).')
+@minLength(1)
+@maxLength(128)
+param databaseOwnerName string
+
+@description('Optional. Kind of the database owner principal.')
+@allowed(['Group', 'User', 'ServicePrincipal'])
+param databaseOwnerType string = 'Group'
 
 @description('Optional. Tags applied to every resource.')
 param tags object = {}
@@ -115,8 +125,6 @@ module identity 'modules/identity.bicep' = {
   params: {
     location: location
     appIdentityName: 'id-custos-app-${environmentName}'
-    ownerIdentityName: 'id-custos-owner-${environmentName}'
-    ownerFederatedSubject: ownerFederatedSubject
     tags: allTags
   }
 }
@@ -172,8 +180,9 @@ module postgres 'modules/postgres.bicep' = {
     skuName: postgresSkuName
     skuTier: startsWith(postgresSkuName, 'Standard_E') ? 'MemoryOptimized' : 'GeneralPurpose'
     zoneRedundantHa: postgresZoneRedundantHa
-    ownerIdentityName: identity.outputs.ownerIdentityName
-    ownerPrincipalId: identity.outputs.ownerPrincipalId
+    ownerObjectId: databaseOwnerObjectId
+    ownerName: databaseOwnerName
+    ownerType: databaseOwnerType
     delegatedSubnetId: network.outputs.postgresSubnetId
     privateDnsZoneId: network.outputs.privateDnsZoneIds.postgres
     workspaceId: monitoring.outputs.workspaceId
@@ -235,6 +244,7 @@ module alerts 'modules/alerts.bicep' = {
   }
 }
 
+// Output names are the inputs of infra/scripts/postprovision.sh and docs/deploy.md.
 @description('Name of the resource group.')
 output AZURE_RESOURCE_GROUP string = rg.name
 
@@ -242,7 +252,7 @@ output AZURE_RESOURCE_GROUP string = rg.name
 output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.appName
 
 @description('Base URL of the API.')
-output API_URL string = 'https://${functionApp.outputs.defaultHostName}'
+output AZURE_API_URL string = 'https://${functionApp.outputs.defaultHostName}'
 
 @description('Name of the Key Vault that holds the secret settings.')
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.vaultName
@@ -250,20 +260,20 @@ output AZURE_KEY_VAULT_NAME string = keyVault.outputs.vaultName
 @description('Name of the storage account.')
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.accountName
 
-@description('FQDN of the PostgreSQL server (private).')
-output POSTGRES_FQDN string = postgres.outputs.fqdn
+@description('FQDN of the PostgreSQL server (private address inside the network).')
+output AZURE_POSTGRES_HOST string = postgres.outputs.fqdn
 
 @description('Name of the app database.')
-output POSTGRES_DATABASE string = postgres.outputs.databaseName
+output AZURE_POSTGRES_DATABASE string = postgres.outputs.databaseName
 
-@description('PostgreSQL role name of the app identity (the migration step maps it to the identity).')
-output APP_IDENTITY_NAME string = identity.outputs.appIdentityName
+@description('PostgreSQL role name of the database owner (the Entra admin the hook signs in as).')
+output AZURE_POSTGRES_OWNER string = databaseOwnerName
+
+@description('Name of the app identity: the app\'s PostgreSQL role name.')
+output AZURE_APP_IDENTITY_NAME string = identity.outputs.appIdentityName
+
+@description('Object (principal) id of the app identity, mapped to its PostgreSQL role.')
+output AZURE_APP_IDENTITY_PRINCIPAL_ID string = identity.outputs.appPrincipalId
 
 @description('Client id of the app identity.')
-output APP_IDENTITY_CLIENT_ID string = identity.outputs.appClientId
-
-@description('Name of the owner identity (PostgreSQL Entra admin) the migration step signs in as.')
-output OWNER_IDENTITY_NAME string = identity.outputs.ownerIdentityName
-
-@description('Client id of the owner identity.')
-output OWNER_IDENTITY_CLIENT_ID string = identity.outputs.ownerClientId
+output AZURE_APP_IDENTITY_CLIENT_ID string = identity.outputs.appClientId

@@ -12,4 +12,7 @@ param securityContact = 'mailto:security@custos.invalid'
 param securityPolicyUrl = 'https://custos.invalid/security/policy'
 param securityTxtExpires = '2027-11-01T00:00:00Z'
 param postgresZoneRedundantHa = true
-param ownerFederatedSubject = readEnvironmentVariable('CUSTOS_OWNER_FEDERATED_SUBJECT', '')
+// The Entra group that owns the database (docs/deploy.md, prerequisites).
+param databaseOwnerObjectId = readEnvironmentVariable('CUSTOS_DB_OWNER_OBJECT_ID', '')
+param databaseOwnerName = readEnvironmentVariable('CUSTOS_DB_OWNER_NAME', 'custos-db-owners')
+param databaseOwnerType = 'Group'

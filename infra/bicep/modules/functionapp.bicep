@@ -141,7 +141,9 @@ var plainSettings = [
   { name: 'CUSTOS_ENV', value: 'production' }
   { name: 'APP_VERSION', value: appVersion }
   // No password: the app signs in with an Entra token of its identity as the password.
-  { name: 'DATABASE_URL', value: 'postgresql://${identityName}@${postgresFqdn}:5432/${databaseName}?sslmode=verify-full' }
+  // verify-full against the system trust store: Flexible Server presents a publicly trusted chain.
+  { name: 'DATABASE_URL', value: 'postgresql://${identityName}@${postgresFqdn}:5432/${databaseName}?sslmode=verify-full&sslrootcert=system' }
+  { name: 'DATABASE_AUTH', value: 'entra' }
   { name: 'DATABASE_APP_ROLE', value: identityName }
   { name: 'DB_POOL_MIN', value: '1' }
   { name: 'DB_POOL_MAX', value: '10' }

@@ -1,6 +1,6 @@
-// The two user-assigned identities: the app's (runtime: storage data, Key Vault secrets,
-// PostgreSQL as the app role) and the owner's (PostgreSQL Entra admin, used only by the
-// migration step), so the running app never holds the rights that migrations need.
+// The app's user-assigned identity: storage data roles, Key Vault secrets, telemetry, and
+// PostgreSQL as the app role (made by the migration step, never an Entra admin, so the
+// running app never holds the rights that migrations need).
 
 @description('Required. Azure region of the identities.')
 @allowed(['uksouth', 'westeurope'])
@@ -11,15 +11,6 @@ param location string
 @maxLength(128)
 param appIdentityName string
 
-@description('Required. Name of the owner identity that runs migrations (PostgreSQL Entra admin).')
-@minLength(3)
-@maxLength(128)
-param ownerIdentityName string
-
-@description('Optional. GitHub OIDC subject (e.g. repo:org/custos:environment:production) allowed to act as the owner identity to run migrations; empty: none.')
-@maxLength(400)
-param ownerFederatedSubject string = ''
-
 @description('Optional. Tags applied to every resource.')
 param tags object = {}
 
@@ -27,22 +18,6 @@ resource appIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-3
   name: appIdentityName
   location: location
   tags: tags
-}
-
-resource ownerIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
-  name: ownerIdentityName
-  location: location
-  tags: tags
-}
-
-resource ownerFederation 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = if (!empty(ownerFederatedSubject)) {
-  parent: ownerIdentity
-  name: 'github-migrate'
-  properties: {
-    issuer: 'https://token.actions.githubusercontent.com'
-    subject: ownerFederatedSubject
-    audiences: [ 'api://AzureADTokenExchange' ]
-  }
 }
 
 @description('Resource id of the app identity.')
@@ -56,12 +31,3 @@ output appClientId string = appIdentity.properties.clientId
 
 @description('Object (principal) id of the app identity, for role assignments.')
 output appPrincipalId string = appIdentity.properties.principalId
-
-@description('Name of the owner identity.')
-output ownerIdentityName string = ownerIdentity.name
-
-@description('Client id of the owner identity (the migration step signs in with it).')
-output ownerClientId string = ownerIdentity.properties.clientId
-
-@description('Object (principal) id of the owner identity.')
-output ownerPrincipalId string = ownerIdentity.properties.principalId

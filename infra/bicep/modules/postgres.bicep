@@ -41,11 +41,19 @@ param zoneRedundantHa bool = true
 @allowed(['ddl,role', 'ddl,role,misc_set', 'ddl,role,write', 'all'])
 param pgauditLog string = 'ddl,role'
 
-@description('Required. Name of the owner identity (Entra admin of the server: runs migrations).')
-param ownerIdentityName string
+@description('Required. Object id of the database owner: the Entra group (or user, or service principal) that is the server\'s Entra admin and runs migrations.')
+@minLength(36)
+@maxLength(36)
+param ownerObjectId string
 
-@description('Required. Principal id of the owner identity.')
-param ownerPrincipalId string
+@description('Required. Display name of the database owner (its PostgreSQL role name).')
+@minLength(1)
+@maxLength(128)
+param ownerName string
+
+@description('Optional. Kind of the database owner principal.')
+@allowed(['Group', 'User', 'ServicePrincipal'])
+param ownerType string = 'Group'
 
 @description('Required. Resource id of the subnet delegated to Microsoft.DBforPostgreSQL/flexibleServers.')
 param delegatedSubnetId string
@@ -90,14 +98,15 @@ resource server 'Microsoft.DBforPostgreSQL/flexibleServers@2024-08-01' = {
   }
 }
 
-// The owner identity is the Entra admin; the migration step creates the app's role for
-// the app identity (pgaadauth_create_principal) as a plain NOSUPERUSER NOBYPASSRLS login.
+// The owner (a group the deploy identity and the people who may migrate belong to) is the
+// Entra admin; the migration step makes the app identity's role (create-app-role) as a
+// plain NOSUPERUSER NOBYPASSRLS login. The app identity is never an admin.
 resource admin 'Microsoft.DBforPostgreSQL/flexibleServers/administrators@2024-08-01' = {
   parent: server
-  name: ownerPrincipalId
+  name: ownerObjectId
   properties: {
-    principalType: 'ServicePrincipal'
-    principalName: ownerIdentityName
+    principalType: ownerType
+    principalName: ownerName
     tenantId: tenant().tenantId
   }
 }
