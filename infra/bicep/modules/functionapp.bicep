@@ -228,7 +228,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource site 'Microsoft.Web/sites@2024-04-01' = {
-  //checkov:skip=CKV_AZURE_222:Custos is a public HTTPS API for client apps, so the app itself must be reachable; its data stores (Storage, Key Vault, PostgreSQL) are private. A Front Door with WAF in front is a deployment choice (infra/README.md).
+  //checkov:skip=CKV_AZURE_222:Custos is a public HTTPS API for client apps, so the app itself must be reachable; its data stores (Storage, Key Vault, PostgreSQL) are private. A Front Door with WAF in front is a deployment choice (docs/security.md, Azure deployment).
   //checkov:skip=CKV_AZURE_17:Custos clients authenticate with bearer tokens over TLS 1.2+, not client certificates (browsers of tenant users cannot present them).
   //checkov:skip=CKV_AZURE_212:Flex Consumption has no numberOfWorkers; its floor is alwaysReady (alwaysReadyHttpInstances, 2 by default, across zones).
   name: appName
