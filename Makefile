@@ -17,6 +17,10 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.requirements.stamp
+# checkov (requirements-infra.txt) pins packaging<24, which pytest 9 cannot share: it gets
+# its own venv; tests/test_bicep.py runs it from there.
+INFRA_VENV := .venv-infra
+INFRA_STAMP := $(INFRA_VENV)/.requirements.stamp
 NODE_STAMP := node_modules/.package-lock.json
 DEVSERVICES := $(PYTHON) scripts/devservices.py
 LOCAL := .local
@@ -24,10 +28,11 @@ PORT ?= 7071
 PYTEST_ARGS ?= -q
 PROFILE ?= run
 
-.PHONY: help venv node run test services services-down services-status services-destroy lint
+.PHONY: help venv infra-venv node run test services services-down services-status services-destroy lint
 
 help:
 	@echo "make venv             create .venv and install requirements-dev.txt (when they change)"
+	@echo "make infra-venv       create .venv-infra with checkov (requirements-infra.txt) for tests/test_bicep.py"
 	@echo "make node             npm ci (Azurite) when node_modules is missing or stale"
 	@echo "make run [PORT=7071]  start services (profile run), migrate, run devhost; Ctrl-C stops all"
 	@echo "make test [PYTEST_ARGS=-q]  start services (profile test), run pytest, stop services"
@@ -51,6 +56,18 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt
 	echo "installing requirements-dev.txt into $(VENV)"
 	[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	touch $@
+
+infra-venv: $(INFRA_STAMP)
+
+$(INFRA_STAMP): requirements-infra.txt
+	@mkdir -p $(LOCAL)
+	exec 9>$(LOCAL)/.venv-infra.lock
+	if command -v flock >/dev/null; then flock 9; fi
+	if [ -f $@ ] && [ $@ -nt requirements-infra.txt ]; then exit 0; fi
+	echo "installing requirements-infra.txt into $(INFRA_VENV)"
+	[ -x $(INFRA_VENV)/bin/python ] || $(PYTHON) -m venv $(INFRA_VENV)
+	$(INFRA_VENV)/bin/python -m pip install --disable-pip-version-check -q -r requirements-infra.txt
 	touch $@
 
 # npm ci when node_modules is missing or older than package-lock.json (devservices.py
@@ -79,7 +96,7 @@ run: venv node
 
 # The tests start devhost themselves.  Services are always stopped afterwards; the exit
 # status is pytest's.
-test: venv node
+test: venv infra-venv node
 	@echo "+ ruff check . && mypy (types are checked like tests)"
 	$(VPY) -m ruff check .
 	$(VPY) -m mypy

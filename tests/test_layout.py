@@ -14,7 +14,8 @@ from tests.conftest import ROOT
 
 ROOT_TESTS = {
     # cross-cutting: they test the app as a whole, or a tool outside shared/
-    "test_bench.py", "test_deploy_files.py", "test_devhost.py", "test_devservices.py", "test_funcignore.py", "test_fuzz.py",
+    "test_bench.py", "test_bicep.py", "test_deploy_files.py", "test_devhost.py", "test_devservices.py",
+    "test_funcignore.py", "test_fuzz.py",
     "test_isolation.py", "test_layout.py", "test_ops.py", "test_schemathesis.py", "test_startup.py",
     "test_worker_indexing.py",
 }

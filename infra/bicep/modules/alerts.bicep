@@ -1,0 +1,104 @@
+// Alerts over the app's telemetry in the workspace (AppRequests: one row per function
+// run; AppTraces: the app's structured log lines), mailed through one action group.
+
+@description('Required. Azure region of the alert rules.')
+@allowed(['uksouth', 'westeurope'])
+param location string
+
+@description('Required. Prefix of the alert rule names.')
+@minLength(2)
+@maxLength(40)
+param namePrefix string
+
+@description('Required. Resource id of the Log Analytics workspace the queries run over.')
+param workspaceId string
+
+@description('Required. Address that receives the alerts.')
+@minLength(3)
+param alertEmail string
+
+@description('Optional. Tags applied to every resource.')
+param tags object = {}
+
+resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
+  name: 'ag-${namePrefix}'
+  location: 'global'
+  tags: tags
+  properties: {
+    groupShortName: 'custos'
+    enabled: true
+    emailReceivers: [
+      {
+        name: 'ops'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+var rules = [
+  {
+    name: 'heartbeat-failed'
+    severity: 1
+    description: 'The heartbeat timer failed, found a dependency down, or did not run for 15 minutes.'
+    frequency: 'PT5M'
+    window: 'PT15M'
+    query: 'let runs = AppRequests | where Name == "heartbeat"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "heartbeat: dependency down"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+  }
+  {
+    name: 'audit-verify-failed'
+    severity: 0
+    description: 'The nightly audit verification found a chain that does not verify, or did not complete.'
+    frequency: 'PT1H'
+    window: 'P1D'
+    query: 'let runs = AppRequests | where Name == "audit_verify_all"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "audit chain verification failed" and Message !has "code=checkpoint_stale"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+  }
+  {
+    name: 'audit-checkpoint-stale'
+    severity: 1
+    description: 'Audit checkpoints stopped: verification reports a stale checkpoint, or the checkpoint timer has not succeeded for an hour.'
+    frequency: 'PT15M'
+    window: 'PT1H'
+    query: 'let ok = AppRequests | where Name == "audit_checkpoint" and Success == true; let stale = AppTraces | where Message has "code=checkpoint_stale" or Message startswith "audit checkpoint refused"; print stale = toscalar(stale | count), ok = toscalar(ok | count) | where stale > 0 or ok == 0'
+  }
+]
+
+resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {
+  name: '${namePrefix}-${rule.name}'
+  location: location
+  tags: tags
+  properties: {
+    displayName: '${namePrefix} ${rule.name}'
+    description: rule.description
+    severity: rule.severity
+    enabled: true
+    scopes: [ workspaceId ]
+    evaluationFrequency: rule.frequency
+    windowSize: rule.window
+    criteria: {
+      allOf: [
+        {
+          query: rule.query
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true
+    actions: {
+      actionGroups: [ actionGroup.id ]
+    }
+  }
+}]
+
+@description('Resource id of the action group.')
+output actionGroupId string = actionGroup.id
+
+@description('Names of the alert rules.')
+output alertRuleNames array = [for (rule, i) in rules: alertRules[i].name]
