@@ -462,20 +462,21 @@ _REASONS = {
 # comparing it with the recomputed one for the first failure: every event before it passed
 # its checksum check.
 _SQL_SEGMENT = f"""
-select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum,
-       computed is distinct from checksum as bad_checksum
+select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum, bad_checksum
 from (
-  select seq, tenant_id, previous_checksum, checksum, computed,
+  select seq, tenant_id, previous_checksum, bad_checksum, bad_checkpoint,
          lag(seq) over w as prev_seq, lag(checksum) over w as prev_checksum
-  from (select seq, tenant_id, previous_checksum, checksum, {SQL_CHECKSUM} as computed
+  from (select seq, tenant_id, previous_checksum, checksum,
+               {SQL_CHECKSUM} is distinct from checksum as bad_checksum,
+               seq = %(checkpoint_seq)s and {SQL_CHECKSUM} <> %(checkpoint_checksum)s as bad_checkpoint
         from audit_events where seq >= %(start)s and seq <= %(end)s offset 0) recomputed
   window w as (order by seq)
 ) e
 where seq <> coalesce(prev_seq + 1, %(start)s)
-   or tenant_id::text <> %(tenant)s
+   or tenant_id <> %(tenant)s::uuid
    or previous_checksum <> coalesce(prev_checksum, %(first_link)s, previous_checksum)
-   or computed is distinct from checksum
-   or (seq = %(checkpoint_seq)s and computed <> %(checkpoint_checksum)s)
+   or bad_checksum
+   or bad_checkpoint
 order by seq limit 1"""
 
 
@@ -497,8 +498,9 @@ def verify_segment(
     in_range = checkpoint is not None and start_seq <= checkpoint.seq <= end
     params = {
         "start": start_seq, "end": end, "tenant": tid, "first_link": GENESIS if start_seq == 1 else None,
-        "checkpoint_seq": checkpoint.seq if checkpoint is not None and in_range else None,
-        "checkpoint_checksum": checkpoint.checksum if checkpoint is not None and in_range else None,
+        # seq 0 matches no event: a NULL here would make every row evaluate the AND's right side.
+        "checkpoint_seq": checkpoint.seq if checkpoint is not None and in_range else 0,
+        "checkpoint_checksum": checkpoint.checksum if checkpoint is not None and in_range else "",
     }
     found: tuple[int, str] | None = None
     bad = conn.execute(_SQL_SEGMENT, params).fetchone() if end >= start_seq else None
