@@ -444,9 +444,6 @@ def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Ite
                    "computed": computed}
 
 
-# Where two checks fail at the same seq, the one a walk in seq order meets first wins.
-_FAILURE_ORDER = ("missing_event", "duplicate_event", "foreign_event", "broken_link", "checksum_mismatch",
-                  "checkpoint_mismatch", "chain_truncated")
 _REASONS = {
     "missing_event": "missing event",
     "duplicate_event": "duplicate or reordered event",
@@ -456,25 +453,31 @@ _REASONS = {
     "checkpoint_mismatch": "event differs from the signed checkpoint",
 }
 
-# Links and seq continuity over the stored columns only (no hashing): cheap. Comparing each
-# link with the stored checksum of the event before is as strict as comparing it with the
-# recomputed one for the *first* failure: every event before it passed its checksum check.
-_SQL_LINKS = """
-select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum from (
-  select seq, tenant_id, previous_checksum, lag(seq) over w as prev_seq, lag(checksum) over w as prev_checksum
-  from audit_events where seq >= %(start)s and seq <= %(end)s window w as (order by seq)
+# One ordered pass over the segment: each event's checksum recomputed from its fields beside
+# the seq and checksum of the event before it (lag), so the table is read once and the first
+# failing event is the first row. The recomputation sits in its own subquery (OFFSET 0 keeps
+# the planner from folding it into the window's projection): that is what lets PostgreSQL
+# hash in parallel workers under the Gather, leaving only the ordered window to the leader.
+# Comparing each link with the *stored* checksum of the event before is as strict as
+# comparing it with the recomputed one for the first failure: every event before it passed
+# its checksum check.
+_SQL_SEGMENT = f"""
+select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum, bad_checksum
+from (
+  select seq, tenant_id, previous_checksum, bad_checksum, bad_checkpoint,
+         lag(seq) over w as prev_seq, lag(checksum) over w as prev_checksum
+  from (select seq, tenant_id, previous_checksum, checksum,
+               {SQL_CHECKSUM} is distinct from checksum as bad_checksum,
+               seq = %(checkpoint_seq)s and {SQL_CHECKSUM} <> %(checkpoint_checksum)s as bad_checkpoint
+        from audit_events where seq >= %(start)s and seq <= %(end)s offset 0) recomputed
+  window w as (order by seq)
 ) e
 where seq <> coalesce(prev_seq + 1, %(start)s)
-   or tenant_id::text <> %(tenant)s
+   or tenant_id <> %(tenant)s::uuid
    or previous_checksum <> coalesce(prev_checksum, %(first_link)s, previous_checksum)
+   or bad_checksum
+   or bad_checkpoint
 order by seq limit 1"""
-
-# Every checksum recomputed from the event's fields; an aggregate with FILTER (not a
-# min/max the planner would turn into an ordered index walk) so PostgreSQL may spread the
-# hashing over parallel workers. The stored checksum is only what it is compared with.
-_SQL_HASHES = f"""
-select min(seq) filter (where {SQL_CHECKSUM} <> checksum) as bad, count(*) as n
-from audit_events where seq >= %(start)s and seq <= %(end)s"""
 
 
 def verify_segment(
@@ -492,28 +495,32 @@ def verify_segment(
     tid = normal_tenant_id(tenant_id)
     last = conn.execute("select seq, checksum from audit_events order by seq desc limit 1").fetchone()
     end = int(last["seq"]) if last else 0
-    params = {"start": start_seq, "end": end, "tenant": tid, "first_link": GENESIS if start_seq == 1 else None}
-    candidates: list[tuple[int, str]] = []
-    if end >= start_seq:
-        link = conn.execute(_SQL_LINKS, params).fetchone()
-        if link is not None:
-            seq, expected = int(link["seq"]), (int(link["prev_seq"]) + 1 if link["prev_seq"] is not None else start_seq)
-            if seq != expected:
-                candidates.append((expected, "missing_event" if seq > expected else "duplicate_event"))
-            elif link["tenant_id"] != tid:
-                candidates.append((seq, "foreign_event"))
-            else:
-                candidates.append((seq, "broken_link"))
-        hashes = conn.execute(_SQL_HASHES, params).fetchone()
-        if hashes is not None and hashes["bad"] is not None:
-            candidates.append((int(hashes["bad"]), "checksum_mismatch"))
-    if checkpoint is not None and start_seq <= checkpoint.seq <= end:
-        at = conn.execute(f"select {SQL_CHECKSUM} as computed from audit_events where seq = %s", (checkpoint.seq,)).fetchone()
-        if at is not None and at["computed"] != checkpoint.checksum:
-            candidates.append((checkpoint.seq, "checkpoint_mismatch"))
+    in_range = checkpoint is not None and start_seq <= checkpoint.seq <= end
+    params = {
+        "start": start_seq, "end": end, "tenant": tid, "first_link": GENESIS if start_seq == 1 else None,
+        # seq 0 matches no event: a NULL here would make every row evaluate the AND's right side.
+        "checkpoint_seq": checkpoint.seq if checkpoint is not None and in_range else 0,
+        "checkpoint_checksum": checkpoint.checksum if checkpoint is not None and in_range else "",
+    }
+    found: tuple[int, str] | None = None
+    bad = conn.execute(_SQL_SEGMENT, params).fetchone() if end >= start_seq else None
+    if bad is not None:
+        # The walk's order of checks on one event: seq, tenant, link, checksum, checkpoint.
+        seq = int(bad["seq"])
+        expected = int(bad["prev_seq"]) + 1 if bad["prev_seq"] is not None else start_seq
+        if seq != expected:
+            found = (expected, "missing_event" if seq > expected else "duplicate_event")
+        elif bad["tenant_id"] != tid:
+            found = (seq, "foreign_event")
+        elif bad["previous_checksum"] != (bad["prev_checksum"] or params["first_link"] or bad["previous_checksum"]):
+            found = (seq, "broken_link")
+        elif bad["bad_checksum"]:
+            found = (seq, "checksum_mismatch")
+        else:
+            found = (seq, "checkpoint_mismatch")
     failure: dict[str, Any] | None = None
-    if candidates:
-        seq, code = min(candidates, key=lambda c: (c[0], _FAILURE_ORDER.index(c[1])))
+    if found is not None:
+        seq, code = found
         failure = {"seq": seq, "code": code, "reason": _REASONS[code]}
     elif checkpoint is not None and end < checkpoint.seq:
         failure = {"seq": end + 1, "code": "chain_truncated",
