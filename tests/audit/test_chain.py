@@ -329,6 +329,32 @@ def test_triggers_refuse_the_owner_too(chain: Tenant) -> None:
             conn.rollback()
 
 
+def test_owner_may_delete_only_when_it_names_purge_or_retention(chain: Tenant) -> None:
+    """The one door the purge and the retention cut use; a wrong or missing name, UPDATE and
+    TRUNCATE stay refused, and the app role cannot use the door at all."""
+    with psycopg.connect(os.environ["DATABASE_OWNER_URL"]) as conn:
+        for name in ("", "other", "PURGE"):
+            conn.execute("select set_config('app.tenant_id', %s, true)", (chain.id,))
+            conn.execute("select set_config('custos.audit_delete', %s, true)", (name,))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute("delete from audit_events where seq = 6")
+            conn.rollback()
+        conn.execute("select set_config('app.tenant_id', %s, true)", (chain.id,))
+        conn.execute("select set_config('custos.audit_delete', 'retention', true)")
+        for statement in ("update audit_events set reason = 'x'", "truncate audit_events"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
+                conn.execute(statement)
+            conn.rollback()
+            conn.execute("select set_config('app.tenant_id', %s, true)", (chain.id,))
+            conn.execute("select set_config('custos.audit_delete', 'retention', true)")
+        assert conn.execute("delete from audit_events where seq = 6").rowcount == 1
+        conn.rollback()  # the chain stays whole for the other tests
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with db.tenant_tx(chain.id) as app:
+            app.execute("select set_config('custos.audit_delete', 'purge', true)")
+            app.execute("delete from audit_events where seq = 6")
+
+
 def test_failing_change_rolls_back_its_event(chain: Tenant) -> None:
     with pytest.raises(RuntimeError):
         with db.tenant_tx(chain.id) as conn:
