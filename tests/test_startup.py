@@ -14,7 +14,7 @@ from tests.conftest import ROOT
 HEAVY = (
     "azure.storage.blob", "azure.data.tables", "azure.core.pipeline", "azure.identity", "webauthn", "fido2",
     "jsonschema", "referencing", "re2", "segno", "shared.records._schema_engine", "psycopg_pool",
-    "shared.audit.checkpoints",
+    "shared.audit.checkpoints", "psycopg", "cryptography",
 )
 
 

@@ -20,7 +20,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import rfc8785
-from psycopg.rows import tuple_row
 
 from shared.core import db
 from shared.core.db import Conn
@@ -89,6 +88,13 @@ class Appended:
     checksum: str
     occurred_at: str
 
+
+
+def _tuple_row() -> Any:
+    """psycopg's tuple row factory, imported with the first read rather than at import."""
+    from psycopg.rows import tuple_row
+
+    return tuple_row
 
 def context_actor(ctx: RequestContext) -> tuple[Actor, RequestMeta]:
     """The actor and request metadata of an HTTP request."""
@@ -284,7 +290,7 @@ def list_events(
         clauses.append("occurred_at < %s")
         params.append(until)
     params.append(limit)
-    with conn.cursor(row_factory=tuple_row) as cur:
+    with conn.cursor(row_factory=_tuple_row()) as cur:
         cur.execute(f"{_SELECT} where {' and '.join(clauses)} order by seq limit %s", params)
         return [_event(r) for r in cur.fetchall()]
 
@@ -292,7 +298,7 @@ def list_events(
 def stream_rows(conn: Conn, batch: int = 2000) -> Iterator[dict[str, Any]]:
     """All rows of the transaction's tenant in seq order, through a server-side cursor
     (bounded memory however long the chain). JSON fields stay canonical text."""
-    with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:
+    with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=_tuple_row()) as cur:
         cur.itersize = batch
         cur.execute(f"{_SELECT} order by seq")
         for row in cur:
@@ -432,7 +438,7 @@ def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Ite
     """Each event's seq, links and stored checksum with the checksum recomputed by the
     database from the same canonical form: the server-side verifier's fast path (the
     offline verifier recomputes everything itself with the rfc8785 package)."""
-    with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:
+    with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=_tuple_row()) as cur:
         cur.itersize = batch
         cur.execute(
             f"select seq, tenant_id::text, previous_checksum, checksum, {SQL_CHECKSUM} from audit_events"

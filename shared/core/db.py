@@ -29,13 +29,13 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import psycopg
-from psycopg.rows import DictRow, dict_row
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
-    # psycopg_pool loads with the first pool (`pool()`), not at import: see bench/startup.py.
+    # psycopg and psycopg_pool load with the first pool (`pool()`) or unit of work, not at
+    # import: indexing the app needs neither (bench/startup.py measures it).
+    import psycopg
+    from psycopg.rows import DictRow
     from psycopg_pool import ConnectionPool
 
 from shared.core import entra
@@ -44,8 +44,8 @@ from shared.core.settings import get_settings
 
 log = logging.getLogger("custos.db")
 
-Conn = psycopg.Connection[DictRow]
-"""A pooled connection: autocommit, rows as dicts."""
+Conn: TypeAlias = "psycopg.Connection[DictRow]"
+"""A pooled connection: autocommit, rows as dicts (a name for type checking only)."""
 
 T = TypeVar("T")
 
@@ -63,6 +63,8 @@ def connect_kwargs() -> dict[str, Any]:
     Raises:
         azure.core.exceptions.ClientAuthenticationError: no token could be had (the pool retries).
     """
+    from psycopg.rows import dict_row
+
     s = get_settings()
     kwargs: dict[str, Any] = {
         "autocommit": True,
@@ -118,6 +120,7 @@ def close_pool() -> None:
 @contextmanager
 def _mapped_errors() -> Iterator[None]:
     """Database errors as the application's: the client's fault, a conflict, or a 503."""
+    import psycopg
     from psycopg_pool import PoolTimeout  # loads with the first unit of work, as the pool does
 
     try:
@@ -149,6 +152,8 @@ def first_statement(first: Callable[[Conn], T], *, timeout: float | None = None)
             otherwise (the caller maps it).
         PoolTimeout: no connection within `timeout` (default: the pool's).
     """
+    import psycopg
+
     p = pool()
     for attempt in (1, 2):
         conn = p.getconn(timeout=timeout)
@@ -175,6 +180,8 @@ def _transaction(begin: str) -> Iterator[Conn]:
                 yield conn
             except BaseException:
                 if not conn.broken:
+                    import psycopg
+
                     with suppress(psycopg.Error):  # the error that got us here is the one to report
                         conn.rollback()
                 raise
@@ -215,6 +222,23 @@ def one_statement(query: str, params: dict[str, Any] | tuple[Any, ...]) -> list[
         conn, rows = first_statement(lambda c: c.execute(query, params).fetchall())
         pool().putconn(conn)
     return rows
+
+
+@contextmanager
+def savepoint_or_conflict(conn: Conn, message: str) -> Iterator[None]:
+    """A savepoint in which a unique violation becomes `Conflict(message)` (the rest of the
+    transaction goes on); for inserts whose natural key may already exist.
+
+    Raises:
+        Conflict: a unique constraint refused a row.
+    """
+    from psycopg.errors import UniqueViolation
+
+    try:
+        with conn.transaction():
+            yield
+    except UniqueViolation:
+        raise Conflict(message) from None
 
 
 def ping(timeout: float = 2.0) -> None:

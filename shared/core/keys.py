@@ -15,10 +15,11 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+if TYPE_CHECKING:
+    # cryptography loads with the first key (a token signed or checked), not at import.
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from shared.core.settings import Settings, SettingsError
 
@@ -40,6 +41,8 @@ def ec_public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
 
 
 def ed25519_public_jwk(key: ed25519.Ed25519PublicKey) -> dict[str, str]:
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
 
@@ -67,6 +70,8 @@ class EcKeyRing:
 
 
 def load_pem_private(pem: str, setting: str) -> Any:
+    from cryptography.hazmat.primitives import serialization
+
     try:
         return serialization.load_pem_private_key(pem.encode(), password=None)
     except (ValueError, TypeError) as exc:
@@ -74,6 +79,8 @@ def load_pem_private(pem: str, setting: str) -> Any:
 
 
 def split_pem_public(bundle: str, setting: str) -> list[Any]:
+    from cryptography.hazmat.primitives import serialization
+
     keys = []
     marker = "-----END PUBLIC KEY-----"
     for chunk in bundle.split(marker):
@@ -89,6 +96,8 @@ def dev_private_key_pem(settings: Settings, name: str, generate: Any) -> str:
     """Read, or once generate, a dev key under the local dir. Refused outside local/test."""
     if not settings.dev_keys_allowed:
         raise SettingsError(f"no key configured for {name} and dev keys are off in production")
+    from cryptography.hazmat.primitives import serialization
+
     path = Path(settings.custos_local_dir) / "keys" / f"{name}.pem"
     with _lock:
         if not path.exists():
@@ -117,6 +126,8 @@ def load_jwt_keyring(settings: Settings) -> EcKeyRing:
     Raises:
         SettingsError: a key setting is malformed or not P-256.
     """
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     pem = settings.jwt_signing_key or dev_private_key_pem(
         settings, "jwt-es256", lambda: ec.generate_private_key(ec.SECP256R1())
     )

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.rows import dict_row
+if TYPE_CHECKING:
+    import psycopg
 
 from shared.core import db
 from shared.core.db import Conn
@@ -187,6 +187,8 @@ def list_outbox(tenant_ids: Iterable[str] | None = None, *, include_sent: bool =
 
 
 def _cursor(conn: Conn) -> psycopg.Cursor[dict[str, Any]]:
+    from psycopg.rows import dict_row  # with the first delivery, not at import
+
     return conn.cursor(row_factory=dict_row)
 
 

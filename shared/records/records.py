@@ -14,11 +14,11 @@ import json
 import uuid
 from typing import TYPE_CHECKING, Any, cast
 
-import psycopg
 import rfc8785
 
 from shared.audit import chain as audit
 from shared.audit.chain import json_safe
+from shared.core import db
 from shared.core.db import Conn
 from shared.core.errors import (
     Conflict,
@@ -185,14 +185,11 @@ def create_type(
     tenant_id = str(actor.tenant_id)
     check_schema(schema)
     ensure_builtin_types(conn, tenant_id)
-    try:
-        with conn.transaction():
-            row = conn.execute(
-                "insert into record_types (tenant_id, name, display_name) values (%s, %s, %s) returning id",
-                (tenant_id, name, display_name.strip()),
-            ).fetchone()
-    except psycopg.errors.UniqueViolation:
-        raise Conflict(f"a record type {name!r} exists") from None
+    with db.savepoint_or_conflict(conn, f"a record type {name!r} exists"):
+        row = conn.execute(
+            "insert into record_types (tenant_id, name, display_name) values (%s, %s, %s) returning id",
+            (tenant_id, name, display_name.strip()),
+        ).fetchone()
     assert row is not None
     conn.execute(
         "insert into record_type_schemas (tenant_id, type_id, version, schema, created_by, reason) values (%s, %s, 1, %s, %s, %s)",

@@ -17,7 +17,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import rfc8785
 
 from shared.audit import chain as audit
@@ -71,11 +70,8 @@ def add_vocabulary(
     """Add a tenant-defined meaning or reason. Raises Conflict if the code exists."""
     ensure_vocabulary(conn, tenant_id)
     table, column = ("signature_meanings", "description") if kind == "meaning" else ("signature_reasons", "text")
-    try:
-        with conn.transaction():
-            conn.execute(f"insert into {table} (tenant_id, code, {column}) values (%s, %s, %s)", (tenant_id, code, text))
-    except psycopg.errors.UniqueViolation:
-        raise Conflict(f"the {kind} {code} exists") from None
+    with db.savepoint_or_conflict(conn, f"the {kind} {code} exists"):
+        conn.execute(f"insert into {table} (tenant_id, code, {column}) values (%s, %s, %s)", (tenant_id, code, text))
     audit.append(conn, tenant_id=tenant_id, actor=actor, action=f"signature_vocabulary.{kind}_added",
                  target_type=f"signature_{kind}", target_id=code, after={"code": code, "text": text}, reason=reason, meta=meta)
     return vocabulary(conn, tenant_id)
@@ -224,17 +220,14 @@ def sign(
         }
         row["signed_at"] = _db_time(conn, "clock_timestamp()")
         row["binding"] = binding(row)
-        try:
-            with conn.transaction():
-                saved = conn.execute(
-                    f"""insert into signatures (tenant_id, record_id, version, content_checksum, signer_id, signer_name, signer_tz,
-                                                meaning, reason_code, reason_text, comment, signed_at, binding)
-                        values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {SIGNATURE_COLUMNS}""",
-                    (tenant_id, record_id, version, row["content_checksum"], row["signer_id"], row["signer_name"],
-                     row["signer_tz"], meaning, row["reason_code"], row["reason_text"], comment, row["signed_at"], row["binding"]),
-                ).fetchone()
-        except psycopg.errors.UniqueViolation:
-            raise Conflict(f"you have already signed this version as {meaning}") from None
+        with db.savepoint_or_conflict(conn, f"you have already signed this version as {meaning}"):
+            saved = conn.execute(
+                f"""insert into signatures (tenant_id, record_id, version, content_checksum, signer_id, signer_name, signer_tz,
+                                            meaning, reason_code, reason_text, comment, signed_at, binding)
+                    values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {SIGNATURE_COLUMNS}""",
+                (tenant_id, record_id, version, row["content_checksum"], row["signer_id"], row["signer_name"],
+                 row["signer_tz"], meaning, row["reason_code"], row["reason_text"], comment, row["signed_at"], row["binding"]),
+            ).fetchone()
         assert saved is not None
         audit.append(conn, tenant_id=tenant_id, actor=actor, action="signature.applied", target_type="record",
                      target_id=record_id, after={"signature_id": str(saved["id"]), "version": version, "meaning": meaning,

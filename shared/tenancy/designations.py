@@ -9,9 +9,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import psycopg
-
 from shared.audit import chain as audit
+from shared.core import db
 from shared.core.db import Conn
 from shared.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.identity.guards import Principal
@@ -67,15 +66,12 @@ def create_designation(
 ) -> dict[str, Any]:
     perms = check_permissions(permissions, "permissions")
     assert_holds(actor, perms)
-    try:
-        with conn.transaction():
-            row = conn.execute(
-                f"""insert into designations (tenant_id, name, description, permissions)
-                    values (%s, %s, %s, %s) returning {COLUMNS}""",
-                (actor.tenant_id, name.strip(), description, perms),
-            ).fetchone()
-    except psycopg.errors.UniqueViolation:
-        raise Conflict("a designation with that name exists") from None
+    with db.savepoint_or_conflict(conn, "a designation with that name exists"):
+        row = conn.execute(
+            f"""insert into designations (tenant_id, name, description, permissions)
+                values (%s, %s, %s, %s) returning {COLUMNS}""",
+            (actor.tenant_id, name.strip(), description, perms),
+        ).fetchone()
     assert row is not None
     out = _json(row)
     audit.append(
@@ -103,14 +99,11 @@ def update_designation(
             before[field], after[field] = current[field], changes[field]
     if not after:
         return current
-    try:
-        with conn.transaction():
-            conn.execute(
-                f"update designations set {', '.join(f'{k} = %s' for k in after)}, updated_at = now() where id = %s",
-                [*after.values(), str(designation_id)],
-            )
-    except psycopg.errors.UniqueViolation:
-        raise Conflict("a designation with that name exists") from None
+    with db.savepoint_or_conflict(conn, "a designation with that name exists"):
+        conn.execute(
+            f"update designations set {', '.join(f'{k} = %s' for k in after)}, updated_at = now() where id = %s",
+            [*after.values(), str(designation_id)],
+        )
     audit.append(
         conn, tenant_id=str(actor.tenant_id), actor=audit_actor, action="designation.updated",
         target_type="designation", target_id=str(designation_id), before=before, after=after,

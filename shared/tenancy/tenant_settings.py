@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from psycopg.types.json import Jsonb
 from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 from shared.core.db import Conn
@@ -74,9 +74,9 @@ def put_setting(conn: Conn, *, tenant_id: str, key: str, value: Any, actor_id: s
     old = get_setting(conn, key)
     conn.execute(
         """insert into tenant_settings (tenant_id, key, value, updated_at, updated_by)
-           values (%s, %s, %s, now(), %s)
+           values (%s, %s, %s::jsonb, now(), %s)
            on conflict (tenant_id, key) do update
                set value = excluded.value, updated_at = excluded.updated_at, updated_by = excluded.updated_by""",
-        (tenant_id, key, Jsonb(new), actor_id),
+        (tenant_id, key, json.dumps(new), actor_id),
     )
     return old, new

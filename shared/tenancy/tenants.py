@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
-
 from shared.audit import chain as audit
 from shared.core import db
 from shared.core.db import Conn
@@ -62,15 +60,12 @@ def create_tenant(
         Conflict: the slug is taken.
     """
     validate_new(slug, name, region)
-    try:
-        with conn.transaction():
-            row = conn.execute(
-                """insert into tenants (slug, name, data_region) values (%s, %s, %s)
-                   returning id, slug, name, status, data_region, created_at, cancelled_at""",
-                (slug, name.strip(), region),
-            ).fetchone()
-    except psycopg.errors.UniqueViolation:
-        raise Conflict(f"tenant slug {slug!r} is taken") from None
+    with db.savepoint_or_conflict(conn, f"tenant slug {slug!r} is taken"):
+        row = conn.execute(
+            """insert into tenants (slug, name, data_region) values (%s, %s, %s)
+               returning id, slug, name, status, data_region, created_at, cancelled_at""",
+            (slug, name.strip(), region),
+        ).fetchone()
     assert row is not None
     tenant = Tenant.from_row(row)
     conn.execute("select set_config('app.tenant_id', %s, true)", (tenant.id,))

@@ -14,10 +14,8 @@ from datetime import timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import psycopg
-
 from shared.audit import chain as audit
-from shared.core import mail
+from shared.core import db, mail
 from shared.core.db import Conn
 from shared.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.core.pagination import decode_cursor, encode_cursor
@@ -171,15 +169,12 @@ def invite(
     check_time_zone(time_zone)
     if actor is not None:
         assert_can_assign_role(actor, role)
-    try:
-        with conn.transaction():
-            row = conn.execute(
-                f"""insert into users (tenant_id, email, display_name, time_zone, role)
-                    values (%s, %s, %s, %s, %s) returning {USER_COLUMNS}""",
-                (tenant_id, email, display_name.strip(), time_zone, role),
-            ).fetchone()
-    except psycopg.errors.UniqueViolation:
-        raise Conflict("a user with that email already exists in this tenant") from None
+    with db.savepoint_or_conflict(conn, "a user with that email already exists in this tenant"):
+        row = conn.execute(
+            f"""insert into users (tenant_id, email, display_name, time_zone, role)
+                values (%s, %s, %s, %s, %s) returning {USER_COLUMNS}""",
+            (tenant_id, email, display_name.strip(), time_zone, role),
+        ).fetchone()
     assert row is not None
     token, hashed = new_token("inv", tenant_id)
     inv = conn.execute(

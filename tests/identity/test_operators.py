@@ -89,8 +89,7 @@ def test_operator_setup_login_enrol_work_logout(host: Host) -> None:
         assert resp.status_code == 200, resp.text
         assert c.get("/api/platform/tenants", headers=auth(resp.json()["access_token"])).status_code == 200
     with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
-        actions = [e["action"] for e in audit.list_events(conn, target_id=None, limit=1000)
-                   if e["actor_id"] == created["operator"]["id"]]
+        actions = [e["action"] for e in audit.list_events(conn, actor_id=created["operator"]["id"], limit=1000)]
     assert {"platform.operator_password_set", "platform.operator_login_succeeded", "platform.operator_logout",
             "mfa.totp_enrolled", "mfa.recovery_codes_issued", "platform.operator_mfa_challenged"} <= set(actions)
 

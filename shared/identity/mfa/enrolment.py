@@ -13,8 +13,6 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from shared.audit import chain as audit
 from shared.core import db
 from shared.core.db import Conn
@@ -307,6 +305,8 @@ def register_passkey(principal: Principal, *, challenge_id: str, credential: dic
     """
     (realm, tenant_id), user_id = realm_of(principal), principal.user_id
     actor = actor_of(user_id, principal.name, realm)
+    from psycopg.errors import UniqueViolation  # with the first enrolment, not at import
+
     try:
         new = passkeys.verify_registration(challenge_id=challenge_id, credential=credential,
                                            expected_tenant_id=tenant_id, expected_user_id=user_id)
@@ -335,7 +335,7 @@ def register_passkey(principal: Principal, *, challenge_id: str, credential: dic
                 audit.append(conn, tenant_id=tenant_id, actor=actor, action="mfa.recovery_codes_issued",
                              target_type=realm.kind, target_id=user_id,
                              after={"count": len(codes), "occasion": "enrolment"}, meta=meta)
-    except psycopg.errors.UniqueViolation:
+    except UniqueViolation:
         raise Conflict("this passkey is already registered") from None
     return {"passkey": key, "recovery_codes": codes,
             "recovery_codes_remaining": RECOVERY_CODE_COUNT if codes else before.recovery_codes_remaining}

@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from shared.core.settings import Settings, SettingsError, get_settings
 from shared.identity.mfa.realms import USERS, Realm
 
@@ -52,11 +49,16 @@ class SecretBox:
     keys: dict[str, bytes]
 
     def seal(self, plaintext: bytes, aad: bytes) -> Sealed:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # with the first secret, not at import
+
         nonce = os.urandom(12)  # random 96-bit nonces: safe far beyond the number of secrets we keep
         return Sealed(AESGCM(self.keys[self.current_id]).encrypt(nonce, plaintext, aad), nonce, self.current_id)
 
     def open(self, sealed: Sealed, aad: bytes) -> bytes:
         """Raises SecretUnreadable: unknown key id, wrong associated data, or tampering."""
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         key = self.keys.get(sealed.key_id)
         if key is None:
             raise SecretUnreadable(f"no MFA key with id {sealed.key_id} is configured")
