@@ -24,7 +24,7 @@ PLATFORM_OPERATOR = "PLATFORM_OPERATOR"
 SUPPORT = "SUPPORT"
 """Role claim of an operator's support token inside one tenant (granted by a tenant ADMIN)."""
 
-SCIM_TOKEN = "SCIM_TOKEN"
+SCIM_TOKEN = "SCIM_TOKEN"  # noqa: S105 (a role name, not a secret)
 """Role of a SCIM bearer token's principal: it reaches the /scim/v2 endpoints and nothing else."""
 
 PERMISSIONS: dict[str, str] = {
