@@ -30,7 +30,7 @@ from shared.core.db import Conn
 from shared.core.errors import Conflict
 from shared.identity.sessions import revoke_all
 from shared.identity.sso import scim_filter as sf
-from shared.identity.sso.scim_errors import (
+from shared.identity.sso.errors import (
     ScimInvalidPath,
     ScimInvalidSyntax,
     ScimInvalidValue,

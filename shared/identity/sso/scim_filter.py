@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared.identity.sso.scim_errors import ScimInvalidFilter, ScimInvalidPath
+from shared.identity.sso.errors import ScimInvalidFilter, ScimInvalidPath
 
 MAX_FILTER_CHARS = 2000
 MAX_TERMS = 50

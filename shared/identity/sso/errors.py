@@ -3,7 +3,7 @@
 On /scim/v2 routes the endpoint wrapper renders every `AppError` in the SCIM error schema
 (`urn:ietf:params:scim:api:messages:2.0:Error`, `status` as a string) with the `scimType`
 below where RFC 7644 defines one; elsewhere (the token routes) these are problem+json like
-any other error. Kept apart from `errors.py` of this package, which the SSO work owns.
+any other error.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from shared.core.errors import AppError, Conflict, MalformedRequest, NotFound
 class ScimError(AppError):
     """Root of the SCIM errors; never raised bare."""
 
+    status, code, title = 400, "scim", "SCIM request refused"
     scim_type: ClassVar[str | None] = None
 
 
@@ -84,7 +85,7 @@ class ScimNotImplemented(ScimError):
 class ScimNotFound(ScimError, NotFound):
     """No such SCIM resource or endpoint (or one of another tenant: never an existence oracle)."""
 
-    code, title = "scim-not-found", "No such SCIM resource"
+    status, code, title = 404, "scim-not-found", "No such SCIM resource"
 
 
 class ScimMethodNotAllowed(ScimError):
