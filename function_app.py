@@ -9,6 +9,7 @@ from functions import (
     mfa,
     platform,
     records,
+    scim,
     sessions,
     signatures,
     support,
@@ -27,6 +28,7 @@ from shared.web.openapi import describe_app
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
     records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp,
+    scim.bp,
 )
 
 

@@ -33,7 +33,7 @@ GENESIS = "0" * 64
 PLATFORM_CHAIN = "00000000-0000-0000-0000-000000000000"
 """Chain of platform-level events (operator actions, integrity alerts)."""
 
-ACTOR_TYPES = frozenset({"user", "operator", "system", "timer"})
+ACTOR_TYPES = frozenset({"user", "operator", "system", "timer", "scim_token"})
 MAX_SAFE_INT = 2**53 - 1
 
 # Every field that the checksum covers, in RFC 8785 order (sorted keys).
@@ -102,9 +102,10 @@ def context_actor(ctx: RequestContext) -> tuple[Actor, RequestMeta]:
     if p is None:
         actor = Actor(id=None, name="anonymous", type="system")
     else:
-        actor = Actor(
-            id=p.user_id, name=p.name or p.user_id, type="operator" if p.is_operator or p.is_support else "user"
-        )
+        kind = "operator" if p.is_operator or p.is_support else "user"
+        if getattr(p, "is_scim_token", False):
+            kind = "scim_token"
+        actor = Actor(id=p.user_id, name=p.name or p.user_id, type=kind)
     meta = RequestMeta(
         ip=ctx.client_ip or None,
         user_agent=ctx.user_agent or None,

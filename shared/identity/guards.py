@@ -20,7 +20,7 @@ from shared.core.settings import get_settings
 from shared.identity import sessions
 from shared.identity.errors import MfaEnrolmentRequired
 from shared.identity.tokens import AccessClaims, verify_access_token
-from shared.tenancy.rbac import PLATFORM_OPERATOR, SUPPORT, SUPPORT_PERMISSIONS, effective_permissions
+from shared.tenancy.rbac import PLATFORM_OPERATOR, SCIM_TOKEN, SUPPORT, SUPPORT_PERMISSIONS, effective_permissions
 
 MFA_REQUIRED_ROLES: frozenset[str] = frozenset({"ADMIN", "REVIEWER"})
 """Roles that must have a second factor; the tenant setting below extends it to every role."""
@@ -53,6 +53,11 @@ class Principal:
     def is_support(self) -> bool:
         """A platform operator inside a tenant under granted, time-limited support access."""
         return self.support_grant_id is not None
+
+    @property
+    def is_scim_token(self) -> bool:
+        """A tenant's SCIM provisioning token (shared.identity.sso.scim_tokens), not a person."""
+        return self.role == SCIM_TOKEN
 
     @property
     def mfa_enrolment_pending(self) -> bool:

@@ -24,6 +24,9 @@ PLATFORM_OPERATOR = "PLATFORM_OPERATOR"
 SUPPORT = "SUPPORT"
 """Role claim of an operator's support token inside one tenant (granted by a tenant ADMIN)."""
 
+SCIM_TOKEN = "SCIM_TOKEN"  # noqa: S105 (a role name, not a secret)
+"""Role of a SCIM bearer token's principal: it reaches the /scim/v2 endpoints and nothing else."""
+
 PERMISSIONS: dict[str, str] = {
     "records.read": "Read records, versions, attachments and signatures",
     "records.create": "Create records",
@@ -49,6 +52,7 @@ PERMISSIONS: dict[str, str] = {
     "payment_methods.manage": "Store and list payment methods (gateway tokens only)",
     "tenant.settings.read": "Read tenant settings",
     "tenant.settings.manage": "Change tenant settings and grant support access",
+    "scim.manage": "Create, list and revoke SCIM provisioning tokens",
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {

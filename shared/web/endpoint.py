@@ -65,6 +65,7 @@ from shared.identity.guards import (
     require_tenant_user,
 )
 from shared.identity.ratelimit import api_limiter
+from shared.identity.sso import scim_tokens
 from shared.identity.tokens import AccessClaims, verify_access_token
 from shared.tenancy.rbac import SUPPORT, SUPPORT_PERMISSIONS
 from shared.web import jsonio
@@ -113,6 +114,7 @@ class EndpointSpec:
     allow_support: bool = False
     media_type: str | None = None
     statuses: tuple[int, ...] = ()
+    scim: bool = False
 
 
 class ResponseContractError(Exception):
@@ -213,6 +215,7 @@ def endpoint(
     allow_support: bool = False,
     media_type: str | None = None,
     statuses: tuple[int, ...] = (),
+    scim: bool = False,
 ) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
     """Wrap a handler into a Functions HTTP function. See the module docstring.
 
@@ -226,6 +229,12 @@ def endpoint(
     success body; `statuses` are the statuses the handler answers beyond the wrapper's own
     (e.g. 502 when a stored file fails its hash check).
 
+    `scim` makes a SCIM 2.0 endpoint (shared.identity.sso.scim): it authenticates with a
+    tenant's SCIM bearer token instead of a user's access token (the token decides the tenant;
+    row-level security applies as for any caller), takes no permission (a SCIM token reaches
+    the SCIM endpoints and nothing else), and renders every error in the SCIM error schema
+    (RFC 7644 section 3.12) as `application/scim+json` instead of problem+json.
+
     Raises:
         ValueError: for contradictory options.
     """
@@ -233,6 +242,8 @@ def endpoint(
         raise ValueError("an endpoint with a permission must authenticate")
     if permission and operator:
         raise ValueError("operator endpoints take no tenant permission")
+    if scim and (permission or operator or not auth):
+        raise ValueError("a SCIM endpoint authenticates with a SCIM token and takes no permission")
 
     def decorate(handler: Handler) -> Callable[[func.HttpRequest], func.HttpResponse]:
         spec = EndpointSpec(
@@ -253,6 +264,7 @@ def endpoint(
             allow_support=allow_support,
             media_type=media_type,
             statuses=statuses,
+            scim=scim,
         )
         checked = _contract_checked(spec, handler)
 
@@ -384,7 +396,9 @@ def _stage_card_data(ctx: RequestContext, spec: EndpointSpec) -> None:
 
 def _stage_authenticate(ctx: RequestContext, spec: EndpointSpec) -> None:
     """The bearer token is verified and the caller loaded from the database (401)."""
-    if spec.auth:
+    if spec.scim:
+        ctx.principal = scim_tokens.authenticate(bearer_token(ctx.request))
+    elif spec.auth:
         ctx.claims = claims = verify_access_token(bearer_token(ctx.request))
         ctx.principal = principal_for(
             claims, RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id))
@@ -445,10 +459,10 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
                 stage(ctx, spec)
             response = _render(handler(ctx), spec.status)
     except AppError as exc:
-        response = _problem(exc, ctx.request_id)
+        response = _scim_error(exc) if spec.scim else _problem(exc, ctx.request_id)
     except Exception:
         log.exception("unhandled error request_id=%s", ctx.request_id)
-        response = _problem(InternalError(), ctx.request_id)
+        response = _scim_error(InternalError()) if spec.scim else _problem(InternalError(), ctx.request_id)
     if ctx.claims is not None and ctx.claims.role == SUPPORT:
         response = _audit_support_request(ctx, req, response)
     _finish(response, ctx.request_id, ctx.cors_origin)
@@ -458,6 +472,14 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
 
 def _authorize(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest) -> None:
     principal = ctx.user
+    if spec.scim:
+        if not principal.is_scim_token:
+            raise Unauthenticated("a SCIM bearer token is required")
+        if req.method.upper() not in SAFE_METHODS and principal.tenant_status != "ACTIVE":
+            raise TenantLocked("the tenant is cancelled: data is read-only until it is purged")
+        return
+    if principal.is_scim_token:
+        raise Forbidden("a SCIM token reaches only the SCIM endpoints")
     if spec.operator:
         require_operator(principal)
         require_mfa_enrolment(principal, enrolment_endpoint=spec.mfa_enrolment)
@@ -617,6 +639,30 @@ def _problem(exc: AppError, request_id: str) -> func.HttpResponse:
         status_code=exc.status,
         headers={**exc.headers(), "Content-Type": "application/problem+json"},
     )
+
+
+SCIM_MEDIA_TYPE = "application/scim+json"
+SCIM_ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+
+
+def _scim_error(exc: AppError) -> func.HttpResponse:
+    """`exc` in the SCIM error schema (RFC 7644 section 3.12). SCIM knows no 415 or 422: a body
+    it cannot parse is 400 invalidSyntax, a value it refuses 400 invalidValue (what SCIM clients
+    act on); the SCIM error schema has no room for the problem `type`."""
+    status, scim_type = exc.status, getattr(exc, "scim_type", None)
+    if scim_type is None and isinstance(exc, (MalformedRequest, UnsupportedMediaType)):
+        status, scim_type = 400, "invalidSyntax"
+    elif scim_type is None and (isinstance(exc, ValidationFailed) or status == 422):
+        status, scim_type = 400, "invalidValue"
+    body: dict[str, Any] = {"schemas": [SCIM_ERROR_SCHEMA], "status": str(status)}
+    if scim_type:
+        body["scimType"] = scim_type
+    body["detail"] = exc.detail or exc.title
+    headers = exc.headers()
+    if isinstance(exc, Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="custos-scim", error="invalid_token"'}
+    return func.HttpResponse(body=json.dumps(body, ensure_ascii=False).encode(), status_code=status,
+                             headers={**headers, "Content-Type": SCIM_MEDIA_TYPE})
 
 
 def problem_response(exc: AppError, request_id: str) -> func.HttpResponse:
