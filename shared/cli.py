@@ -140,6 +140,20 @@ def cmd_outbox(args: argparse.Namespace) -> dict[str, Any]:
     return {"mail": mail.list_outbox(tenant_ids, include_sent=args.all)}
 
 
+def cmd_snapshots(args: argparse.Namespace) -> dict[str, Any]:
+    """List a tenant's attachment snapshots, or restore one over its attachment blob (the
+    snapshot must hash to the attachment's name; audited in the tenant's chain with --reason)."""
+    from shared.lifecycle import snapshots
+
+    if args.action == "list":
+        return {"snapshots": snapshots.list_snapshots(args.tenant, blob=args.blob, limit=args.limit)}
+    if not args.blob or not args.snapshot:
+        raise snapshots.InvalidValue("restore needs --blob and --snapshot",
+                                     errors=[{"location": ["blob", "snapshot"], "message": "required"}])
+    return {"restore": snapshots.restore(args.tenant, args.blob, args.snapshot, reason=args.reason or "",
+                                         actor=_cli_actor(), dry_run=args.dry_run)}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-app-role": cmd_create_app_role,
@@ -147,6 +161,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "check": cmd_check,
     "create-operator": cmd_create_operator,
     "outbox": cmd_outbox,
+    "snapshots": cmd_snapshots,
 }
 
 
@@ -174,6 +189,14 @@ def parser() -> argparse.ArgumentParser:
                         description=cmd_outbox.__doc__)
     ob.add_argument("--tenant", metavar="SLUG_OR_ID", help="only this tenant (default: every tenant)")
     ob.add_argument("--all", action="store_true", help="sent mail too, not only pending")
+    sn = sub.add_parser("snapshots", help=(cmd_snapshots.__doc__ or "").split("\n")[0], description=cmd_snapshots.__doc__)
+    sn.add_argument("action", choices=["list", "restore"])
+    sn.add_argument("--tenant", required=True, metavar="TENANT_ID")
+    sn.add_argument("--blob", metavar="SHA256", help="the attachment's sha256 (or tenants/<tenant>/sha256/<hex>)")
+    sn.add_argument("--snapshot", metavar="SNAPSHOT_ID", help="restore: the snapshot id (from list)")
+    sn.add_argument("--reason", help="restore: why (written to the tenant's audit trail)")
+    sn.add_argument("--dry-run", action="store_true", help="restore: check everything, change nothing")
+    sn.add_argument("--limit", type=int, default=1000, help="list: at most this many snapshots")
     return p
 
 
