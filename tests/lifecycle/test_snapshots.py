@@ -30,9 +30,19 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=120, env=os.environ.copy())
 
 
+ORIGINALS: dict[str, bytes] = {}
+
+
 def _store(tenant: Tenant, text: str) -> str:
     data = f"{text} {uuid.uuid4()}".encode()
-    return attachments.store(tenant.id, data, content_type="text/plain", filename="a.txt").sha256
+    sha = attachments.store(tenant.id, data, content_type="text/plain", filename="a.txt").sha256
+    ORIGINALS[sha] = data
+    return sha
+
+
+def _heal(tenant: Tenant, sha: str) -> None:
+    """Put a test's tampered blob right again, so later runs (and tests) see a sound container."""
+    _blob(tenant, sha).upload_blob(ORIGINALS[sha], overwrite=True)
 
 
 def _blob(tenant: Tenant, sha256: str):  # noqa: ANN202 - azure's BlobClient, loaded lazily
@@ -63,8 +73,9 @@ def _last_run() -> dict:
 
 
 def test_a_run_snapshots_a_new_attachment_once_and_verifies_its_content(tenant: Tenant) -> None:
+    snapshots.run()  # takes in whatever earlier tests left in the shared container (tampered blobs included)
     sha = _store(tenant, "first")
-    snapshots.run()
+    assert snapshots.run().ok
     listed = snapshots.list_snapshots(tenant.id, blob=sha)
     assert [(s["sha256"], s["content_sha256"], s["verified"]) for s in listed] == [(sha, sha, True)]
     row = _last_run()
@@ -114,6 +125,13 @@ def test_a_rewritten_blob_fails_the_timer_and_a_restore_brings_the_content_back(
     kept = {s["snapshot"] for s in snapshots.list_snapshots(tenant.id, blob=sha) if not s["verified"]}
     assert event["before"]["evidence_snapshot"] in kept
 
+    # The restored blob is new content to the next run: snapshotted, verified, the timer healthy again.
+    assert client.post("/admin/functions/snapshot_blobs", json={"input": ""}).status_code == 202
+    with db.platform_tx() as conn:
+        beat = conn.execute("select ok from job_heartbeats where name = 'snapshot_blobs'").fetchone()
+    assert beat is not None and beat["ok"] is True
+    assert sum(s["verified"] for s in snapshots.list_snapshots(tenant.id, blob=sha)) == 2
+
 
 def test_restore_refuses_a_snapshot_whose_content_does_not_hash_to_the_name(tenant: Tenant) -> None:
     sha = _store(tenant, "forged snapshot")
@@ -131,6 +149,7 @@ def test_restore_refuses_a_snapshot_whose_content_does_not_hash_to_the_name(tena
                "--reason", "try")
     assert cli.returncode == 2
     assert json.loads(cli.stderr)["error"]["type"] == "urn:custos:problem:snapshot-content-mismatch"
+    _heal(tenant, sha)
 
 
 def test_restore_cannot_reach_another_tenants_blob_or_a_made_up_snapshot(tenant: Tenant) -> None:
@@ -179,3 +198,6 @@ def test_retention_deletes_old_snapshots_but_keeps_the_newest_verified_one(tenan
     [kept] = snapshots.list_snapshots(tenant.id, blob=sha)
     assert kept["verified"] is True and kept["content_sha256"] == sha
     assert _blob(tenant, sha).exists()  # never the base blob
+    # The kept copy is what makes a late restore possible.
+    assert snapshots.restore(tenant.id, sha, kept["snapshot"], reason="late find", actor=OPERATOR)["restored"]
+    assert _sha(_blob(tenant, sha)) == sha
