@@ -43,6 +43,7 @@ from psycopg.rows import dict_row
 from shared.audit import chain as audit
 from shared.audit import checkpoints
 from shared.core import storage
+from shared.core.errors import InvalidValue
 from shared.lifecycle.errors import DrillFailed
 
 if TYPE_CHECKING:
@@ -235,13 +236,18 @@ def run_drill(
     against. `after_copy` sees the scratch containers before verification (a test tampers there).
 
     Raises:
+        InvalidValue: a tenant is not a UUID.
         DrillFailed: a backup or restore step failed (verification failures are in the report).
     """
     clock = now or (lambda: datetime.now(UTC))
     run = uuid.uuid4().hex[:10]
     report = DrillReport(run=run)
     scratch_db = f"custos_drill_{run}"
-    wanted = None if tenants is None else [audit.normal_tenant_id(t) for t in tenants]
+    try:
+        wanted = None if tenants is None else [audit.normal_tenant_id(t) for t in tenants]
+    except ValueError:
+        raise InvalidValue("--tenant takes tenant ids (UUIDs)",
+                           errors=[{"location": ["tenant"], "message": "not a UUID"}]) from None
 
     def in_scope(name: str) -> bool:
         return wanted is None or any(tid in name for tid in wanted)

@@ -17,6 +17,7 @@ import pytest
 from shared.audit import chain as audit
 from shared.audit import checkpoints
 from shared.core import db, storage
+from shared.core.errors import InvalidValue
 from shared.lifecycle import drill
 from shared.records import attachments
 from shared.tenancy.tenants import Tenant
@@ -98,6 +99,13 @@ def test_a_tenant_not_in_the_restored_database_is_a_failure(dataset: dict[str, A
     ghost = str(uuid.uuid4())
     report = drill.run_drill(admin_url=ADMIN_URL, app_role=APP_ROLE, tenants=[dataset["tenant"].id, ghost])
     assert report.failures == [f"tenant {ghost}: not in the restored database"]
+
+
+def test_a_malformed_tenant_is_refused_before_anything_is_copied() -> None:
+    before = {c.name for c in storage.blob_service().list_containers(name_starts_with="drill-")}
+    with pytest.raises(InvalidValue):
+        drill.run_drill(admin_url=ADMIN_URL, app_role=APP_ROLE, tenants=["x' or 1=1 --"])
+    assert {c.name for c in storage.blob_service().list_containers(name_starts_with="drill-")} == before
 
 
 def test_the_cli_prints_the_table_and_exits_non_zero_on_a_tampered_source_blob(dataset: dict[str, Any]) -> None:
