@@ -60,3 +60,12 @@ def deliver_mail(timer: func.TimerRequest) -> None:
         "deliver_mail", ok=report.error is None and report.failed == 0,
         detail=f"{detail}: {report.error}" if report.error else detail,
     )
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%BLOB_SNAPSHOT_SCHEDULE%", run_on_startup=False)
+def snapshot_blobs(timer: func.TimerRequest) -> None:
+    """Snapshot attachment blobs changed since the last run, delete snapshots past
+    BLOB_SNAPSHOT_RETENTION_DAYS; heartbeats, and fails the run when a blob does not match
+    its content address."""
+    from shared.lifecycle import snapshots  # the Blob SDK loads on first use, not at import
+    snapshots.scheduled_run()

@@ -75,6 +75,11 @@ param exportRetentionDays int = 3
 @maxValue(146000)
 param wormRetentionDays int = 2557
 
+@description('Optional. Days an attachment blob snapshot is kept; a deleted snapshot then stays soft-deleted for the storage soft-delete days (docs/dr.md).')
+@minValue(7)
+@maxValue(365)
+param blobSnapshotRetentionDays int = 35
+
 @description('Optional. Most Function App instances (times DB_POOL_MAX must stay under the server\'s connection limit).')
 @minValue(1)
 @maxValue(1000)
@@ -228,6 +233,7 @@ module functionApp 'modules/functionapp.bicep' = {
     securityPolicyUrl: securityPolicyUrl
     securityTxtExpires: securityTxtExpires
     securityCanonicalUrl: 'https://${appName}.azurewebsites.net/.well-known/security.txt'
+    blobSnapshotRetentionDays: blobSnapshotRetentionDays
     tags: allTags
   }
 }

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import rfc8785
 from cryptography.exceptions import InvalidSignature
@@ -40,6 +40,9 @@ from shared.core.keys import (
     split_pem_public,
 )
 from shared.core.settings import SettingsError, get_settings
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
 
 CONTAINER = "audit-checkpoints"
 STALE_INTERVALS = 2
@@ -145,16 +148,16 @@ def _seq_of(name: str) -> int | None:
     return _SEQ_CEILING - int(stem) if "/desc/" in name else int(stem)
 
 
-def _names_newest_first(tenant_id: str) -> Iterator[str]:
-    container = storage.blob_service().get_container_client(CONTAINER)
+def _names_newest_first(tenant_id: str, container: ContainerClient | None = None) -> Iterator[str]:
+    container = container or storage.blob_service().get_container_client(CONTAINER)
     # Pages are fetched lazily: the newest checkpoint costs one short listing.
     yield from (item.name for item in container.list_blobs(name_starts_with=f"{tenant_id}/desc/", results_per_page=16))
     legacy = [item.name for item in container.list_blobs(name_starts_with=f"{tenant_id}/0")]
     yield from reversed(legacy)
 
 
-def _download(name: str) -> Any:
-    container = storage.blob_service().get_container_client(CONTAINER)
+def _download(name: str, container: ContainerClient | None = None) -> Any:
+    container = container or storage.blob_service().get_container_client(CONTAINER)
     return json.loads(container.download_blob(name).readall())
 
 
@@ -178,21 +181,22 @@ class Newest:
     rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
-def newest_signed(tenant_id: str) -> Newest:
+def newest_signed(tenant_id: str, *, container: ContainerClient | None = None) -> Newest:
     """The tenant's newest signed checkpoint, read from blob storage and verified.
 
     Blobs that sort newer but do not verify (forged, unsigned, moved from another tenant or
     name) are skipped and returned in `rejected`; they never count as checkpointed.
+    `container` reads another copy of the checkpoints (the restore drill's scratch container).
     """
     keys = audit_keys()
     rejected: list[dict[str, Any]] = []
-    for name in _names_newest_first(tenant_id):
+    for name in _names_newest_first(tenant_id, container):
         seq = _seq_of(name)
         try:
             if seq is None:
                 raise CheckpointInvalid("blob name is not a checkpoint name")
             try:
-                doc = _download(name)
+                doc = _download(name, container)
             except ValueError:
                 raise CheckpointInvalid("checkpoint is not JSON") from None
             ref = check_signature(doc, keys, expected_tenant_id=tenant_id, expected_seq=seq)

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
         ..., description="When signed checkpoints of moved audit chain heads are written."
     )
     audit_verify_schedule: str = Field(..., description="When every audit chain is verified.")
+    blob_snapshot_schedule: str = Field(
+        ..., description="When attachment blobs changed since the last run are snapshotted (daily; NCRONTAB)."
+    )
+    blob_snapshot_retention_days: int = Field(
+        35, ge=7, le=365,
+        description="Days an attachment snapshot is kept (the newest verified one of each blob is always kept).",
+    )
 
     # --- passwords (docs/security.md) -------------------------------------------------------
     password_hash_concurrency: int = Field(
@@ -276,6 +283,13 @@ class Settings(BaseSettings):
     @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule", "mail_delivery_schedule")
     @classmethod
     def _ncrontab(cls, v: str) -> str:
+        if len(v.split()) != 6:
+            raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
+        return v
+
+    @field_validator("blob_snapshot_schedule")
+    @classmethod
+    def _snapshot_schedule(cls, v: str) -> str:
         if len(v.split()) != 6:
             raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
         return v

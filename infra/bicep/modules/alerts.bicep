@@ -62,6 +62,14 @@ var rules = [
     window: 'PT1H'
     query: 'let ok = AppRequests | where Name == "audit_checkpoint" and Success == true; let stale = AppTraces | where Message has "code=checkpoint_stale" or Message startswith "audit checkpoint refused"; print stale = toscalar(stale | count), ok = toscalar(ok | count) | where stale > 0 or ok == 0'
   }
+  {
+    name: 'blob-snapshot-failed'
+    severity: 1
+    description: 'The daily attachment snapshot run failed, found a blob whose content does not match its address, or did not run for a day.'
+    frequency: 'PT1H'
+    window: 'P1D'
+    query: 'let runs = AppRequests | where Name == "snapshot_blobs"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "blob snapshot run failed" or Message startswith "blob snapshot: content does not match"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

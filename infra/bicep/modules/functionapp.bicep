@@ -114,6 +114,11 @@ param appVersion string = '0.1.0'
 @description('Optional. Have I Been Pwned range API base URL; empty uses the shipped offline list only.')
 param hibpApiUrl string = 'https://api.pwnedpasswords.com'
 
+@description('Optional. Days an attachment blob snapshot is kept (BLOB_SNAPSHOT_RETENTION_DAYS; at least the blob soft-delete days).')
+@minValue(7)
+@maxValue(365)
+param blobSnapshotRetentionDays int = 35
+
 @description('Optional. Tags applied to every resource (azd-service-name is added).')
 param tags object = {}
 
@@ -170,6 +175,8 @@ var plainSettings = [
   { name: 'HEARTBEAT_SCHEDULE', value: '0 */5 * * * *' }
   { name: 'AUDIT_CHECKPOINT_SCHEDULE', value: '0 */5 * * * *' }
   { name: 'AUDIT_VERIFY_SCHEDULE', value: '0 30 2 * * *' }
+  { name: 'BLOB_SNAPSHOT_SCHEDULE', value: '0 15 1 * * *' }
+  { name: 'BLOB_SNAPSHOT_RETENTION_DAYS', value: string(blobSnapshotRetentionDays) }
   { name: 'PASSWORD_HASH_CONCURRENCY', value: '2' }
   { name: 'HIBP_API_URL', value: hibpApiUrl }
   { name: 'HIBP_TIMEOUT_S', value: '2' }

@@ -1,0 +1,24 @@
+"""The problems of the tenant lifecycle: blob snapshots and their restore, the restore drill."""
+
+from __future__ import annotations
+
+from shared.core.errors import AppError, Conflict, NotFound
+
+
+class SnapshotNotFound(NotFound):
+    """No such attachment blob or snapshot of it in the tenant's attachments."""
+
+    code, title = "snapshot-not-found", "No such snapshot"
+
+
+class SnapshotContentMismatch(Conflict):
+    """A snapshot's content does not hash to the attachment's content address: restoring it
+    would put wrong content behind a name that promises other bytes, so it is refused."""
+
+    code, title = "snapshot-content-mismatch", "The snapshot does not match the attachment's content address"
+
+
+class DrillFailed(AppError):
+    """The restore drill could not back up or restore, or found a chain or blob that does not verify."""
+
+    status, code, title = 500, "restore-drill-failed", "The restore drill failed"
