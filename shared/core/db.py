@@ -225,20 +225,21 @@ def one_statement(query: str, params: dict[str, Any] | tuple[Any, ...]) -> list[
 
 
 @contextmanager
-def savepoint_or_conflict(conn: Conn, message: str) -> Iterator[None]:
-    """A savepoint in which a unique violation becomes `Conflict(message)` (the rest of the
-    transaction goes on); for inserts whose natural key may already exist.
+def savepoint_or_conflict(conn: Conn, message: str | Callable[[Exception], Exception]) -> Iterator[None]:
+    """A savepoint in which a unique violation becomes `Conflict(message)`, or the error
+    `message(violation)` makes (the rest of the transaction goes on); for inserts and
+    renames whose natural key may already exist.
 
     Raises:
-        Conflict: a unique constraint refused a row.
+        Conflict: a unique constraint refused a row (or what `message` made of it).
     """
     from psycopg.errors import UniqueViolation
 
     try:
         with conn.transaction():
             yield
-    except UniqueViolation:
-        raise Conflict(message) from None
+    except UniqueViolation as exc:
+        raise (Conflict(message) if isinstance(message, str) else message(exc)) from None
 
 
 def ping(timeout: float = 2.0) -> None:

@@ -22,10 +22,9 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import azure.functions as func
-import psycopg
-from psycopg.types.json import Jsonb
 
 from shared.audit import chain as audit
+from shared.core import db
 from shared.core.db import Conn
 from shared.core.errors import Conflict
 from shared.identity.sessions import revoke_all
@@ -612,7 +611,14 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
             "name": row["name"], "emails": row["emails"]}
 
 
-def _unique(exc: psycopg.errors.UniqueViolation) -> ScimUniqueness:
+def _jsonb(value: Any) -> Any:
+    """A value for a jsonb parameter (psycopg loads with the first request, not at import)."""
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)
+
+
+def _unique(exc: Exception) -> ScimUniqueness:
     what = "userName" if "user_name" in str(exc) else "email"
     return ScimUniqueness(f"another user already has this {what}")
 
@@ -629,22 +635,19 @@ def create_user(caller: ScimCaller) -> ScimAnswer:
     active = u.active is not False
     tenant_id = caller.tenant_id
     with caller.tenant_tx() as conn:
-        try:
-            with conn.transaction():
-                new = conn.execute(
-                    """insert into users (tenant_id, email, display_name, role, status, deactivated_at)
-                       values (%s, %s, %s, %s, %s, case when %s then null else now() end) returning id::text as id""",
-                    (tenant_id, email, _display(u), SCIM_ROLE, "active" if active else "deactivated", active),
-                ).fetchone()
-                assert new is not None
-                conn.execute(
-                    """insert into scim_users (tenant_id, user_id, user_name, external_id, name, emails, deactivated_by_scim)
-                       values (%s, %s, %s, %s, %s, %s, %s)""",
-                    (tenant_id, new["id"], u.user_name, u.external_id, Jsonb(u.name),
-                     Jsonb(u.emails), not active),
-                )
-        except psycopg.errors.UniqueViolation as exc:
-            raise _unique(exc) from None
+        with db.savepoint_or_conflict(conn, _unique):
+            new = conn.execute(
+                """insert into users (tenant_id, email, display_name, role, status, deactivated_at)
+                   values (%s, %s, %s, %s, %s, case when %s then null else now() end) returning id::text as id""",
+                (tenant_id, email, _display(u), SCIM_ROLE, "active" if active else "deactivated", active),
+            ).fetchone()
+            assert new is not None
+            conn.execute(
+                """insert into scim_users (tenant_id, user_id, user_name, external_id, name, emails, deactivated_by_scim)
+                   values (%s, %s, %s, %s, %s, %s, %s)""",
+                (tenant_id, new["id"], u.user_name, u.external_id, _jsonb(u.name),
+                 _jsonb(u.emails), not active),
+            )
         row = _load_user(conn, new["id"])
         audit.append(conn, tenant_id=tenant_id, actor=caller.actor, action="scim.user_created", target_type="user",
                      target_id=row["id"], after={**_summary(row), "role": SCIM_ROLE}, meta=caller.meta)
@@ -665,28 +668,25 @@ def _write_user(conn: Conn, caller: ScimCaller, current: dict[str, Any], u: User
             "order by id for update) a").fetchone()
         if admins is not None and admins["n"] <= 1:
             raise Conflict("the last active ADMIN cannot be deactivated")
-    try:
-        with conn.transaction():
-            conn.execute(
-                """update users set email = %s, display_name = %s,
-                          status = case when %s then (case when status = 'deactivated' then 'active' else status end)
-                                        else 'deactivated' end,
-                          deactivated_at = case when %s then null else coalesce(deactivated_at, now()) end,
-                          updated_at = greatest(now(), updated_at + interval '1 microsecond')
-                    where id = %s""",
-                (email, _display(u), active, active, current["id"]),
-            )
-            conn.execute(
-                """insert into scim_users (tenant_id, user_id, user_name, external_id, name, emails, deactivated_by_scim)
-                   values (%s, %s, %s, %s, %s, %s, %s)
-                   on conflict (tenant_id, user_id) do update set user_name = excluded.user_name,
-                      external_id = excluded.external_id, name = excluded.name, emails = excluded.emails,
-                      deactivated_by_scim = excluded.deactivated_by_scim""",
-                (tenant_id, current["id"], u.user_name, u.external_id, Jsonb(u.name),
-                 Jsonb(u.emails), (not active) and (current["deactivated_by_scim"] or active_now)),
-            )
-    except psycopg.errors.UniqueViolation as exc:
-        raise _unique(exc) from None
+    with db.savepoint_or_conflict(conn, _unique):
+        conn.execute(
+            """update users set email = %s, display_name = %s,
+                      status = case when %s then (case when status = 'deactivated' then 'active' else status end)
+                                    else 'deactivated' end,
+                      deactivated_at = case when %s then null else coalesce(deactivated_at, now()) end,
+                      updated_at = greatest(now(), updated_at + interval '1 microsecond')
+                where id = %s""",
+            (email, _display(u), active, active, current["id"]),
+        )
+        conn.execute(
+            """insert into scim_users (tenant_id, user_id, user_name, external_id, name, emails, deactivated_by_scim)
+               values (%s, %s, %s, %s, %s, %s, %s)
+               on conflict (tenant_id, user_id) do update set user_name = excluded.user_name,
+                  external_id = excluded.external_id, name = excluded.name, emails = excluded.emails,
+                  deactivated_by_scim = excluded.deactivated_by_scim""",
+            (tenant_id, current["id"], u.user_name, u.external_id, _jsonb(u.name),
+             _jsonb(u.emails), (not active) and (current["deactivated_by_scim"] or active_now)),
+        )
     if not active and active_now:
         conn.execute("update invitations set revoked_at = now() where user_id = %s and used_at is null "
                      "and revoked_at is null", (current["id"],))
@@ -1065,13 +1065,10 @@ def create_group(caller: ScimCaller) -> ScimAnswer:
     g = _group_input(_body(caller, GROUP_SCHEMA))
     tenant_id = caller.tenant_id
     with caller.tenant_tx() as conn:
-        try:
-            with conn.transaction():
-                new = conn.execute(
-                    "insert into designations (tenant_id, name, description) values (%s, %s, %s) returning id::text as id",
-                    (tenant_id, g.display_name, GROUP_DESCRIPTION)).fetchone()
-        except psycopg.errors.UniqueViolation:
-            raise ScimUniqueness("another group has this displayName") from None
+        with db.savepoint_or_conflict(conn, lambda _: ScimUniqueness("another group has this displayName")):
+            new = conn.execute(
+                "insert into designations (tenant_id, name, description) values (%s, %s, %s) returning id::text as id",
+                (tenant_id, g.display_name, GROUP_DESCRIPTION)).fetchone()
         assert new is not None
         conn.execute("insert into scim_groups (tenant_id, designation_id, external_id) values (%s, %s, %s)",
                      (tenant_id, new["id"], g.external_id))
@@ -1086,12 +1083,9 @@ def create_group(caller: ScimCaller) -> ScimAnswer:
 
 def _write_group(conn: Conn, caller: ScimCaller, current: dict[str, Any], g: GroupInput, action: str) -> dict[str, Any]:
     tenant_id = caller.tenant_id
-    try:
-        with conn.transaction():
-            conn.execute("update designations set name = %s, updated_at = greatest(now(), updated_at + interval "
-                         "'1 microsecond') where id = %s", (g.display_name, current["id"]))
-    except psycopg.errors.UniqueViolation:
-        raise ScimUniqueness("another group has this displayName") from None
+    with db.savepoint_or_conflict(conn, lambda _: ScimUniqueness("another group has this displayName")):
+        conn.execute("update designations set name = %s, updated_at = greatest(now(), updated_at + interval "
+                     "'1 microsecond') where id = %s", (g.display_name, current["id"]))
     conn.execute("""insert into scim_groups (tenant_id, designation_id, external_id) values (%s, %s, %s)
                     on conflict (tenant_id, designation_id) do update set external_id = excluded.external_id""",
                  (tenant_id, current["id"], g.external_id))
