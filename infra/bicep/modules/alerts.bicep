@@ -62,6 +62,14 @@ var rules = [
     window: 'PT1H'
     query: 'let ok = AppRequests | where Name == "audit_checkpoint" and Success == true; let stale = AppTraces | where Message has "code=checkpoint_stale" or Message startswith "audit checkpoint refused"; print stale = toscalar(stale | count), ok = toscalar(ok | count) | where stale > 0 or ok == 0'
   }
+  {
+    name: 'tenant-purge-failed'
+    severity: 1
+    description: 'The daily tenant purge failed (a purge stopped half way resumes on the next run), or did not run for two days.'
+    frequency: 'PT1H'
+    window: 'P2D'
+    query: 'let runs = AppRequests | where Name == "purge_cancelled_tenants"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "tenant purge failed"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {
