@@ -246,13 +246,19 @@ def _set(conn: Conn, tenant_id: str, **values: Any) -> dict[str, Any]:
     return row
 
 
-def _checkpoint(conn: Conn, tenant_id: str) -> dict[str, Any]:
-    """Phase 2: the final head signed, and the newest checkpoint that verifies."""
+def _checkpoint(conn: Conn, tenant_id: str, now: datetime | None) -> dict[str, Any]:
+    """Phase 2: the final head signed, the newest checkpoint that verifies, and a full walk of
+    the chain against it (a chain that does not verify is still purged: the attestation says so)."""
     checkpoints.checkpoint_tenant(tenant_id)
     newest = checkpoints.newest_signed(tenant_id)
     ref = None if newest.ref is None else {"seq": newest.ref.seq, "checksum": newest.ref.checksum,
                                            "created_at": newest.ref.created_at}
-    return _set(conn, tenant_id, newest_checkpoint=json.dumps(ref), phase="checkpointed")
+    result = checkpoints.verify_tenant(tenant_id, full=True, now=now)
+    verified = {"valid": result.valid, "events_checked": result.events_checked, "first_failure": result.first_failure}
+    if not result.valid:
+        log.error("tenant purge: audit chain does not verify tenant=%s failure=%s", tenant_id, result.first_failure)
+    return _set(conn, tenant_id, newest_checkpoint=json.dumps(ref), chain_verified=json.dumps(audit.json_safe(verified)),
+                phase="checkpointed")
 
 
 def _prefixes(tenant_id: str) -> tuple[str, ...]:
@@ -382,7 +388,8 @@ def _attestation(progress: dict[str, Any], purged_at: datetime, tables: list[str
         "blobs": progress["blobs"],
         "table_entities": progress["table_entities"],
         "queue_messages": "job messages carry only a job id; the jobs rows are deleted above, so they do nothing",
-        "audit_chain": {"final_head": progress["chain_head"], "newest_checkpoint": progress["newest_checkpoint"]},
+        "audit_chain": {"final_head": progress["chain_head"], "newest_checkpoint": progress["newest_checkpoint"],
+                        "verified": progress["chain_verified"]},
         "hash": "SHA-256 over the sorted 'container/name' lines joined by LF; signature: Ed25519 over RFC 8785 JSON",
     }
 
@@ -464,7 +471,7 @@ def purge_tenant(tenant_id: str, *, now: datetime | None = None, batch_rows: int
         if progress["phase"] == "finished":
             return _stored(progress)
         if progress["phase"] == "started":
-            progress = _checkpoint(conn, tid)
+            progress = _checkpoint(conn, tid, now)
         if progress["phase"] == "checkpointed":
             progress = _list(conn, tid)
         if progress["phase"] == "listed":

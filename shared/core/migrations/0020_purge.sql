@@ -55,6 +55,7 @@ CREATE TABLE tenant_purges (
     finished_at       timestamptz,
     chain_head        jsonb NOT NULL,
     newest_checkpoint jsonb,
+    chain_verified    jsonb,
     admin_addresses   text[] NOT NULL DEFAULT '{}',
     blobs             jsonb,
     table_entities    jsonb,
