@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         ..., description="PostgreSQL URL of the app role (NOSUPERUSER NOBYPASSRLS, owns nothing)."
     )
     database_owner_url: str = Field(
-        "", description="PostgreSQL URL of the schema owner; only the migration runner uses it."
+        "", description="PostgreSQL URL of the schema owner; the migration runner and the tenant purge (docs/purge.md) use it."
     )
     database_app_role: str = Field(
         "custos_app", description="Login role the app connects as; migrations grant it membership."
