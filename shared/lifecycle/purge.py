@@ -42,7 +42,7 @@ from shared.audit import checkpoints
 from shared.core import entra, mail, storage
 from shared.core.db import Conn
 from shared.core.settings import SettingsError, get_settings
-from shared.lifecycle.errors import PurgeNotDue
+from shared.lifecycle.errors import PurgeInProgress, PurgeNotDue
 
 log = logging.getLogger("custos.lifecycle.purge")
 
@@ -429,8 +429,10 @@ def _finish(conn: Conn, tenant_id: str, progress: dict[str, Any], now: datetime 
                      after={"status": "PURGED", "slug": doc["slug"], "attestation_blob": name,
                             "attestation_sha256": digest, "rows_deleted_total": doc["rows_deleted_total"],
                             "blobs_deleted": doc["blobs"]["deleted"]["count"], "key_id": doc["key_id"]})
-        conn.execute("update tenants set status = 'PURGED', purged_at = %s where id = %s",
-                     (datetime.fromisoformat(doc["purged_at"]), tenant_id))
+        moved = conn.execute("update tenants set status = 'PURGED', purged_at = %s where id = %s and status = 'PURGING'",
+                             (datetime.fromisoformat(doc["purged_at"]), tenant_id)).rowcount
+        if moved != 1:
+            raise PurgeInProgress("the tenant is no longer PURGING: another run finished it")
         conn.execute(
             """update tenant_purges set phase = 'finished', finished_at = %s, attestation_blob = %s,
                                         admin_addresses = '{}' where tenant = %s""",
@@ -461,12 +463,14 @@ def purge_tenant(tenant_id: str, *, now: datetime | None = None, batch_rows: int
 
     Raises:
         PurgeNotDue: the tenant is not cancelled or not yet due; nothing was deleted.
+        PurgeInProgress: another worker is purging it now.
         SettingsError: no DATABASE_OWNER_URL.
         ServiceUnavailable: storage could not be reached (the next run resumes).
     """
     tid = audit.normal_tenant_id(tenant_id)
     batch = batch_rows or get_settings().tenant_purge_batch_rows
     with _owner() as conn:
+        _claim(conn, tid)
         progress = _start(conn, tid, now)
         if progress["phase"] == "finished":
             return _stored(progress)
@@ -482,6 +486,19 @@ def purge_tenant(tenant_id: str, *, now: datetime | None = None, batch_rows: int
     log.info("tenant purged tenant=%s rows=%s blobs=%s", tid, result.attestation["rows_deleted_total"],
              result.attestation["blobs"]["deleted"]["count"])
     return result
+
+
+def _claim(conn: Conn, tenant_id: str) -> None:
+    """One purge of a tenant at a time: a session advisory lock, held until this connection
+    closes (also when the worker dies), so two timer runs never mail or attest twice.
+
+    Raises:
+        PurgeInProgress: another connection holds it.
+    """
+    row = conn.execute("select pg_try_advisory_lock(hashtextextended('custos.purge:' || %s, 0)) as ok",
+                       (tenant_id,)).fetchone()
+    if row is None or not row["ok"]:
+        raise PurgeInProgress("another worker is purging this tenant")
 
 
 def _stored(progress: dict[str, Any]) -> PurgeResult:
@@ -517,6 +534,8 @@ def purge_due(*, now: datetime | None = None) -> list[PurgeResult]:
     for tid in due_tenants(now=now):
         try:
             results.append(purge_tenant(tid, now=now))
+        except PurgeInProgress:
+            log.info("tenant purge skipped: another worker holds it tenant=%s", tid)
         except Exception as exc:  # noqa: BLE001 - logged here, re-raised below
             log.exception("tenant purge failed tenant=%s", tid)
             first_error = first_error or exc

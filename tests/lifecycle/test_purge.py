@@ -365,3 +365,21 @@ def test_a_tampered_chain_is_still_purged_and_the_attestation_says_it_did_not_ve
     assert verified["valid"] is False and verified["first_failure"]["seq"] == 2
     # (an edit before the newest checkpoint is caught only by the full walk, which the purge runs)
     assert {t: n for t, n in rows_of(tenant.id).items() if n} == {}
+
+
+def test_two_purges_of_one_tenant_never_run_at_once(client: httpx.Client, tenant: Tenant,
+                                                     make_person: PersonFactory) -> None:
+    from shared.lifecycle.errors import PurgeInProgress
+
+    populate(client, tenant, make_person, extra_blobs=False)
+    cancel(tenant)
+    make_due(tenant.id)
+    before = rows_of(tenant.id)
+    with psycopg.connect(os.environ["DATABASE_OWNER_URL"], autocommit=True) as other_worker:
+        other_worker.execute("select pg_advisory_lock(hashtextextended('custos.purge:' || %s, 0))", (tenant.id,))
+        with pytest.raises(PurgeInProgress):
+            purge.purge_tenant(tenant.id)
+        assert tenant.id not in [r.tenant_id for r in purge.purge_due()]  # skipped, not failed
+        assert rows_of(tenant.id) == before and get_tenant(tenant.id).status == "CANCELLED"  # type: ignore[union-attr]
+    # the lock goes with the connection that held it (a dead worker's too)
+    assert purge.purge_tenant(tenant.id).tenant_id == tenant.id
