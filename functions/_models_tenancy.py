@@ -16,6 +16,7 @@ class Tenant(Out):
     data_region: str
     created_at: datetime
     cancelled_at: datetime | None
+    purge_after: datetime | None = None
 
 
 class Tenants(Out):

@@ -56,6 +56,13 @@ def platform_cancel_tenant(ctx: RequestContext) -> dict[str, Any]:
     return platform.cancel_tenant(ctx, tenant_id=ctx.uuid_param("id"), reason=ctx.body.reason)
 
 
+@bp.route(route="api/platform/tenants/{id}/reinstate", methods=["POST"])
+@endpoint(response=Tenant, operator=True, body=ReasonBody, tags=("platform",), statuses=(409,))
+def platform_reinstate_tenant(ctx: RequestContext) -> dict[str, Any]:
+    """Undo a cancellation before the purge date: the tenant is active again (needs a recent second factor)."""
+    return platform.reinstate_tenant(ctx, tenant_id=ctx.uuid_param("id"), reason=ctx.body.reason)
+
+
 class OperatorSetup(Strict):
     token: str = Field(min_length=1, max_length=200)
     password: str = Field(min_length=1, max_length=1024)

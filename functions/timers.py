@@ -69,3 +69,17 @@ def snapshot_blobs(timer: func.TimerRequest) -> None:
     its content address."""
     from shared.lifecycle import snapshots  # the Blob SDK loads on first use, not at import
     snapshots.scheduled_run()
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%TENANT_PURGE_SCHEDULE%", run_on_startup=False)
+def purge_cancelled_tenants(timer: func.TimerRequest) -> None:
+    """Purge every cancelled tenant whose purge date has passed, and finish any purge that
+    stopped half way; each leaves a signed deletion attestation (docs/purge.md)."""
+    from shared.lifecycle import purge  # storage and Ed25519 machinery load on first use, not at import
+
+    try:
+        results = purge.purge_due()
+    except Exception as exc:
+        health.record_heartbeat("purge_cancelled_tenants", ok=False, detail=f"failed: {type(exc).__name__}")
+        raise
+    health.record_heartbeat("purge_cancelled_tenants", ok=True, detail=f"{len(results)} purged")

@@ -34,7 +34,7 @@ Templates = dict[str, dict[str, Any]]
 
 #: Settings that have no app setting in Azure, and why.
 NOT_IN_AZURE = {
-    "database_owner_url": "only the migration step uses the owner, signed in as the owner identity; the app never holds it",
+    "database_owner_url": "the migration step uses the owner, signed in as the owner identity; the tenant purge needs it too, how it gets it in Azure is open (docs/purge.md)",
     "custos_local_dir": "dev keys are generated only when CUSTOS_ENV is local or test",
     "storage_connection_string": "a connection string carries a shared key; in Azure the app uses STORAGE_ACCOUNT_NAME and its identity",
 }

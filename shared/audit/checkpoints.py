@@ -239,9 +239,9 @@ def verify_tenant(tenant_id: str, *, full: bool = False, now: datetime | None = 
 
 
 def chain_ids() -> list[str]:
-    """Every chain: each tenant that is not purged, and the platform chain."""
+    """Every chain: each tenant that is not purged or being purged, and the platform chain."""
     with db.platform_tx() as conn:
-        rows = conn.execute("select id::text as id from tenants where status <> 'PURGED' order by created_at").fetchall()
+        rows = conn.execute("select id::text as id from tenants where status not in ('PURGING', 'PURGED') order by created_at").fetchall()
     return [audit.PLATFORM_CHAIN, *(r["id"] for r in rows)]
 
 

@@ -192,10 +192,15 @@ def _cursor(conn: Conn) -> psycopg.Cursor[dict[str, Any]]:
     return conn.cursor(row_factory=dict_row)
 
 
+PLATFORM_OUTBOX = "00000000-0000-0000-0000-000000000000"
+"""Outbox rows of no tenant (the platform chain's id): mail that must outlive its tenant, like
+the deletion attestation sent to a purged tenant's admins (docs/purge.md)."""
+
+
 def _tenant_ids() -> list[str]:
     with db.platform_tx() as conn:
         rows = _cursor(conn).execute("select id::text as id from tenants where status <> 'PURGED' order by created_at").fetchall()
-    return [r["id"] for r in rows]
+    return [*(r["id"] for r in rows), PLATFORM_OUTBOX]
 
 
 _DUE = """tenant_id = %(tenant)s and sent_at is null and attempts < %(max)s

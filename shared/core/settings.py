@@ -48,7 +48,7 @@ class Settings(BaseSettings):
         ..., description="PostgreSQL URL of the app role (NOSUPERUSER NOBYPASSRLS, owns nothing)."
     )
     database_owner_url: str = Field(
-        "", description="PostgreSQL URL of the schema owner; only the migration runner uses it."
+        "", description="PostgreSQL URL of the schema owner; the migration runner and the tenant purge (docs/purge.md) use it."
     )
     database_app_role: str = Field(
         "custos_app", description="Login role the app connects as; migrations grant it membership."
@@ -238,6 +238,18 @@ class Settings(BaseSettings):
         ..., description="When expired WebAuthn challenges are deleted from Table Storage (NCRONTAB)."
     )
 
+    # --- tenant purge (docs/purge.md) ----------------------------------------------------
+    tenant_purge_after_days: int = Field(
+        30, ge=7, le=365,
+        description="Days from a tenant's cancellation to its purge; an operator can reinstate it until then.",
+    )
+    tenant_purge_schedule: str = Field(
+        "0 30 3 * * *", description="When cancelled tenants whose purge date has passed are purged (NCRONTAB)."
+    )
+    tenant_purge_batch_rows: int = Field(
+        1000, ge=1, le=100_000, description="Rows the purge deletes per transaction (one table batch)."
+    )
+
     @field_validator("mfa_encryption_key", "mfa_decryption_keys")
     @classmethod
     def _aes_keys(cls, v: str) -> str:
@@ -253,6 +265,13 @@ class Settings(BaseSettings):
     @field_validator("webauthn_challenge_purge_schedule")
     @classmethod
     def _purge_schedule(cls, v: str) -> str:
+        if len(v.split()) != 6:
+            raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
+        return v
+
+    @field_validator("tenant_purge_schedule")
+    @classmethod
+    def _tenant_purge_schedule(cls, v: str) -> str:
         if len(v.split()) != 6:
             raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
         return v

@@ -128,7 +128,7 @@ def _tenant_user(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
          "mfa_key": MFA_ALL_ROLES_SETTING},
     )
     row = rows[0] if rows else None
-    if row is None or row["status"] != "active" or row["tenant_status"] == "PURGED":
+    if row is None or row["status"] != "active" or row["tenant_status"] in ("PURGING", "PURGED"):
         raise Unauthenticated("the account is not active")
     if row["session_state"] == "idle":
         with db.tenant_tx(tenant_id) as conn:

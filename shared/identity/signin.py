@@ -80,7 +80,7 @@ def _record_crossings(crossings: list[Any], tenant_id: str | None, family: str, 
 def _find_user(tenant_slug: str, email: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
     with db.platform_tx() as conn:
         tenant = conn.execute("select id::text as id, status from tenants where slug = %s", (tenant_slug,)).fetchone()
-    if tenant is None or tenant["status"] == "PURGED":
+    if tenant is None or tenant["status"] in ("PURGING", "PURGED"):
         return None, None
     with db.tenant_tx(tenant["id"]) as conn:
         user = conn.execute(

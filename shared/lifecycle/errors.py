@@ -1,4 +1,4 @@
-"""The problems of the tenant lifecycle: blob snapshots and their restore, the restore drill."""
+"""The problems of the tenant lifecycle (jobs, export, purge, snapshots, retention, restore drill)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,15 @@ class DrillFailed(AppError):
     """The restore drill could not back up or restore, or found a chain or blob that does not verify."""
 
     status, code, title = 500, "restore-drill-failed", "The restore drill failed"
+
+
+class PurgeNotDue(Conflict):
+    """The tenant is not cancelled, or its purge date has not come yet: nothing was deleted."""
+
+    code, title = "tenant-purge-not-due", "The tenant's purge is not due"
+
+
+class PurgeInProgress(Conflict):
+    """Another worker is purging this tenant right now; it will finish (or the next run resumes)."""
+
+    code, title = "tenant-purge-in-progress", "The tenant is being purged by another worker"

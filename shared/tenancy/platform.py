@@ -55,6 +55,17 @@ def cancel_tenant(caller: Caller, *, tenant_id: uuid.UUID, reason: str) -> dict[
     return tenants.cancel_tenant(str(tenant_id), reason=reason, actor=caller.actor, meta=caller.meta).__dict__
 
 
+def reinstate_tenant(caller: Caller, *, tenant_id: uuid.UUID, reason: str) -> dict[str, Any]:
+    """Undo a cancellation before the purge date.
+
+    Raises:
+        StepUpRequired: no recent second factor. NotFound, TenantNotCancelled, PurgeStarted,
+            PurgeDue: see `tenants.reinstate_tenant`.
+    """
+    mfa.require_recent_second_factor(caller.user)
+    return tenants.reinstate_tenant(str(tenant_id), reason=reason, actor=caller.actor, meta=caller.meta).__dict__
+
+
 def verify_tenant_chain(caller: Caller, tenant_id: uuid.UUID, *, full: bool = False) -> dict[str, Any]:
     """An operator verifies a tenant's chain (no event content is returned); recorded in the platform chain."""
     tid = _existing(tenant_id)

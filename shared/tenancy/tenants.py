@@ -1,4 +1,5 @@
-"""Tenants: created by platform operators, cancelled, and after 30 days purged."""
+"""Tenants: created by platform operators, cancelled, reinstated or, after TENANT_PURGE_AFTER_DAYS,
+purged (the purge itself is shared.lifecycle.purge; docs/purge.md)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from shared.audit import chain as audit
 from shared.core import db
 from shared.core.db import Conn
 from shared.core.errors import Conflict, NotFound, ValidationFailed
+from shared.core.settings import get_settings
+from shared.tenancy.errors import PurgeDue, PurgeStarted, TenantNotCancelled
 from shared.tenancy.users import invite
 
 SLUG = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
@@ -26,10 +29,14 @@ class Tenant:
     data_region: str
     created_at: datetime
     cancelled_at: datetime | None
+    purge_after: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Tenant:
         return cls(**{**row, "id": str(row["id"])})
+
+
+_COLUMNS = "id, slug, name, status, data_region, created_at, cancelled_at, purge_after"
 
 
 def validate_new(slug: str, name: str, region: str) -> None:
@@ -63,7 +70,7 @@ def create_tenant(
     with db.savepoint_or_conflict(conn, f"tenant slug {slug!r} is taken"):
         row = conn.execute(
             """insert into tenants (slug, name, data_region) values (%s, %s, %s)
-               returning id, slug, name, status, data_region, created_at, cancelled_at""",
+               returning id, slug, name, status, data_region, created_at, cancelled_at, purge_after""",
             (slug, name.strip(), region),
         ).fetchone()
     assert row is not None
@@ -81,7 +88,7 @@ def create_tenant(
 def get_tenant(tenant_id: str) -> Tenant | None:
     with db.platform_tx() as conn:
         row = conn.execute(
-            "select id, slug, name, status, data_region, created_at, cancelled_at from tenants where id = %s",
+            f"select {_COLUMNS} from tenants where id = %s",
             (tenant_id,),
         ).fetchone()
     return Tenant.from_row(row) if row else None
@@ -90,7 +97,7 @@ def get_tenant(tenant_id: str) -> Tenant | None:
 def list_tenants() -> list[dict[str, Any]]:
     with db.platform_tx() as conn:
         rows = conn.execute(
-            "select id, slug, name, status, data_region, created_at, cancelled_at from tenants order by created_at"
+            f"select {_COLUMNS} from tenants order by created_at"
         ).fetchall()
     return [Tenant.from_row(r).__dict__ for r in rows]
 
@@ -119,22 +126,76 @@ def create_tenant_with_admin(
 
 
 def cancel_tenant(tenant_id: str, *, reason: str, actor: audit.Actor, meta: audit.RequestMeta | None) -> Tenant:
-    """ACTIVE -> CANCELLED: read-only for 30 days, then purged.
+    """ACTIVE -> CANCELLED: read-only until `purge_after` (cancellation + TENANT_PURGE_AFTER_DAYS),
+    then purged (shared.lifecycle.purge). Recorded in the tenant's chain and the platform's.
 
     Raises:
         NotFound: no such tenant. Conflict: the tenant is not active.
     """
+    days = get_settings().tenant_purge_after_days
     with db.tenant_tx(tenant_id) as conn:
         row = conn.execute(
-            """update tenants set status = 'CANCELLED', cancelled_at = now() where id = %s and status = 'ACTIVE'
-               returning id, slug, name, status, data_region, created_at, cancelled_at""",
-            (tenant_id,),
+            f"""update tenants set status = 'CANCELLED', cancelled_at = now(),
+                                   purge_after = now() + make_interval(days => %s)
+                 where id = %s and status = 'ACTIVE' returning {_COLUMNS}""",
+            (days, tenant_id),
         ).fetchone()
         if row is None:
             if get_tenant(tenant_id) is None:
                 raise NotFound()
             raise Conflict("the tenant is not active")
+        after = {"status": "CANCELLED", "purge_after": audit.format_time(row["purge_after"])}
         audit.append(conn, tenant_id=tenant_id, actor=actor, action="tenant.cancelled", target_type="tenant",
-                     target_id=tenant_id, before={"status": "ACTIVE"}, after={"status": "CANCELLED"},
-                     reason=reason, meta=meta)
+                     target_id=tenant_id, before={"status": "ACTIVE"}, after=after, reason=reason, meta=meta)
+        _platform_event(conn, tenant_id, "platform.tenant_cancelled", actor=actor, meta=meta, reason=reason,
+                        before={"status": "ACTIVE"}, after=after)
     return Tenant.from_row(row)
+
+
+def reinstate_tenant(
+    tenant_id: str, *, reason: str, actor: audit.Actor, meta: audit.RequestMeta | None, now: datetime | None = None
+) -> Tenant:
+    """CANCELLED -> ACTIVE, only while the purge is not yet due (`now` < `purge_after`; `now`
+    is the database clock unless given). Recorded in the tenant's chain and the platform's.
+
+    Raises:
+        NotFound: no such tenant.
+        TenantNotCancelled: the tenant is active.
+        PurgeStarted: the tenant is being or has been purged.
+        PurgeDue: the purge date has passed (the purge may start at any moment).
+    """
+    with db.tenant_tx(tenant_id) as conn:
+        row = conn.execute(
+            f"select {_COLUMNS}, coalesce(%s::timestamptz, now()) as now from tenants where id = %s for update",
+            (now, tenant_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound()
+        if row["status"] in ("PURGING", "PURGED"):
+            raise PurgeStarted(f"the tenant is {row['status'].lower()}: it cannot be reinstated")
+        if row["status"] != "CANCELLED":
+            raise TenantNotCancelled("the tenant is not cancelled")
+        if row["now"] >= row["purge_after"]:
+            raise PurgeDue("the purge date has passed: the tenant cannot be reinstated")
+        before = {"status": "CANCELLED", "cancelled_at": audit.format_time(row["cancelled_at"]),
+                  "purge_after": audit.format_time(row["purge_after"])}
+        updated = conn.execute(
+            f"""update tenants set status = 'ACTIVE', cancelled_at = null, purge_after = null
+                 where id = %s and status = 'CANCELLED' returning {_COLUMNS}""",
+            (tenant_id,),
+        ).fetchone()
+        assert updated is not None  # the row is locked above
+        audit.append(conn, tenant_id=tenant_id, actor=actor, action="tenant.reinstated", target_type="tenant",
+                     target_id=tenant_id, before=before, after={"status": "ACTIVE"}, reason=reason, meta=meta)
+        _platform_event(conn, tenant_id, "platform.tenant_reinstated", actor=actor, meta=meta, reason=reason,
+                        before=before, after={"status": "ACTIVE"})
+    return Tenant.from_row(updated)
+
+
+def _platform_event(conn: Conn, tenant_id: str, action: str, *, actor: audit.Actor, meta: audit.RequestMeta | None,
+                    reason: str, before: Any, after: Any) -> None:
+    """The same change in the platform chain, which outlives the tenant's own (the purge deletes that)."""
+    conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
+    audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor, action=action, target_type="tenant",
+                 target_id=tenant_id, before=before, after=after, reason=reason, meta=meta)
+    conn.execute("select set_config('app.tenant_id', %s, true)", (tenant_id,))

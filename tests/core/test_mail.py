@@ -344,3 +344,23 @@ def test_cli_outbox_shows_pending_mail_with_its_body(use_relay: Relay, tenant: T
     assert "body" not in everything[0] and everything[0]["sent_at"]
     missing = _cli("--tenant", "no-such-tenant")
     assert missing.returncode == 2 and "no-such-tenant" in missing.stderr
+
+
+def test_platform_outbox_mail_outlives_any_tenant_and_is_delivered(use_relay: Relay) -> None:
+    """Mail that must survive its tenant's purge (the deletion attestation) is a platform row,
+    delivered by the ordinary run that names no tenant."""
+    to = address()
+    with db.tenant_tx(mail.PLATFORM_OUTBOX) as conn:
+        mail_id = mail.enqueue(conn, tenant_id=mail.PLATFORM_OUTBOX, to=to, subject="Your data has been deleted",
+                               body="attestation\n", kind="tenant_purged")
+    try:
+        assert [m["id"] for m in mail.list_outbox() if m["id"] == mail_id] == [mail_id]
+        mail.deliver_pending()
+        assert [r.message["Subject"] for r in use_relay.handler.to(to)] == ["Your data has been deleted"]
+        with db.tenant_tx(mail.PLATFORM_OUTBOX) as conn:
+            sent = conn.execute("select sent_at, body from outbox where id = %s", (mail_id,)).fetchone()
+        assert sent is not None and sent["sent_at"] is not None and sent["body"] == ""
+    finally:
+        with db.tenant_tx(mail.PLATFORM_OUTBOX) as conn:
+            conn.execute("update outbox set attempts = greatest(attempts, %s), body = '' where sent_at is null",
+                         (mail.MAX_ATTEMPTS,))

@@ -70,6 +70,14 @@ var rules = [
     window: 'P1D'
     query: 'let runs = AppRequests | where Name == "snapshot_blobs"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "blob snapshot run failed" or Message startswith "blob snapshot: content does not match"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
   }
+  {
+    name: 'tenant-purge-failed'
+    severity: 1
+    description: 'The daily tenant purge failed (a purge stopped half way resumes on the next run), or did not run for two days.'
+    frequency: 'PT1H'
+    window: 'P2D'
+    query: 'let runs = AppRequests | where Name == "purge_cancelled_tenants"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "tenant purge failed"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

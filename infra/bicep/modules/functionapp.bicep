@@ -211,6 +211,9 @@ var plainSettings = [
   { name: 'WEBAUTHN_ORIGINS', value: webauthnOrigins }
   { name: 'WEBAUTHN_CHALLENGE_TTL_S', value: '300' }
   { name: 'WEBAUTHN_CHALLENGE_PURGE_SCHEDULE', value: '0 */15 * * * *' }
+  { name: 'TENANT_PURGE_AFTER_DAYS', value: '30' }
+  { name: 'TENANT_PURGE_SCHEDULE', value: '0 30 3 * * *' }
+  { name: 'TENANT_PURGE_BATCH_ROWS', value: '1000' }
 ]
 
 var keyVaultSettings = [for item in items(secretSettings): {

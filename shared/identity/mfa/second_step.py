@@ -309,7 +309,7 @@ def passkey_sign_in_options(*, tenant_slug: str) -> dict[str, Any]:
     slug = tenant_slug.strip().lower()[:63]
     with db.platform_tx() as conn:
         tenant = conn.execute("select id::text as id, status from tenants where slug = %s", (slug,)).fetchone()
-    tenant_id = tenant["id"] if tenant is not None and tenant["status"] != "PURGED" else ""
+    tenant_id = tenant["id"] if tenant is not None and tenant["status"] not in ("PURGING", "PURGED") else ""
     return passkeys.authentication_options(purpose="passwordless", tenant_id=tenant_id).as_dict()
 
 
