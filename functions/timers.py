@@ -60,3 +60,11 @@ def deliver_mail(timer: func.TimerRequest) -> None:
         "deliver_mail", ok=report.error is None and report.failed == 0,
         detail=f"{detail}: {report.error}" if report.error else detail,
     )
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%AUDIT_RETENTION_SCHEDULE%", run_on_startup=False)
+def audit_retention(timer: func.TimerRequest) -> None:
+    """Archive and cut the audit events of tenants with a retention window, each only up to its
+    newest signed checkpoint and behind a signed retention checkpoint; a refusal fails the run."""
+    from shared.lifecycle import audit_retention  # loads the audit machinery on first use, not at import
+    audit_retention.run()

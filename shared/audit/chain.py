@@ -503,6 +503,8 @@ def verify_segment(
     last = conn.execute("select seq, checksum from audit_events order by seq desc limit 1").fetchone()
     end = int(last["seq"]) if last else 0
     in_range = checkpoint is not None and start_seq <= checkpoint.seq <= end
+    # A walk from a retention cut's base reaches the cut even when no event remains after it.
+    reached_before = start_seq - 1 if first_link is not None else 0
     if first_link is None and start_seq == 1:
         first_link = GENESIS
     params = {
@@ -531,10 +533,8 @@ def verify_segment(
     if found is not None:
         seq, code = found
         failure = {"seq": seq, "code": code, "reason": _REASONS[code]}
-    elif checkpoint is not None and max(end, start_seq - 1) < checkpoint.seq:
-        # A walk that starts after a retention cut reaches the cut even when nothing remains.
-        end = max(end, start_seq - 1)
-        failure = {"seq": end + 1, "code": "chain_truncated",
+    elif checkpoint is not None and max(end, reached_before) < checkpoint.seq:
+        failure = {"seq": max(end, reached_before) + 1, "code": "chain_truncated",
                    "reason": f"chain ends before signed checkpoint seq {checkpoint.seq}"}
     # Every event before the first failure passed, so the walk's head is the one before it.
     head_seq = end if failure is None else min(failure["seq"] - 1, end)
