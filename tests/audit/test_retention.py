@@ -423,3 +423,19 @@ def test_only_an_admin_sets_the_retention_window(client: httpx.Client, tenant: T
     for role in ("MANAGER", "REVIEWER", "VIEWER"):
         resp = client.put(url, json={"value": WINDOW, "reason": "try"}, headers=auth(make_token(tenant.id, role)))
         assert resp.status_code == 403, role
+
+
+def test_two_racing_cuts_of_one_tenant_cut_once(client: httpx.Client, tenant: Tenant,
+                                                make_token: TokenFactory) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    add_events(tenant.id, 5)
+    checkpoint_now(client)
+    now = just_after(tenant.id, 6)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda _: retention.cut_tenant(tenant.id, window_days=WINDOW, now=now), range(2)))
+    made = [r for r in results if r is not None]
+    assert len(made) == 1 and (made[0].from_seq, made[0].seq) == (1, 6)
+    with db.tenant_tx(tenant.id) as conn:
+        assert len(audit.list_events(conn, action="audit.retention_cut")) == 1
+    assert verify(client, tenant.id, make_token(tenant.id, "VIEWER"), full=True)["valid"] is True
