@@ -17,7 +17,8 @@ transaction names the cut):
    `audit-checkpoints/<id>/retention/<10^20 − 1 − seq>.json`, with a copy beside the archive
    as its manifest, and a row in `audit_retention_cuts` for people;
 5. an `audit.retention_cut` event is appended, the transaction names the cut
-   (`custos.audit_delete` = `retention`) and deletes events up to the cut seq.
+   (`custos.audit_delete` = `retention`) and deletes events up to the cut seq; once committed,
+   the head (the cut's own event included) is checkpointed at once.
 
 Archive and signature come before the delete; a crash in between leaves a signed cut whose
 events still exist, which verify accepts (the event at the cut's seq must still agree with
@@ -244,6 +245,9 @@ def cut_tenant(tenant_id: str, *, window_days: int, now: datetime | None = None)
         if deleted != events:
             raise RetentionRefused(f"tenant {tid}: {deleted} events to delete but {events} archived")
     log.info("audit retention cut tenant=%s from=%s to=%s archive=%s", tid, first, seq, name)
+    # Sign the cut's own event at once: until a checkpoint covers it, removing it (and all
+    # after it) would leave a chain that ends exactly at the signed cut.
+    checkpoints.checkpoint_tenant(tid)
     return Cut(tenant_id=tid, from_seq=first, seq=seq, checksum=checksum, archive=name, archive_sha256=sha256,
                checkpoint_blob=blob)
 
