@@ -83,3 +83,11 @@ def purge_cancelled_tenants(timer: func.TimerRequest) -> None:
         health.record_heartbeat("purge_cancelled_tenants", ok=False, detail=f"failed: {type(exc).__name__}")
         raise
     health.record_heartbeat("purge_cancelled_tenants", ok=True, detail=f"{len(results)} purged")
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%AUDIT_RETENTION_SCHEDULE%", run_on_startup=False)
+def audit_retention(timer: func.TimerRequest) -> None:
+    """Archive and cut the audit events of tenants with a retention window, each only up to its
+    newest signed checkpoint and behind a signed retention checkpoint; a refusal fails the run."""
+    from shared.lifecycle import audit_retention  # loads the audit machinery on first use, not at import
+    audit_retention.run()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Verify a Custos audit export offline, trusting nothing of Custos but its checkpoint keys.
 
-    python verify_audit_export.py audit-<tenant>.jsonl [--keys audit-keys.json]
+    python verify_audit_export.py audit-<tenant>.jsonl [--keys audit-keys.json] [--archive A.jsonl ...]
 
 Needs only Python 3.11+ and the `rfc8785` package (pip install rfc8785). It re-derives every
 event's checksum from the RFC 8785 canonical JSON of its fields, follows the chain links
@@ -9,6 +9,11 @@ from the genesis value, and checks every signed checkpoint's Ed25519 signature (
 RFC 8032 verifier is included below) and that the chain agrees with it. Pass the keys
 published at /.well-known/audit-keys.json with --keys; without it the keys inside the
 export are used, which only shows the export is self-consistent.
+
+After a retention cut the export's chain begins after a signed retention checkpoint: its first
+event must link to that checkpoint's checksum. The archives of the removed events
+(`--archive`, from the exports container) are walked first, so the chain is then proved from
+the genesis value.
 
 Exit status 0: valid. 1: invalid (the first failure is printed). 2: unreadable input.
 """
@@ -136,6 +141,28 @@ def checksum(event: dict[str, Any]) -> str:
     return hashlib.sha256(rfc8785.dumps({name: event.get(name) for name in FIELDS})).hexdigest()
 
 
+RETENTION_KIND = "custos-audit-retention/1"
+
+
+def _retention_cuts(lines: list[dict[str, Any]], keys: dict[str, bytes], tenant_id: str) -> dict[int, str]:
+    """seq -> checksum of the last removed event, for every retention checkpoint, each checked
+    for its signature (over every field but `signature`, `kind` included)."""
+    cuts: dict[int, str] = {}
+    for line in lines:
+        if line.get("type") != "retention":
+            continue
+        doc = {k: v for k, v in line.items() if k != "type"}
+        public = keys.get(doc.get("key_id", ""))
+        payload = rfc8785.dumps({k: v for k, v in doc.items() if k != "signature"})
+        if (doc.get("kind") != RETENTION_KIND or public is None
+                or not ed25519_verify(public, payload, _b64url(doc.get("signature", "")))):
+            raise Invalid(doc.get("seq"), "retention checkpoint signature does not verify with the given keys")
+        if doc.get("tenant_id") != tenant_id:
+            raise Invalid(doc.get("seq"), "retention checkpoint of another tenant")
+        cuts[int(doc["seq"])] = str(doc.get("checksum"))
+    return cuts
+
+
 def verify(lines: list[dict[str, Any]], keys: dict[str, bytes]) -> dict[str, Any]:
     """Raises Invalid at the first failure; returns a summary when the export is valid."""
     if not lines or lines[0].get("type") != "header":
@@ -143,9 +170,13 @@ def verify(lines: list[dict[str, Any]], keys: dict[str, bytes]) -> dict[str, Any
     tenant_id = lines[0]["tenant_id"]
     events = [line for line in lines if line.get("type") == "event"]
     marks = [line for line in lines if line.get("type") == "checkpoint"]
+    cuts = _retention_cuts(lines, keys, tenant_id)
     by_seq: dict[int, str] = {}
-    previous = GENESIS
-    for expected, event in enumerate(events, start=1):
+    # Where the chain begins: the genesis value, or the newest signed cut below its first event.
+    first = events[0].get("seq") if events else None
+    base = max((seq for seq in cuts if first is None or (isinstance(first, int) and seq < first)), default=0)
+    previous = cuts[base] if base else GENESIS
+    for expected, event in enumerate(events, start=base + 1):
         if event.get("seq") != expected:
             raise Invalid(expected, "missing, duplicate or reordered event")
         if event.get("tenant_id") != tenant_id:
@@ -157,6 +188,9 @@ def verify(lines: list[dict[str, Any]], keys: dict[str, bytes]) -> dict[str, Any
             raise Invalid(expected, "checksum does not match the event's content")
         by_seq[expected] = digest
         previous = digest
+    for seq, cut in cuts.items():
+        if seq > base and by_seq.get(seq) != cut:
+            raise Invalid(seq, "event differs from the signed retention checkpoint")
     for mark in marks:
         public = keys.get(mark.get("key_id", ""))
         payload = rfc8785.dumps({k: mark.get(k) for k in ("tenant_id", "seq", "checksum", "created_at", "key_id")})
@@ -164,12 +198,16 @@ def verify(lines: list[dict[str, Any]], keys: dict[str, bytes]) -> dict[str, Any
             raise Invalid(mark.get("seq"), "checkpoint signature does not verify with the given keys")
         if mark.get("tenant_id") != tenant_id:
             raise Invalid(mark.get("seq"), "checkpoint of another tenant")
+        if mark["seq"] <= base and mark["seq"] not in by_seq:
+            if mark["seq"] in cuts and cuts[mark["seq"]] != mark.get("checksum"):
+                raise Invalid(mark["seq"], "retention checkpoint differs from the signed checkpoint")
+            continue  # removed by a signed retention cut
         if mark["seq"] not in by_seq:
             raise Invalid(mark["seq"], "chain ends before a signed checkpoint")
         if by_seq[mark["seq"]] != mark.get("checksum"):
             raise Invalid(mark["seq"], "event differs from the signed checkpoint")
     return {"valid": True, "tenant_id": tenant_id, "events": len(events), "checkpoints": len(marks),
-            "head": events[-1]["seq"] if events else 0}
+            "retention_cuts": len(cuts), "from_seq": base + 1, "head": events[-1]["seq"] if events else base}
 
 
 def load_keys(jwks: list[dict[str, Any]]) -> dict[str, bytes]:
@@ -180,10 +218,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("export", help="the .jsonl file from GET /api/audit/export")
     parser.add_argument("--keys", help="JWKS from /.well-known/audit-keys.json")
+    parser.add_argument("--archive", action="append", default=[],
+                        help="a retention archive (.jsonl) of removed events; repeat for each")
     args = parser.parse_args(argv)
     try:
         with open(args.export, encoding="utf-8") as fh:
             lines = [json.loads(line, parse_int=parse_int) for line in fh if line.strip()]
+        archived: list[dict[str, Any]] = []
+        for name in args.archive:
+            with open(name, encoding="utf-8") as fh:
+                archived += [e for e in (json.loads(line, parse_int=parse_int) for line in fh if line.strip())
+                             if e.get("type") == "event"]
+        # The archives' events come before the export's, oldest archive first.
+        archived.sort(key=lambda e: e.get("seq") if isinstance(e.get("seq"), int) else -1)
+        lines = lines[:1] + archived + lines[1:]
         if args.keys:
             with open(args.keys, encoding="utf-8") as fh:
                 keys = load_keys(json.load(fh)["keys"])

@@ -488,7 +488,12 @@ order by seq limit 1"""
 
 
 def verify_segment(
-    conn: Conn, *, tenant_id: str, checkpoint: CheckpointRef | None, start_seq: int = 1
+    conn: Conn,
+    *,
+    tenant_id: str,
+    checkpoint: CheckpointRef | None,
+    start_seq: int = 1,
+    first_link: str | None = None,
 ) -> Verification:
     """`verify_rows` over the transaction tenant's events from `start_seq` on, done by
     PostgreSQL: the same checks and the same first failure, without shipping each event
@@ -496,15 +501,21 @@ def verify_segment(
 
     From `start_seq` 1 the first event must link to GENESIS; from a checkpoint's seq the
     checkpoint's event is recomputed from its fields and must equal the signed checksum
-    (its own link is covered by that checksum, which hashes `previous_checksum`).
+    (its own link is covered by that checksum, which hashes `previous_checksum`). After a
+    retention cut the walk starts at the cut's seq + 1 and `first_link` is the signed
+    checksum of the last removed event, which the first remaining event must link to.
     """
     started = time.perf_counter()
     tid = normal_tenant_id(tenant_id)
     last = conn.execute("select seq, checksum from audit_events order by seq desc limit 1").fetchone()
     end = int(last["seq"]) if last else 0
     in_range = checkpoint is not None and start_seq <= checkpoint.seq <= end
+    # A walk from a retention cut's base reaches the cut even when no event remains after it.
+    reached_before = start_seq - 1 if first_link is not None else 0
+    if first_link is None and start_seq == 1:
+        first_link = GENESIS
     params = {
-        "start": start_seq, "end": end, "tenant": tid, "first_link": GENESIS if start_seq == 1 else None,
+        "start": start_seq, "end": end, "tenant": tid, "first_link": first_link,
         # seq 0 matches no event: a NULL here would make every row evaluate the AND's right side.
         "checkpoint_seq": checkpoint.seq if checkpoint is not None and in_range else 0,
         "checkpoint_checksum": checkpoint.checksum if checkpoint is not None and in_range else "",
@@ -529,8 +540,8 @@ def verify_segment(
     if found is not None:
         seq, code = found
         failure = {"seq": seq, "code": code, "reason": _REASONS[code]}
-    elif checkpoint is not None and end < checkpoint.seq:
-        failure = {"seq": end + 1, "code": "chain_truncated",
+    elif checkpoint is not None and max(end, reached_before) < checkpoint.seq:
+        failure = {"seq": max(end, reached_before) + 1, "code": "chain_truncated",
                    "reason": f"chain ends before signed checkpoint seq {checkpoint.seq}"}
     # Every event before the first failure passed, so the walk's head is the one before it.
     head_seq = end if failure is None else min(failure["seq"] - 1, end)
@@ -552,6 +563,19 @@ def verify_segment(
     )
 
 
+@dataclass(frozen=True)
+class Base:
+    """Where a tenant's chain begins: after `seq`, linking to `checksum`. GENESIS_BASE for a
+    chain that was never cut; after a retention cut, the signed retention checkpoint's seq
+    and the checksum of the last removed event."""
+
+    seq: int
+    checksum: str
+
+
+GENESIS_BASE = Base(seq=0, checksum=GENESIS)
+
+
 def verify_tenant(
     tenant_id: str,
     checkpoint: CheckpointRef | None,
@@ -559,19 +583,23 @@ def verify_tenant(
     full: bool = True,
     stale_after: timedelta | None = None,
     now: datetime | None = None,
+    base: Base = GENESIS_BASE,
 ) -> Verification:
     """Verify a tenant's chain from the database against its newest signed checkpoint.
 
-    `full` walks every event from 1; otherwise the walk starts at the checkpoint's event
-    (docs/audit.md says what that proves and what only the full walk catches). With
+    `full` walks every event from `base` (event 1 unless a retention cut removed the oldest);
+    otherwise the walk starts at the checkpoint's event, or at the base when the cut removed
+    that event (docs/audit.md says what that proves and what only the full walk catches). With
     `stale_after`, a sound chain whose oldest event not covered by `checkpoint` occurred
     more than `stale_after` before `now` (default: the database clock) fails as
     `checkpoint_stale`: checkpoints stopped, and the uncovered tail could be cut unnoticed.
     """
     tid = normal_tenant_id(tenant_id)
-    start = 1 if full or checkpoint is None else checkpoint.seq
+    incremental = not full and checkpoint is not None and checkpoint.seq > base.seq
+    start = checkpoint.seq if incremental and checkpoint is not None else base.seq + 1
     with db.tenant_tx(tid) as conn:
-        result = verify_segment(conn, tenant_id=tid, checkpoint=checkpoint, start_seq=start)
+        result = verify_segment(conn, tenant_id=tid, checkpoint=checkpoint, start_seq=start,
+                                first_link=None if incremental else base.checksum)
         if result.valid and stale_after is not None:
             covered = checkpoint.seq if checkpoint else 0
             oldest = conn.execute(

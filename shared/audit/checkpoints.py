@@ -145,7 +145,7 @@ def _seq_of(name: str) -> int | None:
     stem = name.rsplit("/", 1)[-1].removesuffix(".json")
     if len(stem) != 20 or not stem.isdigit():
         return None
-    return _SEQ_CEILING - int(stem) if "/desc/" in name else int(stem)
+    return _SEQ_CEILING - int(stem) if "/desc/" in name or "/retention/" in name else int(stem)
 
 
 def _names_newest_first(tenant_id: str, container: ContainerClient | None = None) -> Iterator[str]:
@@ -228,13 +228,22 @@ def verify_tenant(tenant_id: str, *, full: bool = False, now: datetime | None = 
     newest = newest_signed(tid)
     if newest.rejected:
         bad = newest.rejected[0]
-        return audit.Verification(
-            valid=False, events_checked=0, head=None, checkpoint={"seq": bad["seq"], "created_at": None},
-            first_failure={"seq": bad["seq"], "code": "checkpoint_invalid", "reason": bad["reason"]},
-            duration_ms=0.0,
-        )
+        return _failed(bad["seq"], "checkpoint_invalid", bad["reason"])
+    with db.tenant_tx(tid) as conn:
+        first = _first_seq(conn)
+    cut = chain_base(tid, first)
+    failure = cut.failure(tid, newest.ref)
+    if failure is not None:
+        return failure
     return audit.verify_tenant(
-        tid, newest.ref, full=full, stale_after=STALE_INTERVALS * checkpoint_interval(), now=now
+        tid, newest.ref, full=full, stale_after=STALE_INTERVALS * checkpoint_interval(), now=now, base=cut.base
+    )
+
+
+def _failed(seq: int | None, code: str, reason: str) -> audit.Verification:
+    return audit.Verification(
+        valid=False, events_checked=0, head=None, checkpoint={"seq": seq, "created_at": None},
+        first_failure={"seq": seq, "code": code, "reason": reason}, duration_ms=0.0,
     )
 
 
@@ -268,9 +277,21 @@ def checkpoint_tenant(tenant_id: str) -> dict[str, Any] | None:
         for bad in newest.rejected:
             log.error("audit checkpoint blob rejected tenant=%s blob=%s reason=%s", tid, bad["name"], bad["reason"])
         last = newest.ref
-    start = last.seq if last else 1
+    start, first_link = (last.seq if last else 1), None
     with db.tenant_tx(tid) as conn:
-        segment = audit.verify_segment(conn, tenant_id=tid, checkpoint=last, start_seq=start)
+        first = _first_seq(conn)
+    if first is not None and first > start:  # a retention cut removed the checkpoint's event
+        cut = chain_base(tid, first)
+        refused = cut.failure(tid, last)
+        if refused is not None:
+            failure = refused.first_failure or {}
+            log.error("audit checkpoint refused tenant=%s seq=%s reason=%s", tid, failure.get("seq"),
+                      failure.get("reason"))
+            return None
+        if cut.base.seq + 1 > start:
+            start, first_link = cut.base.seq + 1, cut.base.checksum
+    with db.tenant_tx(tid) as conn:
+        segment = audit.verify_segment(conn, tenant_id=tid, checkpoint=last, start_seq=start, first_link=first_link)
         if not segment.valid:
             failure = segment.first_failure or {}
             log.error(
@@ -355,3 +376,165 @@ def verify_all(*, now: datetime | None = None) -> list[tuple[str, audit.Verifica
                     after={"first_failure": failure, "events_checked": result.events_checked},
                 )
     return results
+
+
+# --- retention checkpoints ------------------------------------------------------------------
+#
+# A retention checkpoint says: the tenant's events up to `seq` were archived (to `archive`)
+# and removed; the last of them had checksum `checksum`. The remaining chain must begin at
+# seq + 1 linking to that checksum. Signed like a checkpoint, over every field but the
+# signature, and with `kind` among them, so neither kind of document verifies as the other.
+
+RETENTION_KIND = "custos-audit-retention/1"
+
+
+def retention_blob_name(tenant_id: str, seq: int) -> str:
+    """Where a retention checkpoint is written: names sort newest first."""
+    return f"{tenant_id}/retention/{_SEQ_CEILING - seq:020d}.json"
+
+
+def retention_payload(doc: dict[str, Any]) -> bytes:
+    return rfc8785.dumps({k: v for k, v in doc.items() if k != "signature"})
+
+
+def sign_retention(fields: dict[str, Any]) -> dict[str, Any]:
+    """A retention checkpoint document: `fields` (tenant_id, seq, checksum, ...) with `kind`
+    and `key_id`, signed with the audit signing key."""
+    keys = audit_keys()
+    doc: dict[str, Any] = {**fields, "kind": RETENTION_KIND, "key_id": keys.signing_kid}
+    doc["signature"] = base64.urlsafe_b64encode(keys.signing.sign(retention_payload(doc))).rstrip(b"=").decode()
+    return doc
+
+
+def check_retention(doc: Any, keys: AuditKeys, *, expected_tenant_id: str, expected_seq: int | None = None) -> audit.Base:
+    """The chain base a retention checkpoint attests, once its signature and place are checked.
+
+    Raises:
+        CheckpointInvalid: the document is malformed, not a retention checkpoint, names an
+            unknown key, its signature does not verify, or it belongs to another tenant or blob name.
+    """
+    if not isinstance(doc, dict) or doc.get("kind") != RETENTION_KIND:
+        raise CheckpointInvalid("not a retention checkpoint")
+    try:
+        pub = keys.verifying[doc["key_id"]]
+        sig = base64.urlsafe_b64decode(doc["signature"] + "=" * (-len(doc["signature"]) % 4))
+        pub.verify(sig, retention_payload({k: v for k, v in doc.items()}))
+        seq, checksum = doc["seq"], doc["checksum"]
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1 or not isinstance(checksum, str):
+            raise ValueError("malformed")
+    except KeyError as exc:
+        raise CheckpointInvalid(f"retention checkpoint lacks {exc} or names an unknown key") from None
+    except (InvalidSignature, ValueError, TypeError):
+        raise CheckpointInvalid("retention checkpoint signature does not verify") from None
+    if doc.get("tenant_id") != expected_tenant_id:
+        raise CheckpointInvalid("retention checkpoint of another tenant")
+    if expected_seq is not None and seq != expected_seq:
+        raise CheckpointInvalid("retention checkpoint seq differs from its blob name")
+    return audit.Base(seq=seq, checksum=checksum)
+
+
+def write_retention(doc: dict[str, Any]) -> bool:
+    """Store a retention checkpoint as a new blob; False if one for that seq already exists."""
+    from azure.core.exceptions import ResourceExistsError  # loaded with the client, not at import
+
+    blob = storage.blob_service().get_blob_client(CONTAINER, retention_blob_name(doc["tenant_id"], doc["seq"]))
+    try:
+        blob.upload_blob(json.dumps(doc, indent=1).encode(), overwrite=False)
+    except ResourceExistsError:
+        return False
+    return True
+
+
+def read_retention(tenant_id: str, seq: int) -> audit.Base | None:
+    """The retention checkpoint stored for `seq`, verified; None if there is none.
+
+    Raises:
+        CheckpointInvalid: a blob is there but does not verify.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        doc = _download(retention_blob_name(tenant_id, seq))
+    except ResourceNotFoundError:
+        return None
+    except ValueError:
+        raise CheckpointInvalid("retention checkpoint is not JSON") from None
+    return check_retention(doc, audit_keys(), expected_tenant_id=tenant_id, expected_seq=seq)
+
+
+@dataclass(frozen=True)
+class ChainBase:
+    """Where a tenant's remaining chain begins, read from the signed retention checkpoints.
+
+    `base` is the newest signed cut below the first remaining event (GENESIS_BASE if none);
+    `newest` the newest signed cut; `rejected` the retention blobs read that did not verify.
+    """
+
+    base: audit.Base
+    newest: audit.Base | None
+    first_seq: int | None
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+
+    def failure(self, tenant_id: str, checkpoint: audit.CheckpointRef | None) -> audit.Verification | None:
+        """A failed verification if the cuts themselves do not hold, else None: a retention
+        blob that does not verify (`retention_invalid`); a cut whose last event is still
+        there (the cut crashed before its delete) but differs from what was signed
+        (`retention_mismatch`); a checkpoint at the cut's seq that disagrees with it."""
+        if self.rejected:
+            bad = self.rejected[0]
+            return _failed(bad["seq"], "retention_invalid", bad["reason"])
+        newest = self.newest
+        if newest is not None and self.first_seq is not None and newest.seq >= self.first_seq:
+            with db.tenant_tx(tenant_id) as conn:
+                row = conn.execute(
+                    f"select {audit.SQL_CHECKSUM} as computed from audit_events where seq = %s", (newest.seq,)
+                ).fetchone()
+            if row is None or row["computed"] != newest.checksum:
+                return _failed(newest.seq, "retention_mismatch", "event differs from the signed retention checkpoint")
+        if checkpoint is not None and checkpoint.seq == self.base.seq and checkpoint.checksum != self.base.checksum:
+            return _failed(checkpoint.seq, "checkpoint_mismatch", "retention checkpoint differs from the signed checkpoint")
+        return None
+
+
+def chain_base(tenant_id: str, first_seq: int | None) -> ChainBase:
+    """Where the tenant's chain begins, given its first remaining event (None: no events).
+
+    Retention blobs are read newest first and only until the base is found, so a verify
+    costs one short listing however many cuts lie behind it.
+    """
+    keys = audit_keys()
+    container = storage.blob_service().get_container_client(CONTAINER)
+    rejected: list[dict[str, Any]] = []
+    newest: audit.Base | None = None
+    base = audit.GENESIS_BASE
+    for item in container.list_blobs(name_starts_with=f"{tenant_id}/retention/", results_per_page=16):
+        seq = _seq_of(item.name)
+        try:
+            if seq is None:
+                raise CheckpointInvalid("blob name is not a retention checkpoint name")
+            try:
+                doc = _download(item.name)
+            except ValueError:
+                raise CheckpointInvalid("retention checkpoint is not JSON") from None
+            mark = check_retention(doc, keys, expected_tenant_id=tenant_id, expected_seq=seq)
+        except CheckpointInvalid as exc:
+            rejected.append({"name": item.name, "seq": seq, "reason": str(exc)})
+            continue
+        newest = newest or mark
+        if first_seq is None or mark.seq < first_seq:
+            base = mark
+            break
+    return ChainBase(base=base, newest=newest, first_seq=first_seq, rejected=rejected)
+
+
+def all_retention(tenant_id: str) -> list[dict[str, Any]]:
+    """Every retention checkpoint document of a tenant, unverified (the export's auditor verifies), oldest first."""
+    container = storage.blob_service().get_container_client(CONTAINER)
+    names = [item.name for item in container.list_blobs(name_starts_with=f"{tenant_id}/retention/")]
+    return [_download(name) for name in sorted(names, key=lambda name: _seq_of(name) or 0)]
+
+
+def _first_seq(conn: db.Conn) -> int | None:
+    """The tenant's first remaining event (None: it has none)."""
+    row = conn.execute("select min(seq) as seq from audit_events").fetchone()
+    return None if row is None or row["seq"] is None else int(row["seq"])

@@ -1,7 +1,8 @@
 """Audit export: a tenant's events and signed checkpoints as JSON Lines.
 
 Line 1 is a header (format, tenant, export time, the checkpoint verification keys); then
-one line per event with its checksum; then one line per signed checkpoint. An auditor
+one line per event with its checksum; then one line per signed checkpoint; then one line per
+signed retention checkpoint (each names the archive of the events it removed). An auditor
 checks it offline with tools/verify_audit_export.py, trusting nothing of ours but the
 published checkpoint keys.
 """
@@ -56,4 +57,7 @@ def export_jsonl(tenant_id: str) -> bytes:
             out += _line(event)
     for doc in checkpoints.all_checkpoints(tenant_id):
         out += _line({"type": "checkpoint", **doc})
+    # Each retention cut: its signed checkpoint, which names the archive of the removed events.
+    for doc in checkpoints.all_retention(tenant_id):
+        out += _line({"type": "retention", **doc})
     return bytes(out)

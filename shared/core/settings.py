@@ -124,6 +124,10 @@ class Settings(BaseSettings):
     audit_export_max_events: int = Field(
         1_000_000, ge=1000, description="Most events one audit export returns."
     )
+    audit_retention_min_days: int = Field(
+        2555, ge=1, le=36_500,
+        description="Shortest audit retention window a tenant may set (days; 2555 = 7 years, docs/audit.md).",
+    )
 
     # --- records --------------------------------------------------------------------------
     attachment_max_bytes: int = Field(
@@ -148,6 +152,9 @@ class Settings(BaseSettings):
     blob_snapshot_retention_days: int = Field(
         35, ge=7, le=365,
         description="Days an attachment snapshot is kept (the newest verified one of each blob is always kept).",
+    )
+    audit_retention_schedule: str = Field(
+        ..., description="When tenants' audit events older than their retention window are archived and cut."
     )
 
     # --- passwords (docs/security.md) -------------------------------------------------------
@@ -316,6 +323,14 @@ class Settings(BaseSettings):
     @field_validator("audit_checkpoint_schedule")
     @classmethod
     def _checkpoint_schedule(cls, v: str) -> str:
+        longest_gap_s(v)
+        return v
+
+    @field_validator("audit_retention_schedule")
+    @classmethod
+    def _retention_schedule(cls, v: str) -> str:
+        if len(v.split()) != 6:
+            raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
         longest_gap_s(v)
         return v
 

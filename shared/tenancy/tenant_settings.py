@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field, TypeAdapter, ValidationError
 
 from shared.core.db import Conn
 from shared.core.errors import NotFound, ValidationFailed
+from shared.core.settings import get_settings
 
 
 def _iana_zone(v: str) -> str:
@@ -17,6 +18,18 @@ def _iana_zone(v: str) -> str:
         ZoneInfo(v)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("not an IANA time zone name") from None
+    return v
+
+
+RETENTION_MAX_DAYS = 36_500
+
+
+def _retention_floor(v: int | None) -> int | None:
+    # Read when a value is set, so a raised platform minimum applies to the next change at once
+    # (the cut itself also holds an older, shorter window to the current minimum).
+    minimum = get_settings().audit_retention_min_days
+    if v is not None and v < minimum:
+        raise ValueError(f"must be at least {minimum} days (the platform's AUDIT_RETENTION_MIN_DAYS), or null")
     return v
 
 
@@ -32,6 +45,12 @@ CATALOGUE: dict[str, tuple[str, TypeAdapter[Any]]] = {
     "display.time_zone": (
         "Default time zone shown to users",
         TypeAdapter(Annotated[str, Field(strict=True, max_length=64), AfterValidator(_iana_zone)]),
+    ),
+    "audit.retention_days": (
+        "Days audit events are kept before they are archived to the tenant's exports and cut; null keeps them forever",
+        TypeAdapter(Annotated[
+            Annotated[int, Field(strict=True, ge=1, le=RETENTION_MAX_DAYS)] | None, AfterValidator(_retention_floor)
+        ]),
     ),
 }
 

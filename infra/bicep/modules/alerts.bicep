@@ -78,6 +78,14 @@ var rules = [
     window: 'P2D'
     query: 'let runs = AppRequests | where Name == "purge_cancelled_tenants"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "tenant purge failed"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
   }
+  {
+    name: 'audit-retention-failed'
+    severity: 1
+    description: 'The daily audit retention cut failed or refused a tenant (its chain or checkpoints do not verify), or did not run for two days.'
+    frequency: 'PT1H'
+    window: 'P2D'
+    query: 'let runs = AppRequests | where Name == "audit_retention"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "audit retention refused"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

@@ -170,6 +170,7 @@ var plainSettings = [
   { name: 'JWT_VERIFY_KEYS', value: '' }
   { name: 'AUDIT_VERIFY_KEYS', value: '' }
   { name: 'AUDIT_EXPORT_MAX_EVENTS', value: '1000000' }
+  { name: 'AUDIT_RETENTION_MIN_DAYS', value: '2555' }
   { name: 'ATTACHMENT_MAX_BYTES', value: '26214400' }
   { name: 'ATTACHMENT_CONTENT_TYPES', value: 'application/pdf,image/png,image/jpeg,text/plain,text/csv,application/json,application/xml' }
   { name: 'HEARTBEAT_SCHEDULE', value: '0 */5 * * * *' }
@@ -177,6 +178,7 @@ var plainSettings = [
   { name: 'AUDIT_VERIFY_SCHEDULE', value: '0 30 2 * * *' }
   { name: 'BLOB_SNAPSHOT_SCHEDULE', value: '0 15 1 * * *' }
   { name: 'BLOB_SNAPSHOT_RETENTION_DAYS', value: string(blobSnapshotRetentionDays) }
+  { name: 'AUDIT_RETENTION_SCHEDULE', value: '0 15 3 * * *' }
   { name: 'PASSWORD_HASH_CONCURRENCY', value: '2' }
   { name: 'HIBP_API_URL', value: hibpApiUrl }
   { name: 'HIBP_TIMEOUT_S', value: '2' }
