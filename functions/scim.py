@@ -16,7 +16,7 @@ from shared.web.models import Strict
 
 bp = func.Blueprint()
 
-SCIM_STATUSES = (201, 204, 400, 404, 405, 409, 412, 501)
+SCIM_ERRORS = (400, 404, 405, 409, 412, 501)
 
 
 def _reply(answer: scim.ScimAnswer) -> Reply:
@@ -26,8 +26,8 @@ def _reply(answer: scim.ScimAnswer) -> Reply:
                  media_type=SCIM_MEDIA_TYPE)
 
 
-def _scim(summary_tags: tuple[str, ...] = ("scim",)) -> Any:
-    return endpoint(scim=True, media_type=SCIM_MEDIA_TYPE, statuses=SCIM_STATUSES, tags=summary_tags)
+def _scim(status: int = 200, summary_tags: tuple[str, ...] = ("scim",)) -> Any:
+    return endpoint(scim=True, status=status, media_type=SCIM_MEDIA_TYPE, statuses=SCIM_ERRORS, tags=summary_tags)
 
 
 class ScimTokenNew(Strict):
@@ -105,7 +105,7 @@ def scim_users_search(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="scim/v2/Users", methods=["POST"])
-@_scim()
+@_scim(201)
 def scim_users_create(ctx: RequestContext) -> Reply:
     """SCIM: create a user."""
     return _reply(scim.create_user(ctx))
@@ -133,7 +133,7 @@ def scim_users_patch(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="scim/v2/Users/{id}", methods=["DELETE"])
-@_scim()
+@_scim(204)
 def scim_users_delete(ctx: RequestContext) -> Reply:
     """SCIM: deactivate a user and hide them from SCIM (never a hard delete)."""
     return _reply(scim.delete_user(ctx, ctx.route["id"]))
@@ -154,7 +154,7 @@ def scim_groups_search(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="scim/v2/Groups", methods=["POST"])
-@_scim()
+@_scim(201)
 def scim_groups_create(ctx: RequestContext) -> Reply:
     """SCIM: create a group (a designation with no permissions)."""
     return _reply(scim.create_group(ctx))
@@ -182,7 +182,7 @@ def scim_groups_patch(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="scim/v2/Groups/{id}", methods=["DELETE"])
-@_scim()
+@_scim(204)
 def scim_groups_delete(ctx: RequestContext) -> Reply:
     """SCIM: retire a group (its designation is kept for the record)."""
     return _reply(scim.delete_group(ctx, ctx.route["id"]))

@@ -144,6 +144,7 @@ class World:
     b_users: list[str]
     b_ids: list[str]
     canaries: set[str]
+    a_scim: str = ""  # tenant A's SCIM bearer token: the /scim/v2 routes take no user token
 
     def a_token(self) -> str:
         return mint(self.a_id, self.a_admin)
@@ -229,10 +230,12 @@ def world(host: Host) -> Iterator[World]:
         ok("PUT", "/api/tenant/settings/sessions.max_idle_minutes", {"value": 30, "reason": "alpha"}, a_token)
         ok("POST", "/api/users", {"email": f"alpha-{uuid.uuid4().hex[:8]}@alpha.example.test", "role": "VIEWER",
                                   "reason": "alpha"}, a_token)
+        b_scim = ok("POST", "/api/scim/tokens", {"name": f"Bravo SCIM {mark}"})["id"]
+        a_scim = ok("POST", "/api/scim/tokens", {"name": "Alpha SCIM"}, a_token)["token"]
         b_users = [b_admin["id"], *users]
-        b_ids = [b.id, *b_users, designation, grant, b_session, operator["id"]]
+        b_ids = [b.id, *b_users, designation, grant, b_session, operator["id"], b_scim]
         yield World(a_id=a.id, a_admin=a_admin["id"], b_id=b.id, b_users=b_users, b_ids=b_ids,
-                    canaries={mark, B_ZONE.lower(), B_USER_ZONE.lower(), *b_ids})
+                    canaries={mark, B_ZONE.lower(), B_USER_ZONE.lower(), *b_ids}, a_scim=a_scim)
 
 
 # --- the HTTP sweep -----------------------------------------------------------------------
@@ -258,15 +261,17 @@ class Sweep:
         where = f"{r.method} {resp.request.url.raw_path.decode()} [{r.name}/{variant}] -> {resp.status_code}"
         text, sent = resp.text.lower(), sent.lower()
         leaked = sorted(c for c in self.world.canaries if c in text and c not in sent)
-        if resp.status_code not in ALLOWED | {THROTTLED}:
+        deliberate = {501} if r.spec.scim else set()  # RFC 7644 lets a server not offer a search
+        if resp.status_code not in ALLOWED | {THROTTLED} | deliberate:
             self.violations.append(f"{where}: status not allowed: {resp.text[:200]}")
         elif expect is not None and resp.status_code not in expect:
             self.violations.append(f"{where}: expected {sorted(expect)}: {resp.text[:200]}")
         if leaked:
             self.violations.append(f"{where}: contains tenant B's {leaked}: {resp.text[:300]}")
         ctype = resp.headers.get("content-type", "")
-        if resp.status_code in PROBLEM_STATUSES and not ctype.startswith("application/problem+json"):
-            self.violations.append(f"{where}: {ctype!r} is not problem+json")
+        errors_as = "application/scim+json" if r.spec.scim else "application/problem+json"  # RFC 7644 3.12
+        if resp.status_code in PROBLEM_STATUSES and not ctype.startswith(errors_as):
+            self.violations.append(f"{where}: {ctype!r} is not {errors_as}")
 
 
 def _normal(resp: httpx.Response, value: str) -> tuple[int, str]:
@@ -290,8 +295,10 @@ def sweep_route(s: Sweep, r: Route) -> None:
                 query = {**(query or {}), **dict.fromkeys(SMUGGLE, w.b_id)}
                 headers = {"X-Tenant-Id": w.b_id, "X-Tenant": w.b_id}
             expect = ({403} if operator else None if not sp.auth or value not in foreign
-                      else {404} if variant == "clean" else {404, 422})
-            resp = s.send(r, url, body=body, query=query, headers=headers, token=w.a_token())
+                      # SCIM checks a PUT/PATCH body before it looks up the resource (400 for any id)
+                      else {404, 400} if sp.scim else {404} if variant == "clean" else {404, 422})
+            resp = s.send(r, url, body=body, query=query, headers=headers,
+                          token=w.a_scim if sp.scim else w.a_token())
             s.check(r, variant, resp, expect, url + json.dumps(body) + json.dumps(query))
             if value in [*w.b_ids, RANDOM_ID]:
                 oracle.setdefault(variant, {})[value] = _normal(resp, value)

@@ -36,6 +36,9 @@ _ERRORS = {
     "500": "Internal error (the body carries only the request id)",
     "502": "Stored content failed its integrity check",
     "503": "A dependency is unavailable",
+    "405": "Method not allowed",
+    "412": "Precondition failed: the resource changed (If-Match)",
+    "501": "Not implemented",
 }
 
 
@@ -105,7 +108,18 @@ def build_openapi(app: func.FunctionApp, *, version: str) -> dict[str, Any]:
                 "errors": {"type": "array", "items": {"type": "object"}},
             },
             "required": ["type", "title", "status"],
-        }
+        },
+        "ScimError": {
+            "type": "object",
+            "description": "RFC 7644 section 3.12 error (the /scim/v2 routes)",
+            "properties": {
+                "schemas": {"type": "array", "items": {"type": "string"}},
+                "status": {"type": "string"},
+                "scimType": {"type": "string"},
+                "detail": {"type": "string"},
+            },
+            "required": ["schemas", "status"],
+        },
     }
     for fn in app.get_functions():
         trigger = fn.get_trigger()
@@ -144,14 +158,21 @@ def build_openapi(app: func.FunctionApp, *, version: str) -> dict[str, Any]:
         for method in methods:
             responses: dict[str, Any] = {ok_status: ok}
             for code in error_statuses(spec, method):
-                content: dict[str, Any] = {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}}
+                if int(code) < 400:  # another success an operation may answer (SCIM's 201 and 204)
+                    responses.setdefault(code, {"description": "Success",
+                                                **({"content": ok["content"]} if "content" in ok and code != "204" else {})})
+                    continue
+                content: dict[str, Any] = (
+                    {"application/scim+json": {"schema": {"$ref": _REF.format(model="ScimError")}}} if spec.scim
+                    else {"application/problem+json": {"schema": {"$ref": _REF.format(model="Problem")}}})
                 if code == "404" and _PARAM.search(route):
                     # A path value the route template does not match never reaches the app:
                     # the Functions host answers it with its own plain-text 404.
                     content["text/plain"] = {"schema": {"type": "string"}}
                 responses.setdefault(code, {"description": _ERRORS[code], "content": content})
             operation: dict[str, Any] = {
-                "operationId": fn.get_function_name(),
+                # one function may serve several methods (SCIM's refusals of writes): one id each
+                "operationId": fn.get_function_name() + (f"_{method}" if len(methods) > 1 else ""),
                 "summary": spec.summary,
                 "parameters": params,
                 "responses": dict(sorted(responses.items())),
