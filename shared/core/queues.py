@@ -21,7 +21,7 @@ from shared.core.errors import ServiceUnavailable
 from shared.core.settings import Settings, get_settings
 
 if TYPE_CHECKING:
-    from azure.storage.queue import QueueClient, QueueServiceClient
+    from azure.storage.queue import QueueClient
 
 POISON_SUFFIX = "-poison"
 """The Functions host moves a message that failed maxDequeueCount times to `<queue>-poison`."""
@@ -30,9 +30,9 @@ _ensured: set[str] = set()
 _lock = threading.Lock()
 
 
-def _make(settings: Settings) -> QueueServiceClient:
+def _make(settings: Settings, name: str) -> QueueClient:
     from azure.core.pipeline.policies import RetryMode
-    from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy, QueueServiceClient
+    from azure.storage.queue import BinaryBase64DecodePolicy, BinaryBase64EncodePolicy, QueueClient
 
     options: dict[str, Any] = {
         **storage.client_options(settings),
@@ -43,16 +43,16 @@ def _make(settings: Settings) -> QueueServiceClient:
         "message_decode_policy": BinaryBase64DecodePolicy(),
     }
     if settings.storage_connection_string:
-        return QueueServiceClient.from_connection_string(settings.storage_connection_string, **options)
-    url = f"https://{settings.storage_account_name}.queue.core.windows.net"
+        return QueueClient.from_connection_string(settings.storage_connection_string, name, **options)
     from shared.core import entra
 
-    return QueueServiceClient(url, credential=entra.credential(), **options)  # type: ignore[arg-type]
+    url = f"https://{settings.storage_account_name}.queue.core.windows.net"
+    return QueueClient(url, name, credential=entra.credential(), **options)  # type: ignore[arg-type]
 
 
 @functools.cache
-def _service() -> QueueServiceClient:
-    return _make(get_settings())
+def _client(name: str) -> QueueClient:
+    return _make(get_settings(), name)
 
 
 def queue(name: str) -> QueueClient:
@@ -63,20 +63,19 @@ def queue(name: str) -> QueueClient:
     """
     from azure.core.exceptions import AzureError, ResourceExistsError
 
-    client = _service().get_queue_client(name)
     if name in _ensured:
-        return client
+        return _client(name)
     with _lock:
         try:
             for each in (name, name + POISON_SUFFIX):
                 try:
-                    _service().create_queue(each)
+                    _client(each).create_queue()
                 except ResourceExistsError:
                     pass
         except AzureError as exc:
             raise ServiceUnavailable("the queue service is unavailable", component="queues") from exc
         _ensured.add(name)
-    return client
+    return _client(name)
 
 
 def send(name: str, text: str, *, delay_s: int = 0) -> str:

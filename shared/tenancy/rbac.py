@@ -49,6 +49,8 @@ PERMISSIONS: dict[str, str] = {
     "payment_methods.manage": "Store and list payment methods (gateway tokens only)",
     "tenant.settings.read": "Read tenant settings",
     "tenant.settings.manage": "Change tenant settings and grant support access",
+    "tenant.export": "Export everything the tenant holds (tables, attachments, audit trail) as a signed archive",
+    "jobs.read": "See the state and progress of the tenant's jobs",
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {

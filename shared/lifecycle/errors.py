@@ -1,0 +1,41 @@
+"""The problems of jobs and tenant exports."""
+
+from __future__ import annotations
+
+from shared.core.errors import AppError, Conflict, Forbidden, InternalError
+
+
+class UnknownJobKind(AppError):
+    """A job's kind has no handler in this worker (the code that made it is gone)."""
+
+    status, code, title = 500, "job-kind-unknown", "No handler for this kind of job"
+
+
+class JobCrashed(InternalError):
+    """A job attempt raised an unexpected error (details only in the logs, never in the job)."""
+
+    code, title = "job-crashed", "The job failed"
+
+
+class ExportNotReady(Conflict):
+    """The export has not finished (or failed): there is nothing to download yet."""
+
+    code, title = "export-not-ready", "The export is not ready"
+
+
+class ExportLinkInvalid(Forbidden):
+    """A download link that this app did not sign for this export and file, or that was altered."""
+
+    code, title = "export-link-invalid", "The download link is not valid"
+
+
+class ExportLinkExpired(Forbidden):
+    """A download link past its expiry (EXPORT_LINK_TTL_S): ask the export for a new one."""
+
+    code, title = "export-link-expired", "The download link has expired"
+
+
+class ExportIntegrityFailure(AppError):
+    """A stored file no longer matches the hash recorded when it was written (attachment or export file)."""
+
+    status, code, title = 502, "export-integrity", "A stored file failed its integrity check"
