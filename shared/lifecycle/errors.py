@@ -39,3 +39,9 @@ class ExportIntegrityFailure(AppError):
     """A stored file no longer matches the hash recorded when it was written (attachment or export file)."""
 
     status, code, title = 502, "export-integrity", "A stored file failed its integrity check"
+
+
+class ExportSchemaUnknown(InternalError):
+    """A tenant column looks like a secret and the export has not been told whether to include it."""
+
+    code, title = "export-schema-unknown", "The export does not know a column of the schema"
