@@ -275,10 +275,14 @@ class BlobWriter:
         """Commit the blob; its entry for the manifest (path filled in by the caller)."""
         from azure.storage.blob import BlobBlock, ContentSettings
 
-        if self.buffer or not self.blocks:
+        settings = ContentSettings(content_type=content_type)
+        if not self.blocks:  # a file smaller than one block: one Put Blob instead of two requests
+            self._client().upload_blob(bytes(self.buffer), overwrite=True, content_settings=settings)
+            self.buffer.clear()
+            return {"sha256": self.digest.hexdigest(), "bytes": self.size}
+        if self.buffer:
             self._stage()
-        self._client().commit_block_list([BlobBlock(block_id=b) for b in self.blocks],
-                                         content_settings=ContentSettings(content_type=content_type))
+        self._client().commit_block_list([BlobBlock(block_id=b) for b in self.blocks], content_settings=settings)
         return {"sha256": self.digest.hexdigest(), "bytes": self.size}
 
 

@@ -290,12 +290,13 @@ def run_message(text: str, *, now: datetime | None = None) -> str:
             raise UnknownJobKind(f"no handler for job kind {job.kind!r}")
         result = handler(Run(job))
     except AppError as exc:
-        log.warning("job %s (%s) failed: %s", job.id, job.kind, exc.type)
+        log.error("job failed: %s (%s): %s", job.id, job.kind, exc.type)
         _finish(job, State.FAILED, error=exc)
         return "failed"
     except Exception:
         log.exception("job %s (%s) attempt %d raised", job.id, job.kind, job.attempts)
         if job.attempts >= MAX_ATTEMPTS:
+            log.error("job failed: %s (%s) after %d attempts", job.id, job.kind, job.attempts)
             _finish(job, State.FAILED, error=JobCrashed(f"the job failed {job.attempts} times"))
             return "failed"
         _finish(job, State.QUEUED, error=JobCrashed("the attempt failed; the job will be retried"))

@@ -62,6 +62,14 @@ var rules = [
     window: 'PT1H'
     query: 'let ok = AppRequests | where Name == "audit_checkpoint" and Success == true; let stale = AppTraces | where Message has "code=checkpoint_stale" or Message startswith "audit checkpoint refused"; print stale = toscalar(stale | count), ok = toscalar(ok | count) | where stale > 0 or ok == 0'
   }
+  {
+    name: 'job-failed'
+    severity: 2
+    description: 'A job (export, purge, ...) ended FAILED, or the Functions host moved a job message to the poison queue.'
+    frequency: 'PT15M'
+    window: 'PT15M'
+    query: 'AppTraces | where Message startswith "job failed:" or (Message has "MaxDequeueCount" and Message has "poison")'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {
