@@ -99,6 +99,11 @@ _ORDER: dict[str, str] = {"audit_events": "seq", "tenant_settings": "key", "reco
                           "user_designations": "user_id, designation_id",
                           "user_permission_overrides": "user_id, permission"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_UDT = {"text": "text", "varchar": "text", "uuid": "uuid", "int2": "integer", "int4": "integer", "int8": "bigint",
+        "bool": "boolean", "timestamptz": "timestamp with time zone", "timestamp": "timestamp without time zone",
+        "date": "date", "numeric": "numeric", "float4": "real", "float8": "double precision", "jsonb": "jsonb",
+        "json": "json", "bytea": "bytea"}
+"""PostgreSQL type names (pg_type.typname) as the SQL standard names the schemas are built from."""
 
 
 @dataclass(frozen=True)
@@ -119,20 +124,25 @@ class Table:
 
 
 def tenant_tables(conn: Conn) -> dict[str, list[Column]]:
-    """Every table with a tenant_id column, with its columns in order."""
+    """Every table with a tenant_id column, with its columns in order. Read from pg_catalog, which
+    shows every table whatever the reader's privileges (information_schema hides those it may not
+    read: a table the app role cannot read would be skipped silently instead of failing loudly)."""
     rows = conn.execute(
-        """select c.table_name, c.column_name, c.data_type, c.udt_name, c.is_nullable = 'YES' as nullable
-             from information_schema.columns c
-            where c.table_schema = 'public'
-              and c.table_name in (select table_name from information_schema.columns
-                                    where table_schema = 'public' and column_name = 'tenant_id')
-              and c.table_name in (select table_name from information_schema.tables
-                                    where table_schema = 'public' and table_type = 'BASE TABLE')
-            order by c.table_name, c.ordinal_position"""
+        """select c.relname as table_name, a.attname as column_name, t.typname as type_name,
+                  not a.attnotnull as nullable
+             from pg_class c
+             join pg_namespace n on n.oid = c.relnamespace and n.nspname = 'public'
+             join pg_attribute a on a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped
+             join pg_type t on t.oid = a.atttypid
+            where c.relkind in ('r', 'p')
+              and exists (select 1 from pg_attribute k
+                           where k.attrelid = c.oid and k.attname = 'tenant_id' and not k.attisdropped)
+            order by c.relname, a.attnum"""
     ).fetchall()
     tables: dict[str, list[Column]] = {}
     for row in rows:
-        kind = row["udt_name"] if row["data_type"] == "ARRAY" else row["data_type"]
+        name = str(row["type_name"])
+        kind = name if name.startswith("_") else _UDT.get(name, name)
         tables.setdefault(row["table_name"], []).append(Column(row["column_name"], kind, row["nullable"]))
     return tables
 
@@ -179,9 +189,6 @@ def json_schema(table: Table) -> dict[str, Any]:
         "additionalProperties": False,
     }
 
-
-_UDT = {"text": "text", "varchar": "text", "uuid": "uuid", "int2": "integer", "int4": "integer", "int8": "bigint",
-        "bool": "boolean", "timestamptz": "timestamp with time zone", "jsonb": "jsonb", "json": "json"}
 
 
 def _column_schema(data_type: str) -> dict[str, Any]:
