@@ -29,18 +29,15 @@ fails when a tenant table or a secret-looking column is in neither list.
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
-import io
 import json
 import logging
 import re
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
+
+from psycopg.rows import tuple_row
 
 from shared.audit import chain as audit
 from shared.core import db, storage
@@ -87,8 +84,7 @@ ATTACHMENTS = "attachments"
 _ATTACHMENTS_SQL = """
     select v.record_id, v.version, a ->> 'sha256' as sha256, a ->> 'filename' as filename,
            a ->> 'content_type' as content_type, (a ->> 'size')::bigint as size
-      from record_versions v, json_array_elements(coalesce(v.attachments, '[]'::json)) a
-     order by v.record_id, v.version, a ->> 'sha256'"""
+      from record_versions v, json_array_elements(coalesce(v.attachments, '[]'::json)) a"""
 _ATTACHMENT_COLUMNS = [
     ("record_id", "uuid", False), ("version", "integer", False), ("sha256", "text", False),
     ("filename", "text", True), ("content_type", "text", True), ("size", "bigint", True),
@@ -99,6 +95,9 @@ _ORDER: dict[str, str] = {"audit_events": "seq", "tenant_settings": "key", "reco
                           "user_designations": "user_id, designation_id",
                           "user_permission_overrides": "user_id, permission"}
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_UNGUARDED = frozenset({"integer", "bigint", "smallint", "numeric", "real", "double precision", "boolean", "uuid",
+                        "timestamp with time zone", "timestamp without time zone", "date"})
+"""Types whose text never starts a formula: numbers (a leading minus is a sign), UUIDs, times."""
 _UDT = {"text": "text", "varchar": "text", "uuid": "uuid", "int2": "integer", "int4": "integer", "int8": "bigint",
         "bool": "boolean", "timestamptz": "timestamp with time zone", "timestamp": "timestamp without time zone",
         "date": "date", "numeric": "numeric", "float4": "real", "float8": "double precision", "jsonb": "jsonb",
@@ -117,7 +116,27 @@ class Column:
 class Table:
     name: str
     columns: list[Column]
-    query: str
+    source: str  # a SELECT of exactly the exported columns, by name
+    order: str  # ORDER BY of its rows, in exported column names
+
+    @property
+    def query(self) -> str:
+        return f"select * from ({self.source}) q order by {self.order}"
+
+    def jsonl_query(self) -> str:
+        """One JSON text per row, built by PostgreSQL (ISO 8601 times with offset, JSON kept as JSON)."""
+        return f"select row_to_json(q)::text from ({self.source}) q order by {self.order}"
+
+    def csv_query(self) -> str:
+        """The rows as text cells for COPY ... CSV, with the formula guard of `csv_cell`."""
+        cells = []
+        for c in self.columns:
+            value = f"(to_json(q.\"{c.name}\") #>> '{{}}')"
+            if c.data_type not in _UNGUARDED:
+                value = (f"case when left({value}, 1) in ('=', '+', '-', '@', chr(9), chr(13)) "
+                         f"then chr(39) || {value} else {value} end")
+            cells.append(f'{value} as "{c.name}"')
+        return f"select {', '.join(cells)} from ({self.source}) q order by {self.order}"
 
 
 # --- discovering what to export --------------------------------------------------------------
@@ -166,9 +185,9 @@ def plan(conn: Conn) -> list[Table]:
         pk = [c.name for c in kept if c.name == "id"]
         order = _ORDER.get(name) or (pk[0] if pk else ", ".join(c.name for c in kept[:2]))
         select = ", ".join(f'"{c.name}"' for c in kept)
-        out.append(Table(name, kept, f'select {select} from "{name}" order by {order}'))
+        out.append(Table(name, kept, f'select {select} from "{name}"', order))
     attachment_columns = [Column(n, t, nullable) for n, t, nullable in _ATTACHMENT_COLUMNS]
-    out.append(Table(ATTACHMENTS, attachment_columns, _ATTACHMENTS_SQL))
+    out.append(Table(ATTACHMENTS, attachment_columns, _ATTACHMENTS_SQL, "record_id, version, sha256"))
     return out
 
 
@@ -212,23 +231,6 @@ def _column_schema(data_type: str) -> dict[str, Any]:
 
 
 # --- values --------------------------------------------------------------------------------
-
-
-def json_value(value: Any) -> Any:
-    """A database value as JSON: times in ISO 8601 with offset, UUIDs as text."""
-    if isinstance(value, datetime):
-        return audit.format_time(value)
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, (bytes, memoryview)):
-        return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, list):
-        return [json_value(v) for v in value]
-    return value
 
 
 def csv_cell(value: Any) -> str:
@@ -306,37 +308,31 @@ def prefix_of(tenant_id: str, export_id: str) -> str:
     return f"tenants/{tenant_id}/{export_id}/"
 
 
-def _rows(conn: Conn, table: Table) -> Iterator[dict[str, Any]]:
-    with conn.cursor(name=f"export_{uuid.uuid4().hex}") as cur:
-        cur.itersize = PAGE_ROWS
-        cur.execute(table.query)  # type: ignore[arg-type]  # built from catalogue names only
-        yield from cur
-
-
 def _write_table(conn: Conn, table: Table, out: Exported, tick: Any) -> set[str]:
+    """Two reads of the table in the transaction's snapshot: JSON lines from a server-side
+    cursor, then the CSV from COPY. PostgreSQL formats both; Python only moves bytes."""
     base = out.prefix
     jsonl = BlobWriter(f"{base}tables/{table.name}.jsonl")
-    csv_out = BlobWriter(f"{base}tables/{table.name}.csv")
-    names = [c.name for c in table.columns]
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\r\n")
-    writer.writerow(names)
     hashes: set[str] = set()
     count = 0
-    for row in _rows(conn, table):
-        obj = {n: json_value(row[n]) for n in names}
-        jsonl.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n")
-        writer.writerow([csv_cell(obj[n]) for n in names])
-        if text.tell() >= 1 << 16:
-            csv_out.write(text.getvalue().encode())
-            text.seek(0)
-            text.truncate()
-        if table.name == ATTACHMENTS and obj["sha256"]:
-            hashes.add(obj["sha256"])
-        count += 1
-        tick(1)
-    csv_out.write(text.getvalue().encode())
+    with conn.cursor(name=f"export_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:
+        cur.itersize = PAGE_ROWS
+        cur.execute(table.jsonl_query())  # type: ignore[arg-type]  # built from catalogue names only
+        for (line,) in cur:
+            jsonl.write(line.encode() + b"\n")
+            if table.name == ATTACHMENTS:
+                sha256 = json.loads(line).get("sha256")
+                if sha256:
+                    hashes.add(sha256)
+            count += 1
+            tick(1)
     out.files[f"tables/{table.name}.jsonl"] = jsonl.close("application/jsonl")
+    csv_out = BlobWriter(f"{base}tables/{table.name}.csv")
+    with conn.cursor(row_factory=tuple_row) as plain, plain.copy(
+        f"copy ({table.csv_query()}) to stdout with (format csv, header true)"  # type: ignore[arg-type]
+    ) as copy:
+        for chunk in copy:
+            csv_out.write(bytes(chunk))
     out.files[f"tables/{table.name}.csv"] = csv_out.close("text/csv; charset=utf-8")
     schema = BlobWriter(f"{base}schemas/{table.name}.schema.json")
     schema.write(json.dumps(json_schema(table), indent=2, sort_keys=True).encode())

@@ -299,3 +299,12 @@ def test_a_new_secret_looking_column_stops_the_export_instead_of_leaking() -> No
         finally:
             conn.rollback()
 
+
+
+@pytest.mark.parametrize("value", ["=1+2", "+SUM(A1)", "-3", "@cmd", "\tx", "\rx", "plain", "'quoted", "", "a=b", "ünï"])
+def test_the_databases_csv_guard_is_the_documented_policy(tenant: Tenant, value: str) -> None:
+    """The CSV is written by PostgreSQL (COPY): its guard must be exactly `csv_cell`'s."""
+    table = export.Table("t", [export.Column("v", "text", True)], "select %(v)s::text as v", "v")
+    with db.tenant_tx(tenant.id) as conn:
+        row = conn.execute(table.csv_query().replace("%(v)s", "%(v)s"), {"v": value}).fetchone()
+    assert row is not None and (row["v"] or "") == export.csv_cell(value)
