@@ -44,11 +44,12 @@ def start_export(caller: Caller, *, reason: str) -> dict[str, Any]:
     Raises:
         ServiceUnavailable: the queue could not be reached (the job stays QUEUED, visible).
     """
-    with caller.tenant_tx() as conn:
-        job = jobs.create(conn, tenant_id=caller.tenant_id, kind=export.KIND, created_by=caller.user.user_id)
+    def requested(conn: db.Conn, job: jobs.Job) -> None:
         audit.append(conn, tenant_id=caller.tenant_id, actor=caller.actor, action="export.requested",
                      target_type="export", target_id=job.id, reason=reason, meta=caller.meta)
-    jobs.send(job)
+
+    job = jobs.start(caller.tenant_tx(), tenant_id=caller.tenant_id, kind=export.KIND,
+                     created_by=caller.user.user_id, then=requested)
     return _export_view(job, links=None)
 
 

@@ -3,7 +3,7 @@ attachments' blobs, and a manifest signed with the audit signing key, as a folde
 
 Layout, in the `exports` container under `tenants/<tenant>/<export id>/`:
 
-    tables/<table>.csv            RFC 4180, header row, formula-injection guarded (see below)
+    tables/<table>.csv            header row, RFC 4180 quoting, LF line ends (PostgreSQL's COPY CSV), formula guard
     tables/<table>.jsonl          one JSON object per row: the faithful copy
     schemas/<table>.schema.json   JSON Schema (draft 2020-12) of one JSONL line
     attachments/<sha256>          each attachment's content, once per distinct hash
@@ -14,8 +14,9 @@ Consistency: every table is read in one READ ONLY, REPEATABLE READ transaction
 (`db.tenant_snapshot_tx`), so the export is one snapshot of the tenant: a record, its
 versions, its signatures and the audit events that describe them agree with each other.
 
-Memory stays bounded however large the tenant: rows come through server-side cursors a
-page at a time, each file is written as a stream of staged blocks (`BLOCK_BYTES` each,
+Memory stays bounded however large the tenant: PostgreSQL formats the rows (`row_to_json`
+for JSONL through a server-side cursor a page at a time, `COPY ... CSV` for the CSV, both in the
+same snapshot) and Python only moves bytes; each file is written as a stream of staged blocks (`BLOCK_BYTES` each,
 committed at the end) and hashed as it is written; attachments are copied chunk by chunk
 and re-hashed on the way (a blob whose content no longer matches its name fails the export).
 

@@ -5,6 +5,8 @@ A job is a row of `jobs` (tenant-scoped, row-level security): kind, state
 and detail, never a stack trace), attempts, who created it, when it was created, started
 and finished, and its result.
 
+`start` does it in the one right order: the row (and whatever the caller adds, such as its
+audit event) in a transaction, then the message after that transaction commits. Its parts:
 `create` inserts the row in the caller's transaction; `send` puts the message on the queue
 and must be called after that transaction commits (a message sent earlier could be handled
 before the row is visible, and be dropped). The message carries only the job's id and
@@ -29,6 +31,7 @@ import json
 import logging
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -172,6 +175,24 @@ def send(job: Job) -> None:
         ServiceUnavailable: the queue service could not be reached (the job stays QUEUED).
     """
     queues.send(queues.jobs_queue(), message(job))
+
+
+def start(tx: AbstractContextManager[Conn], *, tenant_id: str, kind: str, created_by: str | None,
+          params: dict[str, Any] | None = None, then: Callable[[Conn, Job], None] | None = None) -> Job:
+    """Create a job in the transaction `tx` opens (with `then(conn, job)` inside it, e.g. the
+    audit event of the request), commit, then send its message: the one right order.
+
+    Raises:
+        ValueError: no handler is registered for `kind`.
+        ServiceUnavailable: the database or the queue could not be reached (a job whose row
+            committed but whose message could not be sent stays QUEUED).
+    """
+    with tx as conn:
+        job = create(conn, tenant_id=tenant_id, kind=kind, created_by=created_by, params=params)
+        if then is not None:
+            then(conn, job)
+    send(job)
+    return job
 
 
 def get(conn: Conn, job_id: uuid.UUID | str, *, kind: str | None = None) -> Job:

@@ -195,3 +195,26 @@ def test_get_job_through_the_host_is_tenant_scoped(client: httpx.Client, tenant:
     viewer = make_person(tenant.id, "VIEWER")
     assert client.get(f"/api/jobs/{job.id}", headers=auth(viewer.token)).status_code == 403
     assert client.get("/api/jobs/not-a-uuid", headers=auth(admin.token)).status_code in (400, 404, 422)
+
+
+def test_start_sends_after_commit_and_the_hosts_trigger_picks_the_message_up(host: Any, tenant: Tenant) -> None:
+    """The host's poller takes the message; it has no handler for a test kind, so the job
+    ends FAILED with job-kind-unknown: proof that the message reached the real trigger."""
+    import time
+
+    job = jobs.start(db.tenant_tx(tenant.id), tenant_id=tenant.id, kind="test.count", created_by=None)
+    deadline = time.monotonic() + 60
+    while (seen := _row(tenant.id, job.id)).state in (jobs.State.QUEUED, jobs.State.RUNNING):
+        assert time.monotonic() < deadline, "the host did not pick the message up"
+        time.sleep(0.2)
+    assert seen.state == jobs.State.FAILED and seen.error_type == "urn:custos:problem:job-kind-unknown"
+
+
+def test_start_that_fails_inside_its_transaction_leaves_no_job(tenant: Tenant) -> None:
+    def refuse(conn: Any, job: jobs.Job) -> None:
+        raise ValidationFailed("refused after the row was written")
+
+    with pytest.raises(ValidationFailed):
+        jobs.start(db.tenant_tx(tenant.id), tenant_id=tenant.id, kind="test.count", created_by=None, then=refuse)
+    with db.tenant_tx(tenant.id) as conn:
+        assert conn.execute("select count(*) as n from jobs").fetchone()["n"] == 0  # type: ignore[index]
