@@ -305,6 +305,12 @@ def run_message(text: str, *, now: datetime | None = None) -> str:
         queues.send(queues.jobs_queue(), text, delay_s=held + 1)
         log.info("job %s is held by another worker: looking again in %d s", job_id, held + 1)
         return "held"
+    if job.attempts > MAX_ATTEMPTS:
+        # Its workers died (out of memory, timed out) without a word: the re-sent message
+        # restarts the dequeue count, so the attempts in the row are what bounds the retries.
+        log.error("job failed: %s (%s): its worker stopped %d times", job.id, job.kind, job.attempts - 1)
+        _finish(job, State.FAILED, error=JobCrashed(f"the job's worker stopped {job.attempts - 1} times"))
+        return "failed"
     handler = _HANDLERS.get(job.kind)
     try:
         if handler is None:

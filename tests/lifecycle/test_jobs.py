@@ -218,3 +218,20 @@ def test_start_that_fails_inside_its_transaction_leaves_no_job(tenant: Tenant) -
         jobs.start(db.tenant_tx(tenant.id), tenant_id=tenant.id, kind="test.count", created_by=None, then=refuse)
     with db.tenant_tx(tenant.id) as conn:
         assert conn.execute("select count(*) as n from jobs").fetchone()["n"] == 0  # type: ignore[index]
+
+
+def test_a_job_whose_worker_keeps_dying_fails_instead_of_looping(tenant: Tenant) -> None:
+    """A dead worker's job is claimed again after its lease; the re-sent message restarts the
+    queue's dequeue count, so the row's attempts must stop it."""
+    job = _job(tenant.id, "test.count")
+    with db.tenant_tx(tenant.id) as conn:
+        now = conn.execute("select now() as t").fetchone()["t"]  # type: ignore[index]
+    lease = timedelta(seconds=get_settings().job_lease_s + 1)
+    for attempt in range(1, jobs.MAX_ATTEMPTS + 1):  # each claim, then the worker vanishes
+        claimed = jobs.claim(tenant.id, job.id, now=now + lease * attempt)
+        assert claimed is not None and claimed.attempts == attempt
+    before = len(calls)
+    assert jobs.run_message(jobs.message(job), now=now + lease * (jobs.MAX_ATTEMPTS + 1)) == "failed"
+    failed = _row(tenant.id, job.id)
+    assert failed.state == jobs.State.FAILED and failed.error_type == "urn:custos:problem:job-crashed"
+    assert len(calls) == before  # the handler did not run a sixth time
