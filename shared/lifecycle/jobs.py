@@ -40,7 +40,7 @@ from typing import Any
 from shared.audit import chain as audit
 from shared.core import db, queues
 from shared.core.db import Conn
-from shared.core.errors import AppError, NotFound
+from shared.core.errors import AppError, NotFound, ServiceUnavailable
 from shared.core.settings import get_settings
 from shared.lifecycle.errors import JobCrashed, UnknownJobKind
 
@@ -168,30 +168,44 @@ def message(job: Job) -> str:
     return json.dumps({"job_id": job.id, "tenant_id": job.tenant_id}, separators=(",", ":"))
 
 
-def send(job: Job) -> None:
-    """Put the job's message on the job queue (after its row committed).
+def send(job: Job, *, queue: str | None = None) -> None:
+    """Put the job's message on the job queue (`queue`: another one, for tests) after its row committed.
 
     Raises:
         ServiceUnavailable: the queue service could not be reached (the job stays QUEUED).
     """
-    queues.send(queues.jobs_queue(), message(job))
+    queues.send(queue or queues.jobs_queue(), message(job))
 
 
 def start(tx: AbstractContextManager[Conn], *, tenant_id: str, kind: str, created_by: str | None,
-          params: dict[str, Any] | None = None, then: Callable[[Conn, Job], None] | None = None) -> Job:
+          params: dict[str, Any] | None = None, then: Callable[[Conn, Job], None] | None = None,
+          queue: str | None = None) -> Job:
     """Create a job in the transaction `tx` opens (with `then(conn, job)` inside it, e.g. the
     audit event of the request), commit, then send its message: the one right order.
 
     Raises:
         ValueError: no handler is registered for `kind`.
-        ServiceUnavailable: the database or the queue could not be reached (a job whose row
-            committed but whose message could not be sent stays QUEUED).
+        ServiceUnavailable: the database or the queue could not be reached. A job whose row
+            committed but whose message could not be sent is FAILED with that problem (nothing
+            would ever run it), so no job waits QUEUED forever; the caller may start another.
     """
     with tx as conn:
         job = create(conn, tenant_id=tenant_id, kind=kind, created_by=created_by, params=params)
         if then is not None:
             then(conn, job)
-    send(job)
+    try:
+        send(job, queue=queue)
+    except ServiceUnavailable as exc:
+        with db.tenant_tx(tenant_id) as conn:
+            conn.execute(
+                """update jobs set state = 'FAILED', finished_at = now(), error_type = %s, error_detail = %s
+                    where id = %s and state = 'QUEUED'""",
+                (exc.type, "the job could not be queued: start it again", job.id),
+            )
+            audit.append(conn, tenant_id=tenant_id, actor=audit.SYSTEM, action="job.failed", target_type="job",
+                         target_id=job.id, after={"kind": kind, "state": "FAILED", "error": {"type": exc.type}})
+        log.error("job failed: %s (%s): its message could not be queued", job.id, kind)
+        raise
     return job
 
 

@@ -235,3 +235,17 @@ def test_a_job_whose_worker_keeps_dying_fails_instead_of_looping(tenant: Tenant)
     failed = _row(tenant.id, job.id)
     assert failed.state == jobs.State.FAILED and failed.error_type == "urn:custos:problem:job-crashed"
     assert len(calls) == before  # the handler did not run a sixth time
+
+
+def test_a_job_whose_message_cannot_be_queued_is_failed_not_left_waiting(tenant: Tenant) -> None:
+    """Azurite refuses the queue name (the stand-in for a queue service that is not there)."""
+    from shared.core.errors import ServiceUnavailable
+
+    with pytest.raises(ServiceUnavailable):
+        jobs.start(db.tenant_tx(tenant.id), tenant_id=tenant.id, kind="test.count", created_by=None,
+                   queue="Not_A-Valid--Queue")
+    with db.tenant_tx(tenant.id) as conn:
+        rows = conn.execute("select id, state, error_type from jobs").fetchall()
+    assert len(rows) == 1 and rows[0]["state"] == "FAILED"
+    assert rows[0]["error_type"] == "urn:custos:problem:unavailable"
+    assert _actions(tenant.id, str(rows[0]["id"])) == ["job.failed"]
