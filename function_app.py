@@ -6,6 +6,8 @@ from functions import (
     audit,
     auth,
     designations,
+    exports,
+    jobs,
     mfa,
     platform,
     records,
@@ -27,7 +29,7 @@ from shared.web.openapi import describe_app
 
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
-    records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp,
+    records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp, jobs.bp, exports.bp,
     scim.bp,
 )
 

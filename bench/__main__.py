@@ -1,6 +1,6 @@
 """`python -m bench [name ...]`: run the benchmarks in sequence, each in its own process.
 
-Names: http_overhead, audit_append, audit_verify, login, records, reset_timing, startup (default: all, in that
+Names: http_overhead, audit_append, audit_verify, login, records, reset_timing, startup, export (default: all, in that
 order). Each runs with its default sizes; run `python -m bench.<name> --help` for its
 options.
 """
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from bench.runner import ROOT
 
-BENCHMARKS = ("http_overhead", "audit_append", "audit_verify", "login", "records", "reset_timing", "startup")
+BENCHMARKS = ("http_overhead", "audit_append", "audit_verify", "login", "records", "reset_timing", "startup", "export")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,6 +27,11 @@ Starlette; ``function_app.py`` never imports devhost. What it reproduces:
   uvicorn's own proxy-header handling is switched off so it cannot rewrite the peer.
 * Timer triggers on their NCRONTAB schedules (UTC), including ``run_on_startup`` and
   ``%SETTING%`` schedules; ``DEVHOST_DISABLE_TIMERS=1`` turns scheduled runs off.
+* Queue triggers (``devhost.queues``): each queue function's queue is polled in the
+  background with host.json ``extensions.queues`` options (polling back-off up to
+  ``maxPollingInterval``, ``batchSize``, ``visibilityTimeout`` after a failure, base64
+  ``messageEncoding``, and after ``maxDequeueCount`` failed tries the message moves to
+  ``<queue>-poison``); ``DEVHOST_DISABLE_QUEUES=1`` turns polling off.
 * ``POST /admin/functions/{name}`` runs a non-HTTP function now (loopback peers only).
   Unlike the host, which answers 202 at once, devhost answers 202 after the run
   finishes, or a 500 problem if it raised.

@@ -1,7 +1,7 @@
 """``python -m devhost``: load local settings, import the FunctionApp, serve it with uvicorn.
 
 Usage: ``python -m devhost [--host 127.0.0.1] [--port 7071] [--app function_app:app]
-[--settings local.settings.json] [--route-prefix PREFIX] [--banner]``. The port may also come from
+[--settings local.settings.json] [--route-prefix PREFIX] [--host-json host.json] [--banner]``. The port may also come from
 ``DEVHOST_PORT`` or ``Host.LocalHttpPort`` in the settings file.
 
 Logs go to stderr, one JSON object per line (``shared.web.logs``): the app's lines with their
@@ -26,6 +26,7 @@ from typing import Any
 import azure.functions as func
 import uvicorn
 
+from devhost.queues import read_options as read_queue_options
 from devhost.server import create_asgi_app
 from shared.core.settings import SettingsError, load_local_settings
 from shared.web.logs import configure_logging
@@ -64,6 +65,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--app", default="function_app:app", help="module:attribute")
     parser.add_argument("--settings", default="local.settings.json", type=Path)
     parser.add_argument("--route-prefix", default=None, help="default: host.json extensions.http.routePrefix")
+    parser.add_argument("--host-json", default=Path("host.json"), type=Path,
+                        help="host.json to read (route prefix, queue options); default: ./host.json")
     parser.add_argument("--banner", action="store_true", help="print a short how-to to stdout when ready")
     return parser.parse_args(argv)
 
@@ -117,8 +120,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     route_prefix = args.route_prefix
     if route_prefix is None:
-        route_prefix = read_route_prefix(Path("host.json"))
-    asgi_app = create_asgi_app(import_app(args.app), route_prefix=route_prefix)
+        route_prefix = read_route_prefix(args.host_json)
+    try:
+        queue_options = read_queue_options(args.host_json)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    asgi_app = create_asgi_app(import_app(args.app), route_prefix=route_prefix, queue_options=queue_options)
     config = uvicorn.Config(
         asgi_app,
         host=args.host,

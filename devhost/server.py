@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from devhost import timers
+from devhost import queues, timers
 from devhost.routing import RouteTemplate, decode_path, join_route, parse_template
 from shared.core.errors import AppError, Forbidden, InternalError, MalformedRequest, NotFound
 from shared.web.endpoint import problem_response
@@ -51,6 +51,8 @@ log = logging.getLogger("devhost")
 MAX_REQUEST_BYTES = 104_857_600
 #: Devhost's own switch: "1" stops scheduled/startup timer runs (the admin endpoint still works).
 DISABLE_TIMERS_ENV = "DEVHOST_DISABLE_TIMERS"
+#: Devhost's own switch: "1" stops polling queues (the admin endpoint still runs queue functions).
+DISABLE_QUEUES_ENV = "DEVHOST_DISABLE_QUEUES"
 
 
 @dataclass(frozen=True)
@@ -323,6 +325,8 @@ def _describe(http: list[HttpFunction], other: list[OtherFunction], timers_enabl
             shown = f"'{schedule}'" + (f" = '{resolved}'" if resolved != schedule else "")
             suffix = "" if timers_enabled else " (timers disabled)"
             items.append(f"{o.name}: timerTrigger {shown}{suffix}")
+        elif o.trigger_type == QUEUE_TRIGGER:
+            items.append(f"{o.name}: queueTrigger '{o.trigger.queue_name}'")
         else:
             items.append(f"{o.name}: {o.trigger_type}")
     return f"Functions ({len(items)}): " + "; ".join(items)
@@ -333,13 +337,18 @@ def create_asgi_app(
     *,
     route_prefix: str = "",
     enable_timers: bool | None = None,
+    enable_queues: bool | None = None,
+    queue_options: queues.QueueOptions | None = None,
 ) -> Starlette:
     """Build the Starlette app serving ``func_app``'s functions.
 
     ``route_prefix`` is the host's ``extensions.http.routePrefix`` (the CLI reads it from
     ``host.json``). ``enable_timers=None`` means: on unless ``DEVHOST_DISABLE_TIMERS=1``
-    at startup. The app's own settings are never read here.
+    at startup; likewise ``enable_queues`` and ``DEVHOST_DISABLE_QUEUES``. ``queue_options``
+    are host.json's ``extensions.queues`` (the CLI reads them). The app's own settings are
+    never read here.
     """
+    options = queue_options or queues.QueueOptions()
     http_functions, other_functions = collect_functions(func_app, route_prefix=route_prefix)
 
     async def run_http(request: Request) -> Response:
@@ -399,6 +408,9 @@ def create_asgi_app(
         enabled = enable_timers if enable_timers is not None else os.environ.get(DISABLE_TIMERS_ENV) != "1"
         log.info(_describe(http_functions, other_functions, enabled))
         tasks = [] if not enabled else _start_timers(other_functions)
+        polling = enable_queues if enable_queues is not None else os.environ.get(DISABLE_QUEUES_ENV) != "1"
+        if polling:
+            tasks += _start_queues(other_functions, options)
         try:
             yield
         finally:
@@ -434,7 +446,8 @@ def _trigger_input(function: OtherFunction, data: Any) -> Any:
         return timers.timer_request(schedule, past_due=False, last=None)
     if function.trigger_type == QUEUE_TRIGGER:
         text = data if isinstance(data, str) else json.dumps(data)
-        return func.QueueMessage(body=text.encode("utf-8"))
+        return queues.DevQueueMessage(id=str(uuid.uuid4()), body=text.encode("utf-8"), pop_receipt=None,
+                                      dequeue_count=1)
     return data
 
 
@@ -458,4 +471,34 @@ def _start_timers(functions: list[OtherFunction]) -> list[asyncio.Task[None]]:
 
         loop = timers.run_timer_loop(function.name, schedule, run, run_on_startup=bool(trigger.run_on_startup))
         tasks.append(asyncio.create_task(loop, name=f"devhost-timer-{function.name}"))
+    return tasks
+
+
+def _start_queues(functions: list[OtherFunction], options: queues.QueueOptions) -> list[asyncio.Task[None]]:
+    """One polling task per queue function. A queue that cannot be resolved or reached is
+    logged and its function skipped (as the host reports a function it cannot start); the
+    queues are reached in the task, so a slow Storage never holds up start-up."""
+    tasks: list[asyncio.Task[None]] = []
+    for function in functions:
+        if function.trigger_type != QUEUE_TRIGGER:
+            continue
+
+        async def run(message: func.QueueMessage, function: OtherFunction = function) -> bool:
+            try:
+                await invoke(function.name, function.fn, function.binding, message)
+            except FunctionFailed:
+                return False  # logged by invoke
+            return True
+
+        async def poll(function: OtherFunction = function, run: queues.Run = run) -> None:
+            try:
+                name = queues.resolve_name(str(function.trigger.queue_name))
+                queue, poison = await asyncio.to_thread(
+                    queues.make_clients, getattr(function.trigger, "connection", None), name)
+            except Exception as exc:
+                log.error("Queue function %r is disabled: %s", function.name, exc)
+                return
+            await queues.run_queue_loop(function.name, queue, poison, options, run)
+
+        tasks.append(asyncio.create_task(poll(), name=f"devhost-queue-{function.name}"))
     return tasks

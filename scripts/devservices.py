@@ -991,6 +991,7 @@ def service_values(profile: Profile, plan: dict[str, Any], pws: dict[str, str], 
         "DATABASE_APP_ROLE": APP_ROLE,
         "STORAGE_CONNECTION_STRING": conn,
         "AzureWebJobsStorage": conn,
+        "JobsStorage": conn,
         "CUSTOS_LOCAL_DIR": str(profile.local.resolve()),
         "CUSTOS_PROFILE": profile.name,
     }

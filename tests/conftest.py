@@ -65,6 +65,8 @@ for _k, _v in TEST_SETTINGS.items():
     os.environ[_k] = _v  # the tests' own values win over a developer's shell
 os.environ.setdefault("CUSTOS_LOCAL_DIR", str(ROOT / ".local" / "test"))
 os.environ.setdefault("AzureWebJobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
+os.environ.setdefault("JobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
+os.environ.setdefault("JOBS_QUEUE", "custos-jobs")
 
 from shared.core import db  # noqa: E402  (settings must be in the environment first)
 from shared.core.migrate import MigrationError, migrate  # noqa: E402

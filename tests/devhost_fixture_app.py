@@ -96,5 +96,14 @@ def failing_timer(timer: func.TimerRequest) -> None:
     raise RuntimeError("timer failed on purpose")
 
 
+@bp.queue_trigger(arg_name="msg", queue_name="%DEVHOST_TEST_QUEUE%", connection="DEVHOST_TEST_QUEUE_CONNECTION")
+def queued(msg: func.QueueMessage) -> None:
+    body = msg.get_body().decode()
+    with Path(os.environ["DEVHOST_TEST_QUEUE_FILE"]).open("a", encoding="utf-8") as out:
+        out.write(f"{body} dequeue_count={msg.dequeue_count}\n")
+    if body.startswith("fail"):
+        raise RuntimeError("queue function failed on purpose")
+
+
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
 app.register_functions(bp)

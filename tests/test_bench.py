@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
         ("records", ["--threads", "2", "--requests", "10", "--rounds", "1", "--warmup", "2"], "| route "),
         ("reset_timing", ["--n", "3"], "| kind "),
         ("startup", ["--runs", "1", "--top", "3", "--health-runs", "1"], "| import "),
+        ("export", ["--sizes", "20,40"], "| records "),
     ],
 )
 def test_benchmark_runs_and_prints_its_table(name: str, args: list[str], header: str) -> None:

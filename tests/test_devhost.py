@@ -14,7 +14,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest
 
 from devhost import create_asgi_app
 from devhost.__main__ import load_local_settings, read_route_prefix
+from devhost.queues import QueueOptions, decode_body, read_options
 from devhost.routing import decode_path, join_route, parse_template
 from devhost.server import MethodNotAllowed, collect_functions, route_request
 from devhost.timers import DevTimerRequest, next_fire, resolve_schedule, run_timer_loop
@@ -359,6 +361,8 @@ class Server:
     url: str
     timer_file: Path
     log_file: Path
+    queue_file: Path
+    queue: str
 
 
 def _free_port() -> int:
@@ -374,10 +378,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     settings = tmp / "local.settings.json"
     # The failing timer's "%DEVHOST_TEST_SCHEDULE%" comes from the settings file.
     settings.write_text(json.dumps({"Values": {"DEVHOST_TEST_SCHEDULE": "0 0 0 1 1 *"}}))
+    # Quick polling and two tries, so retry and poison show within a test.
+    host_json = tmp / "host.json"
+    host_json.write_text(json.dumps({"version": "2.0", "extensions": {"queues": {
+        "maxPollingInterval": "00:00:00.200", "visibilityTimeout": "00:00:00", "batchSize": 4, "maxDequeueCount": 2}}}))
+    queue_name = f"devhost-test-{uuid.uuid4().hex[:12]}"
     env = {
         **os.environ,
         "DEVHOST_DISABLE_TIMERS": "1",
         "DEVHOST_TEST_TIMER_FILE": str(tmp / "timer.txt"),
+        "DEVHOST_TEST_QUEUE": queue_name,
+        "DEVHOST_TEST_QUEUE_CONNECTION": os.environ["STORAGE_CONNECTION_STRING"],
+        "DEVHOST_TEST_QUEUE_FILE": str(tmp / "queue.txt"),
         "PYTHONUNBUFFERED": "1",
     }
     env.pop("DEVHOST_TEST_SCHEDULE", None)
@@ -394,6 +406,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         str(settings),
         "--route-prefix",
         "",
+        "--host-json",
+        str(host_json),
     ]
     with log_file.open("wb") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -409,7 +423,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"devhost did not start:\n{log_file.read_text(errors='replace')}")
                 time.sleep(0.05)
-        yield Server(f"http://127.0.0.1:{port}", tmp / "timer.txt", log_file)
+        yield Server(f"http://127.0.0.1:{port}", tmp / "timer.txt", log_file, tmp / "queue.txt", queue_name)
     finally:
         proc.terminate()
         try:
@@ -553,3 +567,98 @@ def test_admin_unknown_or_http_function_is_404(client: httpx.Client) -> None:
     _problem(response, 405, "method-not-allowed")
     assert response.headers["allow"] == "POST"
     _problem(client.post("/admin/functions/yearly", content=b"{not json"), 400, "malformed-request")
+
+
+# ---------------------------------------------------------------------------
+# Queue triggers
+
+
+def test_read_queue_options_from_host_json(tmp_path: Path) -> None:
+    assert read_options(tmp_path / "missing.json") == QueueOptions()
+    host_json = tmp_path / "host.json"
+    host_json.write_text(json.dumps({"extensions": {"queues": {
+        "maxPollingInterval": "00:00:02", "visibilityTimeout": "00:01:30.5", "batchSize": 3, "maxDequeueCount": 4}}}))
+    assert read_options(host_json) == QueueOptions(max_polling_interval_s=2, visibility_timeout_s=90.5, batch_size=3,
+                                                   max_dequeue_count=4)
+    project = read_options(ROOT / "host.json")
+    assert project.message_encoding == "base64" and project.max_dequeue_count >= 2
+    host_json.write_text(json.dumps({"extensions": {"queues": {"visibilityTimeout": "30 seconds"}}}))
+    with pytest.raises(ValueError, match="visibilityTimeout"):
+        read_options(host_json)
+    host_json.write_text(json.dumps({"extensions": {"queues": {"batchSize": 64}}}))
+    with pytest.raises(ValueError, match="batchSize"):
+        read_options(host_json)
+
+
+def test_queue_bodies_are_base64_as_the_host_reads_them() -> None:
+    assert decode_body("aGVsbG8=", "base64") == b"hello"
+    assert decode_body("hello", "none") == b"hello"
+    with pytest.raises(ValueError, match="base64"):
+        decode_body("not base64!", "base64")
+
+
+def _queues(server: Server) -> tuple[object, object]:
+    from azure.storage.queue import QueueClient
+
+    conn = os.environ["STORAGE_CONNECTION_STRING"]
+    return (QueueClient.from_connection_string(conn, server.queue),
+            QueueClient.from_connection_string(conn, server.queue + "-poison"))
+
+
+def _send(server: Server, text: str, *, raw: bool = False) -> None:
+    import base64
+
+    queue, _ = _queues(server)
+    queue.send_message(text if raw else base64.b64encode(text.encode()).decode())  # type: ignore[attr-defined]
+
+
+def _wait_for(condition: Callable[[], bool], what: str, server: Server) -> None:
+    """Wait for the background poller (an event, not time) with a generous deadline."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen:\n{server.log_file.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.1)
+
+
+def _lines(server: Server) -> list[str]:
+    return server.queue_file.read_text().splitlines() if server.queue_file.exists() else []
+
+
+def _poison_bodies(server: Server) -> list[str]:
+    _, poison = _queues(server)
+    return [m.content for m in poison.peek_messages(max_messages=32)]  # type: ignore[attr-defined]
+
+
+def test_queue_message_is_polled_run_and_deleted(server: Server) -> None:
+    tag = f"hello-{uuid.uuid4().hex[:8]}"
+    _send(server, tag)
+    _wait_for(lambda: f"{tag} dequeue_count=1" in _lines(server), "the queue function run", server)
+    queue, _ = _queues(server)
+    _wait_for(lambda: not queue.peek_messages(max_messages=32), "the message deletion", server)  # type: ignore[attr-defined]
+
+
+def test_failing_message_is_retried_then_moved_to_the_poison_queue(server: Server) -> None:
+    import base64
+
+    tag = f"fail-{uuid.uuid4().hex[:8]}"
+    _send(server, tag)
+    encoded = base64.b64encode(tag.encode()).decode()
+    _wait_for(lambda: encoded in _poison_bodies(server), "the move to the poison queue", server)
+    runs = [line for line in _lines(server) if line.startswith(tag)]
+    assert runs == [f"{tag} dequeue_count=1", f"{tag} dequeue_count=2"]  # maxDequeueCount 2, then poison
+    assert "moved to" in server.log_file.read_text(errors="replace")
+
+
+def test_a_message_that_is_not_base64_goes_to_poison_unrun(server: Server) -> None:
+    tag = f"raw text {uuid.uuid4().hex[:8]}!"
+    _send(server, tag, raw=True)
+    _wait_for(lambda: tag in _poison_bodies(server), "the move to the poison queue", server)
+    assert not any(line.startswith(tag) for line in _lines(server))
+
+
+def test_admin_runs_queue_function_with_input(server: Server, client: httpx.Client) -> None:
+    tag = f"admin-{uuid.uuid4().hex[:8]}"
+    assert client.post("/admin/functions/queued", json={"input": tag}).status_code == 202
+    assert f"{tag} dequeue_count=1" in _lines(server)
+    _problem(client.post("/admin/functions/queued", json={"input": "fail-now"}), 500, "internal")

@@ -247,3 +247,17 @@ def ping(timeout: float = 2.0) -> None:
     with _mapped_errors():
         conn, _ = first_statement(lambda c: c.execute("select 1"), timeout=timeout)
         pool().putconn(conn)
+
+
+def tenant_snapshot_tx(tenant_id: uuid.UUID | str) -> AbstractContextManager[Conn]:
+    """A READ ONLY, REPEATABLE READ transaction in one tenant: every statement in it sees
+    the same snapshot, taken at its first query (for exports that read many tables).
+
+    Raises:
+        ValueError: `tenant_id` is not a UUID.
+        ServiceUnavailable: the database cannot be reached (after the retry rule).
+    """
+    tid = str(uuid.UUID(str(tenant_id)))
+    return _transaction(
+        f"begin isolation level repeatable read read only; select set_config('app.tenant_id', '{tid}', true)"
+    )

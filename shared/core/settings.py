@@ -257,6 +257,19 @@ class Settings(BaseSettings):
         1000, ge=1, le=100_000, description="Rows the purge deletes per transaction (one table batch)."
     )
 
+    # --- lifecycle: jobs on queues, tenant exports --------------------------------------
+    jobs_queue: str = Field(
+        "custos-jobs", pattern=r"^[a-z0-9][a-z0-9-]{1,53}[a-z0-9]$",
+        description="Storage queue of job messages (its poison queue is <name>-poison); the trigger reads %JOBS_QUEUE%.",
+    )
+    job_lease_s: int = Field(
+        900, ge=60, le=86_400,
+        description="Seconds a RUNNING job is held by its worker; past it (the worker died) a redelivered message may claim it again.",
+    )
+    export_link_ttl_s: int = Field(
+        300, ge=30, le=3600, description="Lifetime of a tenant export's download links (signed URL or SAS)."
+    )
+
     @field_validator("mfa_encryption_key", "mfa_decryption_keys")
     @classmethod
     def _aes_keys(cls, v: str) -> str:

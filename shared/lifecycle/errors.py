@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shared.core.errors import AppError, Conflict, NotFound
+from shared.core.errors import AppError, Conflict, Forbidden, InternalError, NotFound
 
 
 class SnapshotNotFound(NotFound):
@@ -34,3 +34,45 @@ class PurgeInProgress(Conflict):
     """Another worker is purging this tenant right now; it will finish (or the next run resumes)."""
 
     code, title = "tenant-purge-in-progress", "The tenant is being purged by another worker"
+
+
+class UnknownJobKind(AppError):
+    """A job's kind has no handler in this worker (the code that made it is gone)."""
+
+    status, code, title = 500, "job-kind-unknown", "No handler for this kind of job"
+
+
+class JobCrashed(InternalError):
+    """A job attempt raised an unexpected error (details only in the logs, never in the job)."""
+
+    code, title = "job-crashed", "The job failed"
+
+
+class ExportNotReady(Conflict):
+    """The export has not finished (or failed): there is nothing to download yet."""
+
+    code, title = "export-not-ready", "The export is not ready"
+
+
+class ExportLinkInvalid(Forbidden):
+    """A download link that this app did not sign for this export and file, or that was altered."""
+
+    code, title = "export-link-invalid", "The download link is not valid"
+
+
+class ExportLinkExpired(Forbidden):
+    """A download link past its expiry (EXPORT_LINK_TTL_S): ask the export for a new one."""
+
+    code, title = "export-link-expired", "The download link has expired"
+
+
+class ExportIntegrityFailure(AppError):
+    """A stored file no longer matches the hash recorded when it was written (attachment or export file)."""
+
+    status, code, title = 502, "export-integrity", "A stored file failed its integrity check"
+
+
+class ExportSchemaUnknown(InternalError):
+    """A tenant column looks like a secret and the export has not been told whether to include it."""
+
+    code, title = "export-schema-unknown", "The export does not know a column of the schema"

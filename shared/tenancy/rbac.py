@@ -53,6 +53,8 @@ PERMISSIONS: dict[str, str] = {
     "tenant.settings.read": "Read tenant settings",
     "tenant.settings.manage": "Change tenant settings and grant support access",
     "scim.manage": "Create, list and revoke SCIM provisioning tokens",
+    "tenant.export": "Export everything the tenant holds (tables, attachments, audit trail) as a signed archive",
+    "jobs.read": "See the state and progress of the tenant's jobs",
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {

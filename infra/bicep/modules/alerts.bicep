@@ -86,6 +86,14 @@ var rules = [
     window: 'P2D'
     query: 'let runs = AppRequests | where Name == "audit_retention"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "audit retention refused"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
   }
+  {
+    name: 'job-failed'
+    severity: 2
+    description: 'A job (export, purge, ...) ended FAILED, or the Functions host moved a job message to the poison queue.'
+    frequency: 'PT15M'
+    window: 'PT15M'
+    query: 'AppTraces | where Message startswith "job failed:" or (Message has "MaxDequeueCount" and Message has "poison")'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

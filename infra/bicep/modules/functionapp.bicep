@@ -216,6 +216,13 @@ var plainSettings = [
   { name: 'TENANT_PURGE_AFTER_DAYS', value: '30' }
   { name: 'TENANT_PURGE_SCHEDULE', value: '0 30 3 * * *' }
   { name: 'TENANT_PURGE_BATCH_ROWS', value: '1000' }
+  // Jobs on queues (functions/jobs.py): the trigger's connection JobsStorage is identity-based, no key.
+  { name: 'JobsStorage__queueServiceUri', value: 'https://${storageAccountName}.queue.${environment().suffixes.storage}' }
+  { name: 'JobsStorage__credential', value: 'managedidentity' }
+  { name: 'JobsStorage__clientId', value: identityClientId }
+  { name: 'JOBS_QUEUE', value: 'custos-jobs' }
+  { name: 'JOB_LEASE_S', value: '900' }
+  { name: 'EXPORT_LINK_TTL_S', value: '300' }
 ]
 
 var keyVaultSettings = [for item in items(secretSettings): {

@@ -170,6 +170,14 @@ resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-0
   name: 'default'
 }
 
+// Jobs (functions/jobs.py, JOBS_QUEUE) and the poison queue the Functions host moves a
+// message to after host.json maxDequeueCount failed tries. Created here so the identity needs
+// no right to create queues at run time.
+resource jobQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in ['custos-jobs', 'custos-jobs-poison']: {
+  parent: queueService
+  name: name
+}]
+
 resource fileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
   parent: account
   name: 'default'

@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Verify a downloaded Custos tenant export offline, trusting nothing of Custos but its keys.
+
+    python verify_export.py <folder> --keys audit-keys.json
+
+`<folder>` holds the export's files at their paths (manifest.json, manifest.json.sig,
+tables/..., schemas/..., attachments/...). `--keys` is the JWK set published at
+/.well-known/audit-keys.json (the keys that sign audit checkpoints sign exports too).
+Checks: the Ed25519 signature of manifest.json's exact bytes by a published key; every
+file the manifest lists is present with its SHA-256 and size; each table's JSONL has as
+many lines, and its CSV as many records after the header, as the manifest counts; no file
+is present that the manifest does not list.
+
+Needs only Python 3.11+ (the Ed25519 verifier of verify_audit_export.py beside it).
+Exit status 0: valid. 1: invalid (every failure is printed). 2: unreadable input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from verify_audit_export import ed25519_verify  # noqa: E402
+
+SIGNED_FILES = ("manifest.json", "manifest.json.sig")
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sha256(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _csv_records(path: Path) -> int:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return sum(1 for _ in csv.reader(fh)) - 1  # minus the header
+
+
+def _jsonl_lines(path: Path) -> int:
+    with path.open("rb") as fh:
+        return sum(1 for _ in fh)
+
+
+def verify(folder: Path, jwks: dict[str, Any]) -> list[str]:
+    """Every failure found (empty: the export is intact and signed by a published key)."""
+    failures: list[str] = []
+    manifest_bytes = (folder / "manifest.json").read_bytes()
+    signature = json.loads((folder / "manifest.json.sig").read_bytes())
+    keys = {k["kid"]: _b64url(k["x"]) for k in jwks.get("keys", []) if k.get("crv") == "Ed25519"}
+    public = keys.get(str(signature.get("key_id")))
+    if public is None:
+        failures.append(f"manifest signed by key {signature.get('key_id')!r}, not one of the published keys")
+    elif signature.get("alg") != "EdDSA" or not ed25519_verify(public, manifest_bytes, _b64url(signature["signature"])):
+        failures.append("manifest signature does not verify")
+    manifest = json.loads(manifest_bytes)
+    if manifest.get("key_id") != signature.get("key_id"):
+        failures.append("manifest and signature name different keys")
+    listed = {entry["path"]: entry for entry in manifest["files"]}
+    for path, entry in sorted(listed.items()):
+        target = folder / path
+        if not target.is_file():
+            failures.append(f"{path}: missing")
+            continue
+        sha256, size = _sha256(target)
+        if (sha256, size) != (entry["sha256"], entry["bytes"]):
+            failures.append(f"{path}: SHA-256 or size differs from the manifest")
+    for table in manifest["tables"].values():
+        for kind, count in (("jsonl", _jsonl_lines), ("csv", _csv_records)):
+            target = folder / table[kind]
+            if target.is_file() and count(target) != table["rows"]:
+                failures.append(f"{table[kind]}: row count differs from the manifest's {table['rows']}")
+    present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    for extra in sorted(present - set(listed) - set(SIGNED_FILES)):
+        failures.append(f"{extra}: not listed in the manifest")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--keys", type=Path, required=True, help="JWK set from /.well-known/audit-keys.json")
+    args = parser.parse_args(argv)
+    try:
+        jwks = json.loads(args.keys.read_text(encoding="utf-8"))
+        failures = verify(args.folder, jwks)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"unreadable export: {exc}", file=sys.stderr)
+        return 2
+    for failure in failures:
+        print(f"INVALID {failure}")
+    if not failures:
+        print("VALID export: signature verifies, every file and count matches the manifest")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
