@@ -69,3 +69,15 @@ def snapshot_blobs(timer: func.TimerRequest) -> None:
     its content address."""
     from shared.lifecycle import snapshots  # the Blob SDK loads on first use, not at import
     snapshots.scheduled_run()
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%HOUSEKEEPING_SCHEDULE%", run_on_startup=False)
+def housekeeping(timer: func.TimerRequest) -> None:
+    """Delete expired throttle rows, WebAuthn challenges, MFA tickets and one-time tokens and
+    old sent mail, end idle sessions; counts logged and in the heartbeat, and the run fails
+    (an alert sees it) when a step did."""
+    from shared.identity import housekeeping as hk  # the Storage SDK loads on first use, not at import
+    report = hk.run()
+    health.record_heartbeat("housekeeping", ok=report.ok, detail=report.detail())
+    if not report.ok:
+        raise RuntimeError(f"housekeeping failed: {report.detail()}")
