@@ -616,27 +616,32 @@ class Throttle:
         now = time.time() if now is None else now
         table, purged = self._table(), 0
         try:
-            for entity in table.list_entities(results_per_page=1000, **_IO):
-                if purged >= limit:
-                    break
-                policy = self._policies.get(entity["PartitionKey"])
-                if policy is None:
-                    continue
-                state = _State.from_entity(entity, entity.metadata.get("etag"))
-                if (not state.forgotten(policy, now) or state.blocked_until > now
-                        or state.last_success > now - self.known_pair_ttl_s):
-                    continue
-                try:
-                    # A one-op transaction: delete_entity would hide a 404 and count it.
-                    table.submit_transaction([("delete", {"PartitionKey": entity["PartitionKey"],
-                                                          "RowKey": entity["RowKey"]},
-                                               {"etag": state.etag, "match_condition": MatchConditions.IfNotModified})],
-                                             **_IO)
-                except AzureError as exc:
-                    if _is_conflict(exc):
-                        continue  # counted again, or deleted, since the read: not expired any more
-                    raise
-                purged += 1
+            for family, policy in sorted(self._policies.items()):
+                # The server filter only narrows the scan (it is stricter than `forgotten` for
+                # rows that never crossed a threshold); the check below decides.
+                cutoff = float(now - policy.window_s)
+                rows = table.query_entities(
+                    "PartitionKey eq @p and window_start lt @w and blocked_until lt @w and last_success lt @s",
+                    parameters={"p": family, "w": cutoff, "s": float(now - self.known_pair_ttl_s)},
+                    results_per_page=1000, **_IO,
+                )
+                for entity in rows:
+                    if purged >= limit:
+                        return purged
+                    state = _State.from_entity(entity, entity.metadata.get("etag"))
+                    if (not state.forgotten(policy, now) or state.blocked_until > now
+                            or state.last_success > now - self.known_pair_ttl_s):
+                        continue
+                    try:
+                        # A one-op transaction: delete_entity would hide a 404 and count it.
+                        table.submit_transaction(
+                            [("delete", {"PartitionKey": family, "RowKey": entity["RowKey"]},
+                              {"etag": state.etag, "match_condition": MatchConditions.IfNotModified})], **_IO)
+                    except AzureError as exc:
+                        if _is_conflict(exc):
+                            continue  # counted again, or deleted, since the read: not expired any more
+                        raise
+                    purged += 1
         except AzureError as exc:
             raise ServiceUnavailable("storage is unavailable", component="storage") from exc
         return purged

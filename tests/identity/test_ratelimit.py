@@ -468,8 +468,8 @@ class WritesWhileListing:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._table, name)
 
-    def list_entities(self, **kw: Any) -> Iterator[Any]:
-        for entity in self._table.list_entities(**kw):
+    def query_entities(self, *args: Any, **kw: Any) -> Iterator[Any]:
+        for entity in self._table.query_entities(*args, **kw):
             self._during(entity)
             yield entity
 
