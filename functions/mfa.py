@@ -310,14 +310,3 @@ def platform_auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
     return mfa.verify_second_factor(ticket=b.mfa_ticket, code=b.code, recovery_code=b.recovery_code,
                                     assertion=b.assertion, challenge_id=b.challenge_id, meta=ctx.meta,
                                     realm=mfa.OPERATORS).as_dict()
-
-
-# --- housekeeping ------------------------------------------------------------------------------
-
-
-@bp.timer_trigger(arg_name="timer", schedule="%WEBAUTHN_CHALLENGE_PURGE_SCHEDULE%", run_on_startup=False)
-def purge_webauthn_challenges(timer: func.TimerRequest) -> None:
-    """Delete WebAuthn challenges that expired without being used."""
-    purged = mfa.purge_expired_challenges()
-    if purged:
-        log.info("expired WebAuthn challenges purged: %d", purged)

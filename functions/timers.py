@@ -91,3 +91,15 @@ def audit_retention(timer: func.TimerRequest) -> None:
     newest signed checkpoint and behind a signed retention checkpoint; a refusal fails the run."""
     from shared.lifecycle import audit_retention  # loads the audit machinery on first use, not at import
     audit_retention.run()
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%HOUSEKEEPING_SCHEDULE%", run_on_startup=False)
+def housekeeping(timer: func.TimerRequest) -> None:
+    """Delete expired throttle rows, WebAuthn challenges, MFA tickets and one-time tokens and
+    old sent mail, end idle sessions; counts logged and in the heartbeat, and the run fails
+    (an alert sees it) when a step did."""
+    from shared.identity import housekeeping as hk  # the Storage SDK loads on first use, not at import
+    report = hk.run()
+    health.record_heartbeat("housekeeping", ok=report.ok, detail=report.detail())
+    if not report.ok:
+        raise RuntimeError(f"housekeeping failed: {report.detail()}")

@@ -141,3 +141,28 @@ def load_jwt_keyring(settings: Settings) -> EcKeyRing:
             raise SettingsError("JWT_VERIFY_KEYS: every key must be EC P-256")
         verifying[jwk_thumbprint(ec_public_jwk(pub))] = pub
     return EcKeyRing(signing=signing, signing_kid=signing_kid, verifying=verifying)
+
+
+def dev_secret_b64(settings: Settings, name: str, setting: str, nbytes: int = 32) -> str:
+    """Read, or once generate, a random dev secret (base64 of `nbytes`) under the local dir.
+
+    Raises:
+        SettingsError: outside local/test (`setting` is named: it must be set there).
+    """
+    if not settings.dev_keys_allowed:
+        raise SettingsError(f"{setting}: not set, and dev keys are off in production")
+    path = Path(settings.custos_local_dir) / "keys" / f"{name}.key"
+    with _lock:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(base64.b64encode(os.urandom(nbytes)).decode("ascii") + "\n")
+            try:
+                os.link(tmp, path)  # atomic: a concurrent worker's key wins, never a torn file
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        return path.read_text().strip()

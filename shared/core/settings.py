@@ -156,6 +156,12 @@ class Settings(BaseSettings):
     audit_retention_schedule: str = Field(
         ..., description="When tenants' audit events older than their retention window are archived and cut."
     )
+    housekeeping_schedule: str = Field(
+        ..., description="When expired throttle rows, tickets, challenges, one-time tokens, old sent mail and idle sessions are cleared (NCRONTAB)."
+    )
+    outbox_sent_retention_days: int = Field(
+        30, ge=1, le=3650, description="Days sent mail stays in the outbox (body already blanked) before housekeeping deletes it."
+    )
 
     # --- passwords (docs/security.md) -------------------------------------------------------
     password_hash_concurrency: int = Field(
@@ -185,6 +191,12 @@ class Settings(BaseSettings):
     login_delay_base_s: int = Field(2, ge=1, le=60, description="First delay once a threshold is crossed; doubles.")
     login_delay_max_s: int = Field(900, ge=1, le=86400, description="Longest delay: throttles expire by themselves.")
     api_rate_per_minute: int = Field(600, ge=10, le=100000, description="General API requests per IP per minute per worker.")
+    rate_limit_key: str = Field(
+        "", description="Base64 of 32 random bytes: HMAC-SHA-256 key that names throttle rows (Key Vault in Azure)."
+    )
+    rate_limit_previous_keys: str = Field(
+        "", description="Comma-separated base64 retired rate-limit keys whose live throttles still count (Key Vault in Azure)."
+    )
 
     # --- mail ------------------------------------------------------------------------------
     smtp_host: str = Field("", description="SMTP relay host; empty leaves mail in the outbox.")
@@ -241,9 +253,6 @@ class Settings(BaseSettings):
     webauthn_challenge_ttl_s: int = Field(
         300, ge=30, le=900, description="Lifetime of a single-use WebAuthn challenge."
     )
-    webauthn_challenge_purge_schedule: str = Field(
-        ..., description="When expired WebAuthn challenges are deleted from Table Storage (NCRONTAB)."
-    )
 
     # --- tenant purge (docs/purge.md) ----------------------------------------------------
     tenant_purge_after_days: int = Field(
@@ -270,7 +279,7 @@ class Settings(BaseSettings):
         300, ge=30, le=3600, description="Lifetime of a tenant export's download links (signed URL or SAS)."
     )
 
-    @field_validator("mfa_encryption_key", "mfa_decryption_keys")
+    @field_validator("mfa_encryption_key", "mfa_decryption_keys", "rate_limit_key", "rate_limit_previous_keys")
     @classmethod
     def _aes_keys(cls, v: str) -> str:
         for key in _split(v):
@@ -279,14 +288,7 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError("must be base64 (standard alphabet)") from None
             if len(raw) != 32:
-                raise ValueError("each key must be 32 bytes (AES-256) before base64")
-        return v
-
-    @field_validator("webauthn_challenge_purge_schedule")
-    @classmethod
-    def _purge_schedule(cls, v: str) -> str:
-        if len(v.split()) != 6:
-            raise ValueError("must be an NCRONTAB expression with six fields, seconds first")
+                raise ValueError("each key must be 32 bytes before base64")
         return v
 
     @field_validator("tenant_purge_schedule")
@@ -319,7 +321,8 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} must be https (telemetry is sent with a bearer token)")
         return v
 
-    @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule", "mail_delivery_schedule")
+    @field_validator("heartbeat_schedule", "audit_checkpoint_schedule", "audit_verify_schedule", "mail_delivery_schedule",
+                     "housekeeping_schedule")
     @classmethod
     def _ncrontab(cls, v: str) -> str:
         if len(v.split()) != 6:
@@ -418,6 +421,12 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} must carry no password in production: PostgreSQL takes Entra tokens only")
             if params.get("sslmode", "verify-full") != "verify-full":
                 raise ValueError(f"{name}: sslmode must be verify-full in production (or left out)")
+        return self
+
+    @model_validator(mode="after")
+    def _rate_limit_key(self) -> Settings:
+        if self.custos_env == "production" and not self.rate_limit_key:
+            raise ValueError("rate_limit_key must be set in production (docs/security.md, Housekeeping)")
         return self
 
     @property

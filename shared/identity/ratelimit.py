@@ -4,8 +4,11 @@ Credential routes (`Throttle`)
 ------------------------------
 Each route family ("login", "invitation", "reset", "mfa") keeps its own failure counters
 in the Table Storage table "ratelimits", shared by every worker: PartitionKey is the
-family, RowKey is `kind:` + hex SHA-256 of the key's value, so no email or IP address is
-stored in clear. A request is counted under three keys (`login_keys`):
+family, RowKey is `kind:<key id>:` + hex HMAC-SHA-256 of family, kind and value under the
+secret `RATE_LIMIT_KEY` (`RowKeys`), so no email or IP address is stored in clear, and
+nobody who can read the table but lacks the key can find a known address's row (a plain
+SHA-256 of an email or an IPv4 address is found by hashing candidates). A request is
+counted under three keys (`login_keys`):
 
 - `email_ip`: tenant + email + client IP (default threshold 5),
 - `ip`: the client IP across all accounts and tenants (default threshold 30),
@@ -62,6 +65,19 @@ that loses `MAX_WRITE_ATTEMPTS` races in a row is refused with a 429 (fail close
 only a burst of parallel attempts on one key gets there, and letting it through would
 reopen the hole reservation closes.
 
+Key rotation (`RATE_LIMIT_PREVIOUS_KEYS`)
+-----------------------------------------
+Every read also looks up each key's rows under the retired keys, and folds what it finds
+into the current row's state: the failures of rows still inside their window add up, the
+longest delay and the newest success win. So a delay set under the old key still refuses
+after the new key is deployed. The next reservation moves the folded state to the row of the
+current key and deletes the retired rows in the same entity-group transaction, each op
+conditional (create-if-absent or `IfNotModified`, the delete on the retired row's ETag), so
+two workers moving one throttle at once cannot both succeed: the loser reads again, as for
+any lost race. Retired keys can be removed once a full `login_delay_max_s` +
+`login_window_s` has passed after the rotation; housekeeping deletes whatever rows they
+left behind once those rows have expired (`Throttle.purge_expired`).
+
 General API (`ApiRateLimiter`)
 ------------------------------
 A per-IP token bucket kept in memory by each worker (`api_rate_per_minute` per IP per
@@ -72,9 +88,11 @@ ones whose counts must be shared across workers, and they pay for the round trip
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import functools
 import hashlib
+import hmac
 import ipaddress
 import logging
 import math
@@ -86,9 +104,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
+from shared.core import keys as core_keys
 from shared.core import storage
 from shared.core.errors import ServiceUnavailable, TooManyRequests
-from shared.core.settings import Settings, get_settings
+from shared.core.settings import Settings, SettingsError, get_settings
 
 if TYPE_CHECKING:
     from azure.data.tables import TableClient
@@ -120,7 +139,7 @@ _TOO_MANY = "Too many failed attempts. Try again later."
 
 @dataclass(frozen=True)
 class Key:
-    """One counter: `kind` picks the threshold, `value` is hashed into the RowKey."""
+    """One counter: `kind` picks the threshold, `value` is MACed into the RowKey (`RowKeys`)."""
 
     kind: KeyKind
     value: str
@@ -129,9 +148,57 @@ class Key:
         if self.kind not in KEY_KINDS:
             raise ValueError(f"key kind {self.kind!r} is not one of {sorted(KEY_KINDS)}")
 
-    @property
-    def row_key(self) -> str:
-        return f"{self.kind}:{hashlib.sha256(self.value.encode('utf-8')).hexdigest()}"
+
+def key_id(secret: bytes) -> str:
+    """First 16 hex of SHA-256 of a rate-limit key: names it in RowKeys without revealing it."""
+    return hashlib.sha256(secret).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RowKeys:
+    """The HMAC-SHA-256 keys that name throttle rows: `current` names the rows written,
+    `previous` (retired keys) name rows that are still read until they expire."""
+
+    current: bytes
+    previous: tuple[bytes, ...] = ()
+
+    def __post_init__(self) -> None:
+        if len(self.current) < 32 or any(len(k) < 32 for k in self.previous):
+            raise ValueError("rate-limit keys must be at least 32 bytes")
+
+    def row_key(self, family: str, key: Key, secret: bytes | None = None) -> str:
+        """`kind:<key id>:<hex HMAC>` of `key` in `family` under `secret` (default: the current key)."""
+        secret = self.current if secret is None else secret
+        message = f"{family}\n{key.kind}\n{key.value}".encode()
+        return f"{key.kind}:{key_id(secret)}:{hmac.new(secret, message, hashlib.sha256).hexdigest()}"
+
+    def retired_row_keys(self, family: str, key: Key) -> list[str]:
+        """The row keys `key` had under each retired key (the current key's own row excluded)."""
+        current = key_id(self.current)
+        return [self.row_key(family, key, old) for old in self.previous if key_id(old) != current]
+
+
+def load_row_keys(settings: Settings) -> RowKeys:
+    """The rate-limit keys from settings (locally a generated dev key).
+
+    Raises:
+        SettingsError: no key in production (settings validation names malformed ones).
+    """
+    current = base64.b64decode(
+        settings.rate_limit_key or core_keys.dev_secret_b64(settings, "ratelimit-hmac", "RATE_LIMIT_KEY")
+    )
+    previous = tuple(base64.b64decode(part.strip()) for part in settings.rate_limit_previous_keys.split(",")
+                     if part.strip())
+    try:
+        return RowKeys(current=current, previous=previous)
+    except ValueError as exc:
+        raise SettingsError(f"RATE_LIMIT_KEY: {exc}") from None
+
+
+@functools.cache
+def row_keys() -> RowKeys:
+    """This worker's rate-limit keys, loaded on first use."""
+    return load_row_keys(get_settings())
 
 
 @dataclass(frozen=True)
@@ -233,6 +300,10 @@ class _State:
     level: int = 0
     last_success: float = 0.0
     etag: str | None = None
+    stored: bool = True
+    """False when the current key has no row yet (the state came from retired rows)."""
+    retired: tuple[tuple[str, str | None], ...] = ()
+    """Rows under retired keys folded into this state (RowKey, ETag): the next write deletes them."""
 
     @classmethod
     def from_entity(cls, entity: Mapping[str, Any], etag: str | None) -> _State:
@@ -260,6 +331,32 @@ class _State:
         if self.level > 0:
             return now >= self.blocked_until + policy.window_s
         return now >= self.window_start + policy.window_s
+
+
+def _fold(current: _State | None, retired: Sequence[tuple[str, _State]], policy: Policy, now: float) -> _State | None:
+    """One state from a key's current row and its rows under retired keys (rotation).
+
+    Failures of rows still inside their window add up (a retired row's failures were never
+    counted under the current key), the earliest window start, the longest delay and level
+    and the newest success win. Forgotten rows add nothing but their success marker.
+    """
+    if not retired:
+        return current
+    rows = ([current] if current is not None else []) + [s for _, s in retired]
+    live = [s for s in rows if not s.forgotten(policy, now)]
+    last_success = max(s.last_success for s in rows)
+    base = _State(etag=current.etag if current else None, stored=current is not None,
+                  retired=tuple((rk, s.etag) for rk, s in retired))
+    if not live:
+        return dataclasses.replace(base, last_success=last_success)
+    return dataclasses.replace(
+        base,
+        failures=sum(s.failures for s in live),
+        window_start=min(s.window_start for s in live),
+        blocked_until=max(s.blocked_until for s in live),
+        level=max(s.level for s in live),
+        last_success=last_success,
+    )
 
 
 def _after_failure(current: _State | None, threshold: int, policy: Policy, now: float) -> tuple[_State, int]:
@@ -333,10 +430,13 @@ class Throttle:
         table: TableClient | None = None,
         policies: Mapping[str, Policy] | None = None,
         known_pair_ttl_s: float = KNOWN_PAIR_TTL_S,
+        keys: RowKeys | None = None,
     ) -> None:
         """`table` defaults to "ratelimits" of `shared.core.storage`, opened on first use;
-        `policies` (family -> Policy) default to the login settings for every family."""
+        `policies` (family -> Policy) default to the login settings for every family;
+        `keys` default to the settings' rate-limit keys (`row_keys()`), loaded on first use."""
         self._table_client = table
+        self._keys = keys
         self._policies = dict(policies) if policies is not None else default_policies(get_settings())
         self.known_pair_ttl_s = known_pair_ttl_s
         # Per-worker memory of delays already seen: a delay only ever grows until it ends
@@ -350,21 +450,21 @@ class Throttle:
             self._table_client = storage.table_service().get_table_client(TABLE)
         return self._table_client
 
+    def _row_keys(self) -> RowKeys:
+        if self._keys is None:
+            self._keys = row_keys()
+        return self._keys
+
+    def row_key(self, family: str, key: Key) -> str:
+        """The RowKey `key` is counted under in `family` (under the current rate-limit key)."""
+        return self._row_keys().row_key(family, key)
+
     def policy(self, family: str) -> Policy:
         """Raises ValueError for a family without a policy."""
         try:
             return self._policies[family]
         except KeyError:
             raise ValueError(f"rate-limit family {family!r} is not one of {sorted(self._policies)}") from None
-
-    def _read(self, table: TableClient, family: str, key: Key) -> _State | None:
-        from azure.core.exceptions import ResourceNotFoundError
-
-        try:
-            entity = table.get_entity(family, key.row_key, **_IO)
-        except ResourceNotFoundError:
-            return None
-        return _State.from_entity(entity, entity.metadata.get("etag"))
 
     def attempt(self, family: Family, keys: Sequence[Key], *, now: float | None = None) -> Attempt:
         """Reserve one attempt under every key, counted as a failure, before any secret is checked.
@@ -390,14 +490,14 @@ class Throttle:
 
         policy = self.policy(family)
         now = time.time() if now is None else now
-        keys = list({key.row_key: key for key in keys}.values())  # one op per entity in a transaction
+        keys = list({self.row_key(family, key): key for key in keys}.values())  # one op per entity in a transaction
         remembered = self._remembered_wait(family, keys, now)
         if remembered > 0:
             raise TooManyRequests(max(1, math.ceil(remembered)), _TOO_MANY)
         for round_ in range(MAX_WRITE_ATTEMPTS):
             try:
                 table = self._table()
-                states = self._read_many(table, family, keys)
+                states = self._read_many(table, family, keys, now=now)
             except (AzureError, ServiceUnavailable) as exc:
                 log.error("rate-limit check failed open (family=%s): %s", family, type(exc).__name__)
                 return Attempt(None, family, [], now)
@@ -406,13 +506,20 @@ class Throttle:
             if not planned:
                 return Attempt(self, family, [], now)
             ops: list[Any] = []
+            positions: list[int] = []
             for r in planned:
-                entity = r.after.entity(family, r.key.row_key)
-                if r.before is None:
+                entity = r.after.entity(family, self.row_key(family, r.key))
+                positions.append(len(ops))
+                if r.before is None or not r.before.stored:
                     ops.append(("create", entity))
                 else:
                     ops.append(("update", entity, {"mode": UpdateMode.REPLACE, "etag": r.before.etag,
                                                    "match_condition": MatchConditions.IfNotModified}))
+                for row_key, etag in r.before.retired if r.before is not None else ():
+                    # Moved to the current key in the same transaction; the ETag makes a
+                    # concurrent mover (or a count written meanwhile under the old key) lose.
+                    ops.append(("delete", {"PartitionKey": family, "RowKey": row_key},
+                                {"etag": etag, "match_condition": MatchConditions.IfNotModified}))
             try:
                 results = table.submit_transaction(ops, **_IO)
             except (AzureError, ServiceUnavailable) as exc:
@@ -422,8 +529,8 @@ class Throttle:
                 log.error("rate-limit check failed open (family=%s): %s", family, type(exc).__name__)
                 return Attempt(None, family, [], now)
             reserved = [
-                _Reserved(r.key, r.before, dataclasses.replace(r.after, etag=(result or {}).get("etag")), r.crossing)
-                for r, result in zip(planned, results, strict=False)
+                _Reserved(r.key, r.before, dataclasses.replace(r.after, etag=(results[i] or {}).get("etag")), r.crossing)
+                for r, i in zip(planned, positions, strict=True)
             ]
             return Attempt(self, family, reserved, now)
         log.error("rate-limit reservation refused (family=%s): %d write conflicts", family, MAX_WRITE_ATTEMPTS)
@@ -442,7 +549,7 @@ class Throttle:
         ]
         for key, state in states:
             if key.kind != "email" and state is not None and state.blocked_until > now:
-                self._remember(family, key, state.blocked_until)
+                self._remember(family, self.row_key(family, key), state.blocked_until)
         if waits:
             raise TooManyRequests(max(1, math.ceil(max(waits))), _TOO_MANY)
 
@@ -457,26 +564,87 @@ class Throttle:
         """The longest remembered delay of the keys that always apply (not the email key,
         which a known email+IP pair may skip)."""
         with self._blocked_lock:
-            waits = [self._blocked.get((family, k.row_key), 0.0) - now for k in keys if k.kind != "email"]
+            waits = [self._blocked.get((family, self.row_key(family, k)), 0.0) - now for k in keys if k.kind != "email"]
         return max(waits, default=0.0)
 
-    def _remember(self, family: str, key: Key, until: float) -> None:
+    def _remember(self, family: str, row_key: str, until: float) -> None:
         with self._blocked_lock:
-            self._blocked[(family, key.row_key)] = until
-            self._blocked.move_to_end((family, key.row_key))
+            self._blocked[(family, row_key)] = until
+            self._blocked.move_to_end((family, row_key))
             while len(self._blocked) > REMEMBERED_BLOCKS:
                 self._blocked.popitem(last=False)
 
-    def _read_many(self, table: TableClient, family: str, keys: Sequence[Key]) -> list[tuple[Key, _State | None]]:
-        """Every key's state in one query (row keys are `kind:` + hex, safe to put in a filter)."""
-        if len(keys) <= 1:
-            return [(key, self._read(table, family, key)) for key in keys]
-        wanted = {key.row_key: key for key in keys}
-        rows = " or ".join(f"RowKey eq '{row_key}'" for row_key in wanted)
+    def _read_many(
+        self, table: TableClient, family: str, keys: Sequence[Key], *, now: float | None = None
+    ) -> list[tuple[Key, _State | None]]:
+        """Every key's state in one query: its current row with its rows under retired keys
+        folded in (`_fold`). Row keys are `kind:hex:hex`, safe to put in a filter."""
+        now = time.time() if now is None else now
+        ring = self._row_keys()
+        wanted = {key: (ring.row_key(family, key), ring.retired_row_keys(family, key)) for key in keys}
+        all_rows = [rk for current, retired in wanted.values() for rk in (current, *retired)]
+        if not all_rows:
+            return []
+        rows = " or ".join(f"RowKey eq '{row_key}'" for row_key in all_rows)
         found: dict[str, _State] = {}
         for entity in table.query_entities(f"PartitionKey eq '{family}' and ({rows})", **_IO):
             found[entity["RowKey"]] = _State.from_entity(entity, entity.metadata.get("etag"))
-        return [(key, found.get(key.row_key)) for key in keys]
+        policy = self._policies.get(family)
+        result: list[tuple[Key, _State | None]] = []
+        for key, (current, retired) in wanted.items():
+            old = [(rk, found[rk]) for rk in retired if rk in found]
+            if old and policy is None:
+                raise ValueError(f"rate-limit family {family!r} has no policy")
+            result.append((key, _fold(found.get(current), old, policy, now) if old and policy else found.get(current)))
+        return result
+
+    def purge_expired(self, *, now: float | None = None, limit: int = 10_000) -> int:
+        """Delete rows that every reader would treat as empty: forgotten under their family's
+        policy, no delay running and no known-pair marker still in force. At most `limit`
+        rows per call; returns how many were deleted.
+
+        Each delete is conditional on the ETag just read, so a row counted again meanwhile
+        stays. Rows under retired keys and of the old SHA-256 naming are deleted by the same
+        rule once they have expired; rows of a family without a policy are left alone.
+
+        Raises:
+            ServiceUnavailable: Table Storage did not answer.
+        """
+        from azure.core import MatchConditions
+        from azure.core.exceptions import AzureError
+
+        now = time.time() if now is None else now
+        table, purged = self._table(), 0
+        try:
+            for family, policy in sorted(self._policies.items()):
+                # The server filter only narrows the scan (it is stricter than `forgotten` for
+                # rows that never crossed a threshold); the check below decides.
+                cutoff = float(now - policy.window_s)
+                rows = table.query_entities(
+                    "PartitionKey eq @p and window_start lt @w and blocked_until lt @w and last_success lt @s",
+                    parameters={"p": family, "w": cutoff, "s": float(now - self.known_pair_ttl_s)},
+                    results_per_page=1000, **_IO,
+                )
+                for entity in rows:
+                    if purged >= limit:
+                        return purged
+                    state = _State.from_entity(entity, entity.metadata.get("etag"))
+                    if (not state.forgotten(policy, now) or state.blocked_until > now
+                            or state.last_success > now - self.known_pair_ttl_s):
+                        continue
+                    try:
+                        # A one-op transaction: delete_entity would hide a 404 and count it.
+                        table.submit_transaction(
+                            [("delete", {"PartitionKey": family, "RowKey": entity["RowKey"]},
+                              {"etag": state.etag, "match_condition": MatchConditions.IfNotModified})], **_IO)
+                    except AzureError as exc:
+                        if _is_conflict(exc):
+                            continue  # counted again, or deleted, since the read: not expired any more
+                        raise
+                    purged += 1
+        except AzureError as exc:
+            raise ServiceUnavailable("storage is unavailable", component="storage") from exc
+        return purged
 
     def _release(self, family: str, reserved: Sequence[_Reserved], now: float) -> None:
         """`Attempt.succeeded`: restart the email+IP rows, take this attempt's count off the others."""
@@ -485,18 +653,19 @@ class Throttle:
         from azure.data.tables import UpdateMode
 
         pending = list(reserved)
-        current = {r.key.row_key: r.after for r in pending}
+        current = {self.row_key(family, r.key): r.after for r in pending}
         for round_ in range(MAX_WRITE_ATTEMPTS):
             ops: list[Any] = []
             for r in pending:
+                row_key = self.row_key(family, r.key)
                 if r.key.kind == "email_ip":
-                    fresh = _State(window_start=now, last_success=now).entity(family, r.key.row_key)
+                    fresh = _State(window_start=now, last_success=now).entity(family, row_key)
                     ops.append(("upsert", fresh, {"mode": UpdateMode.REPLACE}))
                     continue
-                state = current.get(r.key.row_key)
-                if state is None or state.failures < 1:
+                state = current.get(row_key)
+                if state is None or not state.stored or state.failures < 1:
                     continue
-                ops.append(("update", _given_back(state, r).entity(family, r.key.row_key),
+                ops.append(("update", _given_back(state, r).entity(family, row_key),
                             {"mode": UpdateMode.REPLACE, "etag": state.etag,
                              "match_condition": MatchConditions.IfNotModified}))
             if not ops:
@@ -510,11 +679,11 @@ class Throttle:
                     return
             _jitter(round_)
             try:
-                fresh_states = self._read_many(self._table(), family, [r.key for r in pending])
+                fresh_states = self._read_many(self._table(), family, [r.key for r in pending], now=now)
             except (AzureError, ServiceUnavailable) as exc:
                 log.error("rate-limit success not recorded (family=%s): %s", family, type(exc).__name__)
                 return
-            current = {key.row_key: state for key, state in fresh_states if state is not None}
+            current = {self.row_key(family, key): state for key, state in fresh_states if state is not None}
         log.error("rate-limit success not recorded (family=%s): %d write conflicts", family, MAX_WRITE_ATTEMPTS)
 
 

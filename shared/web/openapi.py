@@ -172,7 +172,7 @@ def build_openapi(app: func.FunctionApp, *, version: str) -> dict[str, Any]:
                 responses.setdefault(code, {"description": _ERRORS[code], "content": content})
             operation: dict[str, Any] = {
                 # one function may serve several methods (SCIM's refusals of writes): one id each
-                "operationId": fn.get_function_name() + (f"_{method}" if len(methods) > 1 else ""),
+                "operationId": f"{fn.get_function_name()}" + (f"_{method}" if len(methods) > 1 else ""),
                 "summary": spec.summary,
                 "parameters": params,
                 "responses": dict(sorted(responses.items())),

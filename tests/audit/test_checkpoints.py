@@ -172,6 +172,7 @@ def test_production_refuses_checkpoints_less_often_than_daily(monkeypatch: pytes
     monkeypatch.setenv("DATABASE_URL", "postgresql://custos-id@custos.postgres.database.azure.com/custos")
     monkeypatch.setenv("DATABASE_OWNER_URL", "")
     monkeypatch.setenv("AUDIT_CHECKPOINT_SCHEDULE", "0 0 0 * * *")
+    monkeypatch.setenv("RATE_LIMIT_KEY", base64.b64encode(bytes(32)).decode())
     assert load_settings().audit_checkpoint_interval_s == 86_400
     monkeypatch.setenv("AUDIT_CHECKPOINT_SCHEDULE", "0 0 0 * * MON")
     with pytest.raises(SettingsError, match="at least once a day"):

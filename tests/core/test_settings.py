@@ -35,6 +35,7 @@ def production(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "DATABASE_OWNER_URL": "",
         "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
         "AUDIT_CHECKPOINT_SCHEDULE": "0 0 * * * *",
+        "RATE_LIMIT_KEY": base64.b64encode(bytes(range(32))).decode(),
     }.items():
         monkeypatch.setenv(name, value)
     return monkeypatch
@@ -110,4 +111,17 @@ def test_a_malformed_application_insights_connection_string_is_named(
 ) -> None:
     monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", value)
     with pytest.raises(SettingsError, match=f"APPLICATIONINSIGHTS_CONNECTION_STRING: .*{message}"):
+        load_settings()
+
+
+def test_production_refuses_a_missing_or_short_rate_limit_key(production: pytest.MonkeyPatch) -> None:
+    production.setenv("RATE_LIMIT_KEY", "")
+    with pytest.raises(SettingsError, match="rate_limit_key must be set in production"):
+        load_settings()
+    production.setenv("RATE_LIMIT_KEY", base64.b64encode(b"short").decode())
+    with pytest.raises(SettingsError, match="RATE_LIMIT_KEY: .*each key must be 32 bytes"):
+        load_settings()
+    production.setenv("RATE_LIMIT_KEY", base64.b64encode(bytes(32)).decode())
+    production.setenv("RATE_LIMIT_PREVIOUS_KEYS", "not base64!")
+    with pytest.raises(SettingsError, match="RATE_LIMIT_PREVIOUS_KEYS: .*base64"):
         load_settings()

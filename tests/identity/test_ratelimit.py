@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import threading
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
@@ -13,7 +18,7 @@ from azure.data.tables import TableClient
 
 from shared.core import storage
 from shared.core.errors import TooManyRequests
-from shared.core.settings import get_settings
+from shared.core.settings import SettingsError, get_settings
 from shared.identity.ratelimit import (
     FAMILIES,
     TABLE,
@@ -21,7 +26,10 @@ from shared.identity.ratelimit import (
     Crossing,
     Key,
     Policy,
+    RowKeys,
     Throttle,
+    key_id,
+    load_row_keys,
     login_keys,
     normalize_ip,
 )
@@ -29,6 +37,11 @@ from shared.tenancy.tenants import Tenant
 
 T0 = 1_800_000_000.0
 POLICY = Policy(threshold_email_ip=3, threshold_ip=6, threshold_email=10, window_s=600, delay_base_s=2, delay_max_s=16)
+KEYS = RowKeys(current=os.urandom(32))
+
+
+def rk(family: str, key: Key) -> str:
+    return KEYS.row_key(family, key)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +51,7 @@ def table() -> TableClient:
 
 @pytest.fixture
 def throttle(table: TableClient) -> Throttle:
-    return Throttle(table=table, policies=dict.fromkeys(FAMILIES, POLICY))
+    return Throttle(table=table, policies=dict.fromkeys(FAMILIES, POLICY), keys=KEYS)
 
 
 def new_email() -> str:
@@ -56,7 +69,7 @@ def new_tenant() -> str:
 
 def retry_after(th: Throttle, keys: list[Key], now: float, family: str = "login") -> int | None:
     """None if an attempt would be let through now, else the Retry-After it would get. Reads only."""
-    states = th._read_many(th._table(), family, keys)
+    states = th._read_many(th._table(), family, keys, now=now)
     try:
         th._refuse_if_delayed(family, states, now)
     except TooManyRequests as exc:
@@ -78,7 +91,7 @@ def succeed(th: Throttle, keys: list[Key], now: float, family: str = "login") ->
 
 def entity(table: TableClient, family: str, key: Key) -> dict | None:
     try:
-        return dict(table.get_entity(family, key.row_key))
+        return dict(table.get_entity(family, rk(family, key)))
     except ResourceNotFoundError:
         return None
 
@@ -165,11 +178,11 @@ def test_an_attempt_is_counted_before_its_outcome_is_known(throttle: Throttle, t
 def test_a_refused_attempt_writes_nothing(throttle: Throttle, table: TableClient) -> None:
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
     fail(throttle, keys, POLICY.threshold_email_ip, T0)
-    before = [table.get_entity("login", k.row_key).metadata["etag"] for k in keys]
+    before = [table.get_entity("login", rk("login", k)).metadata["etag"] for k in keys]
     for _ in range(3):
         with pytest.raises(TooManyRequests):
             throttle.attempt("login", keys, now=T0 + 1)
-    assert [table.get_entity("login", k.row_key).metadata["etag"] for k in keys] == before
+    assert [table.get_entity("login", rk("login", k)).metadata["etag"] for k in keys] == before
 
 
 def test_each_crossing_is_reported_once_per_key(throttle: Throttle) -> None:
@@ -274,7 +287,7 @@ def test_parallel_attempts_get_through_at_most_the_threshold(throttle: Throttle,
 def test_parallel_attempts_below_the_threshold_are_all_counted(table: TableClient) -> None:
     roomy = Policy(threshold_email_ip=100, threshold_ip=100, threshold_email=100, window_s=600, delay_base_s=2,
                    delay_max_s=16)
-    th = Throttle(table=table, policies=dict.fromkeys(FAMILIES, roomy))
+    th = Throttle(table=table, policies=dict.fromkeys(FAMILIES, roomy), keys=KEYS)
     keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
     n = 12
     start = threading.Barrier(n)
@@ -295,13 +308,189 @@ def test_row_keys_and_properties_hold_no_email_or_ip(throttle: Throttle, table: 
     succeed(throttle, keys, T0, family="reset")
 
     stored = [entity(table, "reset", k) for k in keys]
-    assert [e["RowKey"] for e in stored if e] == [k.row_key for k in keys]
-    assert [k.row_key.split(":")[0] for k in keys] == ["email_ip", "ip", "email"]
+    assert [e["RowKey"] for e in stored if e] == [rk("reset", k) for k in keys]
+    assert [rk("reset", k).split(":")[0] for k in keys] == ["email_ip", "ip", "email"]
     row_keys = [row["RowKey"] for row in table.query_entities("PartitionKey eq 'reset'", select=["RowKey"])]
-    assert keys[0].row_key in row_keys
+    assert rk("reset", keys[0]) in row_keys
     for needle in (email, email.lower(), ip, tenant):
         assert needle not in str(stored)
         assert not [rk for rk in row_keys if needle in rk]
+
+
+def test_an_attacker_who_knows_an_email_cannot_find_its_row_by_sha256(throttle: Throttle, table: TableClient) -> None:
+    email, ip, tenant = new_email(), new_ip(), new_tenant()
+    keys = login_keys(email=email, ip=ip, tenant=tenant)
+    fail(throttle, keys, 1, T0)
+    stored = {row["RowKey"] for row in table.query_entities("PartitionKey eq 'login'", select=["RowKey"])}
+    assert {rk("login", k) for k in keys} <= stored
+    # Everything an attacker could hash: each key's exact value (the old naming) and its parts.
+    guesses = {k.value for k in keys} | {email.strip().lower(), ip, tenant, f"{tenant}\n{email.strip().lower()}"}
+    digests = {hashlib.sha256(g.encode()).hexdigest() for g in guesses}
+    assert not [row_key for row_key in stored if any(d in row_key for d in digests)]
+    # Under another key the same email has unrelated rows: the key, not the email, names them.
+    other = RowKeys(current=os.urandom(32))
+    assert not {other.row_key("login", k) for k in keys} & stored
+
+
+def test_rotation_keeps_a_live_lockout(table: TableClient) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    policies = dict.fromkeys(FAMILIES, POLICY)
+    before = Throttle(table=table, policies=policies, keys=RowKeys(current=old))
+    keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    fail(before, keys, POLICY.threshold_email_ip, T0)
+    assert retry_after(before, keys, T0 + 1) == POLICY.delay_base_s - 1
+
+    rotated = Throttle(table=table, policies=policies, keys=RowKeys(current=new, previous=(old,)))
+    with pytest.raises(TooManyRequests) as refused:
+        rotated.attempt("login", keys, now=T0 + 1)
+    assert refused.value.retry_after_s == POLICY.delay_base_s - 1
+    # Without the retired key the same rotation would have handed the attacker a fresh start.
+    forgetful = Throttle(table=table, policies=policies, keys=RowKeys(current=new))
+    assert retry_after(forgetful, keys, T0 + 1) is None
+
+    # After the delay the next failure counts on from the old count, under the new key only,
+    # and the delay it sets doubles as it would have without the rotation.
+    after_delay = T0 + POLICY.delay_base_s
+    crossings = fail(rotated, keys, 1, after_delay)
+    assert crossings == []
+    new_ring = RowKeys(current=new)
+    old_ring = RowKeys(current=old)
+    moved = [dict(table.get_entity("login", new_ring.row_key("login", k))) for k in keys]
+    assert [m["failures"] for m in moved] == [POLICY.threshold_email_ip + 1] * 3
+    assert moved[0]["blocked_until"] == after_delay + 2 * POLICY.delay_base_s
+    for k in keys:
+        with pytest.raises(ResourceNotFoundError):
+            table.get_entity("login", old_ring.row_key("login", k))
+    with pytest.raises(TooManyRequests):
+        rotated.attempt("login", keys, now=after_delay + 1)
+
+
+def test_parallel_attempts_move_a_rotated_throttle_once_and_count_every_failure(table: TableClient) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    policies = dict.fromkeys(FAMILIES, POLICY)
+    keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    fail(Throttle(table=table, policies=policies, keys=RowKeys(current=old)), keys, 1, T0)
+    ring = RowKeys(current=new, previous=(old,))
+    n = 12
+    start = threading.Barrier(n)
+
+    def one(_: int) -> str:
+        th = Throttle(table=table, policies=policies, keys=ring)  # one worker each: no shared memory
+        start.wait()
+        try:
+            th.attempt("login", keys, now=T0 + 1)
+        except TooManyRequests:
+            return "refused"
+        return "reserved"
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        outcomes = list(pool.map(one, range(n)))
+    # The old row's one failure still counts: only threshold - 1 more get through.
+    assert outcomes.count("reserved") == POLICY.threshold_email_ip - 1
+    new_row = dict(table.get_entity("login", RowKeys(current=new).row_key("login", keys[0])))
+    assert new_row["failures"] == POLICY.threshold_email_ip
+    with pytest.raises(ResourceNotFoundError):
+        table.get_entity("login", RowKeys(current=old).row_key("login", keys[0]))
+
+
+def test_a_success_after_rotation_remembers_the_pair_under_the_new_key(table: TableClient) -> None:
+    old, new = os.urandom(32), os.urandom(32)
+    policies = dict.fromkeys(FAMILIES, POLICY)
+    keys = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    fail(Throttle(table=table, policies=policies, keys=RowKeys(current=old)), keys, 2, T0)
+    rotated = Throttle(table=table, policies=policies, keys=RowKeys(current=new, previous=(old,)))
+    succeed(rotated, keys, T0 + 1)
+    rows = [dict(table.get_entity("login", RowKeys(current=new).row_key("login", k))) for k in keys]
+    assert [r["failures"] for r in rows] == [0, 2, 2]  # the email+IP row restarts, the others keep the old counts
+    assert rows[0]["last_success"] == T0 + 1
+
+
+def test_production_refuses_to_run_without_a_rate_limit_key() -> None:
+    settings = get_settings().model_copy(update={"custos_env": "production", "rate_limit_key": ""})
+    with pytest.raises(SettingsError, match="RATE_LIMIT_KEY"):
+        load_row_keys(settings)
+
+
+def test_the_local_dev_key_is_generated_once_and_named_by_its_id(tmp_path: Path) -> None:
+    settings = get_settings().model_copy(update={"custos_local_dir": tmp_path, "rate_limit_key": ""})
+    first, again = load_row_keys(settings), load_row_keys(settings)
+    assert first == again and len(first.current) == 32
+    assert (tmp_path / "keys" / "ratelimit-hmac.key").stat().st_mode & 0o777 == 0o600
+    key = Key("ip", "192.0.2.1")
+    assert first.row_key("login", key).split(":")[1] == key_id(first.current)
+    assert first.row_key("login", key) != first.row_key("reset", key)  # families never share a row name
+
+
+# --- purging expired rows (the housekeeping timer calls it) ---------------------------------------
+
+
+def present(table: TableClient, th: Throttle, keys: list[Key], family: str = "login") -> list[bool]:
+    out = []
+    for k in keys:
+        try:
+            table.get_entity(family, th.row_key(family, k))
+            out.append(True)
+        except ResourceNotFoundError:
+            out.append(False)
+    return out
+
+
+def test_purge_deletes_exactly_the_rows_every_reader_would_treat_as_empty(table: TableClient) -> None:
+    th = Throttle(table=table, policies=dict.fromkeys(FAMILIES, POLICY), keys=RowKeys(current=os.urandom(32)),
+                  known_pair_ttl_s=10_000)
+    t = T0 + 10_000_000  # clear of every other test's rows
+    stale = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    fail(th, stale, 1, t)                                       # below threshold; window over at t+600
+    known = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    succeed(th, known, t)                                       # email+IP marker in force until t+10000
+    fresh = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    fail(th, fresh, 1, t + 650)                                 # window runs to t+1250
+    locked = login_keys(email=new_email(), ip=new_ip(), tenant=new_tenant())
+    fail(th, locked, POLICY.threshold_email_ip, t + 700)        # email+IP delayed until t+702
+
+    now = t + 701
+    assert th.purge_expired(now=now) >= 5
+    assert present(table, th, stale) == [False, False, False]
+    assert present(table, th, known) == [True, False, False]    # the marker stays; the given-back counters go
+    assert present(table, th, fresh) == [True, True, True]
+    assert present(table, th, locked) == [True, True, True]
+    with pytest.raises(TooManyRequests):                        # a live throttle still refuses after housekeeping
+        th.attempt("login", locked, now=now)
+    assert retry_after(th, known, now) is None
+
+
+class WritesWhileListing:
+    """The real table, with a real write to it between listing a row and deleting it."""
+
+    def __init__(self, table: TableClient, during: Callable[[dict], None]) -> None:
+        self._table, self._during = table, during
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._table, name)
+
+    def query_entities(self, *args: Any, **kw: Any) -> Iterator[Any]:
+        for entity in self._table.query_entities(*args, **kw):
+            self._during(entity)
+            yield entity
+
+
+def test_purge_spares_a_row_counted_again_after_it_was_read(table: TableClient) -> None:
+    ring = RowKeys(current=os.urandom(32))
+    policies = dict.fromkeys(FAMILIES, POLICY)
+    writer = Throttle(table=table, policies=policies, keys=ring)
+    t = T0 + 20_000_000
+    keys = [Key("ip", new_ip())]
+    fail(writer, keys, 1, t)
+    row_key = writer.row_key("login", keys[0])
+
+    def count_again(entity: dict) -> None:
+        if entity["RowKey"] == row_key:
+            fail(writer, keys, 1, t + 601)  # a new window: the row is live again, with a new ETag
+
+    purger = Throttle(table=WritesWhileListing(table, count_again), policies=policies, keys=ring)  # type: ignore[arg-type]
+    purger.purge_expired(now=t + 601)
+    assert table.get_entity("login", row_key)["failures"] == 1
+    assert table.get_entity("login", row_key)["window_start"] == t + 601
 
 
 def test_emails_are_compared_trimmed_and_lower_cased() -> None:

@@ -94,6 +94,14 @@ var rules = [
     window: 'PT15M'
     query: 'AppTraces | where Message startswith "job failed:" or (Message has "MaxDequeueCount" and Message has "poison")'
   }
+  {
+    name: 'housekeeping-failed'
+    severity: 2
+    description: 'The housekeeping timer failed a step (expired throttle rows, tickets, tokens, old mail or idle sessions not cleared), or did not run for 2 hours.'
+    frequency: 'PT1H'
+    window: 'PT2H'
+    query: 'let runs = AppRequests | where Name == "housekeeping"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "housekeeping step failed"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

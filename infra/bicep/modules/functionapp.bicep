@@ -129,6 +129,8 @@ var secretSettings = {
   AUDIT_SIGNING_KEY: 'audit-signing-key'
   MFA_ENCRYPTION_KEY: 'mfa-encryption-key'
   MFA_DECRYPTION_KEYS: 'mfa-decryption-keys'
+  RATE_LIMIT_KEY: 'rate-limit-key'
+  RATE_LIMIT_PREVIOUS_KEYS: 'rate-limit-previous-keys'
   SMTP_USERNAME: 'smtp-username'
   SMTP_PASSWORD: 'smtp-password'
 }
@@ -212,7 +214,6 @@ var plainSettings = [
   { name: 'WEBAUTHN_RP_NAME', value: 'Custos' }
   { name: 'WEBAUTHN_ORIGINS', value: webauthnOrigins }
   { name: 'WEBAUTHN_CHALLENGE_TTL_S', value: '300' }
-  { name: 'WEBAUTHN_CHALLENGE_PURGE_SCHEDULE', value: '0 */15 * * * *' }
   { name: 'TENANT_PURGE_AFTER_DAYS', value: '30' }
   { name: 'TENANT_PURGE_SCHEDULE', value: '0 30 3 * * *' }
   { name: 'TENANT_PURGE_BATCH_ROWS', value: '1000' }
@@ -223,6 +224,8 @@ var plainSettings = [
   { name: 'JOBS_QUEUE', value: 'custos-jobs' }
   { name: 'JOB_LEASE_S', value: '900' }
   { name: 'EXPORT_LINK_TTL_S', value: '300' }
+  { name: 'HOUSEKEEPING_SCHEDULE', value: '0 */15 * * * *' }
+  { name: 'OUTBOX_SENT_RETENTION_DAYS', value: '30' }
 ]
 
 var keyVaultSettings = [for item in items(secretSettings): {

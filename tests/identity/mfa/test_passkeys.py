@@ -174,8 +174,4 @@ def test_challenge_expires_and_keeps_its_purpose() -> None:
     with pytest.raises(passkeys.ChallengeUnknown):
         passkeys.take_challenge(stale.id, purpose="passwordless")
 
-def test_purge_timer_runs_through_the_admin_endpoint(client: httpx.Client) -> None:
-    stale = passkeys.new_challenge(purpose="passwordless", now=time.time() - 3600)
-    assert client.post("/admin/functions/purge_webauthn_challenges").status_code == 202
-    with pytest.raises(passkeys.ChallengeUnknown):
-        passkeys.take_challenge(stale.id, purpose="passwordless")
+
