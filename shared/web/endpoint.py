@@ -113,6 +113,8 @@ class EndpointSpec:
     allow_support: bool = False
     media_type: str | None = None
     statuses: tuple[int, ...] = ()
+    security_headers: tuple[tuple[str, str], ...] = ()
+    cacheable: bool = False
 
 
 class ResponseContractError(Exception):
@@ -213,6 +215,8 @@ def endpoint(
     allow_support: bool = False,
     media_type: str | None = None,
     statuses: tuple[int, ...] = (),
+    security_headers: dict[str, str] | None = None,
+    cacheable: bool = False,
 ) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
     """Wrap a handler into a Functions HTTP function. See the module docstring.
 
@@ -225,6 +229,11 @@ def endpoint(
     the test environment every answer is checked against it); `media_type` names a non-JSON
     success body; `statuses` are the statuses the handler answers beyond the wrapper's own
     (e.g. 502 when a stored file fails its hash check).
+
+    `security_headers` replace some of `SECURITY_HEADERS` for this endpoint only (the console's
+    pages need a CSP that admits their own scripts; no API endpoint should use it). A
+    `cacheable` endpoint's successful answers keep the `Cache-Control` the handler set (the
+    console's hashed assets); its errors are `no-store` like every other answer.
 
     Raises:
         ValueError: for contradictory options.
@@ -253,6 +262,8 @@ def endpoint(
             allow_support=allow_support,
             media_type=media_type,
             statuses=statuses,
+            security_headers=tuple(sorted((security_headers or {}).items())),
+            cacheable=cacheable,
         )
         checked = _contract_checked(spec, handler)
 
@@ -451,7 +462,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         response = _problem(InternalError(), ctx.request_id)
     if ctx.claims is not None and ctx.claims.role == SUPPORT:
         response = _audit_support_request(ctx, req, response)
-    _finish(response, ctx.request_id, ctx.cors_origin)
+    _finish(response, ctx.request_id, ctx.cors_origin, spec)
     _log_access(ctx, req, response, started)
     return response
 
@@ -625,10 +636,13 @@ def problem_response(exc: AppError, request_id: str) -> func.HttpResponse:
     return _problem(exc, request_id)
 
 
-def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | None) -> None:
+def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | None, spec: EndpointSpec) -> None:
     headers = response.headers
-    for name, value in SECURITY_HEADERS.items():
+    cache_control = headers.get("Cache-Control")
+    for name, value in {**SECURITY_HEADERS, **dict(spec.security_headers)}.items():
         headers[name] = value
+    if spec.cacheable and cache_control and response.status_code == 200:
+        headers["Cache-Control"] = cache_control
     headers["X-Request-Id"] = request_id
     if cors_origin:
         headers["Access-Control-Allow-Origin"] = cors_origin
