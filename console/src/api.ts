@@ -23,6 +23,9 @@ export class Problem extends Error {
   }
 }
 
+/** The session ended under a page's feet: the sign-in page is already showing. */
+export class SignedOut extends Error {}
+
 export interface Tokens {
   access_token: string;
   expires_in: number;
@@ -91,7 +94,7 @@ export async function raw(method: string, path: string, body?: unknown): Promise
     if (await refresh()) res = await send(method, path, body);
     else {
       onSignedOut("Your session has ended. Sign in again.");
-      throw await problemOf(res);
+      throw new SignedOut((await problemOf(res)).title);
     }
   }
   if (!res.ok) throw await problemOf(res);

@@ -52,7 +52,7 @@ export function input(name: string, attrs: Record<string, Attr> = {}): HTMLInput
 
 export function select(name: string, options: [string, string][], value = ""): HTMLSelectElement {
   const el = h("select", { name }, options.map(([v, text]) => h("option", { value: v }, text)));
-  el.value = value;
+  if (options.some(([v]) => v === value)) el.value = value; // else the first option stays selected
   return el;
 }
 

@@ -1,5 +1,5 @@
 import "./style.css";
-import { describedPaths, forget, get, logout, refresh, setSignedOutHandler, signedIn } from "./api";
+import { describedPaths, forget, get, logout, refresh, setSignedOutHandler, SignedOut, signedIn } from "./api";
 import { clear, h } from "./dom";
 import { accountPage } from "./pages/account";
 import { auditPage } from "./pages/audit";
@@ -123,6 +123,7 @@ async function render(message?: string): Promise<void> {
   try {
     show(await page(ctx));
   } catch (err) {
+    if (err instanceof SignedOut) return;
     show(h("section", {}, h("h1", { tabindex: "-1" }, "This page could not be shown"), errorBox(err)));
   }
 }

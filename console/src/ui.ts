@@ -1,4 +1,4 @@
-import { Problem } from "./api";
+import { Problem, SignedOut } from "./api";
 import { h, type Child } from "./dom";
 
 /** The problem's title and detail, announced to screen readers. */
@@ -41,6 +41,7 @@ export async function run(button: HTMLButtonElement, slot: HTMLElement, action: 
     slot.replaceChildren();
     if (result) slot.append(typeof result === "string" || typeof result === "number" ? notice(String(result)) : result);
   } catch (err) {
+    if (err instanceof SignedOut) return;
     slot.replaceChildren(errorBox(err));
   } finally {
     slot.removeAttribute("aria-busy");

@@ -362,8 +362,12 @@ Stage = Callable[["RequestContext", EndpointSpec], None]
 
 
 def _stage_cors(ctx: RequestContext, spec: EndpointSpec) -> None:
-    """A request from an Origin outside the allow-list is refused (403)."""
+    """A request from an Origin outside the allow-list is refused (403); a same-origin one
+    (the console served by this app: browsers send Origin on its module scripts and POSTs)
+    is no cross-origin request at all."""
     origin = ctx.request.headers.get("Origin")
+    if origin is not None and _same_origin(origin, ctx.request.headers.get("Host")):
+        return
     if _check_origin(origin, get_settings().cors_origins):
         ctx.cors_origin = origin
 
@@ -495,6 +499,15 @@ def _check_route_and_query(req: func.HttpRequest) -> None:
     for name, value in (req.params or {}).items():
         jsonio.check_text(name, ["query"])
         jsonio.check_text(value, ["query", name])
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether a browser's Origin names the host the request was sent to. A browser sets
+    both truthfully; anything else could forge either, and CORS protects browsers only."""
+    if not host:
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
 
 
 def _check_origin(origin: str | None, allowed: frozenset[str]) -> bool:
