@@ -55,8 +55,9 @@ def test_the_cookie_refreshes_only_with_the_csrf_header_and_a_refusal_loses_noth
         assert ok.json()["refresh_token"] is None
         rotated, _ = cookie_of(ok)
         assert rotated != token
-        replay = c.post("/api/auth/refresh", json={}, headers={"Cookie": f"custos_refresh={token}", **CSRF})
-        assert replay.status_code == 401
+        # (a replay of `token` within REFRESH_GRACE_S is two tabs racing, by design: not asserted here)
+        again = c.post("/api/auth/refresh", json={}, headers={"Cookie": f"custos_refresh={rotated}", **CSRF})
+        assert again.status_code == 200 and cookie_of(again)[0] not in (token, rotated)
 
 
 def test_no_token_anywhere_is_unauthenticated_and_garbage_cookies_are_not_a_500(host: Host) -> None:
