@@ -70,7 +70,7 @@ def auth_refresh(ctx: RequestContext) -> Reply:
 
 
 @bp.route(route="api/auth/logout", methods=["POST"])
-@endpoint(mfa_enrolment=True, allow_cancelled=True, allow_support=True, tags=("auth",))
+@endpoint(mfa_enrolment=True, allow_cancelled=True, allow_support=True, status=204, tags=("auth",))
 def auth_logout(ctx: RequestContext) -> Reply:
     """End the caller's session (a support token's logout ends that support access); the console's cookie goes too."""
     auth.logout(principal=ctx.user, meta=ctx.meta)
