@@ -2,7 +2,7 @@ import { api, get, post } from "../api";
 import { field, h, input, put, when } from "../dom";
 import type { Ctx } from "../main";
 import { qrSvg } from "../qr";
-import { actionButton, form, notice, table } from "../ui";
+import { actionButton, errorBox, form, notice, table } from "../ui";
 import * as webauthn from "../webauthn";
 
 interface Passkey { id: string; name: string | null; created_at: string; last_used_at: string | null }
@@ -44,7 +44,12 @@ export async function accountPage(ctx: Ctx): Promise<Node> {
       const r = await post<{ other_sessions_ended: number }>("/api/auth/password/change", d);
       return `Password changed; ${r.other_sessions_ended} other session(s) ended.`;
     }));
-  await Promise.all([renderFactors(ctx, factors), renderSessions(ctx, sessions)]);
+  // Each part on its own: a user who must still enrol a factor may read /api/mfa but not yet
+  // /api/sessions, and the enrolment must stay usable.
+  await Promise.all([
+    renderFactors(ctx, factors).catch((err) => put(factors, errorBox(err))),
+    renderSessions(ctx, sessions).catch((err) => put(sessions, errorBox(err))),
+  ]);
   return section;
 }
 
