@@ -83,7 +83,15 @@ export async function loadMe(): Promise<Me> {
   return me;
 }
 
+// Only the newest navigation may fill the page: a slower, older one (e.g. a page whose request
+// found the session revoked and so already showed the sign-in page) must not paint over it.
+let renders = 0;
+
 async function render(message?: string): Promise<void> {
+  const generation = ++renders;
+  const show = (node: Node): void => {
+    if (generation === renders) paint(node);
+  };
   const path = route();
   const query = new URLSearchParams(location.search);
   const ctx: Ctx = { me, params: [], query, go, message };
@@ -128,7 +136,7 @@ async function render(message?: string): Promise<void> {
   }
 }
 
-function show(node: Node): void {
+function paint(node: Node): void {
   main.replaceChildren(node);
   // Focus after navigation: the page's heading, so a screen reader announces where we are.
   const heading = main.querySelector("h1");

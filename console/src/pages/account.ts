@@ -1,4 +1,4 @@
-import { api, get, post } from "../api";
+import { api, get, post, SignedOut, signedIn } from "../api";
 import { field, h, input, put, when } from "../dom";
 import type { Ctx } from "../main";
 import { qrSvg } from "../qr";
@@ -50,6 +50,7 @@ export async function accountPage(ctx: Ctx): Promise<Node> {
     renderFactors(ctx, factors).catch((err) => put(factors, errorBox(err))),
     renderSessions(ctx, sessions).catch((err) => put(sessions, errorBox(err))),
   ]);
+  if (!signedIn()) throw new SignedOut("signed out while the page loaded");
   return section;
 }
 
