@@ -28,12 +28,13 @@ PORT ?= 7071
 PYTEST_ARGS ?= -q
 PROFILE ?= run
 
-.PHONY: help venv infra-venv node run test services services-down services-status services-destroy lint
+.PHONY: help venv infra-venv node console run test services services-down services-status services-destroy lint
 
 help:
 	@echo "make venv             create .venv and install requirements-dev.txt (when they change)"
 	@echo "make infra-venv       create .venv-infra with checkov (requirements-infra.txt) for tests/test_bicep.py"
 	@echo "make node             npm ci (Azurite) when node_modules is missing or stale"
+	@echo "make console          npm ci + build the admin console into console/dist (served under /console/)"
 	@echo "make run [PORT=7071]  start services (profile run), migrate, run devhost; Ctrl-C stops all"
 	@echo "make test [PYTEST_ARGS=-q]  start services (profile test), run pytest, stop services"
 	@echo "make services [PROFILE=run|test]   start services only;  . .local/<profile>/services.sh"
@@ -75,12 +76,28 @@ $(INFRA_STAMP): requirements-infra.txt
 node:
 	@$(DEVSERVICES) node
 
+# The admin console (console/, its own package.json: Vite + TypeScript). console/dist is built,
+# never committed; npm ci only when console/node_modules is missing or older than the lock.
+CONSOLE_STAMP := console/node_modules/.package-lock.json
+
+console: $(CONSOLE_STAMP)
+	@npm --prefix console run build --silent >/dev/null
+	echo "console built into console/dist"
+
+$(CONSOLE_STAMP): console/package-lock.json
+	@mkdir -p $(LOCAL)
+	exec 9>$(LOCAL)/.console-npm.lock
+	if command -v flock >/dev/null; then flock 9; fi
+	if [ -f $@ ] && [ $@ -nt console/package-lock.json ]; then exit 0; fi
+	npm --prefix console ci --no-audit --no-fund
+	touch $@
+
 # ---------------------------------------------------------------- run / test
 
 # One shell (.ONESHELL): the EXIT trap stops the services this recipe started (by PID,
 # through devservices.py down) after devhost ends, including on Ctrl-C.  Data is kept, so
 # the next `make run` finds it again.
-run: venv node
+run: venv node console
 	@trap 'rc=$$?; trap - EXIT; $(DEVSERVICES) down --profile run || true; exit $$rc' EXIT
 	trap 'exit 130' INT
 	trap 'exit 143' TERM
@@ -96,7 +113,7 @@ run: venv node
 
 # The tests start devhost themselves.  Services are always stopped afterwards; the exit
 # status is pytest's.
-test: venv infra-venv node
+test: venv infra-venv node console
 	@echo "+ ruff check . && mypy (types are checked like tests)"
 	$(VPY) -m ruff check .
 	$(VPY) -m mypy

@@ -5,6 +5,7 @@ import azure.functions as func
 from functions import (
     audit,
     auth,
+    console,
     designations,
     exports,
     jobs,
@@ -30,7 +31,7 @@ from shared.web.openapi import describe_app
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
     records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp, jobs.bp, exports.bp,
-    scim.bp,
+    scim.bp, console.bp,
 )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import Field
+
 from shared.web.models import Out
 
 
@@ -14,7 +16,7 @@ class Tokens(Out):
     access_token: str
     token_type: str
     expires_in: int
-    refresh_token: str
+    refresh_token: str | None = Field(description="Null when it was set in the console's cookie instead")
     refresh_expires_at: datetime
     session_id: str
     mfa_enrolment_required: bool | None = None

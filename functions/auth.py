@@ -10,6 +10,7 @@ from pydantic import Field
 from functions._models_auth import LoginResult, PasswordChanged, StatusMessage, Tokens
 from shared.identity import signin as auth
 from shared.identity.sessions import refresh
+from shared.web import refresh_cookie
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Strict
 
@@ -25,7 +26,8 @@ class Login(Strict):
 
 
 class RefreshBody(Strict):
-    refresh_token: str = Field(min_length=1, max_length=200)
+    refresh_token: str | None = Field(None, min_length=1, max_length=200,
+                                      description="Omit to use the console's refresh cookie (with X-Custos-CSRF: 1)")
 
 
 class AcceptInvitation(Strict):
@@ -52,34 +54,36 @@ class PasswordChange(Strict):
 
 @bp.route(route="api/auth/login", methods=["POST"])
 @endpoint(response=LoginResult, auth=False, body=Login, tags=("auth",))
-def auth_login(ctx: RequestContext) -> dict[str, Any]:
+def auth_login(ctx: RequestContext) -> Reply:
     """Sign in with tenant, email and password: an access token and a refresh token."""
     b: Login = ctx.body
-    return auth.login(tenant_slug=b.tenant, email=b.email, password=b.password, remember_me=b.remember_me,
-                      meta=ctx.meta).as_dict()
+    return refresh_cookie.deliver(ctx.request, auth.login(tenant_slug=b.tenant, email=b.email, password=b.password,
+                                                          remember_me=b.remember_me, meta=ctx.meta).as_dict())
 
 
 @bp.route(route="api/auth/refresh", methods=["POST"])
 @endpoint(response=Tokens, auth=False, body=RefreshBody, tags=("auth",))
-def auth_refresh(ctx: RequestContext) -> dict[str, Any]:
-    """Rotate a refresh token: the old one dies, a new pair is issued."""
-    return refresh(ctx.body.refresh_token, meta=ctx.meta).as_dict()
+def auth_refresh(ctx: RequestContext) -> Reply:
+    """Rotate a refresh token (from the body, or the console's cookie): the old one dies, a new pair is issued."""
+    token = ctx.body.refresh_token or refresh_cookie.read(ctx.request)
+    return refresh_cookie.deliver(ctx.request, refresh(token, meta=ctx.meta).as_dict())
 
 
 @bp.route(route="api/auth/logout", methods=["POST"])
-@endpoint(mfa_enrolment=True, allow_cancelled=True, allow_support=True, tags=("auth",))
-def auth_logout(ctx: RequestContext) -> None:
-    """End the caller's session (a support token's logout ends that support access)."""
+@endpoint(mfa_enrolment=True, allow_cancelled=True, allow_support=True, status=204, tags=("auth",))
+def auth_logout(ctx: RequestContext) -> Reply:
+    """End the caller's session (a support token's logout ends that support access); the console's cookie goes too."""
     auth.logout(principal=ctx.user, meta=ctx.meta)
+    return refresh_cookie.logged_out(ctx.request)
 
 
 @bp.route(route="api/auth/invitations/accept", methods=["POST"])
 @endpoint(response=Tokens, auth=False, body=AcceptInvitation, tags=("auth",))
-def auth_accept_invitation(ctx: RequestContext) -> dict[str, Any]:
+def auth_accept_invitation(ctx: RequestContext) -> Reply:
     """Accept an invitation: set name and password, and sign in."""
     b: AcceptInvitation = ctx.body
-    return auth.accept_invitation(token=b.token, display_name=b.display_name, password=b.password,
-                                  meta=ctx.meta).as_dict()
+    return refresh_cookie.deliver(ctx.request, auth.accept_invitation(token=b.token, display_name=b.display_name,
+                                                                      password=b.password, meta=ctx.meta).as_dict())
 
 
 @bp.route(route="api/auth/password/reset/request", methods=["POST"])

@@ -24,6 +24,7 @@ from functions._models_auth import (
     WebAuthnOptions,
 )
 from shared.identity import mfa
+from shared.web import refresh_cookie
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import ReasonBody, Strict
 
@@ -197,11 +198,12 @@ def auth_mfa_passkey_options(ctx: RequestContext) -> dict[str, Any]:
 
 @bp.route(route="api/auth/mfa/verify", methods=["POST"])
 @endpoint(response=Tokens, auth=False, body=SecondFactor, tags=("auth", "mfa"))
-def auth_mfa_verify(ctx: RequestContext) -> dict[str, Any]:
+def auth_mfa_verify(ctx: RequestContext) -> Reply:
     """Second sign-in step: the ticket and a TOTP code, a recovery code or a passkey assertion give the tokens."""
     b: SecondFactor = ctx.body
-    return mfa.verify_second_factor(ticket=b.mfa_ticket, code=b.code, recovery_code=b.recovery_code,
-                                    assertion=b.assertion, challenge_id=b.challenge_id, meta=ctx.meta).as_dict()
+    return refresh_cookie.deliver(ctx.request, mfa.verify_second_factor(
+        ticket=b.mfa_ticket, code=b.code, recovery_code=b.recovery_code, assertion=b.assertion,
+        challenge_id=b.challenge_id, meta=ctx.meta).as_dict())
 
 
 @bp.route(route="api/auth/passkey/options", methods=["POST"])
@@ -213,11 +215,11 @@ def auth_passkey_options(ctx: RequestContext) -> dict[str, Any]:
 
 @bp.route(route="api/auth/passkey/verify", methods=["POST"])
 @endpoint(response=Tokens, auth=False, body=PasskeySignIn, tags=("auth", "mfa"))
-def auth_passkey_verify(ctx: RequestContext) -> dict[str, Any]:
+def auth_passkey_verify(ctx: RequestContext) -> Reply:
     """Sign in with a passkey alone: the same tokens as a login."""
     b: PasskeySignIn = ctx.body
-    return mfa.passkey_sign_in(challenge_id=b.challenge_id, assertion=b.assertion, remember_me=b.remember_me,
-                               meta=ctx.meta).as_dict()
+    return refresh_cookie.deliver(ctx.request, mfa.passkey_sign_in(
+        challenge_id=b.challenge_id, assertion=b.assertion, remember_me=b.remember_me, meta=ctx.meta).as_dict())
 
 
 # --- platform operators: the same factors, under /api/platform -------------------------------------

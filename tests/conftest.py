@@ -106,8 +106,8 @@ def migrated() -> None:
 class Host:
     """A devhost subprocess serving function_app.app."""
 
-    def __init__(self, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str] | None = None, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = ROOT / ".local" / "test" / f"devhost-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,8 @@ APP_FILES = {
     "shared/data/common-passwords.txt", "shared/data/NOTICE.md",
     # the layout after shared/ moves into sub-packages
     "shared/core/__init__.py", "shared/core/migrations/0020_x.sql", "shared/identity/mfa/totp.py",
+    # the console's built assets (console/dist is built, not committed)
+    "console/dist/index.html", "console/dist/assets/index-AbCd1234.js", "console/dist/assets/index-AbCd1234.css",
 }
 
 NOT_SHIPPED = {
@@ -55,6 +57,10 @@ NOT_SHIPPED = {
     "tools/readme_tables.py", "scripts/devservices.py", "docs/security.md", "infra/bicep/main.bicep",
     "azure.yaml", "Makefile", "pyproject.toml", "package.json", "package-lock.json",
     "requirements-dev.txt", "requirements-worker.txt", "README.md",
+    # the console's sources and toolchain
+    "console/src/main.ts", "console/src/pages/signin.ts", "console/index.html", "console/package.json",
+    "console/package-lock.json", "console/tsconfig.json", "console/vite.config.ts",
+    "console/node_modules/vite/package.json",
 }
 
 FORBIDDEN = ("*.pem", ".local/*", "local.settings.json", "*/local.settings.json")
@@ -98,7 +104,7 @@ def test_package_holds_the_app_and_leaves_out_tooling_secrets_and_caches(tmp_pat
 def test_package_of_this_tree_has_every_app_file_and_nothing_forbidden() -> None:
     package = package_files(ROOT)
     app = {"function_app.py", "host.json", "requirements.txt"}
-    for top in ("functions", "shared"):
+    for top in ("functions", "shared", "console/dist"):
         app |= {p.relative_to(ROOT).as_posix() for p in (ROOT / top).rglob("*")
                 if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
     assert any(p.endswith(".sql") for p in app) and any("/data/" in p for p in app)

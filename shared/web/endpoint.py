@@ -115,6 +115,8 @@ class EndpointSpec:
     media_type: str | None = None
     statuses: tuple[int, ...] = ()
     scim: bool = False
+    security_headers: tuple[tuple[str, str], ...] = ()
+    cacheable: bool = False
 
 
 class ResponseContractError(Exception):
@@ -216,6 +218,8 @@ def endpoint(
     media_type: str | None = None,
     statuses: tuple[int, ...] = (),
     scim: bool = False,
+    security_headers: dict[str, str] | None = None,
+    cacheable: bool = False,
 ) -> Callable[[Handler], Callable[[func.HttpRequest], func.HttpResponse]]:
     """Wrap a handler into a Functions HTTP function. See the module docstring.
 
@@ -234,6 +238,11 @@ def endpoint(
     row-level security applies as for any caller), takes no permission (a SCIM token reaches
     the SCIM endpoints and nothing else), and renders every error in the SCIM error schema
     (RFC 7644 section 3.12) as `application/scim+json` instead of problem+json.
+
+    `security_headers` replace some of `SECURITY_HEADERS` for this endpoint only (the console's
+    pages need a CSP that admits their own scripts; no API endpoint should use it). A
+    `cacheable` endpoint's successful answers keep the `Cache-Control` the handler set (the
+    console's hashed assets); its errors are `no-store` like every other answer.
 
     Raises:
         ValueError: for contradictory options.
@@ -265,6 +274,8 @@ def endpoint(
             media_type=media_type,
             statuses=statuses,
             scim=scim,
+            security_headers=tuple(sorted((security_headers or {}).items())),
+            cacheable=cacheable,
         )
         checked = _contract_checked(spec, handler)
 
@@ -363,8 +374,12 @@ Stage = Callable[["RequestContext", EndpointSpec], None]
 
 
 def _stage_cors(ctx: RequestContext, spec: EndpointSpec) -> None:
-    """A request from an Origin outside the allow-list is refused (403)."""
+    """A request from an Origin outside the allow-list is refused (403); a same-origin one
+    (the console served by this app: browsers send Origin on its module scripts and POSTs)
+    is no cross-origin request at all."""
     origin = ctx.request.headers.get("Origin")
+    if origin is not None and _same_origin(origin, ctx.request.headers.get("Host")):
+        return
     if _check_origin(origin, get_settings().cors_origins):
         ctx.cors_origin = origin
 
@@ -465,7 +480,7 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
         response = _scim_error(InternalError()) if spec.scim else _problem(InternalError(), ctx.request_id)
     if ctx.claims is not None and ctx.claims.role == SUPPORT:
         response = _audit_support_request(ctx, req, response)
-    _finish(response, ctx.request_id, ctx.cors_origin)
+    _finish(response, ctx.request_id, ctx.cors_origin, spec)
     _log_access(ctx, req, response, started)
     return response
 
@@ -506,6 +521,15 @@ def _check_route_and_query(req: func.HttpRequest) -> None:
     for name, value in (req.params or {}).items():
         jsonio.check_text(name, ["query"])
         jsonio.check_text(value, ["query", name])
+
+
+def _same_origin(origin: str, host: str | None) -> bool:
+    """Whether a browser's Origin names the host the request was sent to. A browser sets
+    both truthfully; anything else could forge either, and CORS protects browsers only."""
+    if not host:
+        return False
+    parts = urlsplit(origin)
+    return parts.scheme in ("http", "https") and parts.netloc.lower() == host.strip().lower()
 
 
 def _check_origin(origin: str | None, allowed: frozenset[str]) -> bool:
@@ -671,10 +695,13 @@ def problem_response(exc: AppError, request_id: str) -> func.HttpResponse:
     return _problem(exc, request_id)
 
 
-def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | None) -> None:
+def _finish(response: func.HttpResponse, request_id: str, cors_origin: str | None, spec: EndpointSpec) -> None:
     headers = response.headers
-    for name, value in SECURITY_HEADERS.items():
+    cache_control = headers.get("Cache-Control")
+    for name, value in {**SECURITY_HEADERS, **dict(spec.security_headers)}.items():
         headers[name] = value
+    if spec.cacheable and cache_control and response.status_code == 200:
+        headers["Cache-Control"] = cache_control
     headers["X-Request-Id"] = request_id
     if cors_origin:
         headers["Access-Control-Allow-Origin"] = cors_origin

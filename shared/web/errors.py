@@ -27,3 +27,16 @@ class CardDataRefused(AppError):
             "send a payment gateway token instead of card data",
             errors=[{"location": location, "message": "card number or security code", "code": "card_data"}],
         )
+
+
+class ConsoleNotBuilt(AppError):
+    """The admin console's assets are missing from this deployment (its build did not run)."""
+
+    status, code, title = 503, "console-not-built", "The console is not available"
+
+
+class CsrfHeaderMissing(AppError):
+    """A request that a browser's cookie would authenticate lacks the console's custom header
+    (`X-Custos-CSRF: 1`), which no cross-site form or script can add."""
+
+    status, code, title = 403, "csrf-header-missing", "The request lacks its CSRF header"

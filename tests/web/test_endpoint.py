@@ -18,7 +18,7 @@ from shared.core.settings import get_settings
 from shared.identity.tokens import keyring
 from shared.tenancy.tenants import Tenant
 from shared.web.endpoint import SECURITY_HEADERS, endpoint_spec
-from tests.conftest import TEST_ORIGIN, TokenFactory, auth, create_session_row, create_user
+from tests.conftest import TEST_ORIGIN, Host, TokenFactory, auth, create_session_row, create_user
 
 SETTING_URL = "/api/tenant/settings/sessions.max_idle_minutes"
 
@@ -134,6 +134,22 @@ def test_cors_refused_origin(client: httpx.Client) -> None:
     resp = client.get("/api/health", headers={"Origin": "https://evil.example"})
     assert_problem(resp, 403, "origin-not-allowed")
     assert "access-control-allow-origin" not in resp.headers
+
+
+def test_a_same_origin_request_is_served_without_cors_headers(client: httpx.Client, host: Host) -> None:
+    """The console's own POSTs and module scripts carry Origin = the host they were sent to."""
+    resp = client.get("/api/health", headers={"Origin": host.url})
+    assert resp.status_code == 200
+    assert "access-control-allow-origin" not in resp.headers
+
+
+@pytest.mark.parametrize("origin", [
+    "http://127.0.0.1", "http://127.0.0.1:1", "null", "file://127.0.0.1", "javascript://127.0.0.1:{port}",
+    "http://127.0.0.1:{port}.evil.example", "http://evil.example#127.0.0.1:{port}", "http://user@127.0.0.1:{port}",
+])
+def test_an_origin_that_only_resembles_the_host_is_still_refused(client: httpx.Client, host: Host, origin: str) -> None:
+    resp = client.get("/api/health", headers={"Origin": origin.format(port=host.port)})
+    assert_problem(resp, 403, "origin-not-allowed")
 
 
 def test_cors_preflight(client: httpx.Client) -> None:

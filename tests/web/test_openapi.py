@@ -44,7 +44,8 @@ def test_every_endpoint_with_a_body_declares_its_model_or_media_type() -> None:
     missing = []
     for fn, spec, handler in _wrapped():
         returns = handler.__annotations__.get("return")
-        if returns not in (None, "None") and spec.response is None and spec.media_type is None:
+        # a 204 endpoint may answer a Reply for its headers alone (logout's Set-Cookie)
+        if returns not in (None, "None") and spec.status != 204 and spec.response is None and spec.media_type is None:
             missing.append(fn.get_function_name())
     assert missing == []
 

@@ -1,0 +1,282 @@
+"""A day with the admin console, in a real browser (Debian's Chromium driven by Playwright)
+against the real host: an admin signs in with TOTP and invites a user; the user accepts from
+the mail's code, enrols a passkey in Chromium's virtual authenticator and signs in with it;
+the admin revokes the user's session and the user's page is signed out; a reviewer signs a
+record in the Part 11 dialog; the auditor presses Verify. Then every page is scanned with
+axe-core and photographed into docs/console/.
+
+The browser goes to http://localhost:<port>: WebAuthn refuses an IP address as RP id, and
+Chromium treats localhost as a secure context (so the Secure refresh cookie is kept).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pyotp
+import pytest
+
+from shared.core import db
+from tests.conftest import ROOT, Host, Tenant, auth, create_session_row, create_user, free_port, token_for
+from tests.web.test_console import ensure_built
+
+pw = pytest.importorskip("playwright.sync_api")
+from playwright.sync_api import Browser, BrowserContext, Page, expect  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+PASSWORD = "Lantern-Orchid-Quarry-47"
+AXE = ROOT / "console" / "node_modules" / "axe-core" / "axe.min.js"
+SHOTS = ROOT / "docs" / "console"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def console_host() -> Iterator[Host]:
+    ensure_built()
+    port = free_port()
+    origin = f"http://localhost:{port}"
+    h = Host(env={"WEBAUTHN_RP_ID": "localhost", "WEBAUTHN_ORIGINS": origin, "PUBLIC_APP_URL": f"{origin}/console"},
+             port=port)
+    h.url = origin  # type: ignore[misc]
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with pw.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-background-networking", "--disable-component-update",
+            "--disable-default-apps", "--disable-sync", "--no-first-run", "--disable-domain-reliability",
+            "--metrics-recording-only", "--disable-breakpad",
+        ])
+        yield b
+        b.close()
+
+
+def person(tenant: Tenant, role: str) -> dict[str, Any]:
+    """A user with a password (and, for ADMIN and REVIEWER, a confirmed TOTP)."""
+    from shared.identity.passwords import hash_password
+
+    row = create_user(tenant.id, role, name=f"{role.title()} {uuid.uuid4().hex[:4]}")
+    with db.tenant_tx(tenant.id) as conn:
+        conn.execute("update users set password_hash = %s, time_zone = 'Europe/London' where id = %s",
+                     (hash_password(PASSWORD), row["id"]))
+    return row
+
+
+def context(browser: Browser, **kw: Any) -> BrowserContext:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="Europe/London", **kw)
+    ctx.set_default_timeout(20_000)
+    return ctx
+
+
+def sign_in(page: Page, host: Host, tenant: Tenant, who: dict[str, Any], *, at: float | None = None) -> None:
+    page.goto(f"{host.url}/console/")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Organisation (tenant)").fill(tenant.slug)
+    page.get_by_label("Email", exact=True).fill(who["email"])
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    if who.get("totp_secret"):
+        expect(page.get_by_role("heading", name="Second step")).to_be_visible()
+        code = pyotp.TOTP(who["totp_secret"]).at(at or time.time())
+        page.get_by_label("Code from your authenticator app").fill(code)
+        page.get_by_role("button", name="Verify").click()
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+
+
+def outbox_code(tenant_id: str, to: str, prefix: str) -> str:
+    with db.tenant_tx(tenant_id) as conn:
+        body = conn.execute("select body from outbox where to_address = %s order by created_at desc limit 1",
+                            (to,)).fetchone()["body"]
+    match = re.search(rf"\b{prefix}\.[0-9a-f]{{32}}\.[A-Za-z0-9_-]{{40,}}", body)
+    assert match, body
+    return match.group(0)
+
+
+def test_a_day_with_the_console(console_host: Host, browser: Browser, tenant: Tenant) -> None:
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    reviewer = person(tenant, "REVIEWER")
+    author = person(tenant, "OPERATOR")
+    author_auth = auth(token_for(author["id"], tenant.id, "OPERATOR", session_id=create_session_row(tenant.id, author["id"])))
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}") as c:
+        record = c.post("/api/records", json={"type": "document", "payload": {"title": "SOP-7 Cleaning"}},
+                        headers=author_auth).json()
+        assert "id" in record, record
+        authored = c.post(f"/api/records/{record['id']}/versions/1/signatures", headers=author_auth,
+                          json={"password": PASSWORD, "meaning": "AUTHORED", "reason": "authorship"})
+        assert authored.status_code == 201, authored.text
+
+    # The admin signs in with a TOTP code and invites a user.
+    admin_ctx = context(browser)
+    a = admin_ctx.new_page()
+    sign_in(a, host, tenant, admin)
+    a.get_by_role("link", name="Users").click()
+    expect(a.get_by_role("heading", name="Users")).to_be_visible()
+    invitee = f"new-{uuid.uuid4().hex[:8]}@example.test"
+    invite = a.get_by_role("form", name="Invite a user")
+    invite.get_by_label("Email").fill(invitee)
+    invite.get_by_label("Name").fill("Nina New")
+    invite.get_by_label("Role").select_option("OPERATOR")
+    invite.get_by_label("Reason").fill("joins the QA team")
+    invite.get_by_role("button", name="Send invitation").click()
+    expect(a.get_by_text(f"Invitation mailed to {invitee}")).to_be_visible()
+
+    # The user accepts from the mail's link and code.
+    user_ctx = context(browser)
+    u = user_ctx.new_page()
+    u.goto(f"{host.url}/console/invitation")
+    expect(u.get_by_role("heading", name="Accept your invitation")).to_be_visible()
+    u.get_by_label("Invitation code").fill(outbox_code(tenant.id, invitee, "inv"))
+    u.get_by_label("Your name").fill("Nina New")
+    u.get_by_label("New password").fill(PASSWORD)
+    u.get_by_role("button", name="Accept and sign in").click()
+    expect(u.get_by_role("heading", name="My account")).to_be_visible()
+    expect(u.get_by_text("Nina New").first).to_be_visible()
+
+    # ... enrols a passkey in Chromium's virtual authenticator ...
+    cdp = user_ctx.new_cdp_session(u)
+    cdp.send("WebAuthn.enable")
+    cdp.send("WebAuthn.addVirtualAuthenticator", {"options": {
+        "protocol": "ctap2", "transport": "internal", "hasResidentKey": True, "hasUserVerification": True,
+        "isUserVerified": True, "automaticPresenceSimulation": True}})
+    add = u.get_by_role("form", name="Add a passkey")
+    add.get_by_label("Name for the new passkey").fill("Nina's laptop")
+    add.get_by_role("button", name="Add a passkey").click()
+    expect(u.get_by_text("Passkey added.")).to_be_visible()
+    u.get_by_role("button", name="Continue").click()
+    expect(u.get_by_role("cell", name="Nina's laptop", exact=True)).to_be_visible()
+
+    # ... signs out, and back in with the passkey alone.
+    u.get_by_role("button", name="Sign out").click()
+    expect(u.get_by_text("You are signed out.")).to_be_visible()
+    u.get_by_label("Organisation (tenant)").fill(tenant.slug)
+    u.get_by_role("button", name="Sign in with a passkey").click()
+    expect(u.get_by_role("heading", name="My account")).to_be_visible()
+    expect(u.get_by_text("This session")).to_be_visible()
+
+    # The admin revokes the user's session; the user's page is signed out on its next request.
+    a.get_by_role("link", name="Users").click()
+    a.get_by_role("link", name="Nina New").click()
+    expect(a.get_by_role("heading", name="Nina New")).to_be_visible()
+    sessions = a.get_by_role("table", name="Sessions of this user")
+    live = sessions.get_by_role("button", name=re.compile("Revoke session"))
+    expect(live.first).to_be_visible()
+    for _ in range(live.count()):
+        a.get_by_role("table", name="Sessions of this user").get_by_role("button", name=re.compile("Revoke session")).first.click()
+        expect(a.get_by_text("Session revoked")).to_be_visible()
+    expect(a.get_by_role("table", name="Sessions of this user").get_by_role("button", name=re.compile("Revoke"))).to_have_count(0)
+    u.get_by_role("link", name="My account").click()
+    expect(u.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(u.get_by_text("Your session has ended")).to_be_visible()
+
+    # A reviewer signs the record in the dialog that shows the manifestation first.
+    rev_ctx = context(browser)
+    r = rev_ctx.new_page()
+    sign_in(r, host, tenant, reviewer)
+    r.goto(f"{host.url}/console/records/{record['id']}")
+    expect(r.get_by_role("heading", name=re.compile("document"))).to_be_visible()
+    r.get_by_role("button", name="Sign version 1").click()
+    dialog = r.get_by_role("dialog")
+    manifest = dialog.get_by_role("region", name="Signature manifestation")
+    expect(manifest).to_contain_text(reviewer["email"][:0] or "Printed name")
+    expect(manifest).to_contain_text(record["version"]["checksum"])
+    dialog.get_by_label("Meaning").select_option("REVIEWED")
+    dialog.get_by_label("Your password").fill(PASSWORD)
+    dialog.get_by_label("Authenticator code (if you have one)").fill(pyotp.TOTP(reviewer["totp_secret"]).at(time.time() + 30))
+    dialog.get_by_role("button", name="Sign", exact=True).click()
+    expect(r.get_by_text("Signed as REVIEWED.")).to_be_visible()
+    expect(r.get_by_role("table", name="Signatures")).to_contain_text("REVIEWED")
+
+    # The auditor (here the reviewer: audit.read) presses Verify and sees the result.
+    r.get_by_role("link", name="Audit trail").click()
+    expect(r.get_by_role("heading", name="Audit trail")).to_be_visible()
+    expect(r.get_by_role("table", name=re.compile("Events"))).to_contain_text("signature")
+    r.get_by_role("button", name="Verify").click()
+    expect(r.get_by_text("The audit chain is intact.")).to_be_visible()
+    expect(r.get_by_text(re.compile(r"event\(s\) checked"))).to_be_visible()
+    for c_ in (admin_ctx, user_ctx, rev_ctx):
+        c_.close()
+
+
+PAGES = ["signin", "invitation", "reset", "account", "users", "records", "audit", "settings"]
+
+
+def test_every_page_passes_axe_and_is_photographed(console_host: Host, browser: Browser, tenant: Tenant) -> None:
+    """axe-core finds no serious or critical violation on any page (injected into a context
+    that bypasses the CSP: the page itself admits no outside script, which is the point)."""
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}") as c:
+        rec = c.post("/api/records", json={"type": "document", "payload": {"title": "SOP-9 Gowning"}},
+                     headers=auth(token_for(admin["id"], tenant.id, "ADMIN",
+                                           session_id=create_session_row(tenant.id, admin["id"])))).json()
+    assert "id" in rec, rec
+    ctx = context(browser, bypass_csp=True)
+    page = ctx.new_page()
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    failures: dict[str, list[str]] = {}
+
+    def scan(name: str) -> None:
+        page.add_script_tag(path=str(AXE))
+        result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+        bad = [f"{v['id']} ({v['impact']}): {v['help']}" for v in result["violations"]
+               if v["impact"] in ("serious", "critical")]
+        if bad:
+            failures[name] = bad
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+    for name in ("signin", "invitation", "reset"):
+        page.goto(f"{host.url}/console/{name}")
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        scan(name)
+    sign_in(page, host, tenant, admin)
+    for name in ("account", "users", "records", "audit", "settings"):
+        page.get_by_role("link", name={"account": "My account", "users": "Users", "records": "Records",
+                                       "audit": "Audit trail", "settings": "Settings"}[name]).click()
+        expect(page.get_by_role("heading", level=1)).to_be_visible()
+        expect(page.locator("main progress")).to_have_count(0)
+        scan(name)
+    page.goto(f"{host.url}/console/records/{rec['id']}")
+    expect(page.get_by_role("heading", name=re.compile("document"))).to_be_visible()
+    page.get_by_role("button", name="Sign version 1").click()
+    expect(page.get_by_role("region", name="Signature manifestation")).to_be_visible()
+    scan("sign-dialog")
+    page.set_viewport_size({"width": 320, "height": 800})
+    page.keyboard.press("Escape")
+    expect(page.get_by_role("dialog")).to_have_count(0)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    page.screenshot(path=str(SHOTS / "record-320px.png"), full_page=True)
+    assert width <= 320, f"the record page scrolls sideways at 320 px ({width} px)"
+    ctx.close()
+    assert not failures, failures
+
+
+def test_the_strict_csp_blocks_an_injected_inline_script(console_host: Host, browser: Browser) -> None:
+    """The served page really runs under its CSP and Trusted Types: inline script does not
+    run and an innerHTML assignment throws."""
+    ctx = context(browser)
+    page = ctx.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{console_host.url}/console/signin")
+    try:
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    except AssertionError:
+        raise AssertionError(errors) from None
+    ran = page.evaluate("""() => { try { const s = document.createElement('script'); s.textContent = 'window.__ran = 1';
+        document.head.appendChild(s); } catch (e) { return 'refused: ' + e.message } return window.__ran === 1; }""")
+    assert ran is not True and "TrustedScript" in str(ran)
+    threw = page.evaluate("() => { try { document.body.innerHTML = '<b>x</b>'; return false } catch (e) { return true } }")
+    assert threw is True
+    ctx.close()
