@@ -11,6 +11,7 @@ from functions import (
     records,
     sessions,
     signatures,
+    sso,
     support,
     system,
     tenants,
@@ -27,6 +28,7 @@ from shared.web.openapi import describe_app
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
     records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp,
+    sso.bp,
 )
 
 

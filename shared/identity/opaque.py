@@ -14,7 +14,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-KINDS = frozenset({"rt", "inv", "pwr", "ops"})
+KINDS = frozenset({"rt", "inv", "pwr", "ops", "sso"})
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ PERMISSIONS: dict[str, str] = {
     "payment_methods.manage": "Store and list payment methods (gateway tokens only)",
     "tenant.settings.read": "Read tenant settings",
     "tenant.settings.manage": "Change tenant settings and grant support access",
+    "sso.manage": "Configure identity providers (SAML, OIDC) and break-glass accounts",
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {
