@@ -13,7 +13,8 @@ from functions._models_auth import LoginResult
 from functions._models_sso import BreakGlassAccounts, BreakGlassAdded, Provider, ProviderButtons, Providers
 from shared.identity.sso import api
 from shared.identity.sso.accounts import BINDING_COOKIE
-from shared.web.endpoint import RequestContext, endpoint
+from shared.identity.sso.oidc import FLOW_COOKIE
+from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Reason, ReasonQuery, Strict
 
 bp = func.Blueprint()
@@ -144,3 +145,34 @@ def sso_public_providers(ctx: RequestContext) -> dict[str, Any]:
 def sso_exchange(ctx: RequestContext) -> dict[str, Any]:
     """Trade the one-time code of a finished SSO sign-in for tokens (same browser, once)."""
     return api.exchange(code=ctx.body.code, binding=binding_cookie(ctx.request), meta=ctx.meta)
+
+
+def _cookie(req: func.HttpRequest, name: str) -> str | None:
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(req.headers.get("Cookie") or "")
+    except CookieError:
+        return None
+    morsel = jar.get(name)
+    return morsel.value if morsel is not None else None
+
+
+@bp.route(route="api/sso/oidc/{tenant}/{provider}/start", methods=["GET"])
+@endpoint(auth=False, status=302, statuses=(502,), tags=("sso",))
+def sso_oidc_start(ctx: RequestContext) -> Reply:
+    """Start an OpenID Connect sign-in: 302 to the provider (PKCE, state, nonce in a sealed cookie).
+    `?remember_me=true` asks for a long session."""
+    remember = (ctx.request.params.get("remember_me") or "").lower() == "true"
+    out = api.oidc_start(slug=ctx.route["tenant"], provider_id=ctx.route["provider"], remember_me=remember,
+                         meta=ctx.meta)
+    return Reply(status=302, headers={"Location": out.location, "Set-Cookie": out.set_cookie})
+
+
+@bp.route(route="api/sso/oidc/{tenant}/{provider}/callback", methods=["GET"])
+@endpoint(auth=False, status=302, statuses=(401, 403, 502), tags=("sso",))
+def sso_oidc_callback(ctx: RequestContext) -> Reply:
+    """The OpenID Provider's redirect back: verify, then 302 to the console with a one-time code."""
+    out = api.oidc_callback(slug=ctx.route["tenant"], provider_id=ctx.route["provider"],
+                            query={k: str(v) for k, v in (ctx.request.params or {}).items()},
+                            flow_cookie=_cookie(ctx.request, FLOW_COOKIE), meta=ctx.meta)
+    return Reply(status=302, headers={"Location": out.location, "Set-Cookie": out.set_cookie})

@@ -10,7 +10,7 @@ from typing import Any
 from shared.audit import chain as audit
 from shared.core import db
 from shared.core.errors import NotFound
-from shared.identity.sso import accounts, providers
+from shared.identity.sso import accounts, oidc, providers
 from shared.identity.sso.providers import Kind
 from shared.web.caller import Caller
 
@@ -99,3 +99,25 @@ def exchange(*, code: str, binding: str | None, meta: audit.RequestMeta) -> dict
         InvalidHandoff.
     """
     return accounts.exchange(code=code, binding=binding, meta=meta).as_dict()
+
+
+def oidc_start(*, slug: str, provider_id: str, remember_me: bool, meta: audit.RequestMeta) -> oidc.Redirect:
+    """Send a browser to a tenant's OpenID Provider (authorization code flow with PKCE).
+
+    Raises:
+        NotFound (tenant), ProviderUnavailable, MetadataUrlRefused, MetadataUnavailable.
+    """
+    return oidc.start(tenant_id=tenant_by_slug(slug), slug=slug, provider_id=provider_id, remember_me=remember_me,
+                      meta=meta)
+
+
+def oidc_callback(*, slug: str, provider_id: str, query: dict[str, str], flow_cookie: str | None,
+                  meta: audit.RequestMeta) -> oidc.Redirect:
+    """Finish an OIDC sign-in: a redirect to the console with a one-time code.
+
+    Raises:
+        NotFound (tenant), ProviderUnavailable, FlowInvalid, AssertionRejected, AccountRefused,
+        MetadataUrlRefused, MetadataUnavailable.
+    """
+    return oidc.callback(tenant_id=tenant_by_slug(slug), slug=slug, provider_id=provider_id, query=query,
+                         flow_cookie=flow_cookie, meta=meta)

@@ -66,3 +66,15 @@ class InvalidHandoff(SsoError, AppError):
     """A sign-in code that is unknown, used, expired, or presented by another browser."""
 
     status, code, title = 400, "sso-code-invalid", "The sign-in code is invalid or has expired"
+
+
+class FlowInvalid(SsoError, AppError):
+    """An OIDC callback that does not continue a sign-in this browser started: no flow cookie,
+    a forged or expired one, a `state` that does not match it, or a flow already finished.
+    `reason` says which."""
+
+    status, code, title = 400, "sso-flow-invalid", "The sign-in does not continue one this browser started"
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(detail or "start the sign-in again", reason=reason)
+        self.reason = reason
