@@ -148,6 +148,12 @@ class Flow:
         return r
 
 
+def flip_middle(text: str) -> str:
+    """`text` with its middle character changed (a middle base64 character carries 6 whole bits)."""
+    i = len(text) // 2
+    return text[:i] + ("B" if text[i] != "B" else "C") + text[i + 1:]
+
+
 def problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/problem+json"
@@ -321,7 +327,7 @@ def test_a_missing_forged_or_other_browsers_cookie_is_refused(web: httpx.Client,
     attacker = Flow(web, tenant, pid)
     query = victim.login()
     assert problem(victim.callback(query, cookie=None), 400, "sso-flow-invalid")["reason"] == "flow_cookie_missing"
-    forged = victim.cookie[:-4] + ("AAAA" if not victim.cookie.endswith("AAAA") else "BBBB")
+    forged = flip_middle(victim.cookie)
     assert problem(victim.callback(query, cookie=forged), 400, "sso-flow-invalid")["reason"] == "flow_cookie_invalid"
     # Login CSRF / a replayed cookie from another flow: the state does not match that cookie.
     assert problem(victim.callback(query, cookie=attacker.cookie), 400, "sso-flow-invalid")["reason"] == "state_mismatch"
@@ -460,3 +466,38 @@ def test_the_provider_urls_must_be_public_https(url: str) -> None:
     assert not get_settings().sso_metadata_allow_loopback
     with pytest.raises(MetadataUrlRefused):
         oidc.fetch_json(url, "discovery document")
+
+
+def test_two_callbacks_racing_with_one_flow_sign_in_once(web: httpx.Client, op: OpenIdProvider, tenant: Tenant,
+                                                         make_person: PersonFactory, oidc_host: Host) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pid, _ = make_provider(web, op, tenant, make_person(tenant.id, "ADMIN").token)
+    flow = Flow(web, tenant, pid)
+    query = flow.login()
+
+    def call(_: int) -> int:
+        with httpx.Client(base_url=oidc_host.url, timeout=30) as c:
+            return c.get(oidc.callback_path(tenant.slug, pid), params=query,
+                         headers={"Cookie": f"{oidc.FLOW_COOKIE}={flow.cookie}"}).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(pool.map(call, range(4)))
+    assert statuses == [302, 400, 400, 400]
+    assert len(events(tenant.id, "auth.sso_verified")) == 1
+    assert refusals(tenant) == ["flow_used_or_expired"] * 3
+
+
+def test_a_flow_cookie_expires_with_the_injected_clock_and_names_only_its_sealer() -> None:
+    from shared.identity.sso.errors import FlowInvalid
+
+    sealed = oidc.seal_flow({"s": "state", "e": 2_000})
+    assert oidc.open_flow(sealed, now=1_999)["s"] == "state"
+    with pytest.raises(FlowInvalid) as exc:
+        oidc.open_flow(sealed, now=2_000)
+    assert exc.value.reason == "flow_cookie_expired"
+    key_id, nonce, ciphertext = sealed.split(".")
+    for forged in (f"{key_id}.{nonce}.{flip_middle(ciphertext)}", f"0000000000000000.{nonce}.{ciphertext}", "a.b", "..."):
+        with pytest.raises(FlowInvalid) as exc:
+            oidc.open_flow(forged, now=1_000)
+        assert exc.value.reason == "flow_cookie_invalid"
