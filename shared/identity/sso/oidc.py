@@ -81,9 +81,12 @@ def _refuse_address(url: str) -> None:
     if parts.scheme == "http" and not settings.sso_metadata_allow_loopback:
         raise MetadataUrlRefused("the provider URL must be https")
     try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
-    except (OSError, ValueError):
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise MetadataUrlRefused("the provider URL has an invalid port") from None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, ValueError, UnicodeError):
         raise MetadataUnavailable("the provider's host name does not resolve") from None
     addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
     if settings.sso_metadata_allow_loopback and all(a.is_loopback for a in addresses):
@@ -109,7 +112,7 @@ def _read_json(response: httpx.Response, what: str) -> dict[str, Any]:
             raise MetadataUnavailable(f"the provider's {what} is larger than {limit} bytes")
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise MetadataUnavailable(f"the provider's {what} is not JSON") from None
     if not isinstance(doc, dict):
         raise MetadataUnavailable(f"the provider's {what} is not a JSON object")
@@ -252,7 +255,7 @@ def verify_id_token(token: str, *, key_for: Callable[[str], jwt.PyJWK | None], e
         raise AssertionRejected("malformed", "the ID token is not a signed JWT")
     try:
         header = _b64json(token.split(".", 1)[0])
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         raise AssertionRejected("malformed", "the ID token header is not valid") from None
     alg = header.get("alg")
     if alg not in ALLOWED_ALGORITHMS:
@@ -274,7 +277,7 @@ def verify_id_token(token: str, *, key_for: Callable[[str], jwt.PyJWK | None], e
         raise AssertionRejected("wrong_audience", "the ID token was issued to another client") from None
     except jwt.MissingRequiredClaimError as exc:
         raise AssertionRejected("missing_claim", f"the ID token has no {exc.claim} claim") from None
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
         raise AssertionRejected("malformed", "the ID token could not be verified") from None
     aud = claims["aud"]
     audiences = [aud] if isinstance(aud, str) else list(aud)

@@ -459,7 +459,8 @@ def test_an_unknown_kid_refetches_the_jwks_at_most_once_a_minute(op: OpenIdProvi
 
 
 @pytest.mark.parametrize("url", ["http://op.example.test/", "https://10.0.0.5/", "https://169.254.169.254/",
-                                 "https://[::1]/", "https://user:pw@op.example.test/"])
+                                 "https://[::1]/", "https://user:pw@op.example.test/", "https://127.0.0.1:99999/",
+                                 "file:///etc/passwd", "https://[fd00::1]/", "https://localhost/"])
 def test_the_provider_urls_must_be_public_https(url: str) -> None:
     from shared.identity.sso.errors import MetadataUrlRefused
 
@@ -501,3 +502,12 @@ def test_a_flow_cookie_expires_with_the_injected_clock_and_names_only_its_sealer
         with pytest.raises(FlowInvalid) as exc:
             oidc.open_flow(forged, now=1_000)
         assert exc.value.reason == "flow_cookie_invalid"
+
+
+@pytest.mark.parametrize("token", ["a.b.c", "....", "x" * 20_000, "e30.e30.", "W1tbW1tbW1tb.e30.x",
+                                   jwt.utils.base64url_encode(b"[" * 5000).decode() + ".e30.x"])
+def test_a_malformed_id_token_is_refused_not_crashed_on(token: str) -> None:
+    with pytest.raises(AssertionRejected) as exc:
+        oidc.verify_id_token(token, key_for=lambda kid: None, expected_issuer="https://op.example.test",
+                             expected_client_id="client-1", expected_nonce="n1", now=1_100, skew_s=60)
+    assert exc.value.reason in ("malformed", "alg_not_allowed")
