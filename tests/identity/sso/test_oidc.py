@@ -511,3 +511,35 @@ def test_a_malformed_id_token_is_refused_not_crashed_on(token: str) -> None:
         oidc.verify_id_token(token, key_for=lambda kid: None, expected_issuer="https://op.example.test",
                              expected_client_id="client-1", expected_nonce="n1", now=1_100, skew_s=60)
     assert exc.value.reason in ("malformed", "alg_not_allowed")
+
+
+def finish(web: httpx.Client, callback: httpx.Response) -> dict[str, Any]:
+    """What the console gets for the one-time code of a finished callback."""
+    assert callback.status_code == 302, callback.text
+    code = parse_qs(urlsplit(callback.headers["location"]).fragment)["sso_code"][0]
+    r = web.post("/api/auth/sso/exchange", json={"code": code},
+                 headers={"Cookie": f"custos_sso={cookie_value(callback, 'custos_sso')}"})
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_an_existing_user_with_a_factor_still_proves_it_unless_the_idp_mfa_is_trusted(
+        web: httpx.Client, op: OpenIdProvider, tenant: Tenant, make_person: PersonFactory) -> None:
+    admin = make_person(tenant.id, "ADMIN").token
+    reviewer = make_person(tenant.id, "REVIEWER")
+    pid, _ = make_provider(web, op, tenant, admin)
+    r = web.patch(f"/api/sso/providers/{pid}", headers=auth(admin),
+                  json={"link_by_verified_email": True, "reason": "link our staff"})
+    assert r.status_code == 200, r.text
+    op.account(sub="reviewer-at-idp", email=reviewer.email.upper(), amr=["pwd", "mfa"])
+    flow = Flow(web, tenant, pid)
+    body = finish(web, flow.callback(flow.login()))
+    assert body["mfa_required"] is True and body.get("access_token") is None and body["mfa_ticket"]
+    [linked] = events(tenant.id, "sso.account_linked")
+    assert linked["target_id"] == reviewer.id and linked["after"]["how"] == "verified_email"
+    r = web.patch(f"/api/sso/providers/{pid}", headers=auth(admin), json={"trust_idp_mfa": True, "reason": "CA MFA"})
+    assert r.status_code == 200, r.text
+    flow = Flow(web, tenant, pid)
+    body = finish(web, flow.callback(flow.login()))
+    assert body["access_token"] and not body.get("mfa_required")
+    assert events(tenant.id, "auth.sso_login")[-1]["after"]["mfa"] == "idp"
