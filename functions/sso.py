@@ -176,3 +176,14 @@ def sso_oidc_callback(ctx: RequestContext) -> Reply:
                             query={k: str(v) for k, v in (ctx.request.params or {}).items()},
                             flow_cookie=_cookie(ctx.request, FLOW_COOKIE), meta=ctx.meta)
     return Reply(status=302, headers={"Location": out.location, "Set-Cookie": out.set_cookie})
+
+
+class DiscoveryBody(Strict):
+    reason: Reason
+
+
+@bp.route(route="api/sso/providers/{id}/discovery", methods=["POST"])
+@endpoint(response=Provider, permission="sso.manage", body=DiscoveryBody, statuses=(502,), tags=("sso",))
+def sso_providers_discover(ctx: RequestContext) -> dict[str, Any]:
+    """Fetch and check an OIDC provider's discovery document and keys now, and store the document."""
+    return api.oidc_discover(ctx, provider_id=ctx.uuid_param("id"), reason=ctx.body.reason)

@@ -9,8 +9,9 @@ from typing import Any
 
 from shared.audit import chain as audit
 from shared.core import db
-from shared.core.errors import NotFound
+from shared.core.errors import Conflict, NotFound
 from shared.identity.sso import accounts, oidc, providers
+from shared.identity.sso.errors import InvalidProviderConfig
 from shared.identity.sso.providers import Kind
 from shared.web.caller import Caller
 
@@ -121,3 +122,27 @@ def oidc_callback(*, slug: str, provider_id: str, query: dict[str, str], flow_co
     """
     return oidc.callback(tenant_id=tenant_by_slug(slug), slug=slug, provider_id=provider_id, query=query,
                          flow_cookie=flow_cookie, meta=meta)
+
+
+def oidc_discover(caller: Caller, *, provider_id: uuid.UUID, reason: str) -> dict[str, Any]:
+    """Fetch and check an OIDC provider's discovery document and JWKS now, and store the
+    document in its `config.discovery` (audited as a provider change): a wrong issuer or an
+    unreachable provider shows at configuration time, not at the first sign-in.
+
+    Raises:
+        NotFound, InvalidProviderConfig (not OIDC, no issuer), Conflict (issuer changed
+        meanwhile), MetadataUrlRefused, MetadataUnavailable.
+    """
+    with caller.tenant_tx() as conn:
+        issuer = providers.get_provider(conn, provider_id)["config"].get("issuer") or ""
+    if not issuer:
+        raise InvalidProviderConfig("only an OIDC provider with an issuer has a discovery document")
+    doc = oidc.checked_discovery(issuer)  # no transaction (or row lock) held across the network call
+    with caller.tenant_tx() as conn:
+        current = providers.get_provider(conn, provider_id, lock=True)
+        if current["config"].get("issuer") != issuer:
+            raise Conflict("the provider's issuer changed while its discovery document was fetched")
+        return providers.update_provider(conn, tenant_id=caller.tenant_id, provider_id=provider_id,
+                                         changes={"config": {**current["config"], "discovery": doc}},
+                                         client_secret=None, clear_client_secret=False, actor=caller.actor,
+                                         actor_id=caller.user.user_id, meta=caller.meta, reason=reason)

@@ -146,20 +146,33 @@ _jwks: dict[str, JwksCache] = {}
 _cache_lock = threading.Lock()
 
 
-def discover(issuer: str, *, now: float | None = None,
+DISCOVERY_FIELDS = ("issuer", "authorization_endpoint", "token_endpoint", "jwks_uri",
+                    "token_endpoint_auth_methods_supported", "id_token_signing_alg_values_supported")
+
+
+def discover(issuer: str, *, now: float | None = None, stored: dict[str, Any] | None = None, force: bool = False,
              fetch: Callable[[str, str], dict[str, Any]] = fetch_json) -> dict[str, Any]:
-    """The provider's discovery document (cached CACHE_TTL_S per worker), its `issuer` equal to
-    the configured one exactly and its endpoints allowed URLs.
+    """The provider's discovery document, its `issuer` equal to the configured one exactly and
+    its endpoints allowed URLs: the one an ADMIN stored (`stored`, checked again), else one
+    fetched and cached CACHE_TTL_S per worker (`force` fetches anyway).
 
     Raises:
         MetadataUrlRefused, MetadataUnavailable.
     """
     now = time.time() if now is None else now
+    if stored and not force:
+        return _checked(stored, issuer)
     with _cache_lock:
         hit = _discovery.get(issuer)
-    if hit is not None and now - hit.fetched_at < CACHE_TTL_S:
+    if hit is not None and not force and now - hit.fetched_at < CACHE_TTL_S:
         return hit.doc
-    doc = fetch(issuer.rstrip("/") + "/.well-known/openid-configuration", "discovery document")
+    doc = _checked(fetch(issuer.rstrip("/") + "/.well-known/openid-configuration", "discovery document"), issuer)
+    with _cache_lock:
+        _discovery[issuer] = _Cached(doc, now)
+    return doc
+
+
+def _checked(doc: dict[str, Any], issuer: str) -> dict[str, Any]:
     if doc.get("issuer") != issuer:
         raise MetadataUnavailable("the discovery document names another issuer")
     for name in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
@@ -167,9 +180,27 @@ def discover(issuer: str, *, now: float | None = None,
         if not isinstance(value, str):
             raise MetadataUnavailable(f"the discovery document has no {name}")
         _refuse_address(value)
-    with _cache_lock:
-        _discovery[issuer] = _Cached(doc, now)
     return doc
+
+
+def checked_discovery(issuer: str, *, now: float | None = None) -> dict[str, Any]:
+    """What an ADMIN stores in the provider's `config.discovery`: the discovery document fetched
+    now and checked (issuer, endpoints, an allowed ID token algorithm, a JWKS with a usable key).
+
+    Raises:
+        MetadataUrlRefused, MetadataUnavailable.
+    """
+    now = time.time() if now is None else now
+    doc = discover(issuer, now=now, force=True)
+    algs = doc.get("id_token_signing_alg_values_supported") or ["RS256"]
+    if not isinstance(algs, list) or not ALLOWED_ALGORITHMS & set(map(str, algs)):
+        raise MetadataUnavailable("the provider signs ID tokens with no algorithm Custos accepts (RS256, PS256, ES256)")
+    jwks = JwksCache(doc["jwks_uri"])
+    jwks.key("", now=now)
+    if not jwks.keys:
+        raise MetadataUnavailable("the provider's JWKS has no usable signing key")
+    return {**{k: doc[k] for k in DISCOVERY_FIELDS if k in doc},
+            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
 
 
 @dataclass
@@ -425,7 +456,7 @@ def start(*, tenant_id: str, slug: str, provider_id: str, remember_me: bool, met
     settings = get_settings()
     row = _provider(tenant_id, provider_id, meta)
     config = row["config"]
-    doc = discover(config["issuer"], now=now)
+    doc = discover(config["issuer"], now=now, stored=config.get("discovery"))
     state, nonce, verifier, binding = (secrets.token_urlsafe(32) for _ in range(4))
     redirect_uri = settings.sso_public_url.rstrip("/") + callback_path(slug, provider_id)
     with db.tenant_tx(tenant_id) as conn:
@@ -526,7 +557,7 @@ def callback(*, tenant_id: str, slug: str, provider_id: str, query: dict[str, st
         if not code or len(code) > 2048:
             raise AssertionRejected("malformed", "the provider's answer has no authorization code")
         config = row["config"]
-        doc = discover(config["issuer"], now=now)
+        doc = discover(config["issuer"], now=now, stored=config.get("discovery"))
         token = _token_request(row, doc, tenant_id=tenant_id, code=code, flow=flow)
         jwks = jwks_for(doc["jwks_uri"])
         verified = verify_id_token(token, key_for=lambda kid: jwks.key(kid, now=now),

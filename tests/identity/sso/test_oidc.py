@@ -543,3 +543,42 @@ def test_an_existing_user_with_a_factor_still_proves_it_unless_the_idp_mfa_is_tr
     body = finish(web, flow.callback(flow.login()))
     assert body["access_token"] and not body.get("mfa_required")
     assert events(tenant.id, "auth.sso_login")[-1]["after"]["mfa"] == "idp"
+
+
+def test_an_admin_fetches_and_stores_the_discovery_document_and_sign_in_uses_it(
+        web: httpx.Client, op: OpenIdProvider, tenant: Tenant, make_person: PersonFactory) -> None:
+    admin = make_person(tenant.id, "ADMIN").token
+    pid, _ = make_provider(web, op, tenant, admin)
+    r = web.post(f"/api/sso/providers/{pid}/discovery", json={"reason": "check the issuer"}, headers=auth(admin))
+    assert r.status_code == 200, r.text
+    stored = r.json()["config"]["discovery"]
+    assert stored["issuer"] == op.issuer and stored["jwks_uri"] == f"{op.issuer}/jwks"
+    changed = events(tenant.id, "sso.provider_updated")[-1]
+    assert changed["after"]["config"]["discovery"]["token_endpoint"] == f"{op.issuer}/token"
+    assert changed["reason"] == "check the issuer"
+    flow = Flow(web, tenant, pid)
+    assert flow.callback(flow.login()).status_code == 302
+
+
+def test_discovery_refuses_a_private_issuer_another_tenants_provider_and_saml(
+        web: httpx.Client, op: OpenIdProvider, tenant: Tenant, make_person: PersonFactory) -> None:
+    admin = make_person(tenant.id, "ADMIN").token
+    r = web.post("/api/sso/providers", headers=auth(admin), json={
+        "kind": "oidc", "name": "internal", "reason": "internal IdP", "config": {"issuer": "https://10.1.2.3/realms/x"}})
+    assert r.status_code == 201, r.text
+    private = r.json()["id"]
+    r = web.post(f"/api/sso/providers/{private}/discovery", json={"reason": "check"}, headers=auth(admin))
+    problem(r, 422, "sso-metadata-url-refused")
+    assert web.get(f"/api/sso/providers/{private}", headers=auth(admin)).json()["config"]["discovery"] == {}
+    from shared.core import db
+
+    with db.platform_tx() as conn:
+        other = create_tenant(conn, slug=f"t-{uuid.uuid4().hex[:12]}", name="Other", region="uksouth")
+    theirs, _ = make_provider(web, op, other, make_person(other.id, "ADMIN").token)
+    r = web.post(f"/api/sso/providers/{theirs}/discovery", json={"reason": "peek"}, headers=auth(admin))
+    problem(r, 404, "not-found")
+    r = web.post("/api/sso/providers", headers=auth(admin), json={
+        "kind": "saml", "name": "saml one", "reason": "a SAML IdP", "config": {}})
+    assert r.status_code == 201, r.text
+    r = web.post(f"/api/sso/providers/{r.json()['id']}/discovery", json={"reason": "try it"}, headers=auth(admin))
+    problem(r, 422, "sso-provider-invalid")
