@@ -157,14 +157,16 @@ def _cookie(req: func.HttpRequest, name: str) -> str | None:
     return morsel.value if morsel is not None else None
 
 
+class OidcStartQuery(Strict):
+    remember_me: bool = Field(False, description="Ask for a long session, as at password sign-in")
+
+
 @bp.route(route="api/sso/oidc/{tenant}/{provider}/start", methods=["GET"])
-@endpoint(auth=False, status=302, statuses=(502,), tags=("sso",))
+@endpoint(auth=False, status=302, statuses=(502,), query=OidcStartQuery, tags=("sso",))
 def sso_oidc_start(ctx: RequestContext) -> Reply:
-    """Start an OpenID Connect sign-in: 302 to the provider (PKCE, state, nonce in a sealed cookie).
-    `?remember_me=true` asks for a long session."""
-    remember = (ctx.request.params.get("remember_me") or "").lower() == "true"
-    out = api.oidc_start(slug=ctx.route["tenant"], provider_id=ctx.route["provider"], remember_me=remember,
-                         meta=ctx.meta)
+    """Start an OpenID Connect sign-in: 302 to the provider (PKCE, state, nonce in a sealed cookie)."""
+    out = api.oidc_start(slug=ctx.route["tenant"], provider_id=ctx.route["provider"],
+                         remember_me=ctx.query.remember_me, meta=ctx.meta)
     return Reply(status=302, headers={"Location": out.location, "Set-Cookie": out.set_cookie})
 
 

@@ -147,7 +147,8 @@ _cache_lock = threading.Lock()
 
 
 DISCOVERY_FIELDS = ("issuer", "authorization_endpoint", "token_endpoint", "jwks_uri",
-                    "token_endpoint_auth_methods_supported", "id_token_signing_alg_values_supported")
+                    "token_endpoint_auth_methods_supported", "id_token_signing_alg_values_supported",
+                    "authorization_response_iss_parameter_supported")
 
 
 def discover(issuer: str, *, now: float | None = None, stored: dict[str, Any] | None = None, force: bool = False,
@@ -558,6 +559,12 @@ def callback(*, tenant_id: str, slug: str, provider_id: str, query: dict[str, st
             raise AssertionRejected("malformed", "the provider's answer has no authorization code")
         config = row["config"]
         doc = discover(config["issuer"], now=now, stored=config.get("discovery"))
+        # RFC 9207: the answer names its issuer, so one provider's code is never sent to another's
+        # token endpoint (mix-up); required when the provider says it sends it.
+        answered_by = query.get("iss")
+        if (answered_by is not None or doc.get("authorization_response_iss_parameter_supported") is True) \
+                and answered_by != config["issuer"]:
+            raise AssertionRejected("wrong_issuer", "the answer names another issuer")
         token = _token_request(row, doc, tenant_id=tenant_id, code=code, flow=flow)
         jwks = jwks_for(doc["jwks_uri"])
         verified = verify_id_token(token, key_for=lambda kid: jwks.key(kid, now=now),

@@ -582,3 +582,33 @@ def test_discovery_refuses_a_private_issuer_another_tenants_provider_and_saml(
     assert r.status_code == 201, r.text
     r = web.post(f"/api/sso/providers/{r.json()['id']}/discovery", json={"reason": "try it"}, headers=auth(admin))
     problem(r, 422, "sso-provider-invalid")
+
+
+def test_an_answer_naming_another_issuer_is_refused_before_the_code_is_spent(
+        web: httpx.Client, op: OpenIdProvider, tenant: Tenant, make_person: PersonFactory) -> None:
+    pid, _ = make_provider(web, op, tenant, make_person(tenant.id, "ADMIN").token)
+    flow = Flow(web, tenant, pid)
+    query = flow.login()
+    assert query["iss"] == op.issuer  # the provider says it sends iss (RFC 9207)
+    r = flow.callback({**query, "iss": "https://other-op.example.test"})
+    assert problem(r, 401, "sso-assertion-rejected")["reason"] == "wrong_issuer"
+    flow = Flow(web, tenant, pid)
+    query = flow.login()
+    del query["iss"]
+    assert problem(flow.callback(query), 401, "sso-assertion-rejected")["reason"] == "wrong_issuer"
+    assert refusals(tenant) == ["wrong_issuer", "wrong_issuer"] and signed_in(tenant) == 0
+
+
+def test_remember_me_is_carried_from_the_start_to_the_session(web: httpx.Client, op: OpenIdProvider,
+                                                              tenant: Tenant, make_person: PersonFactory) -> None:
+    pid, _ = make_provider(web, op, tenant, make_person(tenant.id, "ADMIN").token)
+    r = web.get(f"/api/sso/oidc/{tenant.slug}/{pid}/start", params={"remember_me": "maybe"})
+    problem(r, 422, "validation")
+    flow = Flow.__new__(Flow)
+    flow.web, flow.slug, flow.pid = web, tenant.slug, pid
+    r = web.get(f"/api/sso/oidc/{tenant.slug}/{pid}/start", params={"remember_me": "true"})
+    flow.authorize, flow.cookie = r.headers["location"], cookie_value(r, oidc.FLOW_COOKIE)
+    web.cookies.clear()
+    body = finish(web, flow.callback(flow.login()))
+    assert events(tenant.id, "auth.sso_login")[-1]["after"]["remember_me"] is True
+    assert body["refresh_token"]
