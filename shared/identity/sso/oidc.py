@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import jwt
@@ -514,7 +514,8 @@ def _token_request(row: dict[str, Any], doc: dict[str, Any], *, tenant_id: str, 
     methods = doc.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
     if secret is not None:
         if "client_secret_basic" in methods:
-            auth = (config["client_id"], secret)
+            # RFC 6749 2.3.1: both are form-encoded before they are joined (as authlib does).
+            auth = (quote(config["client_id"], safe=""), quote(secret, safe=""))
         else:
             data["client_secret"] = secret
     url = doc["token_endpoint"]
