@@ -15,6 +15,7 @@ from functions import (
     scim,
     sessions,
     signatures,
+    sso,
     support,
     system,
     tenants,
@@ -31,7 +32,7 @@ from shared.web.openapi import describe_app
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
     records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp, jobs.bp, exports.bp,
-    scim.bp, console.bp,
+    scim.bp, console.bp, sso.bp,
 )
 
 

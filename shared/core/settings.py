@@ -279,6 +279,39 @@ class Settings(BaseSettings):
         300, ge=30, le=3600, description="Lifetime of a tenant export's download links (signed URL or SAS)."
     )
 
+
+    # --- single sign-on (docs/sso.md) ------------------------------------------------------
+    sso_public_url: str = Field(
+        "http://localhost:7071", description="Public base URL of this app (https://host, no path): SAML entity ids and ACS URLs derive from it."
+    )
+    sso_console_url: str = Field(
+        "http://localhost:7071/console/", description="Console URL a finished SSO sign-in redirects to, with a one-time code in the fragment."
+    )
+    saml_sp_private_key: str = Field(
+        "", description="PEM RSA private key that signs SAML AuthnRequests (Key Vault in Azure)."
+    )
+    saml_sp_certificate: str = Field(
+        "", description="PEM certificate of saml_sp_private_key, published in the SP metadata (Key Vault in Azure, beside its key)."
+    )
+    sso_clock_skew_s: int = Field(
+        120, ge=0, le=300, description="Clock skew tolerated on SAML NotBefore/NotOnOrAfter and OIDC iat/exp."
+    )
+    sso_request_ttl_s: int = Field(
+        600, ge=60, le=1800, description="How long an SP-initiated sign-in waits for the IdP's answer."
+    )
+    sso_handoff_ttl_s: int = Field(
+        60, ge=10, le=300, description="Lifetime of the one-time code that hands a finished SSO sign-in to the browser."
+    )
+    sso_metadata_max_bytes: int = Field(
+        1_048_576, ge=4096, le=10_485_760, description="Largest IdP metadata document fetched."
+    )
+    sso_metadata_timeout_s: float = Field(
+        10.0, gt=0, le=30, description="Timeout of one IdP metadata fetch."
+    )
+    sso_metadata_allow_loopback: bool = Field(
+        False, description="Let metadata URLs name loopback http addresses (tests only; refused in production)."
+    )
+
     @field_validator("mfa_encryption_key", "mfa_decryption_keys", "rate_limit_key", "rate_limit_previous_keys")
     @classmethod
     def _aes_keys(cls, v: str) -> str:
@@ -391,6 +424,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"webauthn_origins: {origin!r} is not on webauthn_rp_id {rp_id!r} or a subdomain of it")
             if parts.scheme == "http" and host not in ("localhost", "127.0.0.1") and self.custos_env == "production":
                 raise ValueError(f"webauthn_origins: {origin!r} must be https in production")
+        return self
+
+    @model_validator(mode="after")
+    def _sso(self) -> Settings:
+        for name in ("sso_public_url", "sso_console_url"):
+            parts = urlsplit(getattr(self, name))
+            if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(f"{name} must be an http(s) URL without query or fragment")
+            local = parts.hostname in ("localhost", "127.0.0.1")
+            if self.custos_env == "production" and parts.scheme != "https" and not local:
+                raise ValueError(f"{name} must be https in production")
+        if urlsplit(self.sso_public_url).path not in ("", "/"):
+            raise ValueError("sso_public_url must have no path")
+        if self.custos_env == "production" and self.sso_metadata_allow_loopback:
+            raise ValueError("sso_metadata_allow_loopback must be false in production")
+        if bool(self.saml_sp_private_key) != bool(self.saml_sp_certificate):
+            raise ValueError("saml_sp_private_key and saml_sp_certificate are set together")
         return self
 
     @model_validator(mode="after")

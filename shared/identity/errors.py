@@ -25,3 +25,9 @@ class MfaEnrolmentRequired(Forbidden):
     """The caller's role requires a second factor and has none: only enrolment endpoints are open."""
 
     code, title = "mfa-enrolment-required", "A second factor is required"
+
+
+class SsoRequired(Forbidden):
+    """The tenant requires single sign-on: password sign-in is refused (break-glass ADMINs excepted)."""
+
+    code, title = "sso-required", "Sign in through your organisation's identity provider"

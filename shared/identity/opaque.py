@@ -14,7 +14,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
-KINDS = frozenset({"rt", "inv", "pwr", "ops", "scim"})
+KINDS = frozenset({"rt", "inv", "pwr", "ops", "scim", "sso"})
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,11 @@ from shared.core.db import Conn
 from shared.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from shared.core.settings import get_settings
 from shared.identity import mfa, passwords, ratelimit
-from shared.identity.errors import InvalidCredentials, InvalidToken
+from shared.identity.errors import InvalidCredentials, InvalidToken, SsoRequired
 from shared.identity.guards import Principal
 from shared.identity.opaque import ParsedToken, new_token, parse_token
 from shared.identity.sessions import create_session, revoke_all
+from shared.identity.sso import providers as sso_providers
 from shared.tenancy import support
 from shared.tenancy.users import normalize_email
 
@@ -127,6 +128,7 @@ def login(
         raise InvalidCredentials("the tenant, email or password is wrong")
     assert tenant is not None and user is not None
     attempt.succeeded()
+    _refuse_if_sso_required(tenant["id"], user, email, meta)
     with db.tenant_tx(tenant["id"]) as conn:
         if check.needs_rehash:
             conn.execute("update users set password_hash = %s where id = %s",
@@ -147,6 +149,29 @@ def login(
                             "mfa_enrolment_required": factors.required},
                      meta=audit.RequestMeta(meta.ip, meta.user_agent, tokens.session_id, meta.request_id))
     return mfa.SignedIn(tokens, {"mfa_enrolment_required": True} if factors.required else {})
+
+
+def _refuse_if_sso_required(tenant_id: str, user: dict[str, Any], email: str, meta: audit.RequestMeta) -> None:
+    """When the tenant requires single sign-on, only its break-glass ADMINs who have a second
+    factor may sign in with a password. Checked after the password, so the answer tells nobody
+    without the password who is on the break-glass list.
+
+    Raises:
+        SsoRequired (audited as `auth.login_refused`).
+    """
+    with db.tenant_tx(tenant_id) as conn:
+        if not sso_providers.sso_required(conn):
+            return
+        if user["role"] == "ADMIN" and sso_providers.is_break_glass(conn, user["id"]):
+            if mfa.factor_state(conn, user_id=user["id"], role=user["role"]).enrolled:
+                return
+            reason = "break_glass_without_second_factor"
+        else:
+            reason = "sso_required"
+    with db.tenant_tx(tenant_id) as conn:
+        audit.append(conn, tenant_id=tenant_id, actor=_actor(user, email), action="auth.login_refused",
+                     target_type="user", target_id=user["id"], after={"reason": reason}, meta=meta)
+    raise SsoRequired("this tenant signs in through its identity provider (GET /api/sso/tenants/{tenant}/providers)")
 
 
 def _set_password(conn: Conn, user_id: str, password: str) -> None:

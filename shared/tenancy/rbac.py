@@ -55,6 +55,7 @@ PERMISSIONS: dict[str, str] = {
     "scim.manage": "Create, list and revoke SCIM provisioning tokens",
     "tenant.export": "Export everything the tenant holds (tables, attachments, audit trail) as a signed archive",
     "jobs.read": "See the state and progress of the tenant's jobs",
+    "sso.manage": "Configure identity providers (SAML, OIDC) and break-glass accounts",
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {

@@ -279,3 +279,27 @@ def deactivate_user(
         reason=reason, meta=meta,
     )
     return get_user(conn, user_id)
+
+
+def create_sso_user(conn: Conn, *, tenant_id: str, email: str, display_name: str, role: str,
+                    audit_actor: audit.Actor, meta: audit.RequestMeta | None, provider_id: str) -> dict[str, Any]:
+    """An active user created by a first single sign-on (just-in-time provisioning): no
+    password, no invitation; the provider vouched for the person. Audited as `user.provisioned`.
+
+    Raises:
+        Conflict: a user with that email exists in the tenant.
+        ValidationFailed: not an email address.
+    """
+    email = normalize_email(email)
+    with db.savepoint_or_conflict(conn, "a user with that email already exists in this tenant"):
+        row = conn.execute(
+            f"""insert into users (tenant_id, email, display_name, role, status)
+                values (%s, %s, %s, %s, 'active') returning {USER_COLUMNS}""",
+            (tenant_id, email, display_name.strip()[:200], Role(role).value),
+        ).fetchone()
+    assert row is not None
+    user = _user_json(row)
+    audit.append(conn, tenant_id=tenant_id, actor=audit_actor, action="user.provisioned", target_type="user",
+                 target_id=user["id"], after={"email": email, "role": user["role"], "display_name": user["display_name"],
+                                              "provider_id": provider_id, "status": "active"}, meta=meta)
+    return user

@@ -440,3 +440,51 @@ def test_admins_trigger_a_reset_but_never_see_a_password(host: Host, tenant: Ten
         assert login(c, tenant, user["email"], password=new_password).status_code == 200
     requested = events(tenant.id, "auth.password_reset_requested")[-1]
     assert requested["actor_id"] == admin.id and requested["reason"] == "user locked out, ticket 88"
+
+
+# --- single sign-on required (docs/sso.md) ---------------------------------------------------------
+
+
+def _require_sso(tenant: Tenant) -> None:
+    from tests.identity.sso.helpers import insert_provider
+
+    insert_provider(tenant.id, required=True)
+
+
+def test_a_required_provider_refuses_password_sign_in_after_the_password(client: httpx.Client, tenant: Tenant) -> None:
+    user = user_with_password(tenant, role="MANAGER")
+    _require_sso(tenant)
+    r = login(client, tenant, user["email"])
+    assert r.status_code == 403 and r.json()["type"] == "urn:custos:problem:sso-required"
+    assert login(client, tenant, user["email"], "wrong-" + PASSWORD).json()["type"] == \
+        "urn:custos:problem:invalid-credentials"  # no hint without the password
+    assert [e["after"] for e in events(tenant.id, "auth.login_refused")] == [{"reason": "sso_required"}]
+    with db.tenant_tx(tenant.id) as conn:
+        assert conn.execute("select count(*) as n from sessions").fetchone()["n"] == 0
+
+
+def test_a_break_glass_admin_keeps_password_and_second_factor(client: httpx.Client, tenant: Tenant) -> None:
+    admin = user_with_password(tenant, role="ADMIN")  # with a confirmed TOTP
+    other_admin = user_with_password(tenant, role="ADMIN")
+    bare = create_user(tenant.id, "ADMIN", mfa=False)
+    from shared.identity.passwords import hash_password
+    with db.tenant_tx(tenant.id) as conn:
+        conn.execute("update users set password_hash = %s where id = %s", (hash_password(PASSWORD), bare["id"]))
+        for u in (admin, bare):
+            conn.execute("insert into sso_break_glass (tenant_id, user_id) values (%s, %s)", (tenant.id, u["id"]))
+    _require_sso(tenant)
+    r = login(client, tenant, admin["email"])
+    assert r.status_code == 200 and r.json()["mfa_required"] is True, r.text
+    assert login(client, tenant, other_admin["email"]).json()["type"] == "urn:custos:problem:sso-required"
+    assert login(client, tenant, bare["email"]).json()["type"] == "urn:custos:problem:sso-required"
+    assert sorted(e["after"]["reason"] for e in events(tenant.id, "auth.login_refused")) == [
+        "break_glass_without_second_factor", "sso_required"]
+
+
+def test_a_disabled_or_optional_provider_leaves_password_sign_in_alone(client: httpx.Client, tenant: Tenant) -> None:
+    from tests.identity.sso.helpers import insert_provider
+
+    user = user_with_password(tenant, role="MANAGER")
+    insert_provider(tenant.id, enabled=True, required=False)
+    insert_provider(tenant.id, enabled=False)
+    assert login(client, tenant, user["email"]).status_code == 200

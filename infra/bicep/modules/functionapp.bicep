@@ -133,6 +133,8 @@ var secretSettings = {
   RATE_LIMIT_PREVIOUS_KEYS: 'rate-limit-previous-keys'
   SMTP_USERNAME: 'smtp-username'
   SMTP_PASSWORD: 'smtp-password'
+  SAML_SP_PRIVATE_KEY: 'saml-sp-private-key'
+  SAML_SP_CERTIFICATE: 'saml-sp-certificate'
 }
 
 var plainSettings = [
@@ -226,6 +228,15 @@ var plainSettings = [
   { name: 'EXPORT_LINK_TTL_S', value: '300' }
   { name: 'HOUSEKEEPING_SCHEDULE', value: '0 */15 * * * *' }
   { name: 'OUTBOX_SENT_RETENTION_DAYS', value: '30' }
+  // docs/sso.md: IdPs post to this app's own host; the console it hands sign-ins to is served by it.
+  { name: 'SSO_PUBLIC_URL', value: 'https://${appName}.azurewebsites.net' }
+  { name: 'SSO_CONSOLE_URL', value: 'https://${appName}.azurewebsites.net/console/' }
+  { name: 'SSO_CLOCK_SKEW_S', value: '120' }
+  { name: 'SSO_REQUEST_TTL_S', value: '600' }
+  { name: 'SSO_HANDOFF_TTL_S', value: '60' }
+  { name: 'SSO_METADATA_MAX_BYTES', value: '1048576' }
+  { name: 'SSO_METADATA_TIMEOUT_S', value: '10' }
+  { name: 'SSO_METADATA_ALLOW_LOOPBACK', value: 'false' }
 ]
 
 var keyVaultSettings = [for item in items(secretSettings): {
