@@ -242,6 +242,13 @@ def savepoint_or_conflict(conn: Conn, message: str | Callable[[Exception], Excep
         raise (Conflict(message) if isinstance(message, str) else message(exc)) from None
 
 
+def jsonb(value: Any) -> Any:
+    """`value` as a jsonb query parameter (psycopg's `Jsonb`, loaded with the first use)."""
+    from psycopg.types.json import Jsonb
+
+    return Jsonb(value)
+
+
 def ping(timeout: float = 2.0) -> None:
     """Raises ServiceUnavailable when the database cannot answer `select 1` in time."""
     with _mapped_errors():

@@ -38,8 +38,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from psycopg.rows import tuple_row
-
 from shared.audit import chain as audit
 from shared.core import db, storage
 from shared.core.db import Conn
@@ -142,6 +140,13 @@ class Table:
 
 # --- discovering what to export --------------------------------------------------------------
 
+
+
+def _tuple_row() -> Any:
+    """psycopg's tuple row factory, imported with the first export rather than at import."""
+    from psycopg.rows import tuple_row
+
+    return tuple_row
 
 def tenant_tables(conn: Conn) -> dict[str, list[Column]]:
     """Every table with a tenant_id column, with its columns in order. Read from pg_catalog, which
@@ -316,7 +321,7 @@ def _write_table(conn: Conn, table: Table, out: Exported, tick: Any) -> set[str]
     jsonl = BlobWriter(f"{base}tables/{table.name}.jsonl")
     hashes: set[str] = set()
     count = 0
-    with conn.cursor(name=f"export_{uuid.uuid4().hex}", row_factory=tuple_row) as cur:
+    with conn.cursor(name=f"export_{uuid.uuid4().hex}", row_factory=_tuple_row()) as cur:
         cur.itersize = PAGE_ROWS
         cur.execute(table.jsonl_query())  # type: ignore[arg-type]  # built from catalogue names only
         for (line,) in cur:
@@ -329,7 +334,7 @@ def _write_table(conn: Conn, table: Table, out: Exported, tick: Any) -> set[str]
             tick(1)
     out.files[f"tables/{table.name}.jsonl"] = jsonl.close("application/jsonl")
     csv_out = BlobWriter(f"{base}tables/{table.name}.csv")
-    with conn.cursor(row_factory=tuple_row) as plain, plain.copy(
+    with conn.cursor(row_factory=_tuple_row()) as plain, plain.copy(
         f"copy ({table.csv_query()}) to stdout with (format csv, header true)"  # type: ignore[arg-type]
     ) as copy:
         for chunk in copy:

@@ -26,9 +26,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from shared.core.keys import b64url
 from shared.lifecycle.errors import ExportLinkExpired, ExportLinkInvalid
 
@@ -56,6 +53,9 @@ def sign_manifest(manifest: dict[str, Any]) -> SignedManifest:
 
 @functools.cache
 def _link_key() -> bytes:
+    from cryptography.hazmat.primitives import hashes, serialization  # with the first link, not at import
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
     from shared.audit.checkpoints import audit_keys
 
     raw = audit_keys().signing.private_bytes(

@@ -31,11 +31,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
-import jwt
+
+if TYPE_CHECKING:
+    import jwt  # PyJWT (and cryptography under it) loads with the first sign-in, not at import
 
 from shared.audit import chain as audit
 from shared.core import db
@@ -219,6 +221,8 @@ class JwksCache:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def _load(self, now: float) -> None:
+        import jwt
+
         doc = self.fetch(self.uri, "JWKS")
         keys: dict[str, jwt.PyJWK] = {}
         for jwk in doc.get("keys") or []:
@@ -292,6 +296,8 @@ def verify_id_token(token: str, *, key_for: Callable[[str], jwt.PyJWK | None], e
     alg = header.get("alg")
     if alg not in ALLOWED_ALGORITHMS:
         raise AssertionRejected("alg_not_allowed", f"ID token algorithm {str(alg)[:20]!r} is not accepted")
+    import jwt
+
     kid = header.get("kid")
     key = key_for(kid) if isinstance(kid, str) else None
     if key is None:

@@ -21,12 +21,10 @@ import uuid
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import psycopg
-from cryptography import x509
-from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.audit import chain as audit
+from shared.core import db
 from shared.core.db import Conn
 from shared.core.errors import Conflict, NotFound
 from shared.core.settings import get_settings
@@ -130,6 +128,8 @@ def certificate_der(text: str) -> bytes:
     Raises:
         ValueError: not a certificate.
     """
+    from cryptography import x509  # with the first certificate, not at import
+
     body = "".join(line for line in text.strip().splitlines() if "-----" not in line)
     try:
         der = base64.b64decode("".join(body.split()), validate=True)
@@ -316,20 +316,17 @@ def create_provider(conn: Conn, *, tenant_id: str, kind: Kind, fields: dict[str,
     provider_id = str(uuid.uuid4())
     sealed = (secret_box().seal(client_secret.encode("utf-8"), _aad(tenant_id, provider_id))
               if client_secret else None)
-    try:
-        with conn.transaction():
-            conn.execute(
-                """insert into sso_providers (tenant_id, id, kind, name, enabled, required, config, role_mapping, jit,
-                       allow_admin_mapping, trust_idp_mfa, link_by_verified_email, secret_ciphertext, secret_nonce,
-                       secret_key_id, created_by, updated_by)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
-                (tenant_id, provider_id, kind, fields["name"].strip(), fields["enabled"], fields["required"],
-                 Jsonb(config), Jsonb(mapping), fields["jit"], fields["allow_admin_mapping"], fields["trust_idp_mfa"],
-                 fields["link_by_verified_email"], sealed.ciphertext if sealed else None,
-                 sealed.nonce if sealed else None, sealed.key_id if sealed else None, actor_id, actor_id),
-            )
-    except psycopg.errors.UniqueViolation:
-        raise Conflict("another provider of this tenant has this name") from None
+    with db.savepoint_or_conflict(conn, "another provider of this tenant has this name"):
+        conn.execute(
+            """insert into sso_providers (tenant_id, id, kind, name, enabled, required, config, role_mapping, jit,
+                   allow_admin_mapping, trust_idp_mfa, link_by_verified_email, secret_ciphertext, secret_nonce,
+                   secret_key_id, created_by, updated_by)
+               values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+            (tenant_id, provider_id, kind, fields["name"].strip(), fields["enabled"], fields["required"],
+             db.jsonb(config), db.jsonb(mapping), fields["jit"], fields["allow_admin_mapping"], fields["trust_idp_mfa"],
+             fields["link_by_verified_email"], sealed.ciphertext if sealed else None,
+             sealed.nonce if sealed else None, sealed.key_id if sealed else None, actor_id, actor_id),
+        )
     created = get_provider(conn, provider_id)
     audit.append(conn, tenant_id=tenant_id, actor=actor, action="sso.provider_created", target_type="sso_provider",
                  target_id=provider_id, after={"kind": kind, **_audited(created)}, reason=reason, meta=meta)
@@ -356,7 +353,7 @@ def update_provider(conn: Conn, *, tenant_id: str, provider_id: uuid.UUID, chang
     sets = ["name = %s", "enabled = %s", "required = %s", "config = %s", "role_mapping = %s", "jit = %s",
             "allow_admin_mapping = %s", "trust_idp_mfa = %s", "link_by_verified_email = %s", "updated_at = now()",
             "updated_by = %s"]
-    params: list[Any] = [merged["name"].strip(), merged["enabled"], merged["required"], Jsonb(config), Jsonb(mapping),
+    params: list[Any] = [merged["name"].strip(), merged["enabled"], merged["required"], db.jsonb(config), db.jsonb(mapping),
                          merged["jit"], merged["allow_admin_mapping"], merged["trust_idp_mfa"],
                          merged["link_by_verified_email"], actor_id]
     if client_secret is not None:
@@ -365,11 +362,8 @@ def update_provider(conn: Conn, *, tenant_id: str, provider_id: uuid.UUID, chang
         params += [sealed.ciphertext, sealed.nonce, sealed.key_id]
     elif clear_client_secret:
         sets.append("secret_ciphertext = null, secret_nonce = null, secret_key_id = null")
-    try:
-        with conn.transaction():
-            conn.execute(f"update sso_providers set {', '.join(sets)} where id = %s", (*params, str(provider_id)))
-    except psycopg.errors.UniqueViolation:
-        raise Conflict("another provider of this tenant has this name") from None
+    with db.savepoint_or_conflict(conn, "another provider of this tenant has this name"):
+        conn.execute(f"update sso_providers set {', '.join(sets)} where id = %s", (*params, str(provider_id)))
     new = get_provider(conn, provider_id)
     before, after = _audited(old), _audited(new)
     if client_secret is not None:

@@ -611,12 +611,6 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
             "name": row["name"], "emails": row["emails"]}
 
 
-def _jsonb(value: Any) -> Any:
-    """A value for a jsonb parameter (psycopg loads with the first request, not at import)."""
-    from psycopg.types.json import Jsonb
-
-    return Jsonb(value)
-
 
 def _unique(exc: Exception) -> ScimUniqueness:
     what = "userName" if "user_name" in str(exc) else "email"
@@ -645,8 +639,8 @@ def create_user(caller: ScimCaller) -> ScimAnswer:
             conn.execute(
                 """insert into scim_users (tenant_id, user_id, user_name, external_id, name, emails, deactivated_by_scim)
                    values (%s, %s, %s, %s, %s, %s, %s)""",
-                (tenant_id, new["id"], u.user_name, u.external_id, _jsonb(u.name),
-                 _jsonb(u.emails), not active),
+                (tenant_id, new["id"], u.user_name, u.external_id, db.jsonb(u.name),
+                 db.jsonb(u.emails), not active),
             )
         row = _load_user(conn, new["id"])
         audit.append(conn, tenant_id=tenant_id, actor=caller.actor, action="scim.user_created", target_type="user",
@@ -684,8 +678,8 @@ def _write_user(conn: Conn, caller: ScimCaller, current: dict[str, Any], u: User
                on conflict (tenant_id, user_id) do update set user_name = excluded.user_name,
                   external_id = excluded.external_id, name = excluded.name, emails = excluded.emails,
                   deactivated_by_scim = excluded.deactivated_by_scim""",
-            (tenant_id, current["id"], u.user_name, u.external_id, _jsonb(u.name),
-             _jsonb(u.emails), (not active) and (current["deactivated_by_scim"] or active_now)),
+            (tenant_id, current["id"], u.user_name, u.external_id, db.jsonb(u.name),
+             db.jsonb(u.emails), (not active) and (current["deactivated_by_scim"] or active_now)),
         )
     if not active and active_now:
         conn.execute("update invitations set revoked_at = now() where user_id = %s and used_at is null "
