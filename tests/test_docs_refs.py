@@ -17,7 +17,7 @@ DOCS = ("docs/threat-model.md", "docs/asvs.md")
 
 TEST_REF = re.compile(r"\b(tests/[\w/]+\.py)::(\w+)")
 CODE_REF = re.compile(r"\b((?:shared|functions|tools|devhost)/[\w/]+\.py)(?::(\w+))?")
-PATH_REF = re.compile(r"`((?:infra|docs|tests|shared|functions|tools)/[\w./-]+\.(?:bicep|md|sql|py))`")
+PATH_REF = re.compile(r"`((?:infra|docs|tests|shared|functions|tools|console)/[\w./-]+\.(?:bicep|md|sql|py|ts))`")
 THREAT_ROW = re.compile(r"^\|\s*(T-[A-Z0-9]+-\d+)\s*\|")
 ASVS_ROW = re.compile(r"^\|\s*(\d+\.\d+\.\d+)\s*\|([^|]*)\|\s*(met|partly|gap|n/a)\s*\|")
 
