@@ -17,6 +17,7 @@ class Tenant(Out):
     created_at: datetime
     cancelled_at: datetime | None
     purge_after: datetime | None = None
+    purged_at: datetime | None = None
 
 
 class Tenants(Out):

@@ -87,10 +87,10 @@ def purge_cancelled_tenants(timer: func.TimerRequest) -> None:
 
 @bp.timer_trigger(arg_name="timer", schedule="%AUDIT_RETENTION_SCHEDULE%", run_on_startup=False)
 def audit_retention(timer: func.TimerRequest) -> None:
-    """Archive and cut the audit events of tenants with a retention window, each only up to its
-    newest signed checkpoint and behind a signed retention checkpoint; a refusal fails the run."""
+    """Queue one job per tenant with a retention window; each job archives and cuts the tenant's
+    events only up to its newest signed checkpoint, behind a signed retention checkpoint."""
     from shared.lifecycle import audit_retention  # loads the audit machinery on first use, not at import
-    audit_retention.run()
+    audit_retention.enqueue_due()
 
 
 @bp.timer_trigger(arg_name="timer", schedule="%HOUSEKEEPING_SCHEDULE%", run_on_startup=False)

@@ -172,6 +172,15 @@ def cmd_restore_drill(args: argparse.Namespace) -> dict[str, Any]:
     return {"drill": report.as_dict()} if args.format == "json" else {}
 
 
+def cmd_purge_due(args: argparse.Namespace) -> dict[str, Any]:
+    """List cancelled tenants due for purge (and purges that stopped half way), with their purge
+    dates; --within-days N adds those due in the next N days. A tenant listed may still be
+    reinstated by an operator until its purge date (POST /api/platform/tenants/{id}/reinstate)."""
+    from shared.tenancy import tenants
+
+    return {"tenants": tenants.purge_schedule(within_days=args.within_days)}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-app-role": cmd_create_app_role,
@@ -181,6 +190,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "outbox": cmd_outbox,
     "snapshots": cmd_snapshots,
     "restore-drill": cmd_restore_drill,
+    "purge-due": cmd_purge_due,
 }
 
 
@@ -221,6 +231,9 @@ def parser() -> argparse.ArgumentParser:
     rd.add_argument("--keep", action="store_true", help="keep the scratch database and containers")
     rd.add_argument("--tenant", action="append", metavar="TENANT_ID", help="verify only these tenants (repeatable)")
     rd.add_argument("--format", choices=["table", "json"], default="table")
+    pd = sub.add_parser("purge-due", help=(cmd_purge_due.__doc__ or "").split("\n")[0], description=cmd_purge_due.__doc__)
+    pd.add_argument("--within-days", type=int, default=0, metavar="N",
+                    help="also tenants whose purge date is in the next N days (default 0: due now)")
     return p
 
 

@@ -209,3 +209,19 @@ def test_sample_settings_are_valid(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
     settings = load_settings()
     assert settings.custos_env == "local"
+
+
+def test_cli_purge_due_lists_cancelled_tenants_within_the_horizon() -> None:
+    from shared.audit import chain as audit
+    from shared.tenancy.tenants import cancel_tenant, create_tenant
+
+    with db.platform_tx() as conn:
+        tenant = create_tenant(conn, slug=f"p-{uuid.uuid4().hex[:12]}", name="Purge Soon", region="uksouth")
+    cancel_tenant(tenant.id, reason="contract ended", actor=audit.Actor(id=None, name="ops", type="operator"), meta=None)
+    now_due = _cli("purge-due")
+    assert now_due.returncode == 0, now_due.stderr
+    assert tenant.id not in {t["id"] for t in json.loads(now_due.stdout)["tenants"]}
+    soon = _cli("purge-due", "--within-days", "31")
+    assert soon.returncode == 0, soon.stderr
+    row = next(t for t in json.loads(soon.stdout)["tenants"] if t["id"] == tenant.id)
+    assert row["status"] == "CANCELLED" and row["due"] is False and row["purge_after"]

@@ -25,6 +25,8 @@ def run_job_message(text: str) -> str:
     Raises:
         Exception: an unexpected failure of the job's attempt, so the host retries the message.
     """
+    from shared.lifecycle import audit_retention  # noqa: F401  registers its job kind; loads on first message
+
     return jobs.run_message(text)
 
 

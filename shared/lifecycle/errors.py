@@ -76,3 +76,11 @@ class ExportSchemaUnknown(InternalError):
     """A tenant column looks like a secret and the export has not been told whether to include it."""
 
     code, title = "export-schema-unknown", "The export does not know a column of the schema"
+
+
+class AuditRetentionRefused(Conflict):
+    """The audit retention cut was refused: the tenant's chain, its checkpoints or its retention
+    checkpoints do not verify, or a stored archive for the cut differs. Nothing was removed; the
+    evidence stays for an operator to examine."""
+
+    code, title = "audit-retention-refused", "The audit retention cut was refused"

@@ -7,8 +7,17 @@ Layout, in the `exports` container under `tenants/<tenant>/<export id>/`:
     tables/<table>.jsonl          one JSON object per row: the faithful copy
     schemas/<table>.schema.json   JSON Schema (draft 2020-12) of one JSONL line
     attachments/<sha256>          each attachment's content, once per distinct hash
+    audit-retention/<from>-<to>.jsonl          each audit retention archive (events cut from the chain)
+    audit-retention/<from>-<to>.manifest.json  its signed retention checkpoint
     manifest.json                 counts per table, SHA-256 and size of every file above
     manifest.json.sig             detached Ed25519 signature of manifest.json's exact bytes
+
+Audit retention archives: the events a retention cut removed from `audit_events` live in
+archives beside the tenant's exports (`shared.audit.retention`). The cuts are read from
+`audit_retention_cuts` in the export's snapshot, so the archives listed are exactly those whose
+events the snapshot no longer holds: archives plus `tables/audit_events.jsonl` cover seq 1 to
+the head with no gap or overlap (`tools/verify_export.py` checks that and every link). Each
+archive is copied and re-hashed against the SHA-256 its cut recorded.
 
 Consistency: every table is read in one READ ONLY, REPEATABLE READ transaction
 (`db.tenant_snapshot_tx`), so the export is one snapshot of the tenant: a record, its
@@ -63,6 +72,8 @@ EXCLUDED_TABLES: dict[str, str] = {
     "mfa_recovery_codes": "code hashes: credentials",
     "mfa_tickets": "short-lived sign-in ticket hashes: credentials",
     "outbox": "mail bodies hold sign-in and reset links",
+    "sso_requests": "short-lived SSO sign-in state: relay and browser-binding hashes",
+    "sso_handoffs": "short-lived SSO hand-off code hashes: credentials",
 }
 EXCLUDED_COLUMNS: dict[str, dict[str, str]] = {
     "users": {"password_hash": "a credential"},
@@ -72,6 +83,9 @@ EXCLUDED_COLUMNS: dict[str, dict[str, str]] = {
                  "key_id": "names our encryption key; no use outside Custos"},
     "webauthn_credentials": {"credential_id": "authenticator key handle", "public_key": "authenticator key material"},
     "payment_methods": {"gateway_token": "a payment gateway credential"},
+    "scim_tokens": {"token_hash": "a SCIM bearer token's hash: a credential"},
+    "sso_providers": {"secret_ciphertext": "the OIDC client secret", "secret_nonce": "part of the client secret",
+                      "secret_key_id": "names our encryption key; no use outside Custos"},
 }
 SECRET_COLUMN = re.compile(r"hash|secret|token|cipher|nonce|password|public_key|credential_id")
 """A column whose name looks like this must be in EXCLUDED_COLUMNS or SAFE_COLUMNS, or the export stops."""
@@ -362,11 +376,54 @@ def _copy_attachment(tenant_id: str, sha256: str, out: Exported) -> None:
     out.files[f"attachments/{sha256}"] = target.close("application/octet-stream")
 
 
+RETENTION_FOLDER = "audit-retention/"
+
+
+def _copy_blob(source_name: str, target_name: str) -> BlobWriter:
+    source = storage.blob_service().get_blob_client(CONTAINER, source_name)
+    target = BlobWriter(target_name)
+    for chunk in source.download_blob().chunks():
+        target.write(chunk)
+    return target
+
+
+def _copy_retention_archive(tenant_id: str, cut: dict[str, Any], out: Exported) -> dict[str, Any]:
+    """Copy one retention cut's archive and its signed manifest into the export, re-hashing the
+    archive against the SHA-256 its cut recorded; its entry for the manifest's `audit_retention`.
+
+    Raises:
+        ExportIntegrityFailure: the archive is not under this tenant's retention prefix, is
+            missing, or no longer matches its recorded hash.
+    """
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared.audit import retention
+
+    from_seq, to_seq = int(cut["from_seq"]), int(cut["seq"])
+    name = retention.archive_name(tenant_id, from_seq, to_seq)
+    if cut["archive_blob"] != name:
+        raise ExportIntegrityFailure(f"retention cut {to_seq} names an archive outside the tenant's retention folder")
+    base = name[len(retention.archive_prefix(tenant_id)):].removesuffix(".jsonl")
+    archive_path, manifest_path = f"{RETENTION_FOLDER}{base}.jsonl", f"{RETENTION_FOLDER}{base}.manifest.json"
+    try:
+        archive = _copy_blob(name, out.prefix + archive_path)
+        if archive.digest.hexdigest() != cut["archive_sha256"]:
+            raise ExportIntegrityFailure(f"retention archive {base} no longer matches its recorded hash")
+        out.files[archive_path] = archive.close("application/jsonl")
+        manifest = _copy_blob(retention.manifest_name(tenant_id, from_seq, to_seq), out.prefix + manifest_path)
+        out.files[manifest_path] = manifest.close("application/json")
+    except ResourceNotFoundError:
+        raise ExportIntegrityFailure(f"retention archive {base} or its manifest is missing") from None
+    return {"from_seq": from_seq, "to_seq": to_seq, "archive": archive_path, "manifest": manifest_path,
+            "sha256": cut["archive_sha256"]}
+
+
 def write_export(tenant_id: str, export_id: str, *, progress: Any = None) -> dict[str, Any]:
     """Write the tenant's export (one snapshot) and its signed manifest; returns the job result.
 
     Raises:
-        ExportIntegrityFailure: an attachment's content no longer matches its hash.
+        ExportIntegrityFailure: an attachment's content or a retention archive no longer matches
+            its hash, or an archive is missing.
         ServiceUnavailable: the database or storage could not be reached.
     """
     from shared.lifecycle import signing
@@ -398,9 +455,12 @@ def write_export(tenant_id: str, export_id: str, *, progress: Any = None) -> dic
         hashes: set[str] = set()
         for table in tables:
             hashes |= _write_table(conn, table, out, tick)
+        cuts = [dict(r) for r in conn.execute(
+            "select from_seq, seq, archive_blob, archive_sha256 from audit_retention_cuts order by seq").fetchall()]
     for sha256 in sorted(hashes):  # at most one hash set in memory: 64 bytes per distinct attachment
         _copy_attachment(tenant_id, sha256, out)
         tick(1)
+    retained = [_copy_retention_archive(tenant_id, cut, out) for cut in cuts]
     manifest = {
         "format": FORMAT,
         "tenant_id": tenant_id,
@@ -410,6 +470,7 @@ def write_export(tenant_id: str, export_id: str, *, progress: Any = None) -> dic
         "csv_formula_guard": "text cells starting with = + - @ TAB CR are prefixed with an apostrophe",
         "tables": {name: {"rows": n, "csv": f"tables/{name}.csv", "jsonl": f"tables/{name}.jsonl",
                           "schema": f"schemas/{name}.schema.json"} for name, n in sorted(out.counts.items())},
+        "audit_retention": retained,
         "files": [{"path": path, **entry} for path, entry in sorted(out.files.items())],
     }
     signed = signing.sign_manifest(manifest)

@@ -30,13 +30,14 @@ class Tenant:
     created_at: datetime
     cancelled_at: datetime | None
     purge_after: datetime | None = None
+    purged_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Tenant:
         return cls(**{**row, "id": str(row["id"])})
 
 
-_COLUMNS = "id, slug, name, status, data_region, created_at, cancelled_at, purge_after"
+_COLUMNS = "id, slug, name, status, data_region, created_at, cancelled_at, purge_after, purged_at"
 
 
 def validate_new(slug: str, name: str, region: str) -> None:
@@ -70,7 +71,7 @@ def create_tenant(
     with db.savepoint_or_conflict(conn, f"tenant slug {slug!r} is taken"):
         row = conn.execute(
             """insert into tenants (slug, name, data_region) values (%s, %s, %s)
-               returning id, slug, name, status, data_region, created_at, cancelled_at, purge_after""",
+               returning id, slug, name, status, data_region, created_at, cancelled_at, purge_after, purged_at""",
             (slug, name.strip(), region),
         ).fetchone()
     assert row is not None
@@ -199,3 +200,31 @@ def _platform_event(conn: Conn, tenant_id: str, action: str, *, actor: audit.Act
     audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor, action=action, target_type="tenant",
                  target_id=tenant_id, before=before, after=after, reason=reason, meta=meta)
     conn.execute("select set_config('app.tenant_id', %s, true)", (tenant_id,))
+
+
+def purge_schedule(*, now: datetime | None = None, within_days: int = 0) -> list[dict[str, Any]]:
+    """Tenants an operator should know about before the purge timer runs: CANCELLED ones whose
+    purge date is at or before `now` + `within_days` (`due`: at or before `now`, the next purge
+    run takes them) and PURGING ones (a purge that stopped half way; the next run resumes it),
+    soonest first. `now` defaults to the database clock.
+
+    Raises:
+        ValueError: `within_days` is negative.
+    """
+    if within_days < 0:
+        raise ValueError("within_days must not be negative")
+    with db.platform_tx() as conn:
+        rows = conn.execute(
+            f"""select {_COLUMNS}, coalesce(%(now)s::timestamptz, now()) as now from tenants
+                 where (status = 'CANCELLED'
+                        and purge_after <= coalesce(%(now)s::timestamptz, now()) + make_interval(days => %(days)s))
+                    or status = 'PURGING'
+                 order by purge_after, id""",
+            {"now": now, "days": within_days},
+        ).fetchall()
+    out = []
+    for row in rows:
+        at = row.pop("now")
+        out.append({**Tenant.from_row(row).__dict__,
+                    "due": row["status"] == "PURGING" or row["purge_after"] <= at})
+    return out

@@ -1,11 +1,14 @@
-"""The audit retention timer: tenants with a window are cut, tenants without are left alone,
-one tenant's refusal is reported without stopping the others, and the run is visible."""
+"""The audit retention timer and its jobs: the timer queues one job per tenant with a window,
+the queue trigger (the host polls) cuts it, tenants without are left alone, and one tenant's
+refusal fails its own job without stopping the others."""
 
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import psycopg
@@ -37,7 +40,25 @@ def no_windows_left_behind() -> None:
         conn.execute("delete from tenant_settings where key = %s", (retention.SETTING,))
 
 
-def test_run_cuts_tenants_with_a_window_and_leaves_the_others(client: httpx.Client) -> None:
+def jobs_of(tenant_id: str) -> list[dict[str, Any]]:
+    with db.tenant_tx(tenant_id) as conn:
+        return [dict(r) for r in conn.execute(
+            "select id::text, state, params, result, error_type from jobs where kind = %s order by created_at",
+            (retention.KIND,)).fetchall()]
+
+
+def wait_finished(tenant_id: str, job_id: str) -> dict[str, Any]:
+    """Wait for the host's queue poller to run the job (an event, with a generous deadline)."""
+    deadline = time.monotonic() + 120
+    while True:
+        job = next(j for j in jobs_of(tenant_id) if j["id"] == job_id)
+        if job["state"] in ("DONE", "FAILED"):
+            return job
+        assert time.monotonic() < deadline, f"retention job still {job['state']}"
+        time.sleep(0.2)
+
+
+def test_the_timer_queues_one_job_per_window_and_the_queue_cuts_only_those(client: httpx.Client) -> None:
     kept, cut, forever = new_tenant(), new_tenant(), new_tenant()
     for tenant in (kept, cut, forever):
         add_events(tenant.id, 3)
@@ -45,15 +66,31 @@ def test_run_cuts_tenants_with_a_window_and_leaves_the_others(client: httpx.Clie
     set_window(forever.id, None)  # null: keep forever
     checkpoint_now(client)
     now = occurred(cut.id, 4) + timedelta(days=WINDOW, microseconds=1)
-    result = retention.run(now=now)
-    assert [(c.tenant_id, c.from_seq, c.seq) for c in result.cuts] == [(cut.id, 1, 4)]
-    assert result.windows == 1 and not result.refused
+    queued = retention.enqueue_due(now=now)
+    assert queued.windows == 1 and list(queued.jobs) == [cut.id] and not queued.skipped
+    assert health.heartbeats()["audit_retention"]["ok"] is True
+    job = wait_finished(cut.id, queued.jobs[cut.id])
+    assert job["state"] == "DONE", job
+    assert job["params"]["window_days"] == WINDOW and (job["result"]["cut"]["from_seq"], job["result"]["cut"]["seq"]) == (1, 4)
     assert seqs(cut.id)[0] == 5
     assert seqs(kept.id) == [1, 2, 3, 4] and seqs(forever.id)[0] == 1
-    assert health.heartbeats()["audit_retention"]["ok"] is True
+    assert not jobs_of(kept.id) and not jobs_of(forever.id)
 
 
-def test_a_refused_tenant_fails_the_run_after_the_others_are_cut(client: httpx.Client) -> None:
+def test_a_tenant_with_a_job_still_queued_gets_no_second_one(client: httpx.Client) -> None:
+    tenant = new_tenant()
+    set_window(tenant.id, WINDOW)
+    with db.tenant_tx(tenant.id) as conn:  # a job the queue has not run yet (no message sent)
+        from shared.lifecycle import jobs
+
+        waiting = jobs.create(conn, tenant_id=tenant.id, kind=retention.KIND, created_by=None,
+                              params={"window_days": WINDOW, "as_of": "2020-01-01T00:00:00.000000Z"})
+    queued = retention.enqueue_due()
+    assert queued.skipped == [tenant.id] and not queued.jobs
+    assert [j["id"] for j in jobs_of(tenant.id)] == [waiting.id]
+
+
+def test_a_refused_tenant_fails_its_job_and_the_other_is_cut(client: httpx.Client) -> None:
     broken, fine = new_tenant(), new_tenant()
     for tenant in (broken, fine):
         add_events(tenant.id, 3)
@@ -64,11 +101,12 @@ def test_a_refused_tenant_fails_the_run_after_the_others_are_cut(client: httpx.C
         conn.execute("update audit_events set reason = 'x' where tenant_id = %s and seq = 2", (broken.id,))
         conn.execute("alter table audit_events enable trigger user")
     now = max(occurred(t.id, 4) for t in (broken, fine)) + timedelta(days=WINDOW, microseconds=1)
-    with pytest.raises(RuntimeError, match="refused 1 tenant"):
-        retention.run(now=now)
+    queued = retention.enqueue_due(now=now)
+    failed = wait_finished(broken.id, queued.jobs[broken.id])
+    assert failed["state"] == "FAILED" and failed["error_type"] == "urn:custos:problem:audit-retention-refused"
+    assert wait_finished(fine.id, queued.jobs[fine.id])["state"] == "DONE"
     assert seqs(fine.id)[0] == 5  # the other tenant was cut
     assert seqs(broken.id)[0] == 1  # the broken chain keeps its evidence
-    assert health.heartbeats()["audit_retention"]["ok"] is False
     with db.tenant_tx(broken.id) as conn:  # nothing of the refused cut was recorded
         assert not audit.list_events(conn, action="audit.retention_cut")
 
@@ -79,4 +117,6 @@ def test_the_timer_runs_on_demand_through_the_host(client: httpx.Client) -> None
     assert client.post("/admin/functions/audit_retention").status_code == 202
     beat = health.heartbeats()["audit_retention"]
     assert beat["ok"] is True
-    assert seqs(tenant.id)[0] == 1  # nothing is older than seven years yet
+    job = wait_finished(tenant.id, jobs_of(tenant.id)[0]["id"])
+    assert job["state"] == "DONE" and job["result"] == {"cut": None}  # nothing is older than seven years yet
+    assert seqs(tenant.id)[0] == 1

@@ -308,3 +308,94 @@ def test_the_databases_csv_guard_is_the_documented_policy(tenant: Tenant, value:
     with db.tenant_tx(tenant.id) as conn:
         row = conn.execute(table.csv_query().replace("%(v)s", "%(v)s"), {"v": value}).fetchone()
     assert row is not None and (row["v"] or "") == export.csv_cell(value)
+
+
+def _export_through_host(c: httpx.Client, admin: Person, folder: Path) -> dict[str, Any]:
+    started = c.post("/api/exports", json={"reason": "archive check"}, headers=auth(admin.token))
+    assert started.status_code == 202, started.text
+    body = _wait_done(c, admin.token, started.json()["id"])
+    assert body["state"] == "DONE", body["error"]
+    _download_all(c, body["files"], folder)
+    return body
+
+
+def _cut_twice(client: httpx.Client, tenant: Tenant) -> list[Any]:
+    """Two retention cuts of the tenant's chain, at seq 4 and then seq 8 (each signed first)."""
+    from shared.audit import retention
+    from tests.audit.test_chain import add_events, checkpoint_now
+    from tests.audit.test_retention import just_after
+
+    add_events(tenant.id, 10)
+    checkpoint_now(client)
+    first = retention.cut_tenant(tenant.id, window_days=retention.get_settings().audit_retention_min_days,
+                                 now=just_after(tenant.id, 4))
+    checkpoint_now(client)
+    second = retention.cut_tenant(tenant.id, window_days=retention.get_settings().audit_retention_min_days,
+                                  now=just_after(tenant.id, 8))
+    assert first is not None and second is not None and (first.seq, second.from_seq, second.seq) == (4, 5, 8)
+    return [first, second]
+
+
+def test_retention_archives_are_in_the_export_and_cover_the_chain_with_the_audit_table(
+        client: httpx.Client, tenant: Tenant, make_person: PersonFactory, tmp_path: Path) -> None:
+    admin = make_person(tenant.id, "ADMIN")
+    cuts = _cut_twice(client, tenant)
+    folder = tmp_path / "export"
+    body = _export_through_host(client, admin, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    listed = {f["path"]: f for f in manifest["files"]}
+    assert [(a["from_seq"], a["to_seq"]) for a in manifest["audit_retention"]] == [(1, 4), (5, 8)]
+    for entry, made in zip(manifest["audit_retention"], cuts, strict=True):
+        assert entry["sha256"] == made.archive_sha256 == listed[entry["archive"]]["sha256"]
+        assert entry["manifest"] in listed and entry["archive"] in {f["path"] for f in body["files"]}
+        assert json.loads((folder / entry["manifest"]).read_text())["archive"]["sha256"] == made.archive_sha256
+    archived = [json.loads(line)["seq"] for entry in manifest["audit_retention"]
+                for line in (folder / entry["archive"]).read_text().splitlines() if '"type":"event"' in line]
+    table = [json.loads(line)["seq"] for line in (folder / "tables/audit_events.jsonl").read_text().splitlines()]
+    assert archived == list(range(1, 9)) and table[0] == 9
+    assert archived + table == list(range(1, table[-1] + 1))  # together: seq 1..head, no gap, no overlap
+    keys = tmp_path / "keys.json"
+    keys.write_text(client.get("/.well-known/audit-keys.json").text)
+    result = _verify(folder, keys)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_tampered_or_missing_retention_archive_fails_verification(
+        client: httpx.Client, tenant: Tenant, make_person: PersonFactory, tmp_path: Path) -> None:
+    import shutil
+
+    admin = make_person(tenant.id, "ADMIN")
+    _cut_twice(client, tenant)
+    folder = tmp_path / "export"
+    _export_through_host(client, admin, folder)
+    keys = tmp_path / "keys.json"
+    keys.write_text(client.get("/.well-known/audit-keys.json").text)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    archive = folder / manifest["audit_retention"][0]["archive"]
+    # An archived event rewritten: the file's hash and its signed retention checkpoint both catch it.
+    copy = tmp_path / "edited"
+    shutil.copytree(folder, copy)
+    edited = copy / archive.relative_to(folder)
+    edited.write_text(edited.read_text().replace('"reason":"step 1"', '"reason":"step X"'))
+    out = _verify(copy, keys)
+    assert out.returncode == 1 and "retention" in out.stdout, out.stdout
+    # An archive withheld: the chain no longer begins at seq 1.
+    shutil.rmtree(copy)
+    shutil.copytree(folder, copy)
+    (copy / archive.relative_to(folder)).unlink()
+    out = _verify(copy, keys)
+    assert out.returncode == 1 and "missing" in out.stdout, out.stdout
+
+
+def test_an_archive_changed_in_storage_fails_the_export_instead_of_shipping_it(
+        client: httpx.Client, tenant: Tenant, make_person: PersonFactory) -> None:
+    from shared.core import storage
+
+    admin = make_person(tenant.id, "ADMIN")
+    cuts = _cut_twice(client, tenant)
+    blob = storage.blob_service().get_blob_client(export.CONTAINER, cuts[1].archive)
+    blob.upload_blob(blob.download_blob().readall().replace(b'"step 6"', b'"step Y"'), overwrite=True)
+    started = client.post("/api/exports", json={"reason": "archive check"}, headers=auth(admin.token))
+    assert started.status_code == 202, started.text
+    body = _wait_done(client, admin.token, started.json()["id"])
+    assert body["state"] == "FAILED" and body["error"]["type"].endswith("export-integrity"), body

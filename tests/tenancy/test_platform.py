@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import psycopg
@@ -96,3 +96,26 @@ def test_a_purged_tenant_cannot_be_reinstated(client: httpx.Client, tenant: Tena
     refused = _reinstate(client, op.token, tenant.id)
     assert refused.status_code == 409 and refused.json()["type"] == PROBLEM + "tenant-purge-started"
     assert get_tenant(tenant.id).status == "PURGED"  # type: ignore[union-attr]
+
+
+def test_the_operator_list_shows_purge_dates_and_when_a_tenant_was_purged(
+    client: httpx.Client, tenant: Tenant, make_person: PersonFactory
+) -> None:
+    from shared.tenancy.tenants import create_tenant
+
+    op = make_person(None)
+    with db.platform_tx() as conn:
+        waiting = create_tenant(conn, slug=f"w-{uuid.uuid4().hex[:12]}", name="Waiting", region="uksouth")
+    assert _cancel(client, op.token, tenant.id).status_code == 200
+    assert _cancel(client, op.token, waiting.id).status_code == 200
+    purge_after = get_tenant(tenant.id).purge_after  # type: ignore[union-attr]
+    assert purge_after is not None
+    purge.purge_tenant(tenant.id, now=purge_after + timedelta(seconds=1))
+    listed = client.get("/api/platform/tenants", headers=auth(op.token))
+    assert listed.status_code == 200, listed.text
+    shown = {t["id"]: t for t in listed.json()["tenants"]}
+    purged, cancelled = shown[tenant.id], shown[waiting.id]
+    assert purged["status"] == "PURGED" and purged["purged_at"] is not None
+    assert datetime.fromisoformat(purged["purge_after"]) == purge_after
+    assert datetime.fromisoformat(purged["purged_at"]) == purge_after + timedelta(seconds=1)
+    assert cancelled["status"] == "CANCELLED" and cancelled["purge_after"] is not None and cancelled["purged_at"] is None
