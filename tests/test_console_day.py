@@ -42,7 +42,8 @@ def console_host() -> Iterator[Host]:
     ensure_built()
     port = free_port()
     origin = f"http://localhost:{port}"
-    h = Host(env={"WEBAUTHN_RP_ID": "localhost", "WEBAUTHN_ORIGINS": origin, "PUBLIC_APP_URL": f"{origin}/console"},
+    h = Host(env={"WEBAUTHN_RP_ID": "localhost", "WEBAUTHN_ORIGINS": origin, "PUBLIC_APP_URL": f"{origin}/console",
+                  "SSO_PUBLIC_URL": origin, "SSO_CONSOLE_URL": f"{origin}/console/", "SSO_METADATA_ALLOW_LOOPBACK": "true"},
              port=port)
     h.url = origin  # type: ignore[misc]
     yield h
@@ -208,7 +209,7 @@ def test_a_day_with_the_console(console_host: Host, browser: Browser, tenant: Te
         c_.close()
 
 
-PAGES = ["signin", "invitation", "reset", "account", "users", "records", "audit", "settings"]
+PAGES = ["signin", "invitation", "reset", "account", "users", "records", "audit", "settings", "exports", "sso"]
 
 
 def test_every_page_passes_axe_and_is_photographed(console_host: Host, browser: Browser, tenant: Tenant) -> None:
@@ -240,9 +241,10 @@ def test_every_page_passes_axe_and_is_photographed(console_host: Host, browser: 
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         scan(name)
     sign_in(page, host, tenant, admin)
-    for name in ("account", "users", "records", "audit", "settings"):
+    for name in ("account", "users", "records", "audit", "settings", "exports", "sso"):
         page.get_by_role("link", name={"account": "My account", "users": "Users", "records": "Records",
-                                       "audit": "Audit trail", "settings": "Settings"}[name]).click()
+                                       "audit": "Audit trail", "settings": "Settings", "exports": "Exports",
+                                       "sso": "Identity providers"}[name]).click()
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         expect(page.locator("main progress")).to_have_count(0)
         scan(name)
@@ -279,4 +281,84 @@ def test_the_strict_csp_blocks_an_injected_inline_script(console_host: Host, bro
     assert ran is not True and "TrustedScript" in str(ran)
     threw = page.evaluate("() => { try { document.body.innerHTML = '<b>x</b>'; return false } catch (e) { return true } }")
     assert threw is True
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def op() -> Iterator[Any]:
+    from tests.identity.sso.test_oidc import OpenIdProvider
+
+    provider = OpenIdProvider()
+    yield provider
+    provider.stop()
+
+
+def test_sso_sign_in_through_the_openid_provider_lands_signed_in(console_host: Host, browser: Browser, tenant: Tenant,
+                                                                 op: Any) -> None:
+    """The sign-in page shows the tenant's provider; its button goes through the real OpenID
+    Provider (non-interactive login) and back; the console trades the one-time code for tokens
+    (refresh token in the HttpOnly cookie) and shows the signed-in page; the code is gone from
+    the address bar, and a reload keeps the session."""
+    from shared.identity.sso import oidc
+
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    admin_auth = auth(token_for(admin["id"], tenant.id, "ADMIN", session_id=create_session_row(tenant.id, admin["id"])))
+    name = f"Acme IdP {uuid.uuid4().hex[:4]}"
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        r = c.post("/api/sso/providers", headers=admin_auth, json={
+            "kind": "oidc", "name": name, "enabled": False, "reason": "set up OIDC", "config": {"issuer": op.issuer}})
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        client_id, secret = op.register(host.url + oidc.callback_path(tenant.slug, pid))
+        r = c.patch(f"/api/sso/providers/{pid}", headers=admin_auth, json={
+            "enabled": True, "jit": True, "client_secret": secret, "reason": "client registered",
+            "config": {"issuer": op.issuer, "client_id": client_id}})
+        assert r.status_code == 200, r.text
+    email = f"sso-{uuid.uuid4().hex[:6]}@example.test"
+    op.mutate(None)
+    op.account(sub=f"console-{uuid.uuid4().hex[:6]}", email=email, name="Sam Single")
+
+    ctx = context(browser)
+    page = ctx.new_page()
+    page.goto(f"{host.url}/console/signin")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Organisation (tenant)").fill(tenant.slug)
+    page.get_by_label("Organisation (tenant)").press("Tab")
+    page.get_by_role("link", name=f"Sign in with {name}").click()
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    expect(page.get_by_text(email)).to_be_visible()
+    assert "sso_code" not in page.url
+    cookies = {c_["name"]: c_ for c_ in ctx.cookies()}
+    assert cookies["custos_refresh"]["httpOnly"] and cookies["custos_refresh"]["path"] == "/api/auth"
+    page.reload()
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    expect(page.get_by_text(email)).to_be_visible()
+    ctx.close()
+
+
+def test_an_admin_exports_watches_it_finish_and_downloads_the_manifest(console_host: Host, browser: Browser,
+                                                                     tenant: Tenant) -> None:
+    """The job runs from the queue (the host polls it); the page polls the export with backoff
+    until the download links appear; the manifest downloads through its signed link."""
+    import json
+
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    ctx = context(browser, accept_downloads=True)
+    page = ctx.new_page()
+    sign_in(page, host, tenant, admin)
+    page.get_by_role("link", name="Exports").click()
+    expect(page.get_by_role("heading", name="Exports")).to_be_visible()
+    start = page.get_by_role("form", name="Start an export")
+    start.get_by_label("Reason").fill("quarterly archive")
+    start.get_by_role("button", name="Start export").click()
+    expect(page.get_by_text("Export started.")).to_be_visible()
+    expect(page.get_by_text("The export is ready.")).to_be_visible(timeout=120_000)
+    with page.expect_download() as got:
+        page.get_by_role("link", name="Download manifest.json", exact=True).click()
+    manifest = json.loads(Path(got.value.path()).read_text())
+    assert manifest["tenant_id"] == tenant.id and manifest["files"], manifest
+    page.get_by_role("link", name="All exports").click()
+    expect(page.get_by_role("table", name="Recent exports")).to_contain_text("DONE")
     ctx.close()

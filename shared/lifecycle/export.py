@@ -63,6 +63,8 @@ EXCLUDED_TABLES: dict[str, str] = {
     "mfa_recovery_codes": "code hashes: credentials",
     "mfa_tickets": "short-lived sign-in ticket hashes: credentials",
     "outbox": "mail bodies hold sign-in and reset links",
+    "sso_requests": "short-lived SSO sign-in state: relay and browser-binding hashes",
+    "sso_handoffs": "short-lived SSO hand-off code hashes: credentials",
 }
 EXCLUDED_COLUMNS: dict[str, dict[str, str]] = {
     "users": {"password_hash": "a credential"},
@@ -72,6 +74,9 @@ EXCLUDED_COLUMNS: dict[str, dict[str, str]] = {
                  "key_id": "names our encryption key; no use outside Custos"},
     "webauthn_credentials": {"credential_id": "authenticator key handle", "public_key": "authenticator key material"},
     "payment_methods": {"gateway_token": "a payment gateway credential"},
+    "scim_tokens": {"token_hash": "a SCIM bearer token's hash: a credential"},
+    "sso_providers": {"secret_ciphertext": "the OIDC client secret", "secret_nonce": "part of the client secret",
+                      "secret_key_id": "names our encryption key; no use outside Custos"},
 }
 SECRET_COLUMN = re.compile(r"hash|secret|token|cipher|nonce|password|public_key|credential_id")
 """A column whose name looks like this must be in EXCLUDED_COLUMNS or SAFE_COLUMNS, or the export stops."""
