@@ -362,3 +362,83 @@ def test_an_admin_exports_watches_it_finish_and_downloads_the_manifest(console_h
     page.get_by_role("link", name="All exports").click()
     expect(page.get_by_role("table", name="Recent exports")).to_contain_text("DONE")
     ctx.close()
+
+
+def test_an_admin_edits_designations_overrides_providers_and_recovery_codes(console_host: Host, browser: Browser,
+                                                                             tenant: Tenant) -> None:
+    """The Users page changes a user's designations and overrides (what the API then reports);
+    My account makes new recovery codes (the old ones stop working); the Identity providers page
+    adds an OIDC provider, enables it and names a break-glass ADMIN."""
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    operator = person(tenant, "OPERATOR")
+    admin_auth = auth(token_for(admin["id"], tenant.id, "ADMIN", session_id=create_session_row(tenant.id, admin["id"])))
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        made = c.post("/api/designations", headers=admin_auth, json={
+            "name": "QA approver", "permissions": ["records.read"], "reason": "QA sign-off"})
+        assert made.status_code == 201, made.text
+    ctx = context(browser)
+    page = ctx.new_page()
+    sign_in(page, host, tenant, admin)
+    page.goto(f"{host.url}/console/users/{operator['id']}")
+    expect(page.get_by_role("heading", level=1)).not_to_have_text("Users")
+    expect(page.get_by_role("form", name="Change designations")).to_be_visible()
+    designations = page.get_by_role("form", name="Change designations")
+    designations.get_by_label(re.compile("QA approver")).check()
+    designations.get_by_label("Reason").fill("joins QA")
+    designations.get_by_role("button", name="Save designations").click()
+    expect(page.get_by_text("Designations saved.")).to_be_visible()
+    overrides = page.get_by_role("form", name="Add a permission override")
+    overrides.get_by_label("Permission").fill("audit.read")
+    overrides.get_by_label("Effect").select_option("grant")
+    overrides.get_by_label("Reason").fill("temporary audit help")
+    overrides.get_by_role("button", name="Add override").click()
+    expect(page.get_by_text("Override grant audit.read saved.")).to_be_visible()
+    expect(page.get_by_role("table", name="Overrides of this user")).to_contain_text("audit.read")
+    overrides = page.get_by_role("form", name="Add a permission override")
+    overrides.get_by_label("Permission").fill("records.retire")
+    overrides.get_by_label("Reason").fill("not this quarter")
+    overrides.get_by_role("button", name="Add override").click()
+    expect(page.get_by_text("Override deny records.retire saved.")).to_be_visible()
+    removal = page.get_by_role("form", name="Remove override deny records.retire")
+    removal.get_by_label("Reason for removing deny records.retire").fill("quarter over")
+    removal.get_by_role("button", name="Remove").click()
+    expect(page.get_by_text("Override deny records.retire removed.")).to_be_visible()
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        user = c.get(f"/api/users/{operator['id']}", headers=admin_auth).json()
+        assert [d["name"] for d in user["designations"]] == ["QA approver"]
+        got = c.get(f"/api/users/{operator['id']}/overrides", headers=admin_auth).json()
+        assert [(o["permission"], o["effect"]) for o in got["overrides"]] == [("audit.read", "grant")]
+
+    page.get_by_role("link", name="My account").click()
+    regen = page.get_by_role("form", name="Make new recovery codes")
+    regen.get_by_role("button", name="Make new recovery codes").click()
+    codes = page.get_by_role("region", name="Recovery codes").get_by_role("listitem")
+    expect(codes.first).to_be_visible()
+    assert codes.count() >= 8
+
+    page.get_by_role("link", name="Identity providers").click()
+    add = page.get_by_role("form", name="Add an identity provider")
+    add.get_by_label("Name").fill("Contoso Entra")
+    add.get_by_label("Issuer URL").fill("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000001/v2.0")
+    add.get_by_label("Client id").fill("client-abc")
+    add.get_by_label("Client secret").fill("s3cret-value")
+    add.get_by_label("Reason").fill("staff sign-in")
+    add.get_by_role("button", name="Add provider").click()
+    expect(page.get_by_text("Contoso Entra added (disabled until you enable it).")).to_be_visible()
+    enable = page.get_by_role("form", name="Enable Contoso Entra")
+    enable.get_by_label("Reason for changing Contoso Entra").fill("go live")
+    enable.get_by_role("button", name="Enable").click()
+    expect(page.get_by_text("Contoso Entra enabled.")).to_be_visible()
+    glass = page.get_by_role("form", name="Add a break-glass account")
+    glass.get_by_label("ADMIN").select_option(admin["id"])
+    glass.get_by_label("Reason").fill("keep a way in")
+    glass.get_by_role("button", name="Add break-glass account").click()
+    expect(page.get_by_role("table", name="Break-glass accounts")).to_contain_text(admin["email"])
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        [p] = c.get("/api/sso/providers", headers=admin_auth).json()["providers"]
+        assert p["enabled"] and p["has_client_secret"] and p["config"]["client_id"] == "client-abc"
+        assert "s3cret-value" not in str(p)
+        buttons = c.get(f"/api/sso/tenants/{tenant.slug}/providers").json()["providers"]
+        assert [b["name"] for b in buttons] == ["Contoso Entra"]
+    ctx.close()

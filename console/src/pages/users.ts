@@ -106,7 +106,9 @@ async function designationsForm(ctx: Ctx, user: User): Promise<HTMLElement> {
 /** Per-user overrides: remove one, or add a grant or deny; each save replaces the whole list. */
 function overridesForm(ctx: Ctx, user: User, current: Override[]): HTMLElement {
   const save = async (next: Override[], why: string, done: string): Promise<void> => {
-    await api("PUT", `/api/users/${user.id}/overrides`, { overrides: next, reason: why });
+    // Only the two fields the API takes back (the listing adds created_at).
+    const overrides = next.map((o) => ({ permission: o.permission, effect: o.effect }));
+    await api("PUT", `/api/users/${user.id}/overrides`, { overrides, reason: why });
     ctx.go(`users/${user.id}`, done);
   };
   const known = ctx.me!.permissions.slice().sort();
