@@ -43,3 +43,7 @@ class ExportFile(Out):
 class Export(Job):
     tables: dict[str, int] | None = Field(description="Rows per table, once DONE")
     files: list[ExportFile] | None = Field(description="Every file with its link, once DONE (manifest.json first to check)")
+
+
+class Exports(Out):
+    exports: list[Export] = Field(description="Newest first; `files` is null here (open one export for its links)")

@@ -7,7 +7,7 @@ from typing import Any
 import azure.functions as func
 from pydantic import Field
 
-from functions._models_lifecycle import Export
+from functions._models_lifecycle import Export, Exports
 from shared.lifecycle import api
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import ReasonBody, Strict
@@ -43,3 +43,14 @@ def download_export_file(ctx: RequestContext) -> Reply:
     got = api.download(ctx.uuid_param("id"), file=ctx.query.file, token=ctx.query.token, meta=ctx.meta)
     return Reply(body=got.body, media_type=got.media_type,
                  headers={"Content-Disposition": f'attachment; filename="{got.filename}"'})
+
+
+class ExportListQuery(Strict):
+    limit: int = Field(20, ge=1, le=100, description="How many of the newest exports")
+
+
+@bp.route(route="api/exports", methods=["GET"])
+@endpoint(response=Exports, permission="tenant.export", query=ExportListQuery, allow_cancelled=True, tags=("exports",))
+def list_exports(ctx: RequestContext) -> dict[str, Any]:
+    """The tenant's newest exports with their state and progress (open one for its download links)."""
+    return api.list_exports(ctx, limit=ctx.query.limit)

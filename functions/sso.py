@@ -14,6 +14,7 @@ from functions._models_sso import BreakGlassAccounts, BreakGlassAdded, Provider,
 from shared.identity.sso import api
 from shared.identity.sso.accounts import BINDING_COOKIE
 from shared.identity.sso.oidc import FLOW_COOKIE
+from shared.web import refresh_cookie
 from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Reason, ReasonQuery, Strict
 
@@ -142,9 +143,11 @@ def sso_public_providers(ctx: RequestContext) -> dict[str, Any]:
 
 @bp.route(route="api/auth/sso/exchange", methods=["POST"])
 @endpoint(response=LoginResult, auth=False, body=Exchange, tags=("auth", "sso"))
-def sso_exchange(ctx: RequestContext) -> dict[str, Any]:
-    """Trade the one-time code of a finished SSO sign-in for tokens (same browser, once)."""
-    return api.exchange(code=ctx.body.code, binding=binding_cookie(ctx.request), meta=ctx.meta)
+def sso_exchange(ctx: RequestContext) -> Reply:
+    """Trade the one-time code of a finished SSO sign-in for tokens (same browser, once); with
+    `X-Custos-CSRF: 1` (the console) the refresh token goes to the HttpOnly cookie, as at login."""
+    return refresh_cookie.deliver(ctx.request, api.exchange(code=ctx.body.code, binding=binding_cookie(ctx.request),
+                                                            meta=ctx.meta))
 
 
 def _cookie(req: func.HttpRequest, name: str) -> str | None:

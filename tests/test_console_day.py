@@ -42,7 +42,8 @@ def console_host() -> Iterator[Host]:
     ensure_built()
     port = free_port()
     origin = f"http://localhost:{port}"
-    h = Host(env={"WEBAUTHN_RP_ID": "localhost", "WEBAUTHN_ORIGINS": origin, "PUBLIC_APP_URL": f"{origin}/console"},
+    h = Host(env={"WEBAUTHN_RP_ID": "localhost", "WEBAUTHN_ORIGINS": origin, "PUBLIC_APP_URL": f"{origin}/console",
+                  "SSO_PUBLIC_URL": origin, "SSO_CONSOLE_URL": f"{origin}/console/", "SSO_METADATA_ALLOW_LOOPBACK": "true"},
              port=port)
     h.url = origin  # type: ignore[misc]
     yield h
@@ -208,7 +209,7 @@ def test_a_day_with_the_console(console_host: Host, browser: Browser, tenant: Te
         c_.close()
 
 
-PAGES = ["signin", "invitation", "reset", "account", "users", "records", "audit", "settings"]
+PAGES = ["signin", "invitation", "reset", "account", "users", "records", "audit", "settings", "exports", "sso"]
 
 
 def test_every_page_passes_axe_and_is_photographed(console_host: Host, browser: Browser, tenant: Tenant) -> None:
@@ -240,9 +241,10 @@ def test_every_page_passes_axe_and_is_photographed(console_host: Host, browser: 
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         scan(name)
     sign_in(page, host, tenant, admin)
-    for name in ("account", "users", "records", "audit", "settings"):
+    for name in ("account", "users", "records", "audit", "settings", "exports", "sso"):
         page.get_by_role("link", name={"account": "My account", "users": "Users", "records": "Records",
-                                       "audit": "Audit trail", "settings": "Settings"}[name]).click()
+                                       "audit": "Audit trail", "settings": "Settings", "exports": "Exports",
+                                       "sso": "Identity providers"}[name]).click()
         expect(page.get_by_role("heading", level=1)).to_be_visible()
         expect(page.locator("main progress")).to_have_count(0)
         scan(name)
@@ -279,4 +281,164 @@ def test_the_strict_csp_blocks_an_injected_inline_script(console_host: Host, bro
     assert ran is not True and "TrustedScript" in str(ran)
     threw = page.evaluate("() => { try { document.body.innerHTML = '<b>x</b>'; return false } catch (e) { return true } }")
     assert threw is True
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
+def op() -> Iterator[Any]:
+    from tests.identity.sso.test_oidc import OpenIdProvider
+
+    provider = OpenIdProvider()
+    yield provider
+    provider.stop()
+
+
+def test_sso_sign_in_through_the_openid_provider_lands_signed_in(console_host: Host, browser: Browser, tenant: Tenant,
+                                                                 op: Any) -> None:
+    """The sign-in page shows the tenant's provider; its button goes through the real OpenID
+    Provider (non-interactive login) and back; the console trades the one-time code for tokens
+    (refresh token in the HttpOnly cookie) and shows the signed-in page; the code is gone from
+    the address bar, and a reload keeps the session."""
+    from shared.identity.sso import oidc
+
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    admin_auth = auth(token_for(admin["id"], tenant.id, "ADMIN", session_id=create_session_row(tenant.id, admin["id"])))
+    name = f"Acme IdP {uuid.uuid4().hex[:4]}"
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        r = c.post("/api/sso/providers", headers=admin_auth, json={
+            "kind": "oidc", "name": name, "enabled": False, "reason": "set up OIDC", "config": {"issuer": op.issuer}})
+        assert r.status_code == 201, r.text
+        pid = r.json()["id"]
+        client_id, secret = op.register(host.url + oidc.callback_path(tenant.slug, pid))
+        r = c.patch(f"/api/sso/providers/{pid}", headers=admin_auth, json={
+            "enabled": True, "jit": True, "client_secret": secret, "reason": "client registered",
+            "config": {"issuer": op.issuer, "client_id": client_id}})
+        assert r.status_code == 200, r.text
+    email = f"sso-{uuid.uuid4().hex[:6]}@example.test"
+    op.mutate(None)
+    op.account(sub=f"console-{uuid.uuid4().hex[:6]}", email=email, name="Sam Single")
+
+    ctx = context(browser)
+    page = ctx.new_page()
+    page.goto(f"{host.url}/console/signin")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.get_by_label("Organisation (tenant)").fill(tenant.slug)
+    page.get_by_label("Organisation (tenant)").press("Tab")
+    page.get_by_role("link", name=f"Sign in with {name}").click()
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    expect(page.get_by_text(email)).to_be_visible()
+    assert "sso_code" not in page.url
+    cookies = {c_["name"]: c_ for c_ in ctx.cookies()}
+    assert cookies["custos_refresh"]["httpOnly"] and cookies["custos_refresh"]["path"] == "/api/auth"
+    page.reload()
+    expect(page.get_by_role("heading", name="My account")).to_be_visible()
+    expect(page.get_by_text(email)).to_be_visible()
+    ctx.close()
+
+
+def test_an_admin_exports_watches_it_finish_and_downloads_the_manifest(console_host: Host, browser: Browser,
+                                                                     tenant: Tenant) -> None:
+    """The job runs from the queue (the host polls it); the page polls the export with backoff
+    until the download links appear; the manifest downloads through its signed link."""
+    import json
+
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    ctx = context(browser, accept_downloads=True)
+    page = ctx.new_page()
+    sign_in(page, host, tenant, admin)
+    page.get_by_role("link", name="Exports").click()
+    expect(page.get_by_role("heading", name="Exports")).to_be_visible()
+    start = page.get_by_role("form", name="Start an export")
+    start.get_by_label("Reason").fill("quarterly archive")
+    start.get_by_role("button", name="Start export").click()
+    expect(page.get_by_text("Export started.")).to_be_visible()
+    expect(page.get_by_text("The export is ready.")).to_be_visible(timeout=120_000)
+    with page.expect_download() as got:
+        page.get_by_role("link", name="Download manifest.json", exact=True).click()
+    manifest = json.loads(Path(got.value.path()).read_text())
+    assert manifest["tenant_id"] == tenant.id and manifest["files"], manifest
+    page.get_by_role("link", name="All exports").click()
+    expect(page.get_by_role("table", name="Recent exports")).to_contain_text("DONE")
+    ctx.close()
+
+
+def test_an_admin_edits_designations_overrides_providers_and_recovery_codes(console_host: Host, browser: Browser,
+                                                                             tenant: Tenant) -> None:
+    """The Users page changes a user's designations and overrides (what the API then reports);
+    My account makes new recovery codes (the old ones stop working); the Identity providers page
+    adds an OIDC provider, enables it and names a break-glass ADMIN."""
+    host = console_host
+    admin = person(tenant, "ADMIN")
+    operator = person(tenant, "OPERATOR")
+    admin_auth = auth(token_for(admin["id"], tenant.id, "ADMIN", session_id=create_session_row(tenant.id, admin["id"])))
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        made = c.post("/api/designations", headers=admin_auth, json={
+            "name": "QA approver", "permissions": ["records.read"], "reason": "QA sign-off"})
+        assert made.status_code == 201, made.text
+    ctx = context(browser)
+    page = ctx.new_page()
+    sign_in(page, host, tenant, admin)
+    page.goto(f"{host.url}/console/users/{operator['id']}")
+    expect(page.get_by_role("heading", level=1)).not_to_have_text("Users")
+    expect(page.get_by_role("form", name="Change designations")).to_be_visible()
+    designations = page.get_by_role("form", name="Change designations")
+    designations.get_by_label(re.compile("QA approver")).check()
+    designations.get_by_label("Reason").fill("joins QA")
+    designations.get_by_role("button", name="Save designations").click()
+    expect(page.get_by_text("Designations saved.")).to_be_visible()
+    overrides = page.get_by_role("form", name="Add a permission override")
+    overrides.get_by_label("Permission").fill("audit.read")
+    overrides.get_by_label("Effect").select_option("grant")
+    overrides.get_by_label("Reason").fill("temporary audit help")
+    overrides.get_by_role("button", name="Add override").click()
+    expect(page.get_by_text("Override grant audit.read saved.")).to_be_visible()
+    expect(page.get_by_role("table", name="Overrides of this user")).to_contain_text("audit.read")
+    overrides = page.get_by_role("form", name="Add a permission override")
+    overrides.get_by_label("Permission").fill("records.retire")
+    overrides.get_by_label("Reason").fill("not this quarter")
+    overrides.get_by_role("button", name="Add override").click()
+    expect(page.get_by_text("Override deny records.retire saved.")).to_be_visible()
+    removal = page.get_by_role("form", name="Remove override deny records.retire")
+    removal.get_by_label("Reason for removing deny records.retire").fill("quarter over")
+    removal.get_by_role("button", name="Remove").click()
+    expect(page.get_by_text("Override deny records.retire removed.")).to_be_visible()
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        user = c.get(f"/api/users/{operator['id']}", headers=admin_auth).json()
+        assert [d["name"] for d in user["designations"]] == ["QA approver"]
+        got = c.get(f"/api/users/{operator['id']}/overrides", headers=admin_auth).json()
+        assert [(o["permission"], o["effect"]) for o in got["overrides"]] == [("audit.read", "grant")]
+
+    page.get_by_role("link", name="My account").click()
+    regen = page.get_by_role("form", name="Make new recovery codes")
+    regen.get_by_role("button", name="Make new recovery codes").click()
+    codes = page.get_by_role("region", name="Recovery codes").get_by_role("listitem")
+    expect(codes.first).to_be_visible()
+    assert codes.count() >= 8
+
+    page.get_by_role("link", name="Identity providers").click()
+    add = page.get_by_role("form", name="Add an identity provider")
+    add.get_by_label("Name").fill("Contoso Entra")
+    add.get_by_label("Issuer URL").fill("https://login.microsoftonline.com/00000000-0000-0000-0000-000000000001/v2.0")
+    add.get_by_label("Client id").fill("client-abc")
+    add.get_by_label("Client secret").fill("s3cret-value")
+    add.get_by_label("Reason").fill("staff sign-in")
+    add.get_by_role("button", name="Add provider").click()
+    expect(page.get_by_text("Contoso Entra added (disabled until you enable it).")).to_be_visible()
+    enable = page.get_by_role("form", name="Enable Contoso Entra")
+    enable.get_by_label("Reason for changing Contoso Entra").fill("go live")
+    enable.get_by_role("button", name="Enable").click()
+    expect(page.get_by_text("Contoso Entra enabled.")).to_be_visible()
+    glass = page.get_by_role("form", name="Add a break-glass account")
+    glass.get_by_label("ADMIN").select_option(admin["id"])
+    glass.get_by_label("Reason").fill("keep a way in")
+    glass.get_by_role("button", name="Add break-glass account").click()
+    expect(page.get_by_role("table", name="Break-glass accounts")).to_contain_text(admin["email"])
+    with httpx.Client(base_url=f"http://127.0.0.1:{host.port}", timeout=30) as c:
+        [p] = c.get("/api/sso/providers", headers=admin_auth).json()["providers"]
+        assert p["enabled"] and p["has_client_secret"] and p["config"]["client_id"] == "client-abc"
+        assert "s3cret-value" not in str(p)
+        buttons = c.get(f"/api/sso/tenants/{tenant.slug}/providers").json()["providers"]
+        assert [b["name"] for b in buttons] == ["Contoso Entra"]
     ctx.close()

@@ -1,12 +1,14 @@
 import "./style.css";
-import { describedPaths, forget, get, logout, refresh, setSignedOutHandler, SignedOut, signedIn } from "./api";
+import { forget, get, logout, refresh, setSignedOutHandler, SignedOut, signedIn } from "./api";
 import { clear, h } from "./dom";
 import { accountPage } from "./pages/account";
 import { auditPage } from "./pages/audit";
+import { exportPage, exportsPage } from "./pages/exports";
 import { invitationPage, resetPage } from "./pages/landing";
 import { recordPage, recordsPage } from "./pages/records";
 import { settingsPage } from "./pages/settings";
-import { signInPage } from "./pages/signin";
+import { signInPage, takeSsoCode } from "./pages/signin";
+import { ssoPage } from "./pages/sso";
 import { userPage, usersPage } from "./pages/users";
 import { errorBox } from "./ui";
 
@@ -36,13 +38,15 @@ const ROUTES: [RegExp, Page, string | null][] = [
   [/^records\/([0-9a-f-]{36})$/, recordPage, "records.read"],
   [/^audit$/, auditPage, "audit.read"],
   [/^settings$/, settingsPage, "tenant.settings.read"],
+  [/^exports$/, exportsPage, "tenant.export"],
+  [/^exports\/([0-9a-f-]{36})$/, exportPage, "tenant.export"],
+  [/^sso$/, ssoPage, "sso.manage"],
 ];
 const NAV: [string, string, string | null][] = [
   ["account", "My account", null], ["users", "Users", "users.read"], ["records", "Records", "records.read"],
   ["audit", "Audit trail", "audit.read"], ["settings", "Settings", "tenant.settings.read"],
+  ["exports", "Exports", "tenant.export"], ["sso", "Identity providers", "sso.manage"],
 ];
-// Exports (issue 14) slot in here once GET /api/exports is in the OpenAPI document.
-const LATER: [string, string, string][] = [["exports", "Exports", "/api/exports"]];
 
 const main = document.getElementById("main") as HTMLElement;
 const nav = document.getElementById("nav") as HTMLElement;
@@ -61,11 +65,9 @@ async function renderNav(): Promise<void> {
   clear(nav);
   if (!me) return;
   const here = route().split("/")[0];
-  const paths = await describedPaths();
   const items = NAV.filter(([, , perm]) => !perm || me?.permissions.includes(perm));
-  const later = LATER.filter(([, , api]) => paths.has(api));
   nav.append(h("ul", {},
-    [...items, ...later].map(([path, label]) => h("li", {}, h("a", {
+    items.map(([path, label]) => h("li", {}, h("a", {
       href: `/console/${path}`, "aria-current": here === path ? "page" : undefined,
     }, label))),
     h("li", {}, h("button", { type: "button", class: "link", onclick: () => void signOut() }, "Sign out"))),
@@ -164,7 +166,8 @@ document.addEventListener("click", (ev) => {
   if (url.origin !== location.origin || !url.pathname.startsWith("/console/") || a.hasAttribute("download")) return;
   ev.preventDefault();
   history.pushState({}, "", url.pathname + url.search);
-  void render();
+  if (takeSsoCode(location.hash)) history.replaceState({}, "", "/console/signin");
+void render();
 });
 window.addEventListener("popstate", () => void render());
 // A session revoked elsewhere ends here as soon as the person comes back to the tab.
@@ -172,4 +175,5 @@ document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible" && me) void get("/api/me").catch(() => undefined);
 });
 
+if (takeSsoCode(location.hash)) history.replaceState({}, "", "/console/signin");
 void render();

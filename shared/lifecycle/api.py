@@ -138,3 +138,15 @@ def download(export_id: uuid.UUID, *, file: str, token: str, meta: audit.Request
              "text/csv; charset=utf-8" if file.endswith(".csv") else
              "application/jsonl" if file.endswith(".jsonl") else "application/octet-stream")
     return Download(body=body, filename=file.rsplit("/", 1)[-1], media_type=media)
+
+
+def list_exports(caller: Caller, *, limit: int) -> dict[str, Any]:
+    """The tenant's newest exports, for the console's list (no links: `get_export` issues them,
+    audited, for one export at a time).
+
+    Raises:
+        Nothing of its own (the caller's permission is checked by the endpoint).
+    """
+    with caller.tenant_tx() as conn:
+        rows = jobs.recent(conn, kind=export.KIND, limit=limit)
+    return {"exports": [_export_view(job, links=None) for job in rows]}

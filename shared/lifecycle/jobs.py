@@ -345,3 +345,10 @@ def run_message(text: str, *, now: datetime | None = None) -> str:
     _finish(job, State.DONE, result=result or {})
     return "done"
 
+
+
+def recent(conn: Conn, *, kind: str, limit: int) -> list[Job]:
+    """The newest `limit` jobs of `kind` in the transaction's tenant (RLS keeps others out)."""
+    rows = conn.execute(f"select {_COLUMNS} from jobs where kind = %s order by created_at desc, id desc limit %s",
+                        (kind, limit)).fetchall()
+    return [Job.from_row(row) for row in rows]

@@ -399,3 +399,25 @@ def test_an_archive_changed_in_storage_fails_the_export_instead_of_shipping_it(
     assert started.status_code == 202, started.text
     body = _wait_done(client, admin.token, started.json()["id"])
     assert body["state"] == "FAILED" and body["error"]["type"].endswith("export-integrity"), body
+def test_the_export_list_shows_only_this_tenants_exports_newest_first(client: httpx.Client, tenant: Tenant,
+                                                                      make_person: PersonFactory) -> None:
+    admin = make_person(tenant.id, "ADMIN")
+    started = []
+    for why in ("quarterly archive", "auditor request"):
+        r = client.post("/api/exports", json={"reason": why}, headers=auth(admin.token))
+        assert r.status_code == 202, r.text
+        started.append(r.json()["id"])
+    listed = client.get("/api/exports", headers=auth(admin.token))
+    assert listed.status_code == 200, listed.text
+    ids = [e["id"] for e in listed.json()["exports"]]
+    assert ids[:2] == started[::-1]
+    assert all(e["files"] is None and e["kind"] == "export" for e in listed.json()["exports"])
+    assert [e["id"] for e in client.get("/api/exports?limit=1", headers=auth(admin.token)).json()["exports"]] == ids[:1]
+    with db.platform_tx() as conn:
+        other = create_tenant(conn, slug=f"o-{uuid.uuid4().hex[:12]}", name="Other", region="uksouth")
+    theirs = client.get("/api/exports", headers=auth(make_person(other.id, "ADMIN").token))
+    assert theirs.status_code == 200 and not set(started) & {e["id"] for e in theirs.json()["exports"]}
+    refused = client.get("/api/exports", headers=auth(make_person(tenant.id, "REVIEWER").token))
+    assert refused.status_code == 403, refused.text
+    bad = client.get("/api/exports?limit=0", headers=auth(admin.token))
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"

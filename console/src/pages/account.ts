@@ -99,7 +99,8 @@ async function renderFactors(ctx: Ctx, slot: HTMLElement): Promise<void> {
     totp,
     table(["Passkey", "Added", "Last used", ""], passkeyRows, "Passkeys"),
     add, enrolArea,
-    h("p", {}, `Recovery codes left: ${mfa.recovery_codes_remaining}`));
+    h("p", {}, `Recovery codes left: ${mfa.recovery_codes_remaining}`),
+    mfa.enrolled ? regenerate(ctx) : null);
 }
 
 async function renderSessions(ctx: Ctx, slot: HTMLElement): Promise<void> {
@@ -111,4 +112,19 @@ async function renderSessions(ctx: Ctx, slot: HTMLElement): Promise<void> {
       ctx.go("account", "Session revoked.");
     }, { "aria-label": `Revoke session on ${s.device_label ?? "unknown device"}` }),
   ]), "Active sessions"));
+}
+
+/** New recovery codes (the old set stops working): a current authenticator code, or none
+ * right after proving a factor (the API decides, and says so in its problem if not). */
+function regenerate(ctx: Ctx): HTMLElement {
+  const out = h("div", {});
+  return h("div", {}, h("h3", {}, "New recovery codes"), form([
+    field("Authenticator code (not needed just after signing in with a second factor)", input("code", {
+      inputmode: "numeric", autocomplete: "one-time-code", pattern: "[0-9]{6,8}", maxlength: 8,
+    })),
+  ], "Make new recovery codes", async (d) => {
+    const r = await post<{ recovery_codes: string[] }>("/api/mfa/recovery-codes", d.code ? { code: d.code } : {});
+    out.replaceChildren(notice("New recovery codes made; the old ones no longer work."), recoveryCodes(r.recovery_codes),
+      h("button", { type: "button", onclick: () => ctx.go("account") }, "I have stored them"));
+  }, { "aria-label": "Make new recovery codes" }), out);
 }

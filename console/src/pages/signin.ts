@@ -12,7 +12,29 @@ interface LoginResult extends Partial<Tokens> {
 }
 
 interface Options { challenge_id: string; options: Record<string, unknown> }
-interface Provider { id: string; name: string; login_url: string }
+interface Provider { id: string; name: string; kind: string; required: boolean }
+
+// A finished SSO sign-in lands on the console with `#sso_code=...` (and the HttpOnly binding
+// cookie). main.ts hands the code over before the first render, with the fragment already
+// gone from the address bar and the history, so a reload or the back button cannot replay it.
+let pendingSsoCode: string | null = null;
+
+/** Keep the one-time SSO code of the landing URL for the sign-in page; true when there was one. */
+export function takeSsoCode(hash: string): boolean {
+  const code = new URLSearchParams(hash.replace(/^#/, "")).get("sso_code");
+  if (!code) return false;
+  pendingSsoCode = code;
+  return true;
+}
+
+/** The start URL of a provider's sign-in, or null when this deployment has no route for its kind. */
+export function startUrl(paths: Set<string>, tenant: string, p: Provider): string | null {
+  const t = encodeURIComponent(tenant);
+  const id = encodeURIComponent(p.id);
+  if (p.kind === "oidc" && paths.has("/api/sso/oidc/{tenant}/{provider}/start")) return `/api/sso/oidc/${t}/${id}/start`;
+  if (p.kind === "saml" && paths.has("/api/sso/saml/{tenant}/login")) return `/api/sso/saml/${t}/login?provider=${id}`;
+  return null;
+}
 
 /** After tokens: load who we are, then the account page (which asks for a factor if one is due). */
 export async function finish(ctx: Ctx, tokens: Tokens): Promise<void> {
@@ -49,9 +71,30 @@ export async function signInPage(ctx: Ctx): Promise<Node> {
     await finish(ctx, await post<Tokens>("/api/auth/passkey/verify", { challenge_id: o.challenge_id, assertion }));
   }) : null;
 
-  // Single sign-on (issue 15) shows its buttons once its endpoint is in the OpenAPI document.
-  tenant.addEventListener("change", () => void ssoButtons(tenant.value, sso));
+  // Single sign-on: one button per enabled provider of the tenant typed above.
+  tenant.addEventListener("change", () => {
+    localStorage.setItem("custos.tenant", tenant.value);
+    void ssoButtons(tenant.value, sso);
+  });
   if (tenant.value) void ssoButtons(tenant.value, sso);
+
+  const code = pendingSsoCode;
+  pendingSsoCode = null;
+  if (code) {
+    // Back from the identity provider: trade the code (the binding cookie goes along) like a login.
+    try {
+      const result = await post<LoginResult>("/api/auth/sso/exchange", { code });
+      if (result.mfa_required && result.mfa_ticket) {
+        secondStep(ctx, step, result.mfa_ticket, result.methods ?? []);
+        passwordForm.hidden = true;
+      } else {
+        await finish(ctx, result as Tokens);
+        return section;
+      }
+    } catch (err) {
+      step.replaceChildren(errorBox(err));
+    }
+  }
 
   put(section,
     h("h1", {}, "Sign in"),
@@ -67,12 +110,16 @@ export async function signInPage(ctx: Ctx): Promise<Node> {
 async function ssoButtons(tenant: string, slot: HTMLElement): Promise<void> {
   slot.replaceChildren();
   const paths = await describedPaths();
-  if (!tenant || !paths.has("/api/sso/{tenant}/providers")) return;
+  if (!tenant || !paths.has("/api/sso/tenants/{tenant}/providers")) return;
   try {
-    const { providers } = await get<{ providers: Provider[] }>(`/api/sso/${encodeURIComponent(tenant)}/providers`);
-    slot.append(...providers.map((p) => h("a", { class: "button", href: p.login_url }, `Sign in with ${p.name}`)));
+    const { providers } = await get<{ providers: Provider[] }>(`/api/sso/tenants/${encodeURIComponent(tenant)}/providers`);
+    const links = providers.flatMap((p) => {
+      const href = startUrl(paths, tenant, p);
+      return href ? [h("a", { class: "button", href }, `Sign in with ${p.name}`)] : [];
+    });
+    slot.replaceChildren(...links);
   } catch {
-    /* no providers for this tenant */
+    /* an unknown tenant has no buttons; the password form says the rest */
   }
 }
 

@@ -58,6 +58,8 @@ export async function userPage(ctx: Ctx): Promise<Node> {
       h("dt", {}, "Status"), h("dd", {}, user.status), h("dt", {}, "Time zone"), h("dd", {}, user.time_zone),
       h("dt", {}, "Designations"), h("dd", {}, user.designations.map((d) => d.name).join(", ") || "none"),
       h("dt", {}, "Overrides"), h("dd", {}, overrides.overrides.map((o) => `${o.effect} ${o.permission}`).join(", ") || "none")),
+    perms.includes("users.update") && perms.includes("designations.read") ? await designationsForm(ctx, user) : null,
+    perms.includes("overrides.manage") ? overridesForm(ctx, user, overrides.overrides) : null,
     perms.includes("users.update") ? h("div", {}, h("h2", {}, "Change role"), form([
       field("Role", select("role", ROLES, user.role)), reason(),
     ], "Change role", async (d) => {
@@ -78,4 +80,52 @@ export async function userPage(ctx: Ctx): Promise<Node> {
         await post(`/api/users/${id}/deactivate`, d);
         ctx.go(`users/${id}`, "User deactivated.");
       }, { "aria-label": "Deactivate user" })) : null);
+}
+
+interface Designation { id: string; name: string; description: string; permissions: string[] }
+interface Override { permission: string; effect: string }
+
+/** Designations as checkboxes; saving sends the whole set (the API replaces it) with a reason. */
+async function designationsForm(ctx: Ctx, user: User): Promise<HTMLElement> {
+  const { designations } = await get<{ designations: Designation[] }>("/api/designations");
+  const held = new Set(user.designations.map((d) => d.id));
+  if (!designations.length) return h("div", {}, h("h2", {}, "Designations"), h("p", {}, "This organisation has no designations yet."));
+  return h("div", {}, h("h2", {}, "Designations"), form([
+    h("fieldset", {}, h("legend", {}, "Designations held"),
+      designations.map((d) => h("div", { class: "check" },
+        h("input", { type: "checkbox", name: `designation:${d.id}`, id: `designation-${d.id}`, checked: held.has(d.id) }),
+        h("label", { for: `designation-${d.id}` }, d.name, d.permissions.length ? ` (${d.permissions.join(", ")})` : "")))),
+    reason(),
+  ], "Save designations", async (d) => {
+    const ids = Object.keys(d).filter((k) => k.startsWith("designation:")).map((k) => k.slice("designation:".length));
+    await api("PATCH", `/api/users/${user.id}`, { designations: ids, reason: d.reason });
+    ctx.go(`users/${user.id}`, "Designations saved.");
+  }, { "aria-label": "Change designations" }));
+}
+
+/** Per-user overrides: remove one, or add a grant or deny; each save replaces the whole list. */
+function overridesForm(ctx: Ctx, user: User, current: Override[]): HTMLElement {
+  const save = async (next: Override[], why: string, done: string): Promise<void> => {
+    // Only the two fields the API takes back (the listing adds created_at).
+    const overrides = next.map((o) => ({ permission: o.permission, effect: o.effect }));
+    await api("PUT", `/api/users/${user.id}/overrides`, { overrides, reason: why });
+    ctx.go(`users/${user.id}`, done);
+  };
+  const known = ctx.me!.permissions.slice().sort();
+  return h("div", {}, h("h2", {}, "Permission overrides"),
+    h("p", {}, "A grant adds a permission to the role's; a deny removes one, and a deny always wins."),
+    table(["Permission", "Effect", ""], current.map((o) => [
+      h("code", {}, o.permission), o.effect,
+      form([field(`Reason for removing ${o.effect} ${o.permission}`, input("reason", { required: true, minlength: 3, maxlength: 500 }))],
+        "Remove", async (d) => save(current.filter((x) => x !== o), d.reason, `Override ${o.effect} ${o.permission} removed.`),
+        { class: "inline", "aria-label": `Remove override ${o.effect} ${o.permission}` }),
+    ]), "Overrides of this user"),
+    form([
+      field("Permission", input("permission", { required: true, list: "permission-names", maxlength: 100 })),
+      h("datalist", { id: "permission-names" }, known.map((p) => h("option", { value: p }))),
+      field("Effect", select("effect", [["grant", "grant"], ["deny", "deny"]], "deny")),
+      reason(),
+    ], "Add override", async (d) => save([...current.filter((x) => x.permission !== d.permission),
+      { permission: d.permission, effect: d.effect }], d.reason, `Override ${d.effect} ${d.permission} saved.`),
+    { "aria-label": "Add a permission override" }));
 }

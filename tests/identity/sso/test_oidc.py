@@ -612,3 +612,39 @@ def test_remember_me_is_carried_from_the_start_to_the_session(web: httpx.Client,
     body = finish(web, flow.callback(flow.login()))
     assert events(tenant.id, "auth.sso_login")[-1]["after"]["remember_me"] is True
     assert body["refresh_token"]
+
+
+def test_the_console_gets_its_refresh_token_in_the_httponly_cookie_not_the_body(
+        web: httpx.Client, op: OpenIdProvider, tenant: Tenant, make_person: PersonFactory) -> None:
+    """The exchange honours X-Custos-CSRF like the password login: the refresh token moves to
+    the HttpOnly cookie (which then refreshes only with the header); a ticket sets no cookie."""
+    pid, _ = make_provider(web, op, tenant, make_person(tenant.id, "ADMIN").token)
+    flow = Flow(web, tenant, pid)
+    callback = flow.callback(flow.login())
+    code = parse_qs(urlsplit(callback.headers["location"]).fragment)["sso_code"][0]
+    r = web.post("/api/auth/sso/exchange", json={"code": code},
+                 headers={"Cookie": f"custos_sso={cookie_value(callback, 'custos_sso')}", "X-Custos-CSRF": "1"})
+    assert r.status_code == 200, r.text
+    assert r.json()["access_token"] and r.json()["refresh_token"] is None
+    set_cookie = r.headers["set-cookie"]
+    assert "Path=/api/auth" in set_cookie and "HttpOnly" in set_cookie and "SameSite=Strict" in set_cookie
+    refresh = cookie_value(r, "custos_refresh")
+    web.cookies.clear()
+    refused = web.post("/api/auth/refresh", json={}, headers={"Cookie": f"custos_refresh={refresh}"})
+    problem(refused, 403, "csrf-header-missing")
+    again = web.post("/api/auth/refresh", json={}, headers={"Cookie": f"custos_refresh={refresh}", "X-Custos-CSRF": "1"})
+    assert again.status_code == 200, again.text
+    assert web.get("/api/me", headers=auth(again.json()["access_token"])).status_code == 200
+
+    reviewer = make_person(tenant.id, "REVIEWER")
+    r = web.patch(f"/api/sso/providers/{pid}", headers=auth(make_person(tenant.id, "ADMIN").token),
+                  json={"link_by_verified_email": True, "reason": "link our staff"})
+    assert r.status_code == 200, r.text
+    op.account(sub="reviewer-console", email=reviewer.email)
+    flow = Flow(web, tenant, pid)
+    callback = flow.callback(flow.login())
+    code = parse_qs(urlsplit(callback.headers["location"]).fragment)["sso_code"][0]
+    r = web.post("/api/auth/sso/exchange", json={"code": code},
+                 headers={"Cookie": f"custos_sso={cookie_value(callback, 'custos_sso')}", "X-Custos-CSRF": "1"})
+    assert r.status_code == 200 and r.json()["mfa_ticket"], r.text
+    assert "set-cookie" not in r.headers
