@@ -172,6 +172,21 @@ def cmd_restore_drill(args: argparse.Namespace) -> dict[str, Any]:
     return {"drill": report.as_dict()} if args.format == "json" else {}
 
 
+def cmd_validation_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the tests that carry a requirement marker (every test with --all) and write
+    docs/validation/report.json and index.html: per requirement its tests, their outcome and
+    duration, the commit, the date and the environment. Exits 2 if a Part 11 clause is red."""
+    from shared.core.errors import ValidationReportRed
+    from tools.validation import report as validation
+
+    written = validation.generate(all_tests=args.all, out_dir=Path(args.out))
+    summary = {"summary": written["summary"], "commit": written["commit"], "out": args.out}
+    if written["summary"]["part11_red"]:
+        raise ValidationReportRed(f"Part 11 clauses without a passing test: {', '.join(written['summary']['part11_red'])}",
+                                  report=summary)
+    return summary
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-app-role": cmd_create_app_role,
@@ -181,6 +196,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "outbox": cmd_outbox,
     "snapshots": cmd_snapshots,
     "restore-drill": cmd_restore_drill,
+    "validation-report": cmd_validation_report,
 }
 
 
@@ -221,13 +237,18 @@ def parser() -> argparse.ArgumentParser:
     rd.add_argument("--keep", action="store_true", help="keep the scratch database and containers")
     rd.add_argument("--tenant", action="append", metavar="TENANT_ID", help="verify only these tenants (repeatable)")
     rd.add_argument("--format", choices=["table", "json"], default="table")
+    vr = sub.add_parser("validation-report", help=(cmd_validation_report.__doc__ or "").split("\n")[0],
+                        description=cmd_validation_report.__doc__)
+    vr.add_argument("--all", action="store_true", help="run the whole suite, not only the marked tests")
+    vr.add_argument("--out", default="docs/validation", help="directory for report.json and index.html")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        load_local_settings(Path("local.settings.json"))
+        if args.command != "validation-report":  # the tests bring their own settings (tests/conftest.py)
+            load_local_settings(Path("local.settings.json"))
         result = COMMANDS[args.command](args)
     except (SettingsError, MigrationError) as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)

@@ -179,3 +179,10 @@ class CheckFailed(AppError):
     """An ops CLI check found a dependency unavailable (the CLI's exit status, not an HTTP answer)."""
 
     status, code, title = 503, "check-failed", "A dependency is unavailable"
+
+
+class ValidationReportRed(AppError):
+    """The validation report found a requirement without a passing test (the CLI's exit status,
+    not an HTTP answer); docs/validation/ is written all the same and shows it red."""
+
+    status, code, title = 500, "validation-report-red", "A requirement has no passing test"

@@ -127,6 +127,7 @@ def exported(host: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     return {"tenant": tenant, "body": body, "folder": folder, "keys": keys, **data}
 
 
+@pytest.mark.requirement("21CFR11.10(b)", "ALCOA+:Complete", "ALCOA+:Available")
 def test_export_files_validate_against_their_schemas_and_counts_match_the_database(exported: dict[str, Any]) -> None:
     tenant, folder, body = exported["tenant"], exported["folder"], exported["body"]
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -163,6 +164,7 @@ def test_attachments_are_in_the_export_byte_for_byte(exported: dict[str, Any]) -
     assert (exported["folder"] / "attachments" / sha).read_bytes() == exported["content"]
 
 
+@pytest.mark.requirement("21CFR11.10(b)", "ALCOA+:Available")
 def test_the_manifest_verifies_offline_with_the_published_keys(exported: dict[str, Any]) -> None:
     result = _verify(exported["folder"], exported["keys"])
     assert result.returncode == 0, result.stdout + result.stderr
