@@ -281,7 +281,7 @@ def test_the_plugin_refuses_an_unknown_requirement_id_and_an_empty_marker(tmp_pa
         assert not out.exists()
 
 
-@pytest.mark.requirement("21CFR11.10(a)")
+# Not marked: it checks the committed artefact, which the report run is about to replace.
 def test_the_committed_report_comes_from_a_real_run_with_every_part11_clause_passing() -> None:
     committed = json.loads((ROOT / "docs" / "validation" / "report.json").read_text(encoding="utf-8"))
     rows = {r["id"]: r for r in committed["requirements"]}
