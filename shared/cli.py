@@ -182,7 +182,7 @@ def cmd_validation_report(args: argparse.Namespace) -> dict[str, Any]:
     written = validation.generate(all_tests=args.all, out_dir=Path(args.out))
     summary = {"summary": written["summary"], "commit": written["commit"], "out": args.out}
     if written["summary"]["part11_red"]:
-        raise ValidationReportRed(f"Part 11 clauses without a passing test: {', '.join(written['summary']['part11_red'])}",
+        raise ValidationReportRed(f"Part 11 clauses without a passing test or with a failing one: {', '.join(written['summary']['part11_red'])}",
                                   report=summary)
     return summary
 

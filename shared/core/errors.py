@@ -182,7 +182,7 @@ class CheckFailed(AppError):
 
 
 class ValidationReportRed(AppError):
-    """The validation report found a requirement without a passing test (the CLI's exit status,
+    """The validation report found a Part 11 clause without a passing test, or with a failing one (the CLI's exit status,
     not an HTTP answer); docs/validation/ is written all the same and shows it red."""
 
-    status, code, title = 500, "validation-report-red", "A requirement has no passing test"
+    status, code, title = 500, "validation-report-red", "A Part 11 clause is red in the validation report"
