@@ -28,7 +28,7 @@ PORT ?= 7071
 PYTEST_ARGS ?= -q
 PROFILE ?= run
 
-.PHONY: help venv infra-venv node console run test services services-down services-status services-destroy lint
+.PHONY: help venv infra-venv node console run test services services-down services-status services-destroy lint validation
 
 help:
 	@echo "make venv             create .venv and install requirements-dev.txt (when they change)"
@@ -42,6 +42,7 @@ help:
 	@echo "make services-status [PROFILE=...]"
 	@echo "make services-destroy [PROFILE=...]  stop them and delete their data"
 	@echo "make lint             ruff check + mypy"
+	@echo "make validation       run the requirement-marked tests (profile test), write docs/validation/ (HTML + JSON)"
 
 # ---------------------------------------------------------------- dependencies
 
@@ -147,3 +148,18 @@ services-destroy:
 lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m mypy
+
+# ---------------------------------------------------------------- validation report
+
+# The tests marked @pytest.mark.requirement(...) (VALIDATION_ARGS=--all: the whole suite) on the
+# test profile's services, then docs/validation/report.json and index.html. Exit 2 when a Part 11
+# clause has no passing test; the report is written either way.
+VALIDATION_ARGS ?=
+validation: venv infra-venv node console
+	@trap 'rc=$$?; trap - EXIT; $(DEVSERVICES) down --profile test || true; exit $$rc' EXIT
+	trap 'exit 130' INT
+	trap 'exit 143' TERM
+	$(DEVSERVICES) up --profile test >/dev/null
+	. $(LOCAL)/test/services.sh
+	echo "+ $(VPY) -m shared.cli validation-report $(VALIDATION_ARGS)"
+	$(VPY) -m shared.cli validation-report $(VALIDATION_ARGS)

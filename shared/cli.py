@@ -181,6 +181,21 @@ def cmd_purge_due(args: argparse.Namespace) -> dict[str, Any]:
     return {"tenants": tenants.purge_schedule(within_days=args.within_days)}
 
 
+def cmd_validation_report(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the tests that carry a requirement marker (every test with --all) and write
+    docs/validation/report.json and index.html: per requirement its tests, their outcome and
+    duration, the commit, the date and the environment. Exits 2 if a Part 11 clause is red."""
+    from shared.core.errors import ValidationReportRed
+    from tools.validation import report as validation
+
+    written = validation.generate(all_tests=args.all, out_dir=Path(args.out))
+    summary = {"summary": written["summary"], "commit": written["commit"], "out": args.out}
+    if written["summary"]["part11_red"]:
+        raise ValidationReportRed(f"Part 11 clauses without a passing test or with a failing one: {', '.join(written['summary']['part11_red'])}",
+                                  report=summary)
+    return summary
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-app-role": cmd_create_app_role,
@@ -191,6 +206,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "snapshots": cmd_snapshots,
     "restore-drill": cmd_restore_drill,
     "purge-due": cmd_purge_due,
+    "validation-report": cmd_validation_report,
 }
 
 
@@ -234,13 +250,18 @@ def parser() -> argparse.ArgumentParser:
     pd = sub.add_parser("purge-due", help=(cmd_purge_due.__doc__ or "").split("\n")[0], description=cmd_purge_due.__doc__)
     pd.add_argument("--within-days", type=int, default=0, metavar="N",
                     help="also tenants whose purge date is in the next N days (default 0: due now)")
+    vr = sub.add_parser("validation-report", help=(cmd_validation_report.__doc__ or "").split("\n")[0],
+                        description=cmd_validation_report.__doc__)
+    vr.add_argument("--all", action="store_true", help="run the whole suite, not only the marked tests")
+    vr.add_argument("--out", default="docs/validation", help="directory for report.json and index.html")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        load_local_settings(Path("local.settings.json"))
+        if args.command != "validation-report":  # the tests bring their own settings (tests/conftest.py)
+            load_local_settings(Path("local.settings.json"))
         result = COMMANDS[args.command](args)
     except (SettingsError, MigrationError) as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)

@@ -318,6 +318,7 @@ def sweep_route(s: Sweep, r: Route) -> None:
         s.check(r, "b-refs", resp, {403} if operator else {404, 422}, "")
 
 
+@pytest.mark.requirement("21CFR11.10(d)")
 def test_tenant_a_admin_gets_nothing_of_tenant_b(host: Host, world: World) -> None:
     routes = http_routes()
     with httpx.Client(base_url=host.url, timeout=30) as c:
@@ -329,6 +330,7 @@ def test_tenant_a_admin_gets_nothing_of_tenant_b(host: Host, world: World) -> No
     assert s.violations == [], "\n".join(s.violations)
 
 
+@pytest.mark.requirement("21CFR11.10(d)")
 def test_every_authenticated_route_refuses_anonymous_callers(host: Host, world: World) -> None:
     with httpx.Client(base_url=host.url, timeout=30) as c:
         s, count = Sweep(c, world), 0
@@ -414,6 +416,7 @@ def _affected(conn: psycopg.Connection, statement: sql.Composable, params: dict)
         return None
 
 
+@pytest.mark.requirement("21CFR11.10(d)")
 def test_app_role_with_tenant_a_set_reaches_nothing_of_tenant_b(world: World) -> None:
     a, b, problems = world.a_id, world.b_id, []
     p, before = {"a": a, "b": b}, b_rows(world.b_id)

@@ -179,3 +179,10 @@ class CheckFailed(AppError):
     """An ops CLI check found a dependency unavailable (the CLI's exit status, not an HTTP answer)."""
 
     status, code, title = 503, "check-failed", "A dependency is unavailable"
+
+
+class ValidationReportRed(AppError):
+    """The validation report found a Part 11 clause without a passing test, or with a failing one (the CLI's exit status,
+    not an HTTP answer); docs/validation/ is written all the same and shows it red."""
+
+    status, code, title = 500, "validation-report-red", "A Part 11 clause is red in the validation report"

@@ -85,6 +85,7 @@ def test_untouched_chain_is_valid(client: httpx.Client, chain: Tenant, make_toke
     assert set(result) == {"valid", "from_seq", "events_checked", "head", "checkpoint", "first_failure", "duration_ms"}
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Accurate")
 def test_edited_field_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     with attacker(chain.id) as conn:
         conn.execute("update audit_events set reason = 'nothing to see' where tenant_id = %s and seq = 3", (chain.id,))
@@ -100,6 +101,7 @@ def test_edited_json_whitespace_is_caught(client: httpx.Client, chain: Tenant, m
     assert verify(client, chain, make_token)["first_failure"]["seq"] == 4
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Complete")
 def test_deleted_row_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     with attacker(chain.id) as conn:
         conn.execute("delete from audit_events where tenant_id = %s and seq = 3", (chain.id,))
@@ -108,6 +110,7 @@ def test_deleted_row_is_caught(client: httpx.Client, chain: Tenant, make_token: 
     assert result["first_failure"] == {"seq": 3, "code": "missing_event", "reason": "missing event"}
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Accurate")
 def test_inserted_forged_row_is_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     """A well-formed forged event slipped in at seq 3: it links to 2 and its own checksum
     holds, so the first event that no longer holds is the one pushed to seq 4."""
@@ -126,6 +129,7 @@ def test_inserted_forged_row_is_caught(client: httpx.Client, chain: Tenant, make
     assert result["first_failure"]["seq"] == 4
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Consistent")
 def test_swapped_rows_are_caught(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     with attacker(chain.id) as conn:
         conn.execute("update audit_events set seq = 1000 where tenant_id = %s and seq = 2", (chain.id,))
@@ -136,6 +140,7 @@ def test_swapped_rows_are_caught(client: httpx.Client, chain: Tenant, make_token
     assert result["first_failure"]["seq"] == 2
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Complete")
 def test_cut_tail_is_caught_by_checkpoint(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     checkpoint_now(client)
     assert verify(client, chain, make_token)["checkpoint"]["seq"] == 6
@@ -149,6 +154,7 @@ def test_cut_tail_is_caught_by_checkpoint(client: httpx.Client, chain: Tenant, m
     assert "checkpoint" in result["first_failure"]["reason"]
 
 
+@pytest.mark.requirement("21CFR11.10(e)")
 def test_recomputed_chain_is_caught_by_checkpoint(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     checkpoint_now(client)
     with attacker(chain.id) as conn:
@@ -312,6 +318,7 @@ def test_database_verifier_reports_what_the_streaming_walk_reports(tenant: Tenan
 # --- append-only and transactions -------------------------------------------------------------
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Enduring")
 def test_app_role_cannot_update_delete_or_truncate(chain: Tenant) -> None:
     for statement in ("update audit_events set reason = 'x'", "delete from audit_events", "truncate audit_events"):
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -382,6 +389,7 @@ def test_cannot_append_to_another_tenants_chain(chain: Tenant, tenant: Tenant) -
             audit.append(conn, tenant_id=other, actor=ACTOR, action="test.cross")
 
 
+@pytest.mark.requirement("ALCOA+:Consistent")
 def test_sixteen_concurrent_writers_make_a_gapless_valid_chain(tenant: Tenant) -> None:
     errors: list[BaseException] = []
 
@@ -445,6 +453,7 @@ def test_checksum_known_answer() -> None:
 # --- API ------------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Attributable")
 def test_setting_change_is_audited_with_old_and_new(client: httpx.Client, tenant: Tenant, make_token: TokenFactory) -> None:
     token = make_token(tenant.id, "ADMIN", name="Grace Hopper")
     url = "/api/tenant/settings/sessions.max_idle_minutes"
@@ -475,6 +484,7 @@ def test_audit_list_needs_permission(client: httpx.Client, chain: Tenant, make_t
     assert client.get("/api/audit", headers=auth(make_token(chain.id, "VIEWER"))).status_code == 403
 
 
+@pytest.mark.requirement("21CFR11.10(d)")
 def test_audit_is_tenant_isolated(client: httpx.Client, chain: Tenant, make_token: TokenFactory) -> None:
     with db.platform_tx() as conn:
         other = create_tenant(conn, slug=f"o-{uuid.uuid4().hex[:12]}", name="Other", region="uksouth")
@@ -522,6 +532,7 @@ def _offline(export: Any, keys: Any) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.requirement("21CFR11.10(b)", "ALCOA+:Legible", "ALCOA+:Available")
 def test_offline_verifier_accepts_a_real_export(client: httpx.Client, chain: Tenant, make_token: TokenFactory, tmp_path) -> None:
     checkpoint_now(client)
     export, keys = _export(client, chain, make_token, tmp_path)
@@ -532,6 +543,7 @@ def test_offline_verifier_accepts_a_real_export(client: httpx.Client, chain: Ten
     assert summary["valid"] is True and summary["events"] == 7 and summary["checkpoints"] == 1
 
 
+@pytest.mark.requirement("21CFR11.10(b)")
 def test_offline_verifier_rejects_a_tampered_export(client: httpx.Client, chain: Tenant, make_token: TokenFactory, tmp_path) -> None:
     checkpoint_now(client)
     export, keys = _export(client, chain, make_token, tmp_path)
@@ -609,3 +621,17 @@ def test_database_canonical_form_equals_the_python_one(rows: list[dict]) -> None
             ).fetchone()
             assert bytes(text) == audit.canonical_bytes(r)
             assert digest == audit.compute_checksum(r)
+
+
+@pytest.mark.requirement("ALCOA+:Contemporaneous", "21CFR11.10(e)")
+def test_event_time_is_the_database_clock_at_the_append_not_the_callers(tenant: Tenant) -> None:
+    from datetime import datetime
+
+    with db.tenant_tx(tenant.id) as conn:
+        before = conn.execute("select clock_timestamp() as t").fetchone()["t"]
+        appended = audit.append(conn, tenant_id=tenant.id, actor=audit.Actor(id=None, name="clock test", type="system"),
+                                action="test.clock", after={"occurred_at": "1999-01-01T00:00:00Z"})
+        after = conn.execute("select clock_timestamp() as t").fetchone()["t"]
+        stored = conn.execute("select occurred_at from audit_events where seq = %s", (appended.seq,)).fetchone()
+    stamped = datetime.fromisoformat(appended.occurred_at)
+    assert before <= stamped <= after and stored["occurred_at"] == stamped

@@ -3,11 +3,14 @@ them; one code per meaning; every class says what it means."""
 
 from __future__ import annotations
 
+import pytest
+
 from shared.core.errors import AppError, Conflict, ValidationFailed
 from tests.conftest import ROOT
 from tools import problem_catalogue
 
 
+@pytest.mark.requirement("21CFR11.10(k)")
 def test_docs_problems_md_is_the_catalogue_of_the_code() -> None:
     written = (ROOT / "docs" / "problems.md").read_text()
     assert written == problem_catalogue.render(problem_catalogue.problem_classes()), (

@@ -59,6 +59,7 @@ def sha1_hex(password: str) -> str:
 # --- hashing ----------------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("21CFR11.200(a)(2)")
 def test_hash_is_argon2id_with_the_required_parameters_and_a_fresh_salt() -> None:
     first, second = hash_password(GOOD), hash_password(GOOD)
     assert first.startswith(CURRENT_PREFIX)
@@ -192,6 +193,7 @@ def test_twelve_characters_not_breached_are_accepted() -> None:
     check_policy("Xq7#mP2$vL9w")
 
 
+@pytest.mark.requirement("21CFR11.300(b)")
 @pytest.mark.parametrize("password", ["password1234", "Password1234", "ｐａｓｓｗｏｒｄ１２３４", "qwertyuiop123", "iloveyou1234"])
 def test_passwords_in_the_offline_list_are_refused_as_breached(password: str) -> None:
     exc = refused(password)
@@ -308,6 +310,7 @@ def test_range_api_listing_the_suffix_with_a_count_means_breached(range_api: Ran
     assert_only_the_prefix_left(range_api, password)
 
 
+@pytest.mark.requirement("21CFR11.300(b)")
 def test_check_policy_refuses_a_password_the_range_api_lists(range_api: RangeApi) -> None:
     password = "Velvet-Orchard-Compass-7"
     range_api.add(password, 3)

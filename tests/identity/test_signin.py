@@ -181,6 +181,7 @@ def test_refresh_token_of_another_tenant_is_refused(host: Host, tenant: Tenant) 
 # --- sessions -----------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("21CFR11.10(h)", "21CFR11.300(c)")
 def test_sessions_list_and_revoke(host: Host, tenant: Tenant, make_person: PersonFactory) -> None:
     admin = make_person(tenant.id, "ADMIN")
     user = user_with_password(tenant)
@@ -238,6 +239,7 @@ def test_bcrypt_user_is_rehashed_to_argon2id_at_login(host: Host, tenant: Tenant
     assert events(tenant.id, "auth.login_succeeded")[0]["after"]["rehashed"] is True
 
 
+@pytest.mark.requirement("21CFR11.200(a)(2)")
 @pytest.mark.parametrize(("password", "code"), [("short-pw-11", "password_too_short"), ("x" * 129, "password_too_long"),
                                                 ("password1234", "password_breached")])
 def test_weak_passwords_are_refused_naming_the_rule(host: Host, tenant: Tenant, password: str, code: str) -> None:
@@ -254,6 +256,7 @@ def test_weak_passwords_are_refused_naming_the_rule(host: Host, tenant: Tenant, 
     assert password not in resp.text
 
 
+@pytest.mark.requirement("21CFR11.300(c)")
 def test_password_change_ends_other_sessions(host: Host, tenant: Tenant) -> None:
     user = user_with_password(tenant)
     new_password = "Another-Quiet-Harbour-" + uuid.uuid4().hex[:6]
@@ -326,6 +329,7 @@ def test_reset_request_answers_the_same_for_unknown_accounts(host: Host, tenant:
     assert [e["request_id"] for e in requested] == [known.headers["x-request-id"], answers[3].headers["x-request-id"]]
 
 
+@pytest.mark.requirement("21CFR11.300(c)")
 def test_reset_by_mail_through_a_real_smtp_server(tenant: Tenant) -> None:
     from aiosmtpd.controller import Controller
 
@@ -368,6 +372,7 @@ def test_reset_by_mail_through_a_real_smtp_server(tenant: Tenant) -> None:
 # --- throttling ---------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("21CFR11.300(d)")
 def test_credential_stuffing_is_throttled_but_the_real_user_gets_in(host: Host, tenant: Tenant) -> None:
     user = user_with_password(tenant)
     attacker_ip, user_ip = (f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{n}" for n in (10, 20))
@@ -420,6 +425,7 @@ def test_throttle_expires_by_itself(host: Host, tenant: Tenant) -> None:
         assert login(c, tenant, user["email"]).status_code == 200
 
 
+@pytest.mark.requirement("21CFR11.200(a)(2)", "21CFR11.200(a)(3)")
 def test_admins_trigger_a_reset_but_never_see_a_password(host: Host, tenant: Tenant, make_person: PersonFactory) -> None:
     admin, manager = make_person(tenant.id, "ADMIN"), make_person(tenant.id, "MANAGER")
     user = user_with_password(tenant)

@@ -50,6 +50,7 @@ def _scratch_left(run: str) -> tuple[list[str], list[str]]:
     return dbs, containers
 
 
+@pytest.mark.requirement("ALCOA+:Enduring", "ALCOA+:Available")
 def test_the_drill_restores_and_verifies_a_small_dataset_and_measures_rpo(dataset: dict[str, Any]) -> None:
     tenant = dataset["tenant"]
     pinned = dataset["newest"] + timedelta(minutes=7)

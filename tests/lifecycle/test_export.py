@@ -127,6 +127,7 @@ def exported(host: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, A
     return {"tenant": tenant, "body": body, "folder": folder, "keys": keys, **data}
 
 
+@pytest.mark.requirement("21CFR11.10(b)", "ALCOA+:Complete", "ALCOA+:Available")
 def test_export_files_validate_against_their_schemas_and_counts_match_the_database(exported: dict[str, Any]) -> None:
     tenant, folder, body = exported["tenant"], exported["folder"], exported["body"]
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -163,6 +164,7 @@ def test_attachments_are_in_the_export_byte_for_byte(exported: dict[str, Any]) -
     assert (exported["folder"] / "attachments" / sha).read_bytes() == exported["content"]
 
 
+@pytest.mark.requirement("21CFR11.10(b)", "ALCOA+:Available")
 def test_the_manifest_verifies_offline_with_the_published_keys(exported: dict[str, Any]) -> None:
     result = _verify(exported["folder"], exported["keys"])
     assert result.returncode == 0, result.stdout + result.stderr
@@ -399,6 +401,8 @@ def test_an_archive_changed_in_storage_fails_the_export_instead_of_shipping_it(
     assert started.status_code == 202, started.text
     body = _wait_done(client, admin.token, started.json()["id"])
     assert body["state"] == "FAILED" and body["error"]["type"].endswith("export-integrity"), body
+
+
 def test_the_export_list_shows_only_this_tenants_exports_newest_first(client: httpx.Client, tenant: Tenant,
                                                                       make_person: PersonFactory) -> None:
     admin = make_person(tenant.id, "ADMIN")

@@ -86,6 +86,7 @@ def test_a_run_snapshots_a_new_attachment_once_and_verifies_its_content(tenant: 
     assert _last_run()["since"] == row["watermark"]
 
 
+@pytest.mark.requirement("21CFR11.10(c)", "ALCOA+:Enduring")
 def test_a_rewritten_blob_fails_the_timer_and_a_restore_brings_the_content_back(
         tenant: Tenant, client: httpx.Client) -> None:
     sha = _store(tenant, "evidence")

@@ -41,6 +41,7 @@ def people(tenant: Tenant, make_person: PersonFactory) -> dict[str, Person]:
             "viewer": make_person(tenant.id, "VIEWER")}
 
 
+@pytest.mark.requirement("21CFR11.10(e)", "ALCOA+:Attributable", "ALCOA+:Original", "ALCOA+:Complete")
 def test_version_chain_with_authors_reasons_and_checksums(client: httpx.Client, tenant: Tenant, people: dict[str, Person]) -> None:
     op, admin = people["op"], people["admin"]
     created = create(client, op, "invoice", INVOICE)
@@ -67,6 +68,7 @@ def test_version_chain_with_authors_reasons_and_checksums(client: httpx.Client, 
     assert changed["reason"] == "typo in number"
 
 
+@pytest.mark.requirement("21CFR11.10(f)")
 def test_stale_version_edit_is_409_and_changes_nothing(client: httpx.Client, people: dict[str, Person]) -> None:
     op = people["op"]
     rec = create(client, op, "document", {"title": "SOP-1"}).json()
@@ -151,6 +153,7 @@ def test_frozen_snapshot_keeps_content_after_source_changes(client: httpx.Client
     assert bad_ref.status_code == 422
 
 
+@pytest.mark.requirement("21CFR11.10(c)", "ALCOA+:Complete")
 def test_retire_replaces_delete(client: httpx.Client, tenant: Tenant, people: dict[str, Person]) -> None:
     admin, op = people["admin"], people["op"]
     rec = create(client, op, "document", {"title": "Obsolete SOP"}).json()
@@ -163,6 +166,7 @@ def test_retire_replaces_delete(client: httpx.Client, tenant: Tenant, people: di
     assert client.delete(f"/api/records/{rec['id']}", headers=auth(admin.token)).status_code == 405
 
 
+@pytest.mark.requirement("21CFR11.10(c)", "ALCOA+:Original", "ALCOA+:Enduring")
 def test_versions_are_immutable_in_the_database(client: httpx.Client, tenant: Tenant, people: dict[str, Person]) -> None:
     rec = create(client, people["op"], "document", {"title": "Original"}).json()
     for statement in ("update record_versions set payload = '{\"title\":\"forged\"}'", "delete from record_versions"):
@@ -235,6 +239,7 @@ def test_same_attachment_is_one_blob_per_tenant_never_shared(
     assert 'filename="report.pdf"' in down.headers["content-disposition"]
 
 
+@pytest.mark.requirement("21CFR11.10(c)", "ALCOA+:Accurate", "ALCOA+:Original")
 def test_altered_blob_is_refused_and_recorded(client: httpx.Client, tenant: Tenant, people: dict[str, Person]) -> None:
     op = people["op"]
     data = b"original contents " + uuid.uuid4().bytes

@@ -61,6 +61,7 @@ def new_record(c: httpx.Client, who: Person, title: str = "SOP-7 Cleaning") -> d
     return resp.json()
 
 
+@pytest.mark.requirement("21CFR11.10(b)", "21CFR11.50(a)", "21CFR11.50(b)", "ALCOA+:Attributable", "ALCOA+:Legible")
 def test_full_review_and_approval(client: httpx.Client, tenant: Tenant, team: dict[str, Person]) -> None:
     rec = new_record(client, team["author"])
     authored = sign(client, team["author"], rec["id"], 1, "AUTHORED", "authorship")
@@ -94,6 +95,7 @@ def test_full_review_and_approval(client: httpx.Client, tenant: Tenant, team: di
     assert [e["after"]["meaning"] for e in applied] == ["AUTHORED", "REVIEWED", "APPROVED"]
 
 
+@pytest.mark.requirement("21CFR11.10(g)", "21CFR11.200(a)(3)")
 def test_self_review_and_self_approval_are_refused(client: httpx.Client, tenant: Tenant, team: dict[str, Person],
                                                    make_person: PersonFactory) -> None:
     # an ADMIN who authored a version holds every permission, and still cannot review or approve it
@@ -108,6 +110,7 @@ def test_self_review_and_self_approval_are_refused(client: httpx.Client, tenant:
     assert sign(client, team["reviewer"], rec["id"], 1, "APPROVED", "approval").status_code == 403
 
 
+@pytest.mark.requirement("21CFR11.10(f)", "21CFR11.10(g)")
 def test_permissions_and_out_of_order_transitions(client: httpx.Client, team: dict[str, Person]) -> None:
     rec = new_record(client, team["author"])
     assert sign(client, team["reviewer"], rec["id"], 1, "REVIEWED", "review_complete").status_code == 409  # still DRAFT
@@ -120,6 +123,7 @@ def test_permissions_and_out_of_order_transitions(client: httpx.Client, team: di
     assert sign(client, team["approver"], rec["id"], 1, "APPROVED", "approval").status_code == 409
 
 
+@pytest.mark.requirement("21CFR11.200(a)(1)", "21CFR11.300(d)")
 def test_wrong_password_is_refused_counted_and_reported(host: Host, tenant: Tenant, team: dict[str, Person]) -> None:
     with client_from(host) as c:
         rec = new_record(c, team["author"])
@@ -156,6 +160,7 @@ def test_reason_and_meaning_must_come_from_the_vocabulary(client: httpx.Client, 
     assert resp.status_code == 201 and resp.json()["record"]["status"] == "DRAFT"  # tenant meanings change no state
 
 
+@pytest.mark.requirement("21CFR11.10(f)", "21CFR11.70")
 def test_signing_a_stale_version_is_refused(client: httpx.Client, team: dict[str, Person]) -> None:
     rec = new_record(client, team["author"])
     client.patch(f"/api/records/{rec['id']}", json={"version": 1, "payload": {"title": "v2"}, "reason": "update"},
@@ -165,6 +170,7 @@ def test_signing_a_stale_version_is_refused(client: httpx.Client, team: dict[str
     assert sign(client, team["author"], rec["id"], 3, "AUTHORED", "authorship").status_code == 409
 
 
+@pytest.mark.requirement("21CFR11.70")
 def test_edit_after_approval_leaves_the_new_version_unsigned(client: httpx.Client, team: dict[str, Person]) -> None:
     rec = new_record(client, team["author"])
     sign(client, team["author"], rec["id"], 1, "AUTHORED", "authorship")
@@ -188,6 +194,7 @@ def _owner(tenant_id: str) -> psycopg.Connection:
     return conn
 
 
+@pytest.mark.requirement("21CFR11.70", "ALCOA+:Accurate")
 def test_tampered_payload_fails_signature_verification(client: httpx.Client, tenant: Tenant, team: dict[str, Person]) -> None:
     rec = new_record(client, team["author"])
     sign(client, team["author"], rec["id"], 1, "AUTHORED", "authorship")
@@ -203,6 +210,7 @@ def test_tampered_payload_fails_signature_verification(client: httpx.Client, ten
     assert "no longer matches its checksum" in result["signatures"][0]["problems"][0]
 
 
+@pytest.mark.requirement("21CFR11.70")
 def test_tampered_signature_row_fails_verification(client: httpx.Client, tenant: Tenant, team: dict[str, Person]) -> None:
     rec = new_record(client, team["author"])
     sign(client, team["author"], rec["id"], 1, "AUTHORED", "authorship")
@@ -216,6 +224,7 @@ def test_tampered_signature_row_fails_verification(client: httpx.Client, tenant:
     assert result["valid"] is False and result["signatures"][0]["problems"] == ["the signature record was altered"]
 
 
+@pytest.mark.requirement("21CFR11.50(b)", "21CFR11.10(c)")
 def test_signatures_are_immutable_for_the_app(client: httpx.Client, tenant: Tenant, team: dict[str, Person]) -> None:
     rec = new_record(client, team["author"])
     sign(client, team["author"], rec["id"], 1, "AUTHORED", "authorship")
@@ -225,6 +234,7 @@ def test_signatures_are_immutable_for_the_app(client: httpx.Client, tenant: Tena
                 conn.execute(statement)
 
 
+@pytest.mark.requirement("21CFR11.10(g)")
 def test_policy_requires_two_approvals(client: httpx.Client, tenant: Tenant, team: dict[str, Person],
                                        make_person: PersonFactory) -> None:
     admin = team["admin"]

@@ -112,6 +112,7 @@ def test_overrides_reject_unknown_and_duplicate_permissions(client: httpx.Client
 # --- guarded edits ------------------------------------------------------------------------
 
 
+@pytest.mark.requirement("21CFR11.10(g)")
 def test_nobody_grants_a_permission_they_do_not_hold(client: httpx.Client, tenant: Tenant, make_person: PersonFactory) -> None:
     admin, manager, viewer = (make_person(tenant.id, r) for r in ("ADMIN", "MANAGER", "VIEWER"))
     # MANAGER may invite, but not as REVIEWER (signatures.review/approve are not theirs)
@@ -192,6 +193,7 @@ def test_two_admins_removing_each_other_leave_one(client: httpx.Client, make_per
         assert active == 1
 
 
+@pytest.mark.requirement("21CFR11.100(a)", "21CFR11.300(c)", "21CFR11.10(d)")
 def test_deactivation_takes_effect_on_the_next_request(client: httpx.Client, tenant: Tenant, make_person: PersonFactory) -> None:
     admin, viewer = make_person(tenant.id, "ADMIN"), make_person(tenant.id, "VIEWER")
     assert client.get("/api/me", headers=auth(viewer.token)).status_code == 200
@@ -219,6 +221,7 @@ def test_edits_require_a_reason_and_valid_fields(client: httpx.Client, tenant: T
     assert resp.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.requirement("21CFR11.300(a)", "21CFR11.100(a)")
 def test_invite_and_list_users(client: httpx.Client, tenant: Tenant, make_person: PersonFactory) -> None:
     admin = make_person(tenant.id, "ADMIN")
     for n in range(3):

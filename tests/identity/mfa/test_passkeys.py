@@ -76,6 +76,7 @@ def test_passkey_enrolment_then_second_factor_and_passwordless(host: Host, tenan
         "mfa.passkey_registered", "mfa.passkey_renamed"]
 
 
+@pytest.mark.requirement("21CFR11.300(e)")
 def test_passkey_counter_regression_is_refused(host: Host, tenant: Tenant) -> None:
     user = password_user(tenant, "ADMIN")
     device = SoftAuthenticator()

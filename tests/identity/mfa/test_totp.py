@@ -11,6 +11,7 @@ from shared.identity import mfa
 from tests.identity.mfa.helpers import RFC_SECRET
 
 
+@pytest.mark.requirement("21CFR11.300(e)")
 @pytest.mark.parametrize(("now", "code"), [
     (59, "94287082"), (1111111109, "07081804"), (1111111111, "14050471"),
     (1234567890, "89005924"), (2000000000, "69279037"), (20000000000, "65353130"),
@@ -31,6 +32,7 @@ def test_drift_of_one_step_is_accepted_and_two_refused() -> None:
             mfa.verify_totp(totp.at(now + 30 * drift), secret=secret, now=now)
 
 
+@pytest.mark.requirement("21CFR11.300(e)")
 def test_a_code_is_accepted_once() -> None:
     secret, now = mfa.new_totp_secret(), 1_700_000_015.0
     totp = pyotp.TOTP(secret)
