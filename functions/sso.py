@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 import azure.functions as func
 from pydantic import Field
 
 from functions._models_auth import LoginResult
 from functions._models_sso import BreakGlassAccounts, BreakGlassAdded, Provider, ProviderButtons, Providers
+from shared.core.errors import MalformedRequest, UnsupportedMediaType
 from shared.identity.sso import api
 from shared.identity.sso.accounts import BINDING_COOKIE
-from shared.web.endpoint import RequestContext, endpoint
+from shared.web.endpoint import Reply, RequestContext, endpoint
 from shared.web.models import Reason, ReasonQuery, Strict
 
 bp = func.Blueprint()
@@ -144,3 +146,58 @@ def sso_public_providers(ctx: RequestContext) -> dict[str, Any]:
 def sso_exchange(ctx: RequestContext) -> dict[str, Any]:
     """Trade the one-time code of a finished SSO sign-in for tokens (same browser, once)."""
     return api.exchange(code=ctx.body.code, binding=binding_cookie(ctx.request), meta=ctx.meta)
+
+
+class SamlLoginQuery(Strict):
+    provider: str = Field(min_length=36, max_length=36, description="The provider's id")
+    remember_me: bool = False
+
+
+def _form(req: func.HttpRequest) -> dict[str, str]:
+    """The urlencoded form the IdP's page posted (first value of each field).
+
+    Raises:
+        UnsupportedMediaType: not a form. MalformedRequest: not decodable.
+    """
+    media = (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("the IdP must POST an application/x-www-form-urlencoded form")
+    try:
+        fields = parse_qs((req.get_body() or b"").decode("ascii"), keep_blank_values=True, max_num_fields=10,
+                          strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedRequest("the form is not decodable") from None
+    return {k: v[0] for k, v in fields.items() if v}
+
+
+@bp.route(route="api/sso/providers/{id}/metadata", methods=["POST"])
+@endpoint(response=Provider, permission="sso.manage", body=BreakGlassBody, statuses=(502,), tags=("sso",))
+def sso_providers_fetch_metadata(ctx: RequestContext) -> dict[str, Any]:
+    """Fetch a SAML provider's metadata URL once and store its entity id, SSO URL and certificates."""
+    return api.refresh_saml_metadata(ctx, provider_id=ctx.uuid_param("id"), reason=ctx.body.reason)
+
+
+@bp.route(route="api/sso/saml/{tenant}/metadata", methods=["GET"])
+@endpoint(media_type="application/samlmetadata+xml", auth=False, tags=("sso",))
+def saml_sp_metadata(ctx: RequestContext) -> Reply:
+    """The tenant's SAML service provider metadata (entity id, ACS URL, signing certificate)."""
+    return Reply(body=api.saml_metadata(ctx.route["tenant"]), media_type="application/samlmetadata+xml")
+
+
+@bp.route(route="api/sso/saml/{tenant}/login", methods=["GET"])
+@endpoint(auth=False, query=SamlLoginQuery, status=302, tags=("sso",))
+def saml_login(ctx: RequestContext) -> Reply:
+    """Start a SAML sign-in: a redirect to the IdP with a signed AuthnRequest."""
+    q: SamlLoginQuery = ctx.query
+    location, cookie = api.saml_login(slug=ctx.route["tenant"], provider_id=q.provider, remember_me=q.remember_me,
+                                      meta=ctx.meta)
+    return Reply(status=302, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})
+
+
+@bp.route(route="api/sso/saml/{tenant}/acs", methods=["POST"])
+@endpoint(auth=False, status=303, tags=("sso",))
+def saml_acs(ctx: RequestContext) -> Reply:
+    """The Assertion Consumer Service: verify the IdP's response, then redirect to the console with a one-time code."""
+    location, cookie = api.saml_acs(slug=ctx.route["tenant"], form=_form(ctx.request),
+                                    binding=binding_cookie(ctx.request), meta=ctx.meta)
+    return Reply(status=303, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})

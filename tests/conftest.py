@@ -39,6 +39,7 @@ TEST_SETTINGS = {
     "JWT_AUDIENCE": "custos-api-test",
     "DB_POOL_MIN": "0",
     "DB_POOL_MAX": "4",
+    "SSO_METADATA_ALLOW_LOOPBACK": "true",
 }
 
 

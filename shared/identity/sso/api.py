@@ -9,9 +9,8 @@ from typing import Any
 
 from shared.audit import chain as audit
 from shared.core import db
-from shared.core.errors import NotFound
 from shared.identity.sso import accounts, providers
-from shared.identity.sso.providers import Kind
+from shared.identity.sso.providers import Kind, tenant_by_slug
 from shared.web.caller import Caller
 
 
@@ -65,20 +64,6 @@ def remove_break_glass(caller: Caller, *, user_id: uuid.UUID, reason: str) -> No
                                      meta=caller.meta, reason=reason)
 
 
-def tenant_by_slug(slug: str) -> str:
-    """The id of a live tenant named by its slug in a public URL.
-
-    Raises:
-        NotFound: no such tenant (or a purged one).
-    """
-    with db.platform_tx() as conn:
-        row = conn.execute("select id::text as id, status from tenants where slug = %s",
-                           (slug.strip().lower()[:63],)).fetchone()
-    if row is None or row["status"] == "PURGED":
-        raise NotFound("no such tenant")
-    return str(row["id"])
-
-
 def public_providers(slug: str) -> dict[str, Any]:
     """The enabled providers of a tenant, for its sign-in page (no configuration, no secrets).
 
@@ -99,3 +84,46 @@ def exchange(*, code: str, binding: str | None, meta: audit.RequestMeta) -> dict
         InvalidHandoff.
     """
     return accounts.exchange(code=code, binding=binding, meta=meta).as_dict()
+
+
+def refresh_saml_metadata(caller: Caller, *, provider_id: uuid.UUID, reason: str) -> dict[str, Any]:
+    """Fetch a SAML provider's metadata URL once (an ADMIN's action) and store what it says.
+
+    Raises:
+        NotFound, InvalidProviderConfig, MetadataUrlRefused, MetadataUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    return saml.refresh_metadata(tenant_id=caller.tenant_id, provider_id=provider_id, actor=caller.actor,
+                                 actor_id=caller.user.user_id, meta=caller.meta, reason=reason)
+
+
+def saml_metadata(slug: str) -> str:
+    """The tenant's SP metadata. Raises NotFound."""
+    from shared.identity.sso import saml
+
+    return saml.sp_metadata(slug)
+
+
+def saml_login(*, slug: str, provider_id: str, remember_me: bool, meta: audit.RequestMeta) -> tuple[str, str | None]:
+    """Start an SP-initiated sign-in: (the IdP URL to redirect to, the binding cookie).
+
+    Raises:
+        NotFound, ProviderUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    redirect = saml.start_login(slug=slug, provider_id=provider_id, remember_me=remember_me, meta=meta)
+    return redirect.location, redirect.cookie
+
+
+def saml_acs(*, slug: str, form: dict[str, str], binding: str | None, meta: audit.RequestMeta) -> tuple[str, str | None]:
+    """Consume an IdP's response: (the console URL with a one-time code, a cookie to set or None).
+
+    Raises:
+        NotFound, AssertionRejected, AssertionReplayed, AccountRefused, ServiceUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    redirect = saml.acs(slug=slug, form=form, binding=binding, meta=meta)
+    return redirect.location, redirect.cookie

@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.audit import chain as audit
+from shared.core import db
 from shared.core.db import Conn
 from shared.core.errors import Conflict, NotFound
 from shared.core.settings import get_settings
@@ -450,3 +451,17 @@ def remove_break_glass(conn: Conn, *, tenant_id: str, user_id: uuid.UUID, actor:
     audit.append(conn, tenant_id=tenant_id, actor=actor, action="sso.break_glass_removed", target_type="user",
                  target_id=gone["id"], before={"break_glass": True}, after={"break_glass": False}, reason=reason,
                  meta=meta)
+
+
+def tenant_by_slug(slug: str) -> str:
+    """The id of a live tenant named by its slug in a public URL.
+
+    Raises:
+        NotFound: no such tenant (or a purged one).
+    """
+    with db.platform_tx() as conn:
+        row = conn.execute("select id::text as id, status from tenants where slug = %s",
+                           (slug.strip().lower()[:63],)).fetchone()
+    if row is None or row["status"] == "PURGED":
+        raise NotFound("no such tenant")
+    return str(row["id"])
