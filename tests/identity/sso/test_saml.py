@@ -455,3 +455,133 @@ def test_garbage_at_the_acs_is_a_problem_not_a_500(client: httpx.Client, sp: Sp,
                     headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert r.status_code in (400, 401, 413) and r.headers["content-type"] == "application/problem+json", r.text
     assert session_count(sp.tenant.id) == 0
+
+
+# --- IdP metadata, fetched once by an ADMIN ------------------------------------------------------------
+
+
+class _MetadataServer:
+    """A loopback HTTP server answering one path with a body (and the others with 404 or a redirect)."""
+
+    def __init__(self, body: bytes) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.body = body
+        self.hits = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+                outer.hits += 1
+                if self.path == "/metadata.xml":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/samlmetadata+xml")
+                    self.end_headers()
+                    self.wfile.write(outer.body)
+                elif self.path == "/moved":
+                    self.send_response(302)
+                    self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                    self.end_headers()
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _provider_with_metadata_url(client: httpx.Client, token: str, url: str) -> str:
+    r = client.post("/api/sso/providers", headers=auth(token), json={
+        "kind": "saml", "name": f"Okta {uuid.uuid4().hex[:6]}", "reason": "metadata", "config": {"metadata_url": url}})
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def test_an_admin_fetches_idp_metadata_once_and_it_configures_the_provider(
+        client: httpx.Client, tenant: Tenant, tmp_path: Path, make_person: Any) -> None:
+    idp = PeerIdP(tmp_path / "idp", [client.get(f"/api/sso/saml/{tenant.slug}/metadata").text])
+    server = _MetadataServer(idp.metadata().encode())
+    try:
+        admin = make_person(tenant.id, "ADMIN")
+        pid = _provider_with_metadata_url(client, admin.token, server.url + "/metadata.xml")
+        r = client.post(f"/api/sso/providers/{pid}/metadata", json={"reason": "initial set-up"},
+                        headers=auth(admin.token))
+        assert r.status_code == 200, r.text
+        config = r.json()["config"]
+        assert (config["idp_entity_id"], config["idp_sso_url"]) == (idp.entity_id, idp.sso_url)
+        assert config["idp_certificates"] == [der_b64(idp.cert_pem)]
+        assert server.hits == 1
+        [changed] = events(tenant.id, "sso.provider_updated")
+        assert changed["after"]["config"]["idp_entity_id"] == idp.entity_id and changed["reason"] == "initial set-up"
+        # Enabled with what the metadata said, it signs people in; sign-in never fetches metadata.
+        assert client.patch(f"/api/sso/providers/{pid}", json={"enabled": True, "jit": True, "reason": "go live"},
+                            headers=auth(admin.token)).status_code == 200
+        sp = Sp(tenant, pid, idp, *[etree.fromstring(client.get(f"/api/sso/saml/{tenant.slug}/metadata").content)
+                                    .get("entityID")] * 2)
+        request, cookie = start(client, sp)
+        r = post_acs(client, sp, b64(idp.response_xml(sp_entity_id=request["issuer"], acs_url=request["acs_url"],
+                                                      in_response_to=request["id"], name_id="okta-1",
+                                                      attributes={"mail": ["o@example.test"]})),
+                     request["relay_state"], cookie)
+        assert r.status_code == 403 and r.json()["reason"] == "no_email"  # no attribute mapping configured yet
+        assert server.hits == 1
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(("url", "status", "code"), [
+    ("https://10.0.0.8/metadata.xml", 422, "sso-metadata-url-refused"),
+    ("https://169.254.169.254/latest/meta-data/", 422, "sso-metadata-url-refused"),
+    ("https://[fd00::1]/metadata.xml", 422, "sso-metadata-url-refused"),
+    ("http://203.0.113.9/metadata.xml", 422, "sso-provider-invalid"),
+    ("https://192.168.1.1/metadata.xml", 422, "sso-metadata-url-refused"),
+    ("https://metadata.invalid/metadata.xml", 502, "sso-metadata-unavailable"),
+])
+def test_metadata_urls_to_private_addresses_are_refused(client: httpx.Client, tenant: Tenant, make_person: Any,
+                                                        url: str, status: int, code: str) -> None:
+    admin = make_person(tenant.id, "ADMIN")
+    if code == "sso-provider-invalid":  # plain http is refused when the URL is saved
+        r = client.post("/api/sso/providers", headers=auth(admin.token), json={
+            "kind": "saml", "name": "Plain", "reason": "metadata", "config": {"metadata_url": url}})
+        assert r.status_code == status and r.json()["type"] == f"urn:custos:problem:{code}", r.text
+        return
+    pid = _provider_with_metadata_url(client, admin.token, url)
+    r = client.post(f"/api/sso/providers/{pid}/metadata", json={"reason": "fetch"}, headers=auth(admin.token))
+    assert r.status_code == status and r.json()["type"] == f"urn:custos:problem:{code}", r.text
+    assert events(tenant.id, "sso.provider_updated") == []
+
+
+@pytest.mark.parametrize(("path", "body"), [("/moved", b""), ("/missing", b""), ("/metadata.xml", b"<not-metadata/>"),
+                                            ("/metadata.xml", b"<x>" + b"A" * 1_100_000 + b"</x>")])
+def test_bad_metadata_answers_are_refused_and_change_nothing(client: httpx.Client, tenant: Tenant, make_person: Any,
+                                                             path: str, body: bytes) -> None:
+    server = _MetadataServer(body)
+    try:
+        admin = make_person(tenant.id, "ADMIN")
+        pid = _provider_with_metadata_url(client, admin.token, server.url + path)
+        r = client.post(f"/api/sso/providers/{pid}/metadata", json={"reason": "fetch"}, headers=auth(admin.token))
+        assert r.status_code == 502 and r.json()["type"] == "urn:custos:problem:sso-metadata-unavailable", r.text
+        assert events(tenant.id, "sso.provider_updated") == []
+    finally:
+        server.close()
+
+
+def test_a_sign_in_cannot_start_at_a_disabled_or_foreign_provider(client: httpx.Client, sp: Sp) -> None:
+    with db.platform_tx() as conn:
+        other = create_tenant(conn, slug=f"t-{uuid.uuid4().hex[:12]}", name="Other", region="uksouth")
+    foreign = insert_provider(other.id, config={"idp_sso_url": "https://idp.example.test/"})
+    disabled = insert_provider(sp.tenant.id, enabled=False)
+    for pid in (foreign, disabled, str(uuid.uuid4())):
+        r = client.get(f"/api/sso/saml/{sp.tenant.slug}/login", params={"provider": pid}, follow_redirects=False)
+        assert r.status_code == 404 and r.json()["type"] == "urn:custos:problem:sso-provider-unavailable", r.text
+    with db.tenant_tx(sp.tenant.id) as conn:
+        assert conn.execute("select count(*) as n from sso_requests").fetchone()["n"] == 0
