@@ -3,6 +3,7 @@ exchange that ends a browser sign-in, and the SAML 2.0 service provider."""
 
 from __future__ import annotations
 
+import uuid
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Literal
 from urllib.parse import parse_qs
@@ -12,6 +13,7 @@ from pydantic import Field
 
 from functions._models_auth import LoginResult
 from functions._models_sso import BreakGlassAccounts, BreakGlassAdded, Provider, ProviderButtons, Providers
+from shared.core import health
 from shared.core.errors import MalformedRequest, UnsupportedMediaType
 from shared.identity.sso import api
 from shared.identity.sso.accounts import BINDING_COOKIE
@@ -149,7 +151,7 @@ def sso_exchange(ctx: RequestContext) -> dict[str, Any]:
 
 
 class SamlLoginQuery(Strict):
-    provider: str = Field(min_length=36, max_length=36, description="The provider's id")
+    provider: uuid.UUID = Field(description="The provider's id")
     remember_me: bool = False
 
 
@@ -189,7 +191,7 @@ def saml_sp_metadata(ctx: RequestContext) -> Reply:
 def saml_login(ctx: RequestContext) -> Reply:
     """Start a SAML sign-in: a redirect to the IdP with a signed AuthnRequest."""
     q: SamlLoginQuery = ctx.query
-    location, cookie = api.saml_login(slug=ctx.route["tenant"], provider_id=q.provider, remember_me=q.remember_me,
+    location, cookie = api.saml_login(slug=ctx.route["tenant"], provider_id=str(q.provider), remember_me=q.remember_me,
                                       meta=ctx.meta)
     return Reply(status=302, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})
 
@@ -201,3 +203,10 @@ def saml_acs(ctx: RequestContext) -> Reply:
     location, cookie = api.saml_acs(slug=ctx.route["tenant"], form=_form(ctx.request),
                                     binding=binding_cookie(ctx.request), meta=ctx.meta)
     return Reply(status=303, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%SSO_PURGE_SCHEDULE%", run_on_startup=False)
+def purge_sso_state(timer: func.TimerRequest) -> None:
+    """Delete expired SAML replay-cache rows, SP-initiated requests and sign-in codes."""
+    counts = api.purge_expired_state()
+    health.record_heartbeat("purge_sso_state", ok=True, detail=", ".join(f"{k} {v}" for k, v in counts.items()))

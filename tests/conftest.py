@@ -40,6 +40,7 @@ TEST_SETTINGS = {
     "DB_POOL_MIN": "0",
     "DB_POOL_MAX": "4",
     "SSO_METADATA_ALLOW_LOOPBACK": "true",
+    "SSO_PURGE_SCHEDULE": "0 0 0 1 1 *",
 }
 
 

@@ -111,3 +111,16 @@ def test_a_malformed_application_insights_connection_string_is_named(
     monkeypatch.setenv("APPLICATIONINSIGHTS_CONNECTION_STRING", value)
     with pytest.raises(SettingsError, match=f"APPLICATIONINSIGHTS_CONNECTION_STRING: .*{message}"):
         load_settings()
+
+
+def test_production_refuses_plain_http_sso_urls(production: pytest.MonkeyPatch) -> None:
+    production.setenv("SSO_PUBLIC_URL", "http://custos.example")
+    with pytest.raises(SettingsError, match="sso_public_url must be https"):
+        load_settings()
+
+
+def test_an_sp_key_without_its_certificate_is_refused(production: pytest.MonkeyPatch) -> None:
+    production.setenv("SAML_SP_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----")
+    with pytest.raises(SettingsError, match="set together"):
+        load_settings()
+

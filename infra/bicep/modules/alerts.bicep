@@ -62,6 +62,14 @@ var rules = [
     window: 'PT1H'
     query: 'let ok = AppRequests | where Name == "audit_checkpoint" and Success == true; let stale = AppTraces | where Message has "code=checkpoint_stale" or Message startswith "audit checkpoint refused"; print stale = toscalar(stale | count), ok = toscalar(ok | count) | where stale > 0 or ok == 0'
   }
+  {
+    name: 'sso-purge-failed'
+    severity: 2
+    description: 'The SSO housekeeping timer (SAML replay cache, expired requests and sign-in codes) failed or did not succeed for three hours.'
+    frequency: 'PT1H'
+    window: 'PT3H'
+    query: 'let runs = AppRequests | where Name == "purge_sso_state"; print failures = toscalar(runs | where Success == false | count), ok = toscalar(runs | where Success == true | count) | where failures > 0 or ok == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

@@ -127,3 +127,14 @@ def saml_acs(*, slug: str, form: dict[str, str], binding: str | None, meta: audi
 
     redirect = saml.acs(slug=slug, form=form, binding=binding, meta=meta)
     return redirect.location, redirect.cookie
+
+
+def purge_expired_state() -> dict[str, int]:
+    """The housekeeping timer's work: expired replay-cache rows, requests and sign-in codes.
+
+    Raises:
+        ServiceUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    return saml.purge_expired()

@@ -160,6 +160,12 @@ def check_url(url: str, field: str, *, allow_http_loopback: bool = False) -> str
     raise _invalid(field, "must be an https URL")
 
 
+def loopback_allowed() -> bool:
+    """Whether metadata and IdP URLs may name loopback http addresses: tests only, never in production."""
+    s = get_settings()
+    return s.sso_metadata_allow_loopback and s.custos_env != "production"
+
+
 def validate_config(kind: Kind, config: dict[str, Any], *, enabled: bool) -> dict[str, Any]:
     """The configuration as stored (defaults filled, certificates normalised to base64 DER).
 
@@ -167,7 +173,7 @@ def validate_config(kind: Kind, config: dict[str, Any], *, enabled: bool) -> dic
         InvalidProviderConfig: unknown or malformed fields; an enabled provider missing what
             sign-in needs.
     """
-    loopback = get_settings().sso_metadata_allow_loopback
+    loopback = loopback_allowed()
     if kind == "saml":
         saml = _pydantic(SamlConfig, config, "config")
         assert isinstance(saml, SamlConfig)

@@ -47,7 +47,14 @@ from shared.identity.sso.errors import (
     MetadataUrlRefused,
     ProviderUnavailable,
 )
-from shared.identity.sso.providers import check_url, get_provider, provider_row, tenant_by_slug, update_provider
+from shared.identity.sso.providers import (
+    check_url,
+    get_provider,
+    loopback_allowed,
+    provider_row,
+    tenant_by_slug,
+    update_provider,
+)
 
 if TYPE_CHECKING:
     from onelogin.saml2.settings import OneLogin_Saml2_Settings
@@ -220,7 +227,7 @@ def _metadata_target(url: str) -> tuple[str, list[str]]:
         MetadataUrlRefused: not https, or a private/loopback/link-local address (loopback http
             only where SSO_METADATA_ALLOW_LOOPBACK is on, for tests).
     """
-    allow_loopback = get_settings().sso_metadata_allow_loopback
+    allow_loopback = loopback_allowed()
     try:
         check_url(url, "metadata_url", allow_http_loopback=allow_loopback)
     except InvalidProviderConfig:
@@ -526,3 +533,36 @@ def acs(*, slug: str, form: dict[str, str], binding: str | None, meta: audit.Req
     console = get_settings().sso_console_url
     return Redirect(location=f"{console}#/sso-complete?code={quote(code, safe='')}",
                     cookie=_cookie(binding, get_settings().sso_handoff_ttl_s) if not relay else None)
+
+
+def purge_expired(*, now: float | None = None) -> dict[str, int]:
+    """Delete replay-cache rows past their assertion's NotOnOrAfter (plus the clock skew), and
+    every tenant's used or expired SP-initiated requests and sign-in codes. Returns the counts.
+
+    An assertion id leaves the cache only when the assertion itself is no longer accepted (its
+    time check refuses it), so purging never reopens a replay.
+
+    Raises:
+        ServiceUnavailable: Table Storage did not answer.
+    """
+    import time
+
+    from azure.core.exceptions import AzureError
+
+    now = time.time() if now is None else now
+    table, replay = storage.table_service().get_table_client(REPLAY_TABLE), 0
+    try:
+        for entity in table.query_entities("expires_at lt @t", parameters={"t": float(now)},
+                                           select=["PartitionKey", "RowKey"]):
+            table.delete_entity(entity["PartitionKey"], entity["RowKey"])
+            replay += 1
+    except AzureError as exc:
+        raise ServiceUnavailable("storage is unavailable", component="storage") from exc
+    with db.platform_tx() as conn:
+        tenants = [r["id"] for r in conn.execute("select id::text as id from tenants where status <> 'PURGED'")]
+    requests = handoffs = 0
+    for tenant_id in tenants:
+        with db.tenant_tx(tenant_id) as conn:
+            requests += conn.execute("delete from sso_requests where used_at is not null or expires_at <= now()").rowcount
+            handoffs += conn.execute("delete from sso_handoffs where used_at is not null or expires_at <= now()").rowcount
+    return {"replay": replay, "requests": requests, "handoffs": handoffs}

@@ -585,3 +585,35 @@ def test_a_sign_in_cannot_start_at_a_disabled_or_foreign_provider(client: httpx.
         assert r.status_code == 404 and r.json()["type"] == "urn:custos:problem:sso-provider-unavailable", r.text
     with db.tenant_tx(sp.tenant.id) as conn:
         assert conn.execute("select count(*) as n from sso_requests").fetchone()["n"] == 0
+
+
+def test_the_housekeeping_timer_purges_only_what_has_expired(client: httpx.Client, sp: Sp, host: Any) -> None:
+    import time
+
+    from shared.core import storage
+    from shared.identity.sso.saml import REPLAY_TABLE
+
+    table = storage.table_service().get_table_client(REPLAY_TABLE)
+    old, live = uuid.uuid4().hex, uuid.uuid4().hex
+    table.create_entity({"PartitionKey": sp.tenant.id, "RowKey": old, "expires_at": time.time() - 3600})
+    table.create_entity({"PartitionKey": sp.tenant.id, "RowKey": live, "expires_at": time.time() + 3600})
+    used_request, _ = start(client, sp)
+    waiting_request, _ = start(client, sp)
+    with db.tenant_tx(sp.tenant.id) as conn:
+        conn.execute("update sso_requests set used_at = now() where request_id = %s", (used_request["id"],))
+    r = client.post("/admin/functions/purge_sso_state")
+    assert r.status_code == 202, r.text
+    keys = {e["RowKey"] for e in table.query_entities("PartitionKey eq @p", parameters={"p": sp.tenant.id})}
+    assert old not in keys and live in keys
+    with db.tenant_tx(sp.tenant.id) as conn:
+        assert [r["request_id"] for r in conn.execute("select request_id from sso_requests")] == [
+            waiting_request["id"]]
+    with db.platform_tx() as conn:
+        beat = conn.execute("select ok, detail from job_heartbeats where name = 'purge_sso_state'").fetchone()
+    assert beat["ok"] is True and "replay" in beat["detail"]
+
+
+@pytest.mark.parametrize("provider", ["x" * 36, "' OR 1=1 --", ""])
+def test_a_malformed_provider_id_is_a_validation_problem(client: httpx.Client, sp: Sp, provider: str) -> None:
+    r = client.get(f"/api/sso/saml/{sp.tenant.slug}/login", params={"provider": provider}, follow_redirects=False)
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
