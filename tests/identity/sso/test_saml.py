@@ -617,3 +617,21 @@ def test_the_housekeeping_timer_purges_only_what_has_expired(client: httpx.Clien
 def test_a_malformed_provider_id_is_a_validation_problem(client: httpx.Client, sp: Sp, provider: str) -> None:
     r = client.get(f"/api/sso/saml/{sp.tenant.slug}/login", params={"provider": provider}, follow_redirects=False)
     assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json", r.text
+
+
+def test_a_linked_user_with_a_factor_proves_it_after_the_idp(client: httpx.Client, sp: Sp) -> None:
+    import pyotp
+
+    from tests.conftest import create_user
+
+    user = create_user(sp.tenant.id, "REVIEWER")  # with a confirmed TOTP
+    with db.tenant_tx(sp.tenant.id) as conn:
+        conn.execute("insert into sso_links (tenant_id, provider_id, subject, user_id) values (%s, %s, 'rev-1', %s)",
+                     (sp.tenant.id, sp.provider_id, user["id"]))
+    step = sign_in(client, sp, "rev-1", authn_class=MFA_CLASS)  # MFA at the IdP, but not trusted here
+    assert step.status_code == 200 and step.json()["mfa_required"] is True, step.text
+    assert session_count(sp.tenant.id) == 0
+    r = client.post("/api/auth/mfa/verify", json={"mfa_ticket": step.json()["mfa_ticket"],
+                                                  "code": pyotp.TOTP(user["totp_secret"]).now()})
+    assert r.status_code == 200, r.text
+    assert client.get("/api/me", headers=auth(r.json()["access_token"])).json()["user"]["id"] == user["id"]
