@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Literal
-from urllib.parse import parse_qs
 
 import azure.functions as func
 from pydantic import Field
@@ -14,7 +13,6 @@ from pydantic import Field
 from functions._models_auth import LoginResult
 from functions._models_sso import BreakGlassAccounts, BreakGlassAdded, Provider, ProviderButtons, Providers
 from shared.core import health
-from shared.core.errors import MalformedRequest, UnsupportedMediaType
 from shared.identity.sso import api
 from shared.identity.sso.accounts import BINDING_COOKIE
 from shared.web.endpoint import Reply, RequestContext, endpoint
@@ -155,23 +153,6 @@ class SamlLoginQuery(Strict):
     remember_me: bool = False
 
 
-def _form(req: func.HttpRequest) -> dict[str, str]:
-    """The urlencoded form the IdP's page posted (first value of each field).
-
-    Raises:
-        UnsupportedMediaType: not a form. MalformedRequest: not decodable.
-    """
-    media = (req.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
-    if media != "application/x-www-form-urlencoded":
-        raise UnsupportedMediaType("the IdP must POST an application/x-www-form-urlencoded form")
-    try:
-        fields = parse_qs((req.get_body() or b"").decode("ascii"), keep_blank_values=True, max_num_fields=10,
-                          strict_parsing=False)
-    except (UnicodeDecodeError, ValueError):
-        raise MalformedRequest("the form is not decodable") from None
-    return {k: v[0] for k, v in fields.items() if v}
-
-
 @bp.route(route="api/sso/providers/{id}/metadata", methods=["POST"])
 @endpoint(response=Provider, permission="sso.manage", body=BreakGlassBody, statuses=(502,), tags=("sso",))
 def sso_providers_fetch_metadata(ctx: RequestContext) -> dict[str, Any]:
@@ -200,8 +181,9 @@ def saml_login(ctx: RequestContext) -> Reply:
 @endpoint(auth=False, status=303, tags=("sso",))
 def saml_acs(ctx: RequestContext) -> Reply:
     """The Assertion Consumer Service: verify the IdP's response, then redirect to the console with a one-time code."""
-    location, cookie = api.saml_acs(slug=ctx.route["tenant"], form=_form(ctx.request),
-                                    binding=binding_cookie(ctx.request), meta=ctx.meta)
+    location, cookie = api.saml_acs(slug=ctx.route["tenant"], content_type=ctx.request.headers.get("Content-Type"),
+                                    body=ctx.request.get_body() or b"", binding=binding_cookie(ctx.request),
+                                    meta=ctx.meta)
     return Reply(status=303, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})
 
 

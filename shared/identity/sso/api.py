@@ -117,15 +117,18 @@ def saml_login(*, slug: str, provider_id: str, remember_me: bool, meta: audit.Re
     return redirect.location, redirect.cookie
 
 
-def saml_acs(*, slug: str, form: dict[str, str], binding: str | None, meta: audit.RequestMeta) -> tuple[str, str | None]:
-    """Consume an IdP's response: (the console URL with a one-time code, a cookie to set or None).
+def saml_acs(*, slug: str, content_type: str | None, body: bytes, binding: str | None,
+             meta: audit.RequestMeta) -> tuple[str, str | None]:
+    """Consume an IdP's posted form: (the console URL with a one-time code, a cookie to set or None).
 
     Raises:
-        NotFound, AssertionRejected, AssertionReplayed, AccountRefused, ServiceUnavailable.
+        NotFound (tenant, before the body is read), UnsupportedMediaType, MalformedRequest,
+        AssertionRejected, AssertionReplayed, AccountRefused, ServiceUnavailable.
     """
     from shared.identity.sso import saml
 
-    redirect = saml.acs(slug=slug, form=form, binding=binding, meta=meta)
+    tenant_by_slug(slug)
+    redirect = saml.acs(slug=slug, form=saml.read_form(content_type, body), binding=binding, meta=meta)
     return redirect.location, redirect.cookie
 
 

@@ -35,7 +35,7 @@ from urllib.parse import quote, urlsplit
 
 from shared.audit import chain as audit
 from shared.core import db, storage
-from shared.core.errors import ServiceUnavailable
+from shared.core.errors import MalformedRequest, ServiceUnavailable, UnsupportedMediaType
 from shared.core.settings import Settings, SettingsError, get_settings
 from shared.identity.sso import accounts
 from shared.identity.sso.accounts import BINDING_COOKIE, VerifiedIdentity, binding_hash, record_refusal
@@ -373,6 +373,24 @@ def start_login(*, slug: str, provider_id: str, remember_me: bool, meta: audit.R
 
 
 # --- the Assertion Consumer Service --------------------------------------------------------------
+
+
+def read_form(content_type: str | None, body: bytes) -> dict[str, str]:
+    """The urlencoded form an IdP's page posted (first value of each field).
+
+    Raises:
+        UnsupportedMediaType: not a form. MalformedRequest: not decodable, or too many fields.
+    """
+    from urllib.parse import parse_qs
+
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType("the IdP must POST an application/x-www-form-urlencoded form")
+    try:
+        fields = parse_qs(body.decode("ascii"), keep_blank_values=True, max_num_fields=10)
+    except (UnicodeDecodeError, ValueError):
+        raise MalformedRequest("the form is not decodable") from None
+    return {k: v[0] for k, v in fields.items() if v}
 
 
 def _reason_names() -> dict[int, str]:

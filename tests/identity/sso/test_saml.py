@@ -635,3 +635,14 @@ def test_a_linked_user_with_a_factor_proves_it_after_the_idp(client: httpx.Clien
                                                   "code": pyotp.TOTP(user["totp_secret"]).now()})
     assert r.status_code == 200, r.text
     assert client.get("/api/me", headers=auth(r.json()["access_token"])).json()["user"]["id"] == user["id"]
+
+
+def test_the_acs_names_an_unknown_tenant_before_reading_the_body_and_wants_a_form(client: httpx.Client,
+                                                                                 sp: Sp) -> None:
+    r = client.post("/api/sso/saml/no-such-tenant-y/acs", json={"SAMLResponse": "x"})
+    assert r.status_code == 404 and r.json()["type"] == "urn:custos:problem:not-found"
+    r = client.post(f"/api/sso/saml/{sp.tenant.slug}/acs", json={"SAMLResponse": "x"})
+    assert r.status_code == 415 and r.json()["type"] == "urn:custos:problem:unsupported-media-type"
+    r = client.post(f"/api/sso/saml/{sp.tenant.slug}/acs", content="&".join(f"f{i}=1" for i in range(20)),
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 400 and r.json()["type"] == "urn:custos:problem:malformed-request"
