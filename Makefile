@@ -56,6 +56,7 @@ $(VENV_STAMP): requirements.txt requirements-dev.txt
 	if command -v flock >/dev/null; then flock 9; fi
 	if [ -f $@ ] && [ $@ -nt requirements.txt ] && [ $@ -nt requirements-dev.txt ]; then exit 0; fi
 	echo "installing requirements-dev.txt into $(VENV)"
+	bash scripts/system_deps.sh
 	[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
 	touch $@

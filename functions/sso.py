@@ -3,6 +3,7 @@ exchange that ends a browser sign-in, and the SAML 2.0 service provider."""
 
 from __future__ import annotations
 
+import uuid
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Literal
 
@@ -11,6 +12,7 @@ from pydantic import Field
 
 from functions._models_auth import LoginResult
 from functions._models_sso import BreakGlassAccounts, BreakGlassAdded, Provider, ProviderButtons, Providers
+from shared.core import health
 from shared.identity.sso import api
 from shared.identity.sso.accounts import BINDING_COOKIE
 from shared.identity.sso.oidc import FLOW_COOKIE
@@ -192,3 +194,49 @@ class DiscoveryBody(Strict):
 def sso_providers_discover(ctx: RequestContext) -> dict[str, Any]:
     """Fetch and check an OIDC provider's discovery document and keys now, and store the document."""
     return api.oidc_discover(ctx, provider_id=ctx.uuid_param("id"), reason=ctx.body.reason)
+
+
+class SamlLoginQuery(Strict):
+    provider: uuid.UUID = Field(description="The provider's id")
+    remember_me: bool = False
+
+
+@bp.route(route="api/sso/providers/{id}/metadata", methods=["POST"])
+@endpoint(response=Provider, permission="sso.manage", body=BreakGlassBody, statuses=(502,), tags=("sso",))
+def sso_providers_fetch_metadata(ctx: RequestContext) -> dict[str, Any]:
+    """Fetch a SAML provider's metadata URL once and store its entity id, SSO URL and certificates."""
+    return api.refresh_saml_metadata(ctx, provider_id=ctx.uuid_param("id"), reason=ctx.body.reason)
+
+
+@bp.route(route="api/sso/saml/{tenant}/metadata", methods=["GET"])
+@endpoint(media_type="application/samlmetadata+xml", auth=False, tags=("sso",))
+def saml_sp_metadata(ctx: RequestContext) -> Reply:
+    """The tenant's SAML service provider metadata (entity id, ACS URL, signing certificate)."""
+    return Reply(body=api.saml_metadata(ctx.route["tenant"]), media_type="application/samlmetadata+xml")
+
+
+@bp.route(route="api/sso/saml/{tenant}/login", methods=["GET"])
+@endpoint(auth=False, query=SamlLoginQuery, status=302, tags=("sso",))
+def saml_login(ctx: RequestContext) -> Reply:
+    """Start a SAML sign-in: a redirect to the IdP with a signed AuthnRequest."""
+    q: SamlLoginQuery = ctx.query
+    location, cookie = api.saml_login(slug=ctx.route["tenant"], provider_id=str(q.provider), remember_me=q.remember_me,
+                                      meta=ctx.meta)
+    return Reply(status=302, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})
+
+
+@bp.route(route="api/sso/saml/{tenant}/acs", methods=["POST"])
+@endpoint(auth=False, status=303, tags=("sso",))
+def saml_acs(ctx: RequestContext) -> Reply:
+    """The Assertion Consumer Service: verify the IdP's response, then redirect to the console with a one-time code."""
+    location, cookie = api.saml_acs(slug=ctx.route["tenant"], content_type=ctx.request.headers.get("Content-Type"),
+                                    body=ctx.request.get_body() or b"", binding=binding_cookie(ctx.request),
+                                    meta=ctx.meta)
+    return Reply(status=303, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%SSO_PURGE_SCHEDULE%", run_on_startup=False)
+def purge_sso_state(timer: func.TimerRequest) -> None:
+    """Delete expired SAML replay-cache rows, SP-initiated requests and sign-in codes."""
+    counts = api.purge_expired_state()
+    health.record_heartbeat("purge_sso_state", ok=True, detail=", ".join(f"{k} {v}" for k, v in counts.items()))

@@ -42,6 +42,8 @@ TEST_SETTINGS = {
     "JWT_AUDIENCE": "custos-api-test",
     "DB_POOL_MIN": "0",
     "DB_POOL_MAX": "4",
+    "SSO_METADATA_ALLOW_LOOPBACK": "true",
+    "SSO_PURGE_SCHEDULE": "0 0 0 1 1 *",
 }
 
 

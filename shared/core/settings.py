@@ -309,7 +309,10 @@ class Settings(BaseSettings):
         10.0, gt=0, le=30, description="Timeout of one IdP metadata fetch."
     )
     sso_metadata_allow_loopback: bool = Field(
-        False, description="Let metadata URLs name loopback http addresses (tests only; refused in production)."
+        False, description="Let metadata URLs name loopback http addresses (tests only; ignored in production)."
+    )
+    sso_purge_schedule: str = Field(
+        "0 */30 * * * *", description="When expired SAML replay-cache rows, SSO requests and sign-in codes are deleted (NCRONTAB)."
     )
 
     @field_validator("mfa_encryption_key", "mfa_decryption_keys", "rate_limit_key", "rate_limit_previous_keys")
@@ -324,7 +327,7 @@ class Settings(BaseSettings):
                 raise ValueError("each key must be 32 bytes before base64")
         return v
 
-    @field_validator("tenant_purge_schedule")
+    @field_validator("tenant_purge_schedule", "sso_purge_schedule")
     @classmethod
     def _tenant_purge_schedule(cls, v: str) -> str:
         if len(v.split()) != 6:
@@ -437,8 +440,6 @@ class Settings(BaseSettings):
                 raise ValueError(f"{name} must be https in production")
         if urlsplit(self.sso_public_url).path not in ("", "/"):
             raise ValueError("sso_public_url must have no path")
-        if self.custos_env == "production" and self.sso_metadata_allow_loopback:
-            raise ValueError("sso_metadata_allow_loopback must be false in production")
         if bool(self.saml_sp_private_key) != bool(self.saml_sp_certificate):
             raise ValueError("saml_sp_private_key and saml_sp_certificate are set together")
         return self

@@ -174,6 +174,27 @@ def _refuse_if_sso_required(tenant_id: str, user: dict[str, Any], email: str, me
     raise SsoRequired("this tenant signs in through its identity provider (GET /api/sso/tenants/{tenant}/providers)")
 
 
+def _refuse_invitation_if_sso_required(tenant_id: str, token_hash: str, meta: audit.RequestMeta) -> None:
+    """An invitation of a tenant that requires single sign-on sets no password and opens no
+    session: the invited user signs in through the provider (which links them by their verified
+    e-mail where the provider allows it). The invitation stays unused.
+
+    Raises:
+        SsoRequired (audited as `auth.login_refused`).
+    """
+    with db.tenant_tx(tenant_id) as conn:
+        if not sso_providers.sso_required(conn):
+            return
+        row = conn.execute("select user_id::text as user_id from invitations where token_hash = %s and used_at is null"
+                           " and revoked_at is null and expires_at > now()", (token_hash,)).fetchone()
+        if row is None:
+            return  # an unknown or spent token is refused as such by the caller
+        audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(id=row["user_id"], name="invited user", type="user"),
+                     action="auth.login_refused", target_type="user", target_id=row["user_id"],
+                     after={"reason": "sso_required", "via": "invitation"}, meta=meta)
+    raise SsoRequired("this tenant signs in through its identity provider: use it instead of the invitation")
+
+
 def _set_password(conn: Conn, user_id: str, password: str) -> None:
     conn.execute("update users set password_hash = %s, password_changed_at = now(), updated_at = now() where id = %s",
                  (passwords.hash_password(password), user_id))
@@ -187,6 +208,7 @@ def accept_invitation(*, token: str, display_name: str, password: str, meta: aud
     """
     parsed, attempt = take_one_time_token(token, kind="inv", family="invitation", password=password, field="password",
                                           meta=meta)
+    _refuse_invitation_if_sso_required(parsed.tenant_id, parsed.hash, meta)
     with db.tenant_tx(parsed.tenant_id) as conn:
         row = conn.execute(
             """select i.id, i.user_id::text as user_id, u.email, u.role, u.status

@@ -125,3 +125,16 @@ def test_production_refuses_a_missing_or_short_rate_limit_key(production: pytest
     production.setenv("RATE_LIMIT_PREVIOUS_KEYS", "not base64!")
     with pytest.raises(SettingsError, match="RATE_LIMIT_PREVIOUS_KEYS: .*base64"):
         load_settings()
+
+
+def test_production_refuses_plain_http_sso_urls(production: pytest.MonkeyPatch) -> None:
+    production.setenv("SSO_PUBLIC_URL", "http://custos.example")
+    with pytest.raises(SettingsError, match="sso_public_url must be https"):
+        load_settings()
+
+
+def test_an_sp_key_without_its_certificate_is_refused(production: pytest.MonkeyPatch) -> None:
+    production.setenv("SAML_SP_PRIVATE_KEY", "-----BEGIN PRIVATE KEY-----")
+    with pytest.raises(SettingsError, match="set together"):
+        load_settings()
+

@@ -494,3 +494,23 @@ def test_a_disabled_or_optional_provider_leaves_password_sign_in_alone(client: h
     insert_provider(tenant.id, enabled=True, required=False)
     insert_provider(tenant.id, enabled=False)
     assert login(client, tenant, user["email"]).status_code == 200
+
+
+def test_an_invitation_opens_no_password_session_when_sso_is_required(host: Host, tenant: Tenant,
+                                                                       make_person: PersonFactory) -> None:
+    admin = make_person(tenant.id, "ADMIN")
+    with client_from(host) as c:
+        email = f"new-{uuid.uuid4().hex[:8]}@example.test"
+        assert c.post("/api/users", json={"email": email, "role": "OPERATOR", "reason": "new hire"},
+                      headers=auth(admin.token)).status_code == 201
+        token = outbox_token(tenant.id, email, "inv")
+        _require_sso(tenant)
+        r = c.post("/api/auth/invitations/accept", json={"token": token, "display_name": "Nia", "password": PASSWORD})
+        assert r.status_code == 403 and r.json()["type"] == "urn:custos:problem:sso-required", r.text
+    with db.tenant_tx(tenant.id) as conn:
+        user = conn.execute("select status, password_hash from users where email = %s", (email,)).fetchone()
+        used = conn.execute("select used_at from invitations i join users u on u.id = i.user_id where u.email = %s",
+                            (email,)).fetchone()
+    assert user == {"status": "invited", "password_hash": None} and used["used_at"] is None
+    assert [e["after"] for e in events(tenant.id, "auth.login_refused")] == [{"reason": "sso_required",
+                                                                              "via": "invitation"}]

@@ -102,6 +102,14 @@ var rules = [
     window: 'PT2H'
     query: 'let runs = AppRequests | where Name == "housekeeping"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "housekeeping step failed"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
   }
+  {
+    name: 'sso-purge-failed'
+    severity: 2
+    description: 'The SSO housekeeping timer (SAML replay cache, expired requests and sign-in codes) failed or did not succeed for three hours.'
+    frequency: 'PT1H'
+    window: 'PT3H'
+    query: 'let runs = AppRequests | where Name == "purge_sso_state"; print failures = toscalar(runs | where Success == false | count), ok = toscalar(runs | where Success == true | count) | where failures > 0 or ok == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

@@ -237,6 +237,7 @@ var plainSettings = [
   { name: 'SSO_METADATA_MAX_BYTES', value: '1048576' }
   { name: 'SSO_METADATA_TIMEOUT_S', value: '10' }
   { name: 'SSO_METADATA_ALLOW_LOOPBACK', value: 'false' }
+  { name: 'SSO_PURGE_SCHEDULE', value: '0 */30 * * * *' }
 ]
 
 var keyVaultSettings = [for item in items(secretSettings): {

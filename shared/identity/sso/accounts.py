@@ -141,6 +141,9 @@ def _resolve(conn: Conn, *, tenant_id: str, provider: dict[str, Any], identity: 
             conn.execute("update invitations set revoked_at = now() where user_id = %s and used_at is null"
                          " and revoked_at is null", (existing["id"],))
             existing["status"] = "active"
+            audit.append(conn, tenant_id=tenant_id, actor=_actor(existing, identity), action="user.activated",
+                         target_type="user", target_id=str(existing["id"]), before={"status": "invited"},
+                         after={"status": "active", "via": "sso", "provider_id": provider["id"]}, meta=meta)
         _link(conn, tenant_id=tenant_id, provider=provider, identity=identity, user=existing, how="verified_email",
               meta=meta)
         return existing

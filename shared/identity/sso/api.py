@@ -12,7 +12,7 @@ from shared.core import db
 from shared.core.errors import Conflict, NotFound
 from shared.identity.sso import accounts, oidc, providers
 from shared.identity.sso.errors import InvalidProviderConfig
-from shared.identity.sso.providers import Kind
+from shared.identity.sso.providers import Kind, tenant_by_slug
 from shared.web.caller import Caller
 
 
@@ -64,20 +64,6 @@ def remove_break_glass(caller: Caller, *, user_id: uuid.UUID, reason: str) -> No
     with caller.tenant_tx() as conn:
         providers.remove_break_glass(conn, tenant_id=caller.tenant_id, user_id=user_id, actor=caller.actor,
                                      meta=caller.meta, reason=reason)
-
-
-def tenant_by_slug(slug: str) -> str:
-    """The id of a live tenant named by its slug in a public URL.
-
-    Raises:
-        NotFound: no such tenant (or a purged one).
-    """
-    with db.platform_tx() as conn:
-        row = conn.execute("select id::text as id, status from tenants where slug = %s",
-                           (slug.strip().lower()[:63],)).fetchone()
-    if row is None or row["status"] == "PURGED":
-        raise NotFound("no such tenant")
-    return str(row["id"])
 
 
 def public_providers(slug: str) -> dict[str, Any]:
@@ -146,3 +132,60 @@ def oidc_discover(caller: Caller, *, provider_id: uuid.UUID, reason: str) -> dic
                                          changes={"config": {**current["config"], "discovery": doc}},
                                          client_secret=None, clear_client_secret=False, actor=caller.actor,
                                          actor_id=caller.user.user_id, meta=caller.meta, reason=reason)
+
+
+def refresh_saml_metadata(caller: Caller, *, provider_id: uuid.UUID, reason: str) -> dict[str, Any]:
+    """Fetch a SAML provider's metadata URL once (an ADMIN's action) and store what it says.
+
+    Raises:
+        NotFound, InvalidProviderConfig, MetadataUrlRefused, MetadataUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    return saml.refresh_metadata(tenant_id=caller.tenant_id, provider_id=provider_id, actor=caller.actor,
+                                 actor_id=caller.user.user_id, meta=caller.meta, reason=reason)
+
+
+def saml_metadata(slug: str) -> str:
+    """The tenant's SP metadata. Raises NotFound."""
+    from shared.identity.sso import saml
+
+    return saml.sp_metadata(slug)
+
+
+def saml_login(*, slug: str, provider_id: str, remember_me: bool, meta: audit.RequestMeta) -> tuple[str, str | None]:
+    """Start an SP-initiated sign-in: (the IdP URL to redirect to, the binding cookie).
+
+    Raises:
+        NotFound, ProviderUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    redirect = saml.start_login(slug=slug, provider_id=provider_id, remember_me=remember_me, meta=meta)
+    return redirect.location, redirect.cookie
+
+
+def saml_acs(*, slug: str, content_type: str | None, body: bytes, binding: str | None,
+             meta: audit.RequestMeta) -> tuple[str, str | None]:
+    """Consume an IdP's posted form: (the console URL with a one-time code, a cookie to set or None).
+
+    Raises:
+        NotFound (tenant, before the body is read), UnsupportedMediaType, MalformedRequest,
+        AssertionRejected, AssertionReplayed, AccountRefused, ServiceUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    tenant_by_slug(slug)
+    redirect = saml.acs(slug=slug, form=saml.read_form(content_type, body), binding=binding, meta=meta)
+    return redirect.location, redirect.cookie
+
+
+def purge_expired_state() -> dict[str, int]:
+    """The housekeeping timer's work: expired replay-cache rows, requests and sign-in codes.
+
+    Raises:
+        ServiceUnavailable.
+    """
+    from shared.identity.sso import saml
+
+    return saml.purge_expired()

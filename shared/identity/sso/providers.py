@@ -159,6 +159,12 @@ def check_url(url: str, field: str, *, allow_http_loopback: bool = False) -> str
     raise _invalid(field, "must be an https URL")
 
 
+def loopback_allowed() -> bool:
+    """Whether metadata and IdP URLs may name loopback http addresses: tests only, never in production."""
+    s = get_settings()
+    return s.sso_metadata_allow_loopback and s.custos_env != "production"
+
+
 def validate_config(kind: Kind, config: dict[str, Any], *, enabled: bool) -> dict[str, Any]:
     """The configuration as stored (defaults filled, certificates normalised to base64 DER).
 
@@ -166,7 +172,7 @@ def validate_config(kind: Kind, config: dict[str, Any], *, enabled: bool) -> dic
         InvalidProviderConfig: unknown or malformed fields; an enabled provider missing what
             sign-in needs.
     """
-    loopback = get_settings().sso_metadata_allow_loopback
+    loopback = loopback_allowed()
     if kind == "saml":
         saml = _pydantic(SamlConfig, config, "config")
         assert isinstance(saml, SamlConfig)
@@ -444,3 +450,17 @@ def remove_break_glass(conn: Conn, *, tenant_id: str, user_id: uuid.UUID, actor:
     audit.append(conn, tenant_id=tenant_id, actor=actor, action="sso.break_glass_removed", target_type="user",
                  target_id=gone["id"], before={"break_glass": True}, after={"break_glass": False}, reason=reason,
                  meta=meta)
+
+
+def tenant_by_slug(slug: str) -> str:
+    """The id of a live tenant named by its slug in a public URL.
+
+    Raises:
+        NotFound: no such tenant (or a purged one).
+    """
+    with db.platform_tx() as conn:
+        row = conn.execute("select id::text as id, status from tenants where slug = %s",
+                           (slug.strip().lower()[:63],)).fetchone()
+    if row is None or row["status"] == "PURGED":
+        raise NotFound("no such tenant")
+    return str(row["id"])

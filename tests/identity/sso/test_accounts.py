@@ -234,3 +234,19 @@ def test_a_provider_disabled_after_the_assertion_opens_no_session(tenant: Tenant
         accounts.exchange(code=code, binding="cookie-value-1", meta=META)
     assert session_count(tenant.id) == 0
     assert [e["after"]["reason"] for e in events(tenant.id, "auth.sso_exchange_failed")] == ["provider_disabled"]
+
+
+def test_an_invited_user_is_activated_by_a_linking_sign_in_and_the_invitation_dies(tenant: Tenant) -> None:
+    provider = insert_provider(tenant.id, link_by_verified_email=True)
+    user = create_user(tenant.id, "OPERATOR", status="invited")
+    with db.tenant_tx(tenant.id) as conn:
+        conn.execute("insert into invitations (tenant_id, user_id, token_hash, expires_at) values"
+                     " (%s, %s, %s, now() + interval '1 day')", (tenant.id, user["id"], uuid.uuid4().hex * 2))
+    result = accounts.complete_sign_in(tenant_id=tenant.id, provider_id=provider, meta=META,
+                                       identity=who("invitee", email=user["email"], email_verified=True))
+    assert signed_in_user(result, tenant.id) == user["id"]
+    assert user_row(tenant.id, user["id"])["status"] == "active"
+    with db.tenant_tx(tenant.id) as conn:
+        assert conn.execute("select revoked_at is not null as r from invitations").fetchone()["r"] is True
+    [activated] = events(tenant.id, "user.activated")
+    assert (activated["before"], activated["after"]["status"]) == ({"status": "invited"}, "active")

@@ -205,3 +205,14 @@ def test_the_public_list_shows_enabled_providers_without_configuration(client: h
     assert r.status_code == 200 and r.json() == {"providers": [{"id": on["id"], "name": on["name"], "kind": "saml",
                                                                "required": False}]}
     problem(client.get("/api/sso/tenants/no-such-tenant-here/providers"), 404, "not-found")
+
+
+def test_loopback_metadata_urls_are_never_allowed_in_production(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.core import settings as settings_module
+    from shared.identity.sso import providers
+
+    test_settings = settings_module.get_settings()
+    assert test_settings.sso_metadata_allow_loopback and providers.loopback_allowed()
+    production = test_settings.model_copy(update={"custos_env": "production"})
+    monkeypatch.setattr(providers, "get_settings", lambda: production)
+    assert providers.loopback_allowed() is False
