@@ -9,7 +9,7 @@ from typing import Any
 
 from shared.audit import chain as audit
 from shared.core import db
-from shared.core.errors import Conflict, NotFound
+from shared.core.errors import Conflict
 from shared.identity.sso import accounts, oidc, providers
 from shared.identity.sso.errors import InvalidProviderConfig
 from shared.identity.sso.providers import Kind, tenant_by_slug
