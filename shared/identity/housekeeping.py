@@ -190,14 +190,29 @@ def run(*, now: datetime | None = None, throttle: ratelimit.Throttle | None = No
     clock = now if now is not None else _db_now()
     th = throttle if throttle is not None else ratelimit.throttle()
 
-    def tenants() -> None:
+    def each_tenant(step: str, work: Callable[[str], None]) -> None:
+        """One tenant's failure is recorded and the step goes on with the others; the step
+        then fails as a whole, naming how many tenants it could not finish."""
+        failed: list[str] = []
         for tenant_id in _tenant_ids():
+            try:
+                work(tenant_id)
+            except Exception as exc:
+                failed.append(tenant_id)
+                log.error("housekeeping step %s failed for tenant %s (%s)", step, tenant_id, type(exc).__name__,
+                          extra={"housekeeping_step": step, "tenant_id": tenant_id,
+                                 "housekeeping_error": type(exc).__name__})
+        if failed:
+            raise RuntimeError(f"{len(failed)} tenant(s) failed")
+
+    def tenants() -> None:
+        def one(tenant_id: str) -> None:
             for kind, n in purge_tenant(tenant_id, now=clock, outbox_days=settings.outbox_sent_retention_days).items():
                 report.add(kind, n)
+        each_tenant("tenants", one)
 
     def idle() -> None:
-        for tenant_id in _tenant_ids():
-            report.add("idle_sessions", end_idle_sessions(tenant_id))
+        each_tenant("idle_sessions", lambda tenant_id: report.add("idle_sessions", end_idle_sessions(tenant_id)))
 
     def platform() -> None:
         for kind, n in purge_platform(now=clock).items():

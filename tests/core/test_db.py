@@ -149,7 +149,7 @@ def test_tenant_cannot_read_or_write_another_tenant(tenant: Tenant) -> None:
 def test_tenant_setting_does_not_leak_through_savepoints(tenant: Tenant) -> None:
     """The pitfall DESIGN.md names: each tenant_tx is a real top-level transaction."""
     with db.tenant_tx(tenant.id) as conn:
-        _put(conn, tenant.id, "sessions.max_idle_minutes")
+        _put(conn, tenant.id, "mfa.required_for_all_roles")
     with db.pool().connection() as conn:
         with conn.transaction():
             assert conn.execute("select current_setting('app.tenant_id', true) as t").fetchone()["t"] in ("", None)

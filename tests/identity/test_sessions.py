@@ -6,11 +6,13 @@ instead of sleeping.
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from shared.audit import chain as audit
@@ -230,3 +232,14 @@ def test_active_operator_session_is_kept_and_touched_at_most_once_a_minute(
         assert client.get("/api/platform/tenants", headers=auth(token)).status_code == 200
         assert operator_session(sid)["last_seen_at"] == touched
     assert operator_session(sid)["revoked_at"] is None
+
+
+@pytest.mark.parametrize("raw", ["true", "30.5", "\"30\"", "4", "1441", "null"])
+def test_the_database_refuses_an_idle_limit_its_requests_could_not_read(tenant: Tenant, raw: str) -> None:
+    """Every request reads the limit with `(value)::int` in SQL: a value written around the
+    app's validation would fail each of them (and the idle housekeeping), so it cannot be stored."""
+    with pytest.raises(psycopg.errors.CheckViolation):
+        with psycopg.connect(os.environ["DATABASE_OWNER_URL"]) as conn:
+            conn.execute("select set_config('app.tenant_id', %s, false)", (tenant.id,))
+            conn.execute("insert into tenant_settings (tenant_id, key, value) values (%s, 'sessions.max_idle_minutes', %s::jsonb)",
+                         (tenant.id, raw))

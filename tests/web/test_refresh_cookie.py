@@ -9,7 +9,7 @@ from http.cookies import SimpleCookie
 import httpx
 
 from tests.conftest import Host, Tenant
-from tests.identity.test_signin import PASSWORD, user_with_password
+from tests.identity.test_signin import PASSWORD, client_from, user_with_password
 
 CSRF = {"X-Custos-CSRF": "1"}
 
@@ -27,7 +27,7 @@ def sign_in(c: httpx.Client, tenant: Tenant, email: str) -> httpx.Response:
 
 def test_console_login_puts_the_refresh_token_in_a_strict_cookie_not_the_body(host: Host, tenant: Tenant) -> None:
     user = user_with_password(tenant, role="OPERATOR")
-    with httpx.Client(base_url=host.url) as c:
+    with client_from(host) as c:  # a peer address of its own: other tests' failures from 127.0.0.1 cannot throttle it
         r = sign_in(c, tenant, user["email"])
         assert r.status_code == 200, r.text
         assert r.json()["refresh_token"] is None and r.json()["access_token"]
@@ -41,7 +41,7 @@ def test_console_login_puts_the_refresh_token_in_a_strict_cookie_not_the_body(ho
 
 def test_the_cookie_refreshes_only_with_the_csrf_header_and_a_refusal_loses_nothing(host: Host, tenant: Tenant) -> None:
     user = user_with_password(tenant, role="OPERATOR")
-    with httpx.Client(base_url=host.url) as c:
+    with client_from(host) as c:  # a peer address of its own: other tests' failures from 127.0.0.1 cannot throttle it
         token, _ = cookie_of(sign_in(c, tenant, user["email"]))
         cookie = {"Cookie": f"custos_refresh={token}"}
         forged = c.post("/api/auth/refresh", json={}, headers={**cookie, "Origin": "https://app.example.test"})
@@ -61,7 +61,7 @@ def test_the_cookie_refreshes_only_with_the_csrf_header_and_a_refusal_loses_noth
 
 
 def test_no_token_anywhere_is_unauthenticated_and_garbage_cookies_are_not_a_500(host: Host) -> None:
-    with httpx.Client(base_url=host.url) as c:
+    with client_from(host) as c:  # a peer address of its own: other tests' failures from 127.0.0.1 cannot throttle it
         assert c.post("/api/auth/refresh", json={}, headers=CSRF).json()["type"] == "urn:custos:problem:unauthenticated"
         for junk in ('custos_refresh="unterminated', "custos_refresh=", "a=b; custos_refresh=x\x7f", "custos_refresh=" + "A" * 300):
             r = c.post("/api/auth/refresh", json={}, headers={"Cookie": junk, **CSRF})
@@ -70,7 +70,7 @@ def test_no_token_anywhere_is_unauthenticated_and_garbage_cookies_are_not_a_500(
 
 
 def test_the_csrf_header_is_never_granted_to_another_origin(host: Host) -> None:
-    with httpx.Client(base_url=host.url) as c:
+    with client_from(host) as c:  # a peer address of its own: other tests' failures from 127.0.0.1 cannot throttle it
         r = c.options("/api/auth/refresh", headers={"Origin": "https://app.example.test",
                                                     "Access-Control-Request-Method": "POST",
                                                     "Access-Control-Request-Headers": "x-custos-csrf"})
@@ -79,7 +79,7 @@ def test_the_csrf_header_is_never_granted_to_another_origin(host: Host) -> None:
 
 def test_logout_deletes_the_cookie_and_the_session(host: Host, tenant: Tenant) -> None:
     user = user_with_password(tenant, role="OPERATOR")
-    with httpx.Client(base_url=host.url) as c:
+    with client_from(host) as c:  # a peer address of its own: other tests' failures from 127.0.0.1 cannot throttle it
         r = sign_in(c, tenant, user["email"])
         token, _ = cookie_of(r)
         out = c.post("/api/auth/logout", headers={"Authorization": f"Bearer {r.json()['access_token']}", **CSRF})

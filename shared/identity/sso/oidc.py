@@ -52,7 +52,7 @@ from shared.identity.sso.errors import (
     MetadataUrlRefused,
     ProviderUnavailable,
 )
-from shared.identity.sso.providers import open_client_secret, provider_row
+from shared.identity.sso.providers import loopback_allowed, open_client_secret, provider_row
 
 FLOW_COOKIE = "custos_oidc"
 FLOW_AAD = b"custos-oidc-flow"
@@ -75,12 +75,12 @@ def _refuse_address(url: str) -> None:
     Raises:
         MetadataUrlRefused.
     """
-    settings = get_settings()
+    loopback = loopback_allowed()  # the test setting, never in production
     parts = urlsplit(url)
     host = parts.hostname or ""
     if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
         raise MetadataUrlRefused("the provider URL must be an absolute https URL without credentials")
-    if parts.scheme == "http" and not settings.sso_metadata_allow_loopback:
+    if parts.scheme == "http" and not loopback:
         raise MetadataUrlRefused("the provider URL must be https")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -91,7 +91,7 @@ def _refuse_address(url: str) -> None:
     except (OSError, ValueError, UnicodeError):
         raise MetadataUnavailable("the provider's host name does not resolve") from None
     addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
-    if settings.sso_metadata_allow_loopback and all(a.is_loopback for a in addresses):
+    if loopback and all(a.is_loopback for a in addresses):
         return
     if parts.scheme != "https":
         raise MetadataUrlRefused("the provider URL must be https")

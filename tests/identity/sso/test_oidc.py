@@ -461,12 +461,18 @@ def test_an_unknown_kid_refetches_the_jwks_at_most_once_a_minute(op: OpenIdProvi
 @pytest.mark.parametrize("url", ["http://op.example.test/", "https://10.0.0.5/", "https://169.254.169.254/",
                                  "https://[::1]/", "https://user:pw@op.example.test/", "https://127.0.0.1:99999/",
                                  "file:///etc/passwd", "https://[fd00::1]/", "https://localhost/"])
-def test_the_provider_urls_must_be_public_https(url: str) -> None:
+def test_the_provider_urls_must_be_public_https(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from shared.identity.sso.errors import MetadataUrlRefused
 
-    assert not get_settings().sso_metadata_allow_loopback
-    with pytest.raises(MetadataUrlRefused):
-        oidc.fetch_json(url, "discovery document")
+    monkeypatch.setenv("SSO_METADATA_ALLOW_LOOPBACK", "false")  # the test settings allow it for the SAML tests
+    get_settings.cache_clear()
+    try:
+        assert not get_settings().sso_metadata_allow_loopback
+        with pytest.raises(MetadataUrlRefused):
+            oidc.fetch_json(url, "discovery document")
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
 
 
 def test_two_callbacks_racing_with_one_flow_sign_in_once(web: httpx.Client, op: OpenIdProvider, tenant: Tenant,
