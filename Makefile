@@ -29,6 +29,7 @@ PYTEST_ARGS ?= -q
 PROFILE ?= run
 
 .PHONY: help venv infra-venv node console run test services services-down services-status services-destroy lint
+.PHONY: audit
 
 help:
 	@echo "make venv             create .venv and install requirements-dev.txt (when they change)"
@@ -42,6 +43,7 @@ help:
 	@echo "make services-status [PROFILE=...]"
 	@echo "make services-destroy [PROFILE=...]  stop them and delete their data"
 	@echo "make lint             ruff check + mypy"
+	@echo "make audit            pip-audit + npm audit of the pinned dependencies (skipped without network)"
 
 # ---------------------------------------------------------------- dependencies
 
@@ -147,3 +149,9 @@ services-destroy:
 lint: venv
 	$(VPY) -m ruff check .
 	$(VPY) -m mypy
+
+# Known vulnerabilities in the pinned dependencies. Needs the advisory databases: without them it
+# prints "skipped: no network" and succeeds, so it is not part of `make test` (which runs bandit and
+# the secret scan offline, in tests/test_supply_chain.py). CI runs it with --require-network.
+audit: venv
+	tools/audit_deps.sh
