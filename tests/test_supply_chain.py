@@ -149,7 +149,7 @@ def new_secrets(root: Path, files: list[str], baseline: dict[str, object], *, ca
     todo = [name for name in files if name not in found]
     if todo:
         proc = subprocess.run(
-            [str(Path(sys.executable).with_name("detect-secrets")), "scan", "--all-files", *todo],
+            [sys.executable, "-m", "detect_secrets", "scan", "--all-files", *todo],
             cwd=root, capture_output=True, text=True, check=False,
         )
         if proc.returncode != 0:
