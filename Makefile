@@ -28,7 +28,7 @@ PORT ?= 7071
 PYTEST_ARGS ?= -q
 PROFILE ?= run
 
-.PHONY: help venv infra-venv node console run test services services-down services-status services-destroy lint validation
+.PHONY: help venv infra-venv node console run test services services-down services-status services-destroy lint validation audit
 
 help:
 	@echo "make venv             create .venv and install requirements-dev.txt (when they change)"
@@ -43,6 +43,7 @@ help:
 	@echo "make services-destroy [PROFILE=...]  stop them and delete their data"
 	@echo "make lint             ruff check + mypy"
 	@echo "make validation       run the requirement-marked tests (profile test), write docs/validation/ (HTML + JSON)"
+	@echo "make audit            pip-audit + npm audit of the pinned dependencies (skipped without network)"
 
 # ---------------------------------------------------------------- dependencies
 
@@ -164,3 +165,9 @@ validation: venv infra-venv node console
 	. $(LOCAL)/test/services.sh
 	echo "+ $(VPY) -m shared.cli validation-report $(VALIDATION_ARGS)"
 	$(VPY) -m shared.cli validation-report $(VALIDATION_ARGS)
+
+# Known vulnerabilities in the pinned dependencies. Needs the advisory databases: without them it
+# prints "skipped: no network" and succeeds, so it is not part of `make test` (which runs bandit and
+# the secret scan offline, in tests/test_supply_chain.py). CI runs it with --require-network.
+audit: venv
+	tools/audit_deps.sh

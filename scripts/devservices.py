@@ -794,7 +794,7 @@ GRANT CONNECT ON DATABASE {DB_NAME} TO {APP_ROLE};
 \\connect {DB_NAME}
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 ALTER SCHEMA public OWNER TO {OWNER_ROLE};
-"""
+"""  # noqa: S608  # nosec B608  # only this module's role-name constants are interpolated
 
 
 def provision(admin_url: str, pws: dict[str, str], profile: Profile) -> None:

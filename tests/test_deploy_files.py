@@ -119,7 +119,10 @@ def test_workflow_runs_every_check_the_issue_asks_for() -> None:
     assert "make test" in test_runs or ("bash .ci/run" in test_runs and "make test" in (ROOT / ".ci" / "run").read_text())
     assert re.search(r"apt-get install .*postgresql", test_runs), "make test needs PostgreSQL's initdb/pg_ctl"
     assert uses(jobs["test"], "actions/setup-node"), "make test needs Node for Azurite"
-    assert re.search(r"^pip-audit .*-r requirements\.txt", everything, re.M)
+    assert re.search(r"tools/audit_deps\.sh --require-network", everything), "pip-audit and npm audit, failing offline"
+    audit_script = (ROOT / "tools" / "audit_deps.sh").read_text()
+    assert "for req in requirements-dev.txt" in audit_script and '"$PIP_AUDIT" --strict' in audit_script
+    assert re.search(r"audit --package-lock-only --audit-level=moderate", audit_script)
     assert re.search(r"^bandit .*-r shared functions", everything, re.M)
     assert any(uses(job, "gitleaks/gitleaks-action") for job in jobs.values()) or "detect-secrets" in everything
     assert "az bicep build --file infra/bicep/main.bicep" in everything

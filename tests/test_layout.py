@@ -18,6 +18,7 @@ ROOT_TESTS = {
     "test_funcignore.py", "test_fuzz.py",
     "test_isolation.py", "test_layout.py", "test_ops.py", "test_schemathesis.py", "test_startup.py",
     "test_worker_indexing.py", "test_console_day.py", "test_docs_refs.py", "test_validation.py",
+    "test_supply_chain.py",
 }
 
 

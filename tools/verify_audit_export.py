@@ -62,7 +62,7 @@ def _recover_x(y: int, sign: int) -> int | None:
 
 _GY = 4 * pow(5, _P - 2, _P) % _P
 _GX = _recover_x(_GY, 0)
-assert _GX is not None
+assert _GX is not None  # noqa: S101  # nosec B101  # the Ed25519 base point is a curve constant: checked once, for mypy
 _G = (_GX, _GY, 1, _GX * _GY % _P)
 
 

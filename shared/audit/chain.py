@@ -238,7 +238,7 @@ def append(
         f"""with event as (insert into audit_events ({', '.join(_COLUMNS)})
                            values ({', '.join(['%s'] * len(_COLUMNS))}) returning seq, checksum)
             update audit_chain_heads h set seq = event.seq, checksum = event.checksum
-              from event where h.tenant_id = %s""",
+              from event where h.tenant_id = %s""",  # noqa: S608  # nosec B608  # the column list and its placeholders come from the constant _COLUMNS
         [*(row[c] for c in _COLUMNS), tid],
     )
     return Appended(seq=row["seq"], checksum=row["checksum"], occurred_at=row["occurred_at"])
@@ -442,7 +442,7 @@ def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Ite
     with conn.cursor(name=f"audit_{uuid.uuid4().hex}", row_factory=_tuple_row()) as cur:
         cur.itersize = batch
         cur.execute(
-            f"select seq, tenant_id::text, previous_checksum, checksum, {SQL_CHECKSUM} from audit_events"
+            f"select seq, tenant_id::text, previous_checksum, checksum, {SQL_CHECKSUM} from audit_events"  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             " where seq >= %s order by seq",
             (from_seq,),
         )
@@ -484,7 +484,7 @@ where seq <> coalesce(prev_seq + 1, %(start)s)
    or previous_checksum <> coalesce(prev_checksum, %(first_link)s, previous_checksum)
    or bad_checksum
    or bad_checkpoint
-order by seq limit 1"""
+order by seq limit 1"""  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
 
 
 def verify_segment(

@@ -374,7 +374,7 @@ def _after_failure(current: _State | None, threshold: int, policy: Policy, now: 
 
 def _jitter(attempt: int) -> None:
     # Spreads racing writers apart; not a secret, so the plain PRNG is right.
-    time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))  # noqa: S311
+    time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))  # noqa: S311  (retry jitter, not a secret)
 
 
 class Attempt:

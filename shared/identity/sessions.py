@@ -40,7 +40,7 @@ TOUCH_EVERY_S = 60
 """`last_seen_at` is written at most this often per session."""
 
 MAX_IDLE_SQL = (
-    "(select make_interval(mins => (ts.value)::int) from tenant_settings ts"
+    "(select make_interval(mins => (ts.value)::int) from tenant_settings ts"  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
     f" where ts.key = '{IDLE_SETTING}')"
 )
 """The tenant's idle limit as an interval, NULL when unset: inlined into the statements that
@@ -135,7 +135,7 @@ def refresh(token: str, *, meta: audit.RequestMeta) -> IssuedTokens:
                       coalesce(s.last_seen_at < now() - {MAX_IDLE_SQL}, false) as idle,
                       u.id as uid, u.role, u.display_name, u.status
                  from sessions s join users u on u.tenant_id = s.tenant_id and u.id = s.user_id
-                where s.id = %s for update of s""",
+                where s.id = %s for update of s""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             (s.refresh_grace_s, parsed.session_id),
         ).fetchone()
         if row is None or row["revoked_at"] is not None or not row["live"] or row["status"] != "active":
@@ -188,7 +188,7 @@ def end_if_idle(conn: Conn, *, tenant_id: str, session_id: str, meta: audit.Requ
     row = conn.execute(
         f"""update sessions s set revoked_at = now(), revoked_reason = %s
              where s.id = %s and s.revoked_at is null and s.last_seen_at < now() - {MAX_IDLE_SQL}
-            returning s.user_id::text as user_id, s.last_seen_at, {MAX_IDLE_SQL} as max_idle""",
+            returning s.user_id::text as user_id, s.last_seen_at, {MAX_IDLE_SQL} as max_idle""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
         (IDLE_REASON, session_id),
     ).fetchone()
     if row is None:
@@ -231,7 +231,7 @@ def list_sessions(conn: Conn, user_id: str, *, include_ended: bool = False) -> l
         f" and revoked_at is null and expires_at > now() and not coalesce(last_seen_at < now() - {MAX_IDLE_SQL}, false)"
     )
     rows = conn.execute(
-        f"select {PUBLIC_COLUMNS} from sessions where user_id = %s{where} order by created_at desc", (user_id,)
+        f"select {PUBLIC_COLUMNS} from sessions where user_id = %s{where} order by created_at desc", (user_id,)  # noqa: S608  # nosec B608  # where is one of two constant strings; values are bound
     ).fetchall()
     return [{**r, "id": str(r["id"]), "user_id": str(r["user_id"])} for r in rows]
 

@@ -131,7 +131,7 @@ def find_pg_tool(name: str, major: int) -> Path:
     for path in candidates:
         if not os.access(path, os.X_OK):
             continue
-        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=False).stdout
+        out = subprocess.run([str(path), "--version"], capture_output=True, text=True, check=False).stdout  # noqa: S603  # nosec B603  # argument list, no shell; path is a PostgreSQL tool we located
         version = re.search(r"(\d+)(?:\.\d+)?", out)
         if version and int(version.group(1)) == major:
             return path
@@ -139,7 +139,7 @@ def find_pg_tool(name: str, major: int) -> Path:
 
 
 def _run_tool(args: list[str], env: dict[str, str], what: str) -> None:
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=PG_TIMEOUT_S, check=False)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=PG_TIMEOUT_S, check=False)  # noqa: S603  # nosec B603  # argument list, no shell; args are built by this module
     if proc.returncode != 0:
         lines = (proc.stderr or "").strip().splitlines()
         raise DrillFailed(f"{what} failed: {lines[-1] if lines else f'exit {proc.returncode}'}")

@@ -71,7 +71,7 @@ def add_vocabulary(
     ensure_vocabulary(conn, tenant_id)
     table, column = ("signature_meanings", "description") if kind == "meaning" else ("signature_reasons", "text")
     with db.savepoint_or_conflict(conn, f"the {kind} {code} exists"):
-        conn.execute(f"insert into {table} (tenant_id, code, {column}) values (%s, %s, %s)", (tenant_id, code, text))
+        conn.execute(f"insert into {table} (tenant_id, code, {column}) values (%s, %s, %s)", (tenant_id, code, text))  # noqa: S608  # nosec B608  # table and column are one of two literal pairs chosen by kind; values are bound
     audit.append(conn, tenant_id=tenant_id, actor=actor, action=f"signature_vocabulary.{kind}_added",
                  target_type=f"signature_{kind}", target_id=code, after={"code": code, "text": text}, reason=reason, meta=meta)
     return vocabulary(conn, tenant_id)
@@ -224,7 +224,7 @@ def sign(
             saved = conn.execute(
                 f"""insert into signatures (tenant_id, record_id, version, content_checksum, signer_id, signer_name, signer_tz,
                                             meaning, reason_code, reason_text, comment, signed_at, binding)
-                    values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {SIGNATURE_COLUMNS}""",
+                    values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {SIGNATURE_COLUMNS}""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
                 (tenant_id, record_id, version, row["content_checksum"], row["signer_id"], row["signer_name"],
                  row["signer_tz"], meaning, row["reason_code"], row["reason_text"], comment, row["signed_at"], row["binding"]),
             ).fetchone()
@@ -282,7 +282,7 @@ def _need(signer: Principal, permission: str) -> None:
 
 
 def _signatures(conn: Conn, record_id: str) -> list[dict[str, Any]]:
-    return conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at",
+    return conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
                         (str(record_id),)).fetchall()
 
 

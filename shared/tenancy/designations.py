@@ -45,14 +45,14 @@ def list_designations(conn: Conn) -> list[dict[str, Any]]:
         f"""select {COLUMNS}, (select count(*) from user_designations ud
                                   join users u on u.tenant_id = ud.tenant_id and u.id = ud.user_id
                                  where ud.designation_id = d.id and u.status <> 'deactivated') as members
-              from designations d where deleted_at is null order by lower(name)"""
+              from designations d where deleted_at is null order by lower(name)"""  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
     ).fetchall()
     return [_json(r) for r in rows]
 
 
 def get_designation(conn: Conn, designation_id: uuid.UUID, *, lock: bool = False) -> dict[str, Any]:
     row = conn.execute(
-        f"select {COLUMNS} from designations where id = %s and deleted_at is null{' for update' if lock else ''}",
+        f"select {COLUMNS} from designations where id = %s and deleted_at is null{' for update' if lock else ''}",  # noqa: S608  # nosec B608  # only constants and a fixed FOR UPDATE clause; values are bound
         (str(designation_id),),
     ).fetchone()
     if row is None:
@@ -69,7 +69,7 @@ def create_designation(
     with db.savepoint_or_conflict(conn, "a designation with that name exists"):
         row = conn.execute(
             f"""insert into designations (tenant_id, name, description, permissions)
-                values (%s, %s, %s, %s) returning {COLUMNS}""",
+                values (%s, %s, %s, %s) returning {COLUMNS}""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             (actor.tenant_id, name.strip(), description, perms),
         ).fetchone()
     assert row is not None
@@ -101,7 +101,7 @@ def update_designation(
         return current
     with db.savepoint_or_conflict(conn, "a designation with that name exists"):
         conn.execute(
-            f"update designations set {', '.join(f'{k} = %s' for k in after)}, updated_at = now() where id = %s",
+            f"update designations set {', '.join(f'{k} = %s' for k in after)}, updated_at = now() where id = %s",  # noqa: S608  # nosec B608  # column names come from a literal tuple of fields; values are bound
             [*after.values(), str(designation_id)],
         )
     audit.append(

@@ -89,7 +89,7 @@ def create_tenant(
 def get_tenant(tenant_id: str) -> Tenant | None:
     with db.platform_tx() as conn:
         row = conn.execute(
-            f"select {_COLUMNS} from tenants where id = %s",
+            f"select {_COLUMNS} from tenants where id = %s",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             (tenant_id,),
         ).fetchone()
     return Tenant.from_row(row) if row else None
@@ -98,7 +98,7 @@ def get_tenant(tenant_id: str) -> Tenant | None:
 def list_tenants() -> list[dict[str, Any]]:
     with db.platform_tx() as conn:
         rows = conn.execute(
-            f"select {_COLUMNS} from tenants order by created_at"
+            f"select {_COLUMNS} from tenants order by created_at"  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
         ).fetchall()
     return [Tenant.from_row(r).__dict__ for r in rows]
 
@@ -138,7 +138,7 @@ def cancel_tenant(tenant_id: str, *, reason: str, actor: audit.Actor, meta: audi
         row = conn.execute(
             f"""update tenants set status = 'CANCELLED', cancelled_at = now(),
                                    purge_after = now() + make_interval(days => %s)
-                 where id = %s and status = 'ACTIVE' returning {_COLUMNS}""",
+                 where id = %s and status = 'ACTIVE' returning {_COLUMNS}""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             (days, tenant_id),
         ).fetchone()
         if row is None:
@@ -167,7 +167,7 @@ def reinstate_tenant(
     """
     with db.tenant_tx(tenant_id) as conn:
         row = conn.execute(
-            f"select {_COLUMNS}, coalesce(%s::timestamptz, now()) as now from tenants where id = %s for update",
+            f"select {_COLUMNS}, coalesce(%s::timestamptz, now()) as now from tenants where id = %s for update",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             (now, tenant_id),
         ).fetchone()
         if row is None:
@@ -182,7 +182,7 @@ def reinstate_tenant(
                   "purge_after": audit.format_time(row["purge_after"])}
         updated = conn.execute(
             f"""update tenants set status = 'ACTIVE', cancelled_at = null, purge_after = null
-                 where id = %s and status = 'CANCELLED' returning {_COLUMNS}""",
+                 where id = %s and status = 'CANCELLED' returning {_COLUMNS}""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             (tenant_id,),
         ).fetchone()
         assert updated is not None  # the row is locked above
@@ -219,7 +219,7 @@ def purge_schedule(*, now: datetime | None = None, within_days: int = 0) -> list
                  where (status = 'CANCELLED'
                         and purge_after <= coalesce(%(now)s::timestamptz, now()) + make_interval(days => %(days)s))
                     or status = 'PURGING'
-                 order by purge_after, id""",
+                 order by purge_after, id""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
             {"now": now, "days": within_days},
         ).fetchall()
     out = []

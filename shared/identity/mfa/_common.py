@@ -54,7 +54,7 @@ def lock_user(conn: Conn, user_id: str, *, lock: bool = True, realm: Realm = USE
     can leave them without a factor). Raises NotFound."""
     role = "role" if realm.tenant_scoped else f"'{PLATFORM_OPERATOR}' as role"
     row = conn.execute(
-        f"select id::text as id, email, display_name, {role}, status from {realm.people} where id = %s"
+        f"select id::text as id, email, display_name, {role}, status from {realm.people} where id = %s"  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
         + (" for update" if lock else ""), (user_id,)
     ).fetchone()
     if row is None:
@@ -73,7 +73,7 @@ def ip_keys(ip: str | None) -> list[ratelimit.Key]:
 def recent_proof(conn: Conn, session_id: str, realm: Realm = USERS) -> bool:
     """Whether the session proved a second factor within MFA_RECENT_AUTH_S."""
     row = conn.execute(
-        f"select mfa_verified_at > now() - make_interval(secs => %s) as recent from {realm.sessions} where id = %s",
+        f"select mfa_verified_at > now() - make_interval(secs => %s) as recent from {realm.sessions} where id = %s",  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
         (get_settings().mfa_recent_auth_s, session_id),
     ).fetchone()
     return bool(row and row["recent"])
@@ -91,7 +91,7 @@ def require_recent_proof(conn: Conn, principal: Principal, realm: Realm = USERS)
 
 
 def mark_session(conn: Conn, session_id: str, method: Method, realm: Realm = USERS) -> None:
-    conn.execute(f"update {realm.sessions} set mfa_verified_at = now(), mfa_method = %s where id = %s",
+    conn.execute(f"update {realm.sessions} set mfa_verified_at = now(), mfa_method = %s where id = %s",  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
                  (method, session_id))
 
 

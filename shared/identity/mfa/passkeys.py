@@ -378,7 +378,7 @@ def insert_credential(conn: Conn, *, tenant_id: str, user_id: str, new: NewCrede
     row = conn.execute(
         f"""insert into {store.table} ({owner_cols}{store.owner}, credential_id, public_key, sign_count, transports,
                                        name, aaguid, discoverable, backed_up)
-            values ({"%s, " * len(owner_vals)}%s, %s, %s, %s, %s, %s, %s, %s, %s) returning {PUBLIC_COLUMNS}""",
+            values ({"%s, " * len(owner_vals)}%s, %s, %s, %s, %s, %s, %s, %s, %s) returning {PUBLIC_COLUMNS}""",  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
         (*owner_vals, user_id, new.credential_id, new.public_key, new.sign_count, new.transports, name,
          new.aaguid, new.discoverable, new.backed_up),
     ).fetchone()
@@ -430,7 +430,7 @@ def find_credential(conn: Conn, credential_id: bytes, *, lock: bool = False,
                     store: CredentialStore = USER_CREDENTIALS) -> dict[str, Any] | None:
     """The stored credential with this id in the transaction's tenant (or the store), or None."""
     return conn.execute(
-        f"select id::text as id, {store.owner}::text as user_id, public_key, sign_count from {store.table}"
+        f"select id::text as id, {store.owner}::text as user_id, public_key, sign_count from {store.table}"  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
         " where credential_id = %s" + (" for update" if lock else ""),
         (credential_id,),
     ).fetchone()
@@ -481,7 +481,7 @@ def verify_assertion(conn: Conn, *, challenge: Challenge, assertion: dict[str, A
     old, new = int(stored["sign_count"]), int(verified.new_sign_count)
     if (old > 0 or new > 0) and new <= old:
         raise SignCountRegression(f"signature counter {new} is not above the stored {old}", stored=old, presented=new)
-    conn.execute(f"update {store.table} set sign_count = %s, last_used_at = now(), backed_up = %s where id = %s",
+    conn.execute(f"update {store.table} set sign_count = %s, last_used_at = now(), backed_up = %s where id = %s",  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
                  (new, verified.credential_backed_up, stored["id"]))
     return VerifiedAssertion(credential_row_id=stored["id"], user_id=stored["user_id"], sign_count=new,
                              user_verified=verified.user_verified)
@@ -502,12 +502,12 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
 def user_credentials(conn: Conn, user_id: str,
                      store: CredentialStore = USER_CREDENTIALS) -> list[tuple[bytes, list[str]]]:
     """(credential id, transports) of each of a user's passkeys, for allow/exclude lists."""
-    rows = conn.execute(f"select credential_id, transports from {store.table} where {store.owner} = %s"
+    rows = conn.execute(f"select credential_id, transports from {store.table} where {store.owner} = %s"  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
                         " order by created_at", (user_id,)).fetchall()
     return [(bytes(r["credential_id"]), list(r["transports"])) for r in rows]
 
 
 def list_credentials(conn: Conn, user_id: str, store: CredentialStore = USER_CREDENTIALS) -> list[dict[str, Any]]:
-    rows = conn.execute(f"select {PUBLIC_COLUMNS} from {store.table} where {store.owner} = %s order by created_at",
+    rows = conn.execute(f"select {PUBLIC_COLUMNS} from {store.table} where {store.owner} = %s order by created_at",  # noqa: S608  # nosec B608  # names come from the fixed MFA realm tables in code; values are bound
                         (user_id,)).fetchall()
     return [public(r) for r in rows]

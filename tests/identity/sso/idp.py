@@ -26,7 +26,7 @@ NS = {"samlp": "urn:oasis:names:tc:SAML:2.0:protocol", "saml": "urn:oasis:names:
       "ds": "http://www.w3.org/2000/09/xmldsig#"}
 ASSERTION = "{urn:oasis:names:tc:SAML:2.0:assertion}Assertion"
 PERSISTENT = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
-PASSWORD_CLASS = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
+PASSWORD_CLASS = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"  # pragma: allowlist secret
 MFA_CLASS = "http://schemas.microsoft.com/claims/multipleauthn"
 
 
