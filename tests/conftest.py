@@ -42,6 +42,7 @@ TEST_SETTINGS = {
     "JWT_AUDIENCE": "custos-api-test",
     "DB_POOL_MIN": "0",
     "DB_POOL_MAX": "4",
+    "CUSTOS_FUNCTION_GROUPS": "api,owner",  # one process runs both groups here (the owner URL is local)
 }
 
 
