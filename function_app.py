@@ -1,4 +1,7 @@
-"""Custos: the Azure Functions app. Creates the app and registers one Blueprint per domain."""
+"""Custos: the Azure Functions app. Creates the app and registers one Blueprint per domain,
+those of the function groups CUSTOS_FUNCTION_GROUPS names (`api`, `owner`: docs/purge.md)."""
+
+from collections.abc import Iterable
 
 import azure.functions as func
 
@@ -10,6 +13,7 @@ from functions import (
     exports,
     jobs,
     mfa,
+    owner,
     platform,
     records,
     scim,
@@ -24,7 +28,7 @@ from functions import (
     wellknown,
 )
 from shared.core import telemetry
-from shared.core.settings import load_settings
+from shared.core.settings import get_settings, load_settings
 from shared.web.card_data import install_log_redaction
 from shared.web.logs import quiet_azure_sdk
 from shared.web.openapi import describe_app
@@ -34,18 +38,23 @@ BLUEPRINTS = (
     records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp, jobs.bp, exports.bp,
     scim.bp, console.bp, sso.bp,
 )
+OWNER_BLUEPRINTS = (owner.bp,)
+"""The owner jobs: only the owner-jobs app (its identity is the schema owner) registers them."""
+GROUPS = {"api": BLUEPRINTS, "owner": OWNER_BLUEPRINTS}
 
 
-def create_app() -> func.FunctionApp:
-    """A FunctionApp with every Blueprint registered.
+def create_app(groups: Iterable[str] | None = None) -> func.FunctionApp:
+    """A FunctionApp with the Blueprints of `groups` registered (None: CUSTOS_FUNCTION_GROUPS).
 
     `FunctionApp.get_functions()` may be called once per app object (it records the names
     it has seen), and the worker makes that call when it indexes. Code that needs the
     function list again (the OpenAPI document, tests) builds a fresh app with this.
     """
+    chosen = get_settings().function_groups if groups is None else frozenset(groups)
     new = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
-    for blueprint in BLUEPRINTS:
-        new.register_functions(blueprint)
+    for group in sorted(chosen):
+        for blueprint in GROUPS[group]:
+            new.register_functions(blueprint)
     return new
 
 

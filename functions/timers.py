@@ -71,28 +71,6 @@ def snapshot_blobs(timer: func.TimerRequest) -> None:
     snapshots.scheduled_run()
 
 
-@bp.timer_trigger(arg_name="timer", schedule="%TENANT_PURGE_SCHEDULE%", run_on_startup=False)
-def purge_cancelled_tenants(timer: func.TimerRequest) -> None:
-    """Purge every cancelled tenant whose purge date has passed, and finish any purge that
-    stopped half way; each leaves a signed deletion attestation (docs/purge.md)."""
-    from shared.lifecycle import purge  # storage and Ed25519 machinery load on first use, not at import
-
-    try:
-        results = purge.purge_due()
-    except Exception as exc:
-        health.record_heartbeat("purge_cancelled_tenants", ok=False, detail=f"failed: {type(exc).__name__}")
-        raise
-    health.record_heartbeat("purge_cancelled_tenants", ok=True, detail=f"{len(results)} purged")
-
-
-@bp.timer_trigger(arg_name="timer", schedule="%AUDIT_RETENTION_SCHEDULE%", run_on_startup=False)
-def audit_retention(timer: func.TimerRequest) -> None:
-    """Queue one job per tenant with a retention window; each job archives and cuts the tenant's
-    events only up to its newest signed checkpoint, behind a signed retention checkpoint."""
-    from shared.lifecycle import audit_retention  # loads the audit machinery on first use, not at import
-    audit_retention.enqueue_due()
-
-
 @bp.timer_trigger(arg_name="timer", schedule="%HOUSEKEEPING_SCHEDULE%", run_on_startup=False)
 def housekeeping(timer: func.TimerRequest) -> None:
     """Delete expired throttle rows, WebAuthn challenges, MFA tickets and one-time tokens and

@@ -44,6 +44,7 @@ TEST_SETTINGS = {
     "DB_POOL_MAX": "4",
     "SSO_METADATA_ALLOW_LOOPBACK": "true",
     "SSO_PURGE_SCHEDULE": "0 0 0 1 1 *",
+    "CUSTOS_FUNCTION_GROUPS": "api,owner",  # one process runs both groups here (the owner URL is local)
 }
 
 

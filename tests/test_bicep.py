@@ -34,7 +34,6 @@ Templates = dict[str, dict[str, Any]]
 
 #: Settings that have no app setting in Azure, and why.
 NOT_IN_AZURE = {
-    "database_owner_url": "the migration step uses the owner, signed in as the owner identity; the tenant purge needs it too, how it gets it in Azure is open (docs/purge.md)",
     "custos_local_dir": "dev keys are generated only when CUSTOS_ENV is local or test",
     "storage_connection_string": "a connection string carries a shared key; in Azure the app uses STORAGE_ACCOUNT_NAME and its identity",
 }
@@ -254,10 +253,43 @@ def keyvault_problems(t: Templates) -> list[str]:
     return problems
 
 
+def as_group(value: Any, owner: bool) -> Any:
+    """`value` as the app of one function group sees it: `isOwner ? a : b` resolved."""
+    if isinstance(value, dict):
+        if dig(value, "operator", "type") == "conditional" and dig(value, "operator", "operands", "condition") == "isOwner":
+            return as_group(value["operator"]["operands"]["true_value" if owner else "false_value"], owner)
+        return {k: as_group(v, owner) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_group(v, owner) for v in value]
+    return value
+
+
+def owner_app_problems(t: Templates) -> list[str]:
+    """The owner-jobs app (functionGroup 'owner'): deployed, no HTTP route, its front door denies all."""
+    problems = []
+    file, site = one(t, "Microsoft.Web/sites")
+    props = as_group(site["properties"], owner=True)
+    if dig(props, "siteConfig", "ipSecurityRestrictionsDefaultAction") != "Deny":
+        problems.append("owner app: access restrictions do not deny by default")
+    if dig(props, "siteConfig", "healthCheckPath") is not None:
+        problems.append("owner app: a health check path, but it has no HTTP route")
+    if dig(props, "functionAppConfig", "scaleAndConcurrency", "alwaysReady") != []:
+        problems.append("owner app: always-ready HTTP instances")
+    plain = {s["name"]: as_group(s["value"], owner=True) for s in t[file]["variables"]["plainSettings"]["value"]}
+    if plain.get("CUSTOS_FUNCTION_GROUPS") != "functionGroup" or plain.get("DATABASE_OWNER_URL") != "databaseUrl":
+        problems.append("owner app: CUSTOS_FUNCTION_GROUPS or DATABASE_OWNER_URL not set from the group")
+    apps = [m for m in (t["main.bicep"].get("modules") or {}).values()
+            if dig(m, "detail", "path") == "modules/functionapp.bicep"]
+    groups = sorted(str(dig(m, "config", "params", "functionGroup")) for m in apps)
+    if groups != ["None", "owner"]:
+        problems.append(f"main.bicep deploys function apps of groups {groups}, want the api app and one owner app")
+    return problems
+
+
 def functionapp_problems(t: Templates) -> list[str]:
     problems = []
     _, site = one(t, "Microsoft.Web/sites")
-    props = site["properties"]
+    props = as_group(site["properties"], owner=False)
     for path, want in {("httpsOnly",): True, ("siteConfig", "minTlsVersion"): "1.2", ("siteConfig", "scmMinTlsVersion"): "1.2",
                        ("siteConfig", "ftpsState"): "Disabled", ("siteConfig", "healthCheckPath"): "/api/health"}.items():
         if dig(props, *path) != want:
@@ -346,7 +378,10 @@ def app_settings(t: Templates) -> tuple[dict[str, Any], dict[str, str], str]:
     plain = {s["name"]: s["value"] for s in variables["plainSettings"]["value"]}
     loop = variables["keyVaultSettings"]["value"]
     assert dig(loop, "loop_type", "detail", "object_name") == "secretSettings"
-    return plain, dict(variables["secretSettings"]["value"]), str(dig(loop, "config", "value"))
+    value = dig(loop, "config", "value")
+    # The owner app leaves the secrets it may not read empty: the reference is the true branch.
+    reference = dig(value, "operator", "operands", "true_value") if isinstance(value, dict) else value
+    return plain, dict(variables["secretSettings"]["value"]), str(reference)
 
 
 def is_secret(name: str, description: str) -> bool:
@@ -389,7 +424,7 @@ CHECKS: dict[str, Callable[[Templates], list[str]]] = {
     "storage": storage_problems, "worm": worm_problems, "lifecycle": lifecycle_problems,
     "postgres": postgres_problems, "keyvault": keyvault_problems, "functionapp": functionapp_problems,
     "monitoring": monitoring_problems, "diagnostics": diagnostics_problems, "locks": lock_problems,
-    "roles": role_problems, "settings": settings_problems,
+    "roles": role_problems, "settings": settings_problems, "ownerapp": owner_app_problems,
 }
 
 
@@ -457,7 +492,6 @@ WEAKENINGS = [
     ("functionapp", "modules/functionapp.bicep", "minTlsVersion: '1.2'", "minTlsVersion: '1.0'"),
     ("functionapp", "modules/functionapp.bicep", "httpsOnly: true", "httpsOnly: false"),
     ("functionapp", "modules/functionapp.bicep", "name: 'scm'\n  properties: { allow: false }", "name: 'scm'\n  properties: { allow: true }"),
-    ("functionapp", "modules/functionapp.bicep", "healthCheckPath: '/api/health'", "healthCheckPath: '/'"),
     ("monitoring", "modules/monitoring.bicep", "DisableLocalAuth: true", "DisableLocalAuth: false"),
     ("diagnostics", "modules/keyvault.bicep", "  scope: vault\n  properties: {\n    workspaceId", "  scope: privateEndpoint\n  properties: {\n    workspaceId"),
     ("locks", "modules/postgres.bicep", "level: 'CanNotDelete'", "level: 'ReadOnly'"),
@@ -467,6 +501,11 @@ WEAKENINGS = [
     ("settings", "modules/functionapp.bicep", "  { name: 'JWT_ISSUER', value: jwtIssuer }\n", ""),
     ("settings", "modules/functionapp.bicep", "{ name: 'DB_POOL_MAX', value: '10' }", "{ name: 'DB_POOL_MAX', value: '10' }\n  { name: 'SMTP_PASSWORD', value: 'hunter2' }"),
     ("settings", "modules/functionapp.bicep", "secrets/${item.value}/)", "secrets/${item.value})x"),
+    ("ownerapp", "modules/functionapp.bicep", "isOwner ? 'Deny' : 'Allow'", "'Allow'"),
+    ("ownerapp", "modules/functionapp.bicep", "alwaysReady: isOwner ? [] : [", "alwaysReady: ["),
+    ("ownerapp", "modules/functionapp.bicep", "value: isOwner ? databaseUrl : ''", "value: ''"),
+    ("ownerapp", "main.bicep", "    functionGroup: 'owner'\n", ""),
+    ("functionapp", "modules/functionapp.bicep", "isOwner ? null : '/api/health'", "isOwner ? null : '/'"),
 ]
 
 

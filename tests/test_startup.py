@@ -48,3 +48,39 @@ def test_the_heavy_modules_load_when_first_used() -> None:
         "tenant_schemas.problems({'type': 'object'})"
     )
     assert [name for name in HEAVY if name not in ("fido2", "azure.identity") and not _loaded(modules, name)] == []
+
+
+OWNER_JOBS = {"purge_cancelled_tenants", "audit_retention"}
+
+
+def _names(groups: tuple[str, ...]) -> set[str]:
+    from function_app import create_app
+
+    return {fn.get_function_name() for fn in create_app(groups).get_functions()}
+
+
+def test_the_owner_group_registers_only_the_owner_timers_and_no_route() -> None:
+    from function_app import create_app
+
+    functions = create_app(("owner",)).get_functions()
+    assert {fn.get_function_name() for fn in functions} == OWNER_JOBS
+    assert {fn.get_trigger().get_binding_name() for fn in functions} == {"timerTrigger"}
+
+
+def test_the_api_group_registers_everything_but_the_owner_jobs() -> None:
+    api, both = _names(("api",)), _names(("api", "owner"))
+    assert not api & OWNER_JOBS
+    assert both == api | OWNER_JOBS and "health_check" in api
+
+
+def test_function_app_registers_the_groups_its_setting_names() -> None:
+    code = "import function_app\nprint(sorted(f.get_function_name() for f in function_app.app.get_functions()))"
+    for groups, want in (("owner", sorted(OWNER_JOBS)), ("api", sorted(_names(("api",))))):
+        env = {**os.environ, "CUSTOS_FUNCTION_GROUPS": groups}
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=120, check=True)
+        assert json.loads(done.stdout.splitlines()[-1].replace("'", '"')) == want, groups
+    env = {k: v for k, v in os.environ.items() if k != "CUSTOS_FUNCTION_GROUPS"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert not OWNER_JOBS & set(json.loads(done.stdout.splitlines()[-1].replace("'", '"'))), "the default is api"

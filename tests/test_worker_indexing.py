@@ -99,15 +99,15 @@ def _worker_venv(python: str) -> Path:
     return venv
 
 
-@pytest.fixture(scope="module")
-def indexed() -> dict[str, Any]:
+def _index(groups: str) -> dict[str, Any]:
+    """The worker's view of function_app with CUSTOS_FUNCTION_GROUPS=`groups`."""
     python = _python313()
     if python is None:
         pytest.skip("no Python 3.13 interpreter (set CUSTOS_PYTHON313, or put python3.13 on PATH or in pyenv)")
     venv = _worker_venv(python)
     run = subprocess.run(
         [str(venv / "bin" / "python"), str(PROBE), str(venv / "protos"), str(ROOT)],
-        cwd=ROOT, env=os.environ.copy(), capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env={**os.environ, "CUSTOS_FUNCTION_GROUPS": groups}, capture_output=True, text=True, timeout=300,
     )
     assert run.returncode == 0, run.stderr
     summary: dict[str, Any] = json.loads(run.stdout.strip().splitlines()[-1])
@@ -116,10 +116,22 @@ def indexed() -> dict[str, Any]:
     return summary
 
 
-def _expected() -> dict[str, list[dict[str, Any]]]:
+@pytest.fixture(scope="module")
+def indexed() -> dict[str, Any]:
+    """The HTTP-facing app, as Azure runs it (CUSTOS_FUNCTION_GROUPS=api)."""
+    return _index("api")
+
+
+@pytest.fixture(scope="module")
+def indexed_owner() -> dict[str, Any]:
+    """The owner-jobs app, as Azure runs it (CUSTOS_FUNCTION_GROUPS=owner)."""
+    return _index("owner")
+
+
+def _expected(groups: tuple[str, ...] = ("api",)) -> dict[str, list[dict[str, Any]]]:
     return {
         fn.get_function_name(): sorted((json.loads(b) for b in fn.get_raw_bindings()), key=lambda b: b["name"])
-        for fn in create_app().get_functions()
+        for fn in create_app(groups).get_functions()
     }
 
 
@@ -169,3 +181,17 @@ def test_health_answers_through_the_worker_invocation_path(indexed: dict[str, An
     assert health["headers"]["x-content-type-options"] == "nosniff"
     assert health["headers"]["x-request-id"]
     assert json.loads(health["body"])["ok"] is True
+
+
+def test_worker_indexes_only_the_owner_timers_in_the_owner_app(indexed_owner: dict[str, Any]) -> None:
+    functions = indexed_owner["functions"]
+    assert sorted(functions) == ["audit_retention", "purge_cancelled_tenants"]
+    for name, bindings in _expected(("owner",)).items():
+        assert sorted(functions[name]["raw_bindings"], key=lambda b: b["name"]) == bindings, name
+    triggers = {b["type"] for fn in functions.values() for b in fn["raw_bindings"]}
+    assert triggers == {"timerTrigger"}, "the owner app must have no HTTP route"
+    assert "invocation" not in indexed_owner, "the probe found a health route in the owner app"
+
+
+def test_worker_indexes_no_owner_job_in_the_api_app(indexed: dict[str, Any]) -> None:
+    assert not {"audit_retention", "purge_cancelled_tenants"} & set(indexed["functions"])

@@ -238,6 +238,66 @@ module functionApp 'modules/functionapp.bicep' = {
   }
 }
 
+// The owner-jobs app (docs/purge.md): the same package with CUSTOS_FUNCTION_GROUPS=owner, its
+// own identity (mapped to the schema owner's role by postprovision), no HTTP route, no ingress.
+var ownerAppName = 'func-custos-owner-${environmentName}-${token}'
+
+module ownerIdentity 'modules/identity.bicep' = {
+  name: 'owner-identity'
+  scope: rg
+  params: {
+    location: location
+    appIdentityName: 'id-custos-owner-${environmentName}'
+    tags: allTags
+  }
+}
+
+module ownerAccess 'modules/owner-access.bicep' = {
+  name: 'owner-access'
+  scope: rg
+  params: {
+    storageAccountName: storage.outputs.accountName
+    appInsightsName: monitoring.outputs.appInsightsName
+    ownerPrincipalId: ownerIdentity.outputs.appPrincipalId
+  }
+}
+
+module ownerApp 'modules/functionapp.bicep' = {
+  name: 'owner-functionapp'
+  scope: rg
+  params: {
+    location: location
+    appName: ownerAppName
+    planName: 'plan-custos-owner-${environmentName}'
+    functionGroup: 'owner'
+    appRoleName: identity.outputs.appIdentityName
+    identityId: ownerIdentity.outputs.appIdentityId
+    identityClientId: ownerIdentity.outputs.appClientId
+    identityName: ownerIdentity.outputs.appIdentityName
+    storageAccountName: storage.outputs.accountName
+    packageContainerUrl: ownerAccess.outputs.packageContainerUrl
+    vaultUri: keyVault.outputs.vaultUri
+    postgresFqdn: postgres.outputs.fqdn
+    databaseName: postgres.outputs.databaseName
+    appInsightsConnectionString: monitoring.outputs.appInsightsConnectionString
+    subnetId: network.outputs.appSubnetId
+    workspaceId: monitoring.outputs.workspaceId
+    // One instance: the purge and the retention lock per tenant, and each holds one owner connection.
+    maximumInstanceCount: 1
+    alwaysReadyHttpInstances: 0
+    publicAppUrl: publicAppUrl
+    jwtIssuer: empty(jwtIssuer) ? 'https://${appName}.azurewebsites.net' : jwtIssuer
+    webauthnRpId: webauthnRpId
+    webauthnOrigins: webauthnOrigins
+    securityContact: securityContact
+    securityPolicyUrl: securityPolicyUrl
+    securityTxtExpires: securityTxtExpires
+    securityCanonicalUrl: 'https://${appName}.azurewebsites.net/.well-known/security.txt'
+    blobSnapshotRetentionDays: blobSnapshotRetentionDays
+    tags: allTags
+  }
+}
+
 module alerts 'modules/alerts.bicep' = {
   name: 'alerts'
   scope: rg
@@ -246,6 +306,7 @@ module alerts 'modules/alerts.bicep' = {
     namePrefix: 'custos-${environmentName}'
     workspaceId: monitoring.outputs.workspaceId
     alertEmail: alertEmail
+    ownerAppName: ownerApp.outputs.appName
     tags: allTags
   }
 }
@@ -283,3 +344,15 @@ output AZURE_APP_IDENTITY_PRINCIPAL_ID string = identity.outputs.appPrincipalId
 
 @description('Client id of the app identity.')
 output AZURE_APP_IDENTITY_CLIENT_ID string = identity.outputs.appClientId
+
+@description('Name of the owner-jobs Function App (azd deploys the owner-jobs service to it).')
+output AZURE_OWNER_APP_NAME string = ownerApp.outputs.appName
+
+@description('Name of the owner-jobs identity: its PostgreSQL role name, a member of the schema owner role.')
+output AZURE_OWNER_IDENTITY_NAME string = ownerIdentity.outputs.appIdentityName
+
+@description('Object (principal) id of the owner-jobs identity, mapped to its PostgreSQL role.')
+output AZURE_OWNER_IDENTITY_PRINCIPAL_ID string = ownerIdentity.outputs.appPrincipalId
+
+@description('Name of the Key Vault secret the owner-jobs identity may read (the audit signing key).')
+output AZURE_OWNER_SECRET string = 'audit-signing-key'

@@ -315,6 +315,12 @@ class Settings(BaseSettings):
         "0 */30 * * * *", description="When expired SAML replay-cache rows, SSO requests and sign-in codes are deleted (NCRONTAB)."
     )
 
+    # --- which functions this app runs (docs/purge.md, "The owner-jobs app") ---------------
+    custos_function_groups: str = Field(
+        "api", pattern=r"^(api|owner)(,(api|owner))?$",
+        description="Functions this app registers, comma-separated: `api` (every HTTP route and timer but the owner jobs), `owner` (only the tenant purge and the audit retention, run as the schema owner: DATABASE_OWNER_URL); `api,owner` runs both in one process (local and test only).",
+    )
+
     @field_validator("mfa_encryption_key", "mfa_decryption_keys", "rate_limit_key", "rate_limit_previous_keys")
     @classmethod
     def _aes_keys(cls, v: str) -> str:
@@ -400,7 +406,7 @@ class Settings(BaseSettings):
             raise ValueError(
                 "storage_connection_string or storage_account_name must be set"
             )
-        if self.custos_env == "production" and not self.jwt_signing_key:
+        if self.custos_env == "production" and not self.jwt_signing_key and "api" in self.function_groups:
             raise ValueError("jwt_signing_key must be set in production")
         if self.custos_env == "production" and not self.audit_signing_key:
             raise ValueError("audit_signing_key must be set in production")
@@ -412,7 +418,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _mfa(self) -> Settings:
-        if self.custos_env == "production" and not self.mfa_encryption_key:
+        if self.custos_env == "production" and not self.mfa_encryption_key and "api" in self.function_groups:
             raise ValueError("mfa_encryption_key must be set in production")
         rp_id = self.webauthn_rp_id.lower()
         origins = _split(self.webauthn_origins)
@@ -476,9 +482,27 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _rate_limit_key(self) -> Settings:
-        if self.custos_env == "production" and not self.rate_limit_key:
+        if self.custos_env == "production" and not self.rate_limit_key and "api" in self.function_groups:
             raise ValueError("rate_limit_key must be set in production (docs/security.md, Housekeeping)")
         return self
+
+    @model_validator(mode="after")
+    def _owner_jobs_app(self) -> Settings:
+        # The owner-jobs app exists only to run as the schema owner; without the owner's URL its
+        # every run would fail, so it must not start. Its URL obeys the Entra rule above.
+        if self.custos_env != "production" or "owner" not in self.function_groups:
+            return self
+        if "api" in self.function_groups:
+            raise ValueError("CUSTOS_FUNCTION_GROUPS must be api or owner in production, not both: "
+                             "the HTTP-facing app never runs as the schema owner")
+        if not self.database_owner_url:
+            raise ValueError("DATABASE_OWNER_URL must be set when CUSTOS_FUNCTION_GROUPS is owner: the owner jobs run as the schema owner")
+        return self
+
+    @property
+    def function_groups(self) -> frozenset[str]:
+        """The groups of functions this app registers (CUSTOS_FUNCTION_GROUPS)."""
+        return frozenset(_split(self.custos_function_groups))
 
     @property
     def cors_origins(self) -> frozenset[str]:

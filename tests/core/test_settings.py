@@ -36,6 +36,7 @@ def production(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
         "AZURE_CLIENT_ID": "00000000-0000-0000-0000-000000000001",
         "AUDIT_CHECKPOINT_SCHEDULE": "0 0 * * * *",
         "RATE_LIMIT_KEY": base64.b64encode(bytes(range(32))).decode(),
+        "CUSTOS_FUNCTION_GROUPS": "api",
     }.items():
         monkeypatch.setenv(name, value)
     return monkeypatch
@@ -138,3 +139,44 @@ def test_an_sp_key_without_its_certificate_is_refused(production: pytest.MonkeyP
     with pytest.raises(SettingsError, match="set together"):
         load_settings()
 
+
+def test_production_owner_app_needs_the_owner_url(production: pytest.MonkeyPatch) -> None:
+    production.setenv("CUSTOS_FUNCTION_GROUPS", "owner")
+    with pytest.raises(SettingsError, match="DATABASE_OWNER_URL must be set when CUSTOS_FUNCTION_GROUPS is owner"):
+        load_settings()
+    production.setenv("DATABASE_OWNER_URL", ENTRA_URL)
+    assert load_settings().function_groups == frozenset({"owner"})
+
+
+def test_production_owner_app_runs_without_the_api_secrets(production: pytest.MonkeyPatch) -> None:
+    # The owner-jobs identity may read only the audit signing key: the API's keys are not its to hold.
+    production.setenv("CUSTOS_FUNCTION_GROUPS", "owner")
+    production.setenv("DATABASE_OWNER_URL", ENTRA_URL)
+    for name in ("JWT_SIGNING_KEY", "MFA_ENCRYPTION_KEY", "RATE_LIMIT_KEY"):
+        production.setenv(name, "")
+    assert load_settings().custos_function_groups == "owner"
+    production.setenv("CUSTOS_FUNCTION_GROUPS", "api")
+    with pytest.raises(SettingsError, match="jwt_signing_key must be set"):
+        load_settings()
+
+
+def test_production_refuses_one_app_running_both_groups(production: pytest.MonkeyPatch) -> None:
+    production.setenv("CUSTOS_FUNCTION_GROUPS", "api,owner")
+    production.setenv("DATABASE_OWNER_URL", ENTRA_URL)
+    with pytest.raises(SettingsError, match="must be api or owner in production, not both"):
+        load_settings()
+
+
+def test_production_owner_url_follows_the_entra_rule(production: pytest.MonkeyPatch) -> None:
+    production.setenv("CUSTOS_FUNCTION_GROUPS", "owner")
+    production.setenv("DATABASE_OWNER_URL", "postgresql://owner-id:hunter2secret@custos.postgres.database.azure.com/custos")
+    with pytest.raises(SettingsError, match="DATABASE_OWNER_URL must carry no password") as info:
+        load_settings()
+    assert "hunter2secret" not in str(info.value)
+
+
+@pytest.mark.parametrize("groups", ["admin", "api,", "owner,owner,api", "API", ""])
+def test_unknown_function_groups_are_refused(monkeypatch: pytest.MonkeyPatch, groups: str) -> None:
+    monkeypatch.setenv("CUSTOS_FUNCTION_GROUPS", groups)
+    with pytest.raises(SettingsError, match="CUSTOS_FUNCTION_GROUPS"):
+        load_settings()

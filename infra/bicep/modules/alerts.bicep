@@ -20,6 +20,10 @@ param alertEmail string
 @description('Optional. Tags applied to every resource.')
 param tags object = {}
 
+@description('Required. Name of the owner-jobs Function App: the purge and retention alerts read its telemetry.')
+@minLength(2)
+param ownerAppName string
+
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
   name: 'ag-${namePrefix}'
   location: 'global'
@@ -76,7 +80,7 @@ var rules = [
     description: 'The daily tenant purge failed (a purge stopped half way resumes on the next run), or did not run for two days.'
     frequency: 'PT1H'
     window: 'P2D'
-    query: 'let runs = AppRequests | where Name == "purge_cancelled_tenants"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "tenant purge failed"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+    query: 'let runs = AppRequests | where Name == "purge_cancelled_tenants" and AppRoleName == "${ownerAppName}"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "tenant purge failed"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
   }
   {
     name: 'audit-retention-failed'
@@ -84,7 +88,7 @@ var rules = [
     description: 'The daily audit retention cut failed or refused a tenant (its chain or checkpoints do not verify), or did not run for two days.'
     frequency: 'PT1H'
     window: 'P2D'
-    query: 'let runs = AppRequests | where Name == "audit_retention"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "audit retention refused"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
+    query: 'let runs = AppRequests | where Name == "audit_retention" and AppRoleName == "${ownerAppName}"; let failed = union (runs | where Success == false), (AppTraces | where Message startswith "audit retention refused"); print failures = toscalar(failed | count), runs = toscalar(runs | count) | where failures > 0 or runs == 0'
   }
   {
     name: 'job-failed'

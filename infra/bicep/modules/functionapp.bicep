@@ -122,6 +122,19 @@ param blobSnapshotRetentionDays int = 35
 @description('Optional. Tags applied to every resource (azd-service-name is added).')
 param tags object = {}
 
+@description('Optional. Functions this app runs (CUSTOS_FUNCTION_GROUPS): api (HTTP and timers) or owner (the purge and audit retention as the schema owner; no HTTP route, no public ingress).')
+@allowed(['api', 'owner'])
+param functionGroup string = 'api'
+
+@description('Optional. PostgreSQL role of the HTTP app (DATABASE_APP_ROLE); empty: identityName.')
+param appRoleName string = ''
+
+var isOwner = functionGroup == 'owner'
+var databaseUrl = 'postgresql://${identityName}@${postgresFqdn}:5432/${databaseName}?sslmode=verify-full&sslrootcert=system'
+// The owner-jobs identity may read only the key its attestations and retention checkpoints are
+// signed with (infra/scripts/postprovision.sh grants it on that one secret): the API's secrets stay empty there.
+var ownerSecrets = ['AUDIT_SIGNING_KEY']
+
 // Key Vault secret name of each secret setting; the reference has no version, so a
 // rotated secret is picked up without a deployment.
 var secretSettings = {
@@ -151,9 +164,12 @@ var plainSettings = [
   { name: 'APP_VERSION', value: appVersion }
   // No password: the app signs in with an Entra token of its identity as the password.
   // verify-full against the system trust store: Flexible Server presents a publicly trusted chain.
-  { name: 'DATABASE_URL', value: 'postgresql://${identityName}@${postgresFqdn}:5432/${databaseName}?sslmode=verify-full&sslrootcert=system' }
+  // In the owner app the identity is mapped to the schema owner's role: both URLs sign in as it.
+  { name: 'DATABASE_URL', value: databaseUrl }
+  { name: 'DATABASE_OWNER_URL', value: isOwner ? databaseUrl : '' }
+  { name: 'CUSTOS_FUNCTION_GROUPS', value: functionGroup }
   { name: 'DATABASE_AUTH', value: 'entra' }
-  { name: 'DATABASE_APP_ROLE', value: identityName }
+  { name: 'DATABASE_APP_ROLE', value: empty(appRoleName) ? identityName : appRoleName }
   { name: 'DB_POOL_MIN', value: '1' }
   { name: 'DB_POOL_MAX', value: '10' }
   { name: 'DB_CONNECT_TIMEOUT_S', value: '5' }
@@ -242,7 +258,7 @@ var plainSettings = [
 
 var keyVaultSettings = [for item in items(secretSettings): {
   name: item.key
-  value: '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${item.value}/)'
+  value: (!isOwner || contains(ownerSecrets, item.key)) ? '@Microsoft.KeyVault(SecretUri=${vaultUri}secrets/${item.value}/)' : ''
 }]
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
@@ -267,7 +283,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_212:Flex Consumption has no numberOfWorkers; its floor is alwaysReady (alwaysReadyHttpInstances, 2 by default, across zones).
   name: appName
   location: location
-  tags: union(tags, { 'azd-service-name': 'api' })
+  tags: union(tags, { 'azd-service-name': isOwner ? 'owner-jobs' : 'api' })
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'
@@ -294,7 +310,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
-        alwaysReady: [
+        alwaysReady: isOwner ? [] : [
           {
             name: 'http'
             instanceCount: alwaysReadyHttpInstances
@@ -311,7 +327,11 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scmMinTlsVersion: '1.2'
       ftpsState: 'Disabled'
       http20Enabled: true
-      healthCheckPath: '/api/health'
+      healthCheckPath: isOwner ? null : '/api/health'
+      // The owner app has no HTTP route: its front door refuses everyone. The scm site stays
+      // reachable for azd's deployment, which signs in with Entra (basic credentials are off).
+      ipSecurityRestrictionsDefaultAction: isOwner ? 'Deny' : 'Allow'
+      scmIpSecurityRestrictionsUseMain: false
       remoteDebuggingEnabled: false
       cors: { allowedOrigins: [] }
       appSettings: concat(plainSettings, keyVaultSettings)
