@@ -8,6 +8,7 @@ from functions import (
     console,
     designations,
     exports,
+    incidents,
     jobs,
     mfa,
     platform,
@@ -32,7 +33,7 @@ from shared.web.openapi import describe_app
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
     records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp, jobs.bp, exports.bp,
-    scim.bp, console.bp, sso.bp,
+    scim.bp, console.bp, sso.bp, incidents.bp,
 )
 
 

@@ -172,6 +172,27 @@ def cmd_restore_drill(args: argparse.Namespace) -> dict[str, Any]:
     return {"drill": report.as_dict()} if args.format == "json" else {}
 
 
+def cmd_incidents(args: argparse.Namespace) -> dict[str, Any]:
+    """List security incidents, show one, notify the affected tenants' ADMINs (the fixed notice
+    through the outbox) or resolve one; notify and resolve need --reason (docs/incidents.md)."""
+    import uuid as _uuid
+
+    from shared.lifecycle import incidents
+
+    if args.action == "list":
+        return {"incidents": incidents.list_incidents(state=args.state)}
+    if not args.id:
+        raise incidents.BlankValue(f"{args.action} needs --id", errors=[{"location": ["id"], "message": "required"}])
+    try:
+        incident_id = _uuid.UUID(args.id)
+    except ValueError:
+        raise NotFound("no such incident") from None
+    if args.action == "show":
+        return {"incident": incidents.get_incident(incident_id)}
+    step = incidents.notify if args.action == "notify" else incidents.resolve
+    return {"incident": step(incident_id, reason=args.reason or "", actor=_cli_actor())}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-app-role": cmd_create_app_role,
@@ -181,6 +202,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "outbox": cmd_outbox,
     "snapshots": cmd_snapshots,
     "restore-drill": cmd_restore_drill,
+    "incidents": cmd_incidents,
 }
 
 
@@ -221,6 +243,11 @@ def parser() -> argparse.ArgumentParser:
     rd.add_argument("--keep", action="store_true", help="keep the scratch database and containers")
     rd.add_argument("--tenant", action="append", metavar="TENANT_ID", help="verify only these tenants (repeatable)")
     rd.add_argument("--format", choices=["table", "json"], default="table")
+    ic = sub.add_parser("incidents", help=(cmd_incidents.__doc__ or "").split("\n")[0], description=cmd_incidents.__doc__)
+    ic.add_argument("action", choices=["list", "show", "notify", "resolve"])
+    ic.add_argument("--id", metavar="INCIDENT_ID", help="show, notify, resolve: the incident")
+    ic.add_argument("--state", choices=["OPEN", "NOTIFIED", "RESOLVED"], help="list: only this state")
+    ic.add_argument("--reason", help="notify, resolve: why (written to the audit trails)")
     return p
 
 

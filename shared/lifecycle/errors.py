@@ -76,3 +76,10 @@ class ExportSchemaUnknown(InternalError):
     """A tenant column looks like a secret and the export has not been told whether to include it."""
 
     code, title = "export-schema-unknown", "The export does not know a column of the schema"
+
+
+class IncidentStateConflict(Conflict):
+    """The incident is not in a state that allows this step (notify an incident already
+    RESOLVED, resolve one twice): nothing changed."""
+
+    code, title = "incident-state-conflict", "The incident's state does not allow this step"
