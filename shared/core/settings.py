@@ -314,7 +314,7 @@ class Settings(BaseSettings):
 
     # --- security incidents (docs/incidents.md) ---------------------------------------------
     incident_schedule: str = Field(
-        "0 */5 * * * *", description="When security signals are swept into incidents and overdue notices escalated (NCRONTAB)."
+        ..., description="When security signals are swept into incidents and overdue notices escalated (NCRONTAB)."
     )
     incident_contact: str = Field(
         "security@custos.example", min_length=3, max_length=200,

@@ -294,3 +294,10 @@ def test_operator_routes_list_notify_resolve_and_refuse_tenant_tokens(
     platform = chain_actions(audit.PLATFORM_CHAIN)
     assert {"platform.incident_notified", "platform.incident_resolved"} <= {
         e["action"] for e in platform if e["target_id"] == incident["id"]}
+
+
+def test_the_sweep_timer_runs_on_demand_through_the_host_and_heartbeats(client: httpx.Client, tenant: Tenant) -> None:
+    signal(tenant.id, "integrity.attachment_mismatch")
+    assert client.post("/admin/functions/incidents_sweep").status_code == 202
+    assert health.heartbeats()["incidents_sweep"]["ok"] is True
+    assert one(tenant.id, "attachment_integrity")["state"] == "OPEN"
