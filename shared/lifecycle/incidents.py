@@ -117,6 +117,18 @@ SIGNALS: dict[str, str] = {
 TIMERS: dict[str, str] = {"purge_cancelled_tenants": "purge_timer_failed", "snapshot_blobs": "snapshot_timer_failed"}
 """Heartbeat name -> incident kind of its failure."""
 
+OUTSIDE_GRANT = frozenset({401, 403})
+"""Statuses of a refused support request that mean "outside its grant" (revoked, expired, a
+write or a permission support never has); a 404 or 422 of a read inside the grant is not."""
+
+
+def _counts(event: dict[str, Any]) -> bool:
+    """Whether the audit event is a signal at all (a support request refused for a typo is not)."""
+    if event["action"] == "support.refused":
+        after = event.get("after") or {}
+        return isinstance(after, dict) and after.get("status") in OUTSIDE_GRANT
+    return True
+
 
 def _tid(value: str) -> str:
     return str(uuid.UUID(str(value)))
@@ -139,10 +151,13 @@ def _record(conn: db.Conn, incident: dict[str, Any], *, action: str, actor: audi
     )
     common = {"kind": incident["kind"], "severity": incident["severity"], "state": incident["state"], **(after or {})}
     for tid in incident["affected"]:
+        own = {**common, "affected": [str(tid)]}
+        if "evidence" in own:  # another tenant's chain and seq would name that tenant
+            own["evidence"] = [e for e in own["evidence"] if e.get("chain") == str(tid)]
         _chain(conn, str(tid))
         audit.append(conn, tenant_id=str(tid), actor=actor, action=f"incident.{action}", target_type="incident",
                      target_id=str(incident["id"]), before={"state": from_state} if from_state else None,
-                     after={**common, "affected": [str(tid)]}, reason=reason, meta=meta)
+                     after=own, reason=reason, meta=meta)
     _chain(conn, audit.PLATFORM_CHAIN)
     audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor, action=f"platform.incident_{action}",
                  target_type="incident", target_id=str(incident["id"]),
@@ -240,7 +255,7 @@ def _sweep_chain(chain: str, *, window: timedelta) -> int:
     settings = get_settings()
     with db.tenant_tx(chain) as conn:
         rows = conn.execute(
-            """select seq, action, occurred_at, target_type, target_id from audit_events
+            """select seq, action, occurred_at, target_type, target_id, after from audit_events
                 where seq > %s and action = any(%s) order by seq limit %s""",
             (since, list(SIGNALS), SWEEP_BATCH),
         ).fetchall()
@@ -249,6 +264,8 @@ def _sweep_chain(chain: str, *, window: timedelta) -> int:
     raised = 0
     with db.platform_tx() as conn:
         for event in rows:
+            if not _counts(event):
+                continue
             spec = KINDS[SIGNALS[event["action"]]]
             if spec.burst is not None:
                 _chain(conn, chain)

@@ -5,9 +5,11 @@ another tenant's incident or id. Real PostgreSQL, Azurite and the HTTP host."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
@@ -144,16 +146,70 @@ def test_a_throttling_spike_past_the_threshold_opens_an_incident_without_a_clock
     assert not incident["tenant_data"] and incident["notify_due_at"] is None
 
 
-def test_support_access_outside_its_grant_opens_an_incident(tenant: Tenant) -> None:
-    signal(tenant.id, "support.refused")
+def test_a_support_token_used_after_its_grant_is_revoked_opens_an_incident_a_mistyped_read_does_not(
+        client: httpx.Client, tenant: Tenant, make_person: PersonFactory) -> None:
+    admin, operator = make_person(tenant.id, "ADMIN"), make_person(None)
+    grant = client.post("/api/support-access", json={"operator_email": operator.email, "hours": 2, "reason": "ticket 7"},
+                        headers=auth(admin.token))
+    assert grant.status_code == 201, grant.text
+    token = client.post(f"/api/platform/tenants/{tenant.id}/support-token", headers=auth(operator.token)).json()["access_token"]
+    assert client.get(f"/api/records/{uuid.uuid4()}", headers=auth(token)).status_code == 404  # inside the grant
     incidents.sweep()
-    assert one(tenant.id, "support_access_refused")["severity"] == "HIGH"
+    assert of(tenant.id) == []
+
+    assert client.delete(f"/api/support-access/{grant.json()['id']}", params={"reason": "ticket closed"},
+                         headers=auth(admin.token)).status_code == 200
+    assert client.get("/api/users", headers=auth(token)).status_code == 401  # outside it
+    incidents.sweep()
+    incident = one(tenant.id, "support_access_refused")
+    assert [e["action"] for e in incident["evidence"]] == ["support.refused"]
 
 
-def test_an_attachment_integrity_failure_opens_an_incident(tenant: Tenant) -> None:
-    signal(tenant.id, "integrity.attachment_mismatch")
+def test_an_attachment_rewritten_in_storage_and_then_read_opens_an_integrity_incident(tenant: Tenant) -> None:
+    from shared.core import storage
+    from shared.records import attachments
+    from shared.records.errors import IntegrityFailure
+
+    sha = hashlib.sha256(b"the original protocol").hexdigest()
+    blob = storage.blob_service().get_blob_client(attachments.CONTAINER, attachments.blob_name(tenant.id, sha))
+    blob.upload_blob(b"a forged protocol", overwrite=True)  # what someone with storage rights does
+    with pytest.raises(IntegrityFailure):
+        attachments.read_verified(tenant.id, sha, record_id=str(uuid.uuid4()), meta=audit.RequestMeta(),
+                                  actor=audit.Actor(id=None, name="reader", type="user"))
     incidents.sweep()
-    assert one(tenant.id, "attachment_integrity")["tenant_data"]
+    incident = one(tenant.id, "attachment_integrity")
+    assert incident["tenant_data"] and incident["severity"] == "CRITICAL"
+    assert [e["chain"] for e in incident["evidence"]] == [tenant.id]
+
+
+def test_racing_signals_of_one_kind_and_tenant_make_one_incident(tenant: Tenant) -> None:
+    now = db.one_statement("select now() as t", ())[0]["t"]
+
+    def raise_one(i: int) -> str:
+        return str(incidents.raise_signal("attachment_integrity", [tenant.id],
+                                          [{"chain": tenant.id, "seq": i, "action": "integrity.attachment_mismatch"}],
+                                          seen_at=now)["id"])
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ids = set(pool.map(raise_one, range(8)))
+    incident = one(tenant.id, "attachment_integrity")
+    assert ids == {incident["id"]} and len(incident["evidence"]) == 8
+    assert [e["action"] for e in chain_actions(tenant.id)].count("incident.opened") == 1
+
+
+def test_the_ops_cli_lists_shows_and_resolves_with_a_reason(tenant: Tenant, capsys: Any) -> None:
+    from shared import cli
+
+    incident = opened_tampered(tenant)
+    assert cli.main(["incidents", "list", "--state", "OPEN"]) == 0
+    assert incident["id"] in capsys.readouterr().out
+    assert cli.main(["incidents", "resolve", "--id", incident["id"]]) == 2  # no reason
+    assert "blank-value" in capsys.readouterr().err
+    assert cli.main(["incidents", "resolve", "--id", incident["id"], "--reason", "false positive: test"]) == 0
+    capsys.readouterr()
+    assert cli.main(["incidents", "show", "--id", incident["id"]]) == 0
+    shown = capsys.readouterr().out
+    assert "RESOLVED" in shown and "false positive: test" in shown
 
 
 @pytest.mark.parametrize(("timer", "kind"), sorted(incidents.TIMERS.items()))
@@ -256,6 +312,8 @@ def test_tenant_admins_see_their_incidents_and_never_another_tenants(
     assert shared["affected"] == [tenant.id] and [e["chain"] for e in shared["evidence"]] == [tenant.id]
     assert client.get(f"/api/incidents/{theirs['id']}", headers=auth(admin.token)).status_code == 404
     assert client.get(f"/api/incidents/{mine['id']}", headers=auth(admin.token)).json()["id"] == mine["id"]
+    opened = [e for e in chain_actions(tenant.id) if e["target_id"] == str(both["id"])]
+    assert [e["after"]["affected"] for e in opened] == [[tenant.id]] and other.id not in str(opened)
     viewer = make_person(tenant.id, "VIEWER")
     assert client.get("/api/incidents", headers=auth(viewer.token)).status_code == 403
 
