@@ -263,6 +263,12 @@ def _sweep_chain(chain: str, *, window: timedelta) -> int:
     last = int(head["seq"]) if head and len(rows) < SWEEP_BATCH else (int(rows[-1]["seq"]) if rows else since)
     raised = 0
     with db.platform_tx() as conn:
+        # Two sweeps at once (the schedule and an on-demand run) would count the same events
+        # twice: the watermark row is the lock, and the later one finds it moved and stops.
+        _advance(conn, source)
+        held = conn.execute("select seq from incident_watermarks where source = %s for update", (source,)).fetchone()
+        if held is None or int(held["seq"]) != since:
+            return 0
         for event in rows:
             if not _counts(event):
                 continue

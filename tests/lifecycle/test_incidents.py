@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -195,6 +196,30 @@ def test_racing_signals_of_one_kind_and_tenant_make_one_incident(tenant: Tenant)
     incident = one(tenant.id, "attachment_integrity")
     assert ids == {incident["id"]} and len(incident["evidence"]) == 8
     assert [e["action"] for e in chain_actions(tenant.id)].count("incident.opened") == 1
+
+
+def test_two_sweeps_that_read_the_same_signals_count_them_once(tenant: Tenant) -> None:
+    incidents.sweep()  # the chain's watermark row exists
+    signal(tenant.id, "integrity.attachment_mismatch")
+    window = timedelta(minutes=10)
+    with superuser() as holder, superuser() as watcher:  # hold the watermark while both sweeps read the new event
+        watcher.autocommit = True  # pg_stat_activity is a snapshot per transaction: look afresh each time
+        holder.execute("select 1 from incident_watermarks where source = %s for update", (f"chain:{tenant.id}",))
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = [pool.submit(incidents._sweep_chain, tenant.id, window=window) for _ in range(2)]
+            for _ in range(2000):  # until both wait on the row (a state, not a time)
+                waiting = watcher.execute(
+                    "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query like %s",
+                    ("%incident_watermarks%",)).fetchone()
+                if waiting and waiting[0] >= 2:
+                    break
+                time.sleep(0.005)
+            holder.commit()
+            counted = sorted(r.result() for r in runs)
+    assert counted == [0, 1]
+    incident = one(tenant.id, "attachment_integrity")
+    assert len(incident["evidence"]) == 1
+    assert [e["action"] for e in chain_actions(tenant.id)] == ["incident.opened"]
 
 
 def test_the_ops_cli_lists_shows_and_resolves_with_a_reason(tenant: Tenant, capsys: Any) -> None:
