@@ -163,9 +163,13 @@ def notify_incident(caller: Caller, incident_id: uuid.UUID, *, reason: str) -> d
     """Mail the affected tenants' ADMINs the fixed notice; the incident turns NOTIFIED.
 
     Raises:
+        StepUpRequired: no recent second factor (a notice goes to customers in the platform's name).
         BlankValue, NotFound, IncidentStateConflict: see `incidents.notify`.
     """
+    from shared.identity import mfa
     from shared.lifecycle import incidents
+
+    mfa.require_recent_second_factor(caller.user)
 
     return incidents.notify(incident_id, reason=reason, actor=caller.actor, meta=caller.meta)
 
@@ -174,9 +178,13 @@ def resolve_incident(caller: Caller, incident_id: uuid.UUID, *, reason: str) -> 
     """Resolve the incident with a reason.
 
     Raises:
+        StepUpRequired: no recent second factor (resolving stops the 24-hour clock).
         BlankValue, NotFound, IncidentStateConflict: see `incidents.resolve`.
     """
+    from shared.identity import mfa
     from shared.lifecycle import incidents
+
+    mfa.require_recent_second_factor(caller.user)
 
     return incidents.resolve(incident_id, reason=reason, actor=caller.actor, meta=caller.meta)
 

@@ -353,6 +353,13 @@ def test_operator_routes_list_notify_resolve_and_refuse_tenant_tokens(
         refused = client.request(method, path, headers=auth(admin.token), json={"reason": "let me"})
         assert refused.status_code in (401, 403) and refused.headers["content-type"] == "application/problem+json"
 
+    stale = make_person(None, mfa=False)  # an operator session without a recent second factor
+    for step in ("notify", "resolve"):
+        refused = client.post(f"/api/platform/incidents/{incident['id']}/{step}", headers=auth(stale.token),
+                              json={"reason": "stolen token"})
+        assert refused.status_code == 403 and refused.json()["type"].endswith("mfa-step-up-required")
+    assert one(tenant.id, "audit_chain_invalid")["state"] == "OPEN"
+
     listed = client.get("/api/platform/incidents", params={"state": "OPEN"}, headers=auth(operator.token))
     assert listed.status_code == 200 and incident["id"] in {i["id"] for i in listed.json()["incidents"]}
     bad = client.get("/api/platform/incidents", params={"state": "CLOSED"}, headers=auth(operator.token))
