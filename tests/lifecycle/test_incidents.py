@@ -27,7 +27,14 @@ from shared.identity import sessions
 from shared.lifecycle import incidents
 from shared.lifecycle.errors import IncidentStateConflict
 from shared.tenancy.tenants import Tenant
-from tests.conftest import PersonFactory, auth, create_user
+from tests.conftest import (
+    PersonFactory,
+    auth,
+    create_operator,
+    create_operator_session,
+    create_user,
+    token_for,
+)
 
 OPERATOR = audit.Actor(id=None, name="Olive Operator", type="operator")
 
@@ -353,9 +360,11 @@ def test_operator_routes_list_notify_resolve_and_refuse_tenant_tokens(
         refused = client.request(method, path, headers=auth(admin.token), json={"reason": "let me"})
         assert refused.status_code in (401, 403) and refused.headers["content-type"] == "application/problem+json"
 
-    stale = make_person(None, mfa=False)  # an operator session without a recent second factor
+    enrolled = create_operator("Stale Session")  # has a factor, but this session has not proved it
+    stale = token_for(enrolled["id"], None, "PLATFORM_OPERATOR",
+                      session_id=create_operator_session(enrolled["id"], mfa_verified=False))
     for step in ("notify", "resolve"):
-        refused = client.post(f"/api/platform/incidents/{incident['id']}/{step}", headers=auth(stale.token),
+        refused = client.post(f"/api/platform/incidents/{incident['id']}/{step}", headers=auth(stale),
                               json={"reason": "stolen token"})
         assert refused.status_code == 403 and refused.json()["type"].endswith("mfa-step-up-required")
     assert one(tenant.id, "audit_chain_invalid")["state"] == "OPEN"
