@@ -145,13 +145,29 @@ def test_refresh_token_reuse_burst_opens_an_incident_only_at_the_threshold(tenan
 
 
 def test_a_throttling_spike_past_the_threshold_opens_an_incident_without_a_clock(tenant: Tenant) -> None:
-    signal(tenant.id, "security.throttled", 9)
+    from shared.core.errors import TooManyRequests
+    from shared.identity import signin
+    from shared.identity.errors import InvalidCredentials
+
+    base = uuid.uuid4().int % 250
+
+    def guess(victim: int) -> None:
+        """Five wrong passwords for one address from one IP (the real sign-in and its Table
+        Storage throttle): the email+IP key crosses once."""
+        for _ in range(5):
+            with pytest.raises((InvalidCredentials, TooManyRequests)):
+                signin.login(tenant_slug=tenant.slug, email=f"v{victim}@example.test", password="wrong-password-123",
+                             remember_me=False, meta=audit.RequestMeta(ip=f"198.18.{base}.{victim + 1}"))
+
+    for victim in range(9):
+        guess(victim)
     incidents.sweep()
-    assert of(tenant.id) == []
-    signal(tenant.id, "security.throttled")
+    assert of(tenant.id) == []  # nine crossings: below the spike of ten
+    guess(9)
     incidents.sweep()
     incident = one(tenant.id, "throttling_spike")
     assert not incident["tenant_data"] and incident["notify_due_at"] is None
+    assert [e["action"] for e in incident["evidence"]] == ["security.throttled"]
 
 
 def test_a_support_token_used_after_its_grant_is_revoked_opens_an_incident_a_mistyped_read_does_not(
