@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Literal
 
 import azure.functions as func
+from pydantic import Field
 
 from functions._models_incidents import Incident, IncidentDetail, IncidentNotified, Incidents
 from shared.lifecycle import api
@@ -16,13 +18,14 @@ bp = func.Blueprint()
 
 class IncidentQuery(Strict):
     state: Literal["OPEN", "NOTIFIED", "RESOLVED"] | None = None
+    tenant: uuid.UUID | None = Field(None, description="Only incidents affecting this tenant")
 
 
 @bp.route(route="api/platform/incidents", methods=["GET"])
 @endpoint(response=Incidents, operator=True, query=IncidentQuery, tags=("platform",))
 def platform_incidents(ctx: RequestContext) -> dict[str, Any]:
-    """Every security incident, newest first (filter by state)."""
-    return api.list_incidents(ctx, state=ctx.query.state)
+    """Security incidents, OPEN first, newest first within a state (filter by state or tenant)."""
+    return api.list_incidents(ctx, state=ctx.query.state, tenant_id=ctx.query.tenant)
 
 
 @bp.route(route="api/platform/incidents/{id}", methods=["GET"])

@@ -172,6 +172,15 @@ def cmd_restore_drill(args: argparse.Namespace) -> dict[str, Any]:
     return {"drill": report.as_dict()} if args.format == "json" else {}
 
 
+def _uuid_arg(value: str) -> str:
+    import uuid as _uuid
+
+    try:
+        return str(_uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a tenant id (UUID)") from None
+
+
 def cmd_incidents(args: argparse.Namespace) -> dict[str, Any]:
     """List security incidents, show one, notify the affected tenants' ADMINs (the fixed notice
     through the outbox) or resolve one; notify and resolve need --reason (docs/incidents.md)."""
@@ -180,7 +189,7 @@ def cmd_incidents(args: argparse.Namespace) -> dict[str, Any]:
     from shared.lifecycle import incidents
 
     if args.action == "list":
-        return {"incidents": incidents.list_incidents(state=args.state)}
+        return {"incidents": incidents.list_incidents(state=args.state, tenant_id=args.tenant)}
     if not args.id:
         raise incidents.BlankValue(f"{args.action} needs --id", errors=[{"location": ["id"], "message": "required"}])
     try:
@@ -247,6 +256,7 @@ def parser() -> argparse.ArgumentParser:
     ic.add_argument("action", choices=["list", "show", "notify", "resolve"])
     ic.add_argument("--id", metavar="INCIDENT_ID", help="show, notify, resolve: the incident")
     ic.add_argument("--state", choices=["OPEN", "NOTIFIED", "RESOLVED"], help="list: only this state")
+    ic.add_argument("--tenant", metavar="TENANT_ID", type=_uuid_arg, help="list: only incidents affecting this tenant")
     ic.add_argument("--reason", help="notify, resolve: why (written to the audit trails)")
     return p
 

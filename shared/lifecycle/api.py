@@ -141,11 +141,11 @@ def download(export_id: uuid.UUID, *, file: str, token: str, meta: audit.Request
 # --- security incidents (docs/incidents.md) -------------------------------------------------
 
 
-def list_incidents(caller: Caller, *, state: str | None = None) -> dict[str, Any]:
-    """Every incident, newest first, optionally in one state (operators)."""
+def list_incidents(caller: Caller, *, state: str | None = None, tenant_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """Incidents for operators (OPEN first), optionally in one state or affecting one tenant."""
     from shared.lifecycle import incidents
 
-    return {"incidents": incidents.list_incidents(state=state)}
+    return {"incidents": incidents.list_incidents(state=state, tenant_id=str(tenant_id) if tenant_id else None)}
 
 
 def get_incident(caller: Caller, incident_id: uuid.UUID) -> dict[str, Any]:

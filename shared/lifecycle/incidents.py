@@ -390,12 +390,23 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def list_incidents(*, state: str | None = None) -> list[dict[str, Any]]:
-    """Every incident, newest first, optionally in one state (operators)."""
+LIST_LIMIT = 500
+
+
+def list_incidents(*, state: str | None = None, tenant_id: str | None = None,
+                   kind: str | None = None) -> list[dict[str, Any]]:
+    """Incidents for operators, optionally in one state, of one kind or affecting one tenant: OPEN first, then
+    NOTIFIED, then RESOLVED, each newest first, at most `LIST_LIMIT` (so an old OPEN incident is
+    never pushed out of the list by newer resolved ones)."""
     with db.platform_tx() as conn:
         rows = conn.execute(
-            "select * from incidents where %(state)s::text is null or state = %(state)s order by first_seen desc limit 500",
-            {"state": state},
+            """select * from incidents
+                where (%(state)s::text is null or state = %(state)s)
+                  and (%(tenant)s::uuid is null or affected @> array[%(tenant)s::uuid])
+                  and (%(kind)s::text is null or kind = %(kind)s)
+                order by array_position(array['OPEN', 'NOTIFIED', 'RESOLVED'], state), first_seen desc
+                limit %(limit)s""",
+            {"state": state, "tenant": tenant_id, "kind": kind, "limit": LIST_LIMIT},
         ).fetchall()
     return [view(r) for r in rows]
 

@@ -56,7 +56,8 @@ def tamper(tenant_id: str) -> None:
 
 def of(tenant_id: str, kind: str | None = None) -> list[dict[str, Any]]:
     """The incidents (operator view) affecting exactly this tenant."""
-    return [i for i in incidents.list_incidents() if i["affected"] == [tenant_id] and kind in (None, i["kind"])]
+    return [i for i in incidents.list_incidents(tenant_id=tenant_id)
+            if i["affected"] == [tenant_id] and kind in (None, i["kind"])]
 
 
 def one(tenant_id: str, kind: str) -> dict[str, Any]:
@@ -78,6 +79,23 @@ def signal(tenant_id: str, action: str, n: int = 1) -> None:
         with db.tenant_tx(tenant_id) as conn:
             audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(id=None, name="source", type="system"),
                          action=action, target_type="thing", target_id=str(i))
+
+
+@contextmanager
+def forged_attachment(tenant: Tenant) -> Iterator[str]:
+    """An attachment blob whose content someone with storage rights rewrote; put right after
+    the test, so later snapshot runs (and tests) see a sound container."""
+    from shared.core import storage
+    from shared.records import attachments
+
+    original = b"the original protocol " + uuid.uuid4().bytes
+    sha = hashlib.sha256(original).hexdigest()
+    blob = storage.blob_service().get_blob_client(attachments.CONTAINER, attachments.blob_name(tenant.id, sha))
+    blob.upload_blob(b"a forged protocol", overwrite=True)
+    try:
+        yield sha
+    finally:
+        blob.upload_blob(original, overwrite=True)
 
 
 def opened_tampered(tenant: Tenant) -> dict[str, Any]:
@@ -190,16 +208,13 @@ def test_a_support_token_used_after_its_grant_is_revoked_opens_an_incident_a_mis
 
 
 def test_an_attachment_rewritten_in_storage_and_then_read_opens_an_integrity_incident(tenant: Tenant) -> None:
-    from shared.core import storage
     from shared.records import attachments
     from shared.records.errors import IntegrityFailure
 
-    sha = hashlib.sha256(b"the original protocol").hexdigest()
-    blob = storage.blob_service().get_blob_client(attachments.CONTAINER, attachments.blob_name(tenant.id, sha))
-    blob.upload_blob(b"a forged protocol", overwrite=True)  # what someone with storage rights does
-    with pytest.raises(IntegrityFailure):
-        attachments.read_verified(tenant.id, sha, record_id=str(uuid.uuid4()), meta=audit.RequestMeta(),
-                                  actor=audit.Actor(id=None, name="reader", type="user"))
+    with forged_attachment(tenant) as sha:
+        with pytest.raises(IntegrityFailure):
+            attachments.read_verified(tenant.id, sha, record_id=str(uuid.uuid4()), meta=audit.RequestMeta(),
+                                      actor=audit.Actor(id=None, name="reader", type="user"))
     incidents.sweep()
     incident = one(tenant.id, "attachment_integrity")
     assert incident["tenant_data"] and incident["severity"] == "CRITICAL"
@@ -260,14 +275,31 @@ def test_the_ops_cli_lists_shows_and_resolves_with_a_reason(tenant: Tenant, caps
     assert "RESOLVED" in shown and "false positive: test" in shown
 
 
-@pytest.mark.parametrize(("timer", "kind"), sorted(incidents.TIMERS.items()))
-def test_a_failed_purge_or_snapshot_run_opens_a_platform_incident_once(timer: str, kind: str) -> None:
+def test_a_failed_snapshot_run_opens_a_platform_incident_once(tenant: Tenant) -> None:
+    from shared.lifecycle import snapshots
+
     incidents.sweep()  # earlier beats are history
-    before = [i for i in incidents.list_incidents() if i["kind"] == kind and i["state"] != "RESOLVED"]
-    health.record_heartbeat(timer, ok=False, detail="failed: OperationalError")
+    kind = "snapshot_timer_failed"
+    before = incidents.list_incidents(state="OPEN", kind=kind)
+    with forged_attachment(tenant), pytest.raises(snapshots.SnapshotRunFailed):
+        snapshots.scheduled_run()  # the timer's run: it finds the forged blob and fails
     incidents.sweep()
     incidents.sweep()
-    after = [i for i in incidents.list_incidents() if i["kind"] == kind and i["state"] != "RESOLVED"]
+    after = incidents.list_incidents(state="OPEN", kind=kind)
+    assert len(after) == 1 and after[0]["affected"] == []
+    assert len(after[0]["evidence"]) == (len(before[0]["evidence"]) if before else 0) + 1
+    assert after[0]["evidence"][-1]["action"] == "platform.timer_failed"
+    assert one(tenant.id, "attachment_integrity")["tenant_data"]  # the run's mismatch event is a signal too
+
+
+def test_a_failed_purge_run_opens_a_platform_incident_once() -> None:
+    timer, kind = "purge_cancelled_tenants", "purge_timer_failed"
+    incidents.sweep()  # earlier beats are history
+    before = incidents.list_incidents(state="OPEN", kind=kind)
+    health.record_heartbeat(timer, ok=False, detail="failed: OperationalError")  # what the failing timer records
+    incidents.sweep()
+    incidents.sweep()
+    after = incidents.list_incidents(state="OPEN", kind=kind)
     assert len(after) == 1 and after[0]["affected"] == []
     assert len(after[0]["evidence"]) == (len(before[0]["evidence"]) if before else 0) + 1
     assert after[0]["evidence"][-1]["action"] == "platform.timer_failed"
@@ -385,8 +417,9 @@ def test_operator_routes_list_notify_resolve_and_refuse_tenant_tokens(
         assert refused.status_code == 403 and refused.json()["type"].endswith("mfa-step-up-required")
     assert one(tenant.id, "audit_chain_invalid")["state"] == "OPEN"
 
-    listed = client.get("/api/platform/incidents", params={"state": "OPEN"}, headers=auth(operator.token))
-    assert listed.status_code == 200 and incident["id"] in {i["id"] for i in listed.json()["incidents"]}
+    listed = client.get("/api/platform/incidents", params={"state": "OPEN", "tenant": tenant.id},
+                        headers=auth(operator.token))
+    assert listed.status_code == 200 and [i["id"] for i in listed.json()["incidents"]] == [incident["id"]]
     bad = client.get("/api/platform/incidents", params={"state": "CLOSED"}, headers=auth(operator.token))
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
     blank = client.post(f"/api/platform/incidents/{incident['id']}/notify", headers=auth(operator.token),
