@@ -11,6 +11,7 @@ from functions import (
     console,
     designations,
     exports,
+    incidents,
     jobs,
     mfa,
     owner,
@@ -36,7 +37,7 @@ from shared.web.openapi import describe_app
 BLUEPRINTS = (
     system.bp, wellknown.bp, auth.bp, sessions.bp, tenants.bp, users.bp, designations.bp, support.bp, platform.bp,
     records.bp, signatures.bp, audit.bp, timers.bp, mfa.bp, jobs.bp, exports.bp,
-    scim.bp, console.bp, sso.bp,
+    scim.bp, console.bp, sso.bp, incidents.bp,
 )
 OWNER_BLUEPRINTS = (owner.bp,)
 """The owner jobs: only the owner-jobs app (its identity is the schema owner) registers them."""

@@ -81,3 +81,12 @@ def housekeeping(timer: func.TimerRequest) -> None:
     health.record_heartbeat("housekeeping", ok=report.ok, detail=report.detail())
     if not report.ok:
         raise RuntimeError(f"housekeeping failed: {report.detail()}")
+
+
+@bp.timer_trigger(arg_name="timer", schedule="%INCIDENT_SCHEDULE%", run_on_startup=False)
+def incidents_sweep(timer: func.TimerRequest) -> None:
+    """Turn security signals (audit events, failed timers) into incidents and escalate notices
+    overdue 20 hours (docs/incidents.md); heartbeats, and fails the run when a chain could not be read."""
+    from shared.lifecycle import api  # the audit machinery loads on first use, not at import
+
+    log.info("incident sweep: %s", api.sweep_incidents())

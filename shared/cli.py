@@ -196,6 +196,36 @@ def cmd_validation_report(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _uuid_arg(value: str) -> str:
+    import uuid as _uuid
+
+    try:
+        return str(_uuid.UUID(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a tenant id (UUID)") from None
+
+
+def cmd_incidents(args: argparse.Namespace) -> dict[str, Any]:
+    """List security incidents, show one, notify the affected tenants' ADMINs (the fixed notice
+    through the outbox) or resolve one; notify and resolve need --reason (docs/incidents.md)."""
+    import uuid as _uuid
+
+    from shared.lifecycle import incidents
+
+    if args.action == "list":
+        return {"incidents": incidents.list_incidents(state=args.state, tenant_id=args.tenant)}
+    if not args.id:
+        raise incidents.BlankValue(f"{args.action} needs --id", errors=[{"location": ["id"], "message": "required"}])
+    try:
+        incident_id = _uuid.UUID(args.id)
+    except ValueError:
+        raise NotFound("no such incident") from None
+    if args.action == "show":
+        return {"incident": incidents.get_incident(incident_id)}
+    step = incidents.notify if args.action == "notify" else incidents.resolve
+    return {"incident": step(incident_id, reason=args.reason or "", actor=_cli_actor())}
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "migrate": cmd_migrate,
     "create-app-role": cmd_create_app_role,
@@ -207,6 +237,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "restore-drill": cmd_restore_drill,
     "purge-due": cmd_purge_due,
     "validation-report": cmd_validation_report,
+    "incidents": cmd_incidents,
 }
 
 
@@ -254,6 +285,12 @@ def parser() -> argparse.ArgumentParser:
                         description=cmd_validation_report.__doc__)
     vr.add_argument("--all", action="store_true", help="run the whole suite, not only the marked tests")
     vr.add_argument("--out", default="docs/validation", help="directory for report.json and index.html")
+    ic = sub.add_parser("incidents", help=(cmd_incidents.__doc__ or "").split("\n")[0], description=cmd_incidents.__doc__)
+    ic.add_argument("action", choices=["list", "show", "notify", "resolve"])
+    ic.add_argument("--id", metavar="INCIDENT_ID", help="show, notify, resolve: the incident")
+    ic.add_argument("--state", choices=["OPEN", "NOTIFIED", "RESOLVED"], help="list: only this state")
+    ic.add_argument("--tenant", metavar="TENANT_ID", type=_uuid_arg, help="list: only incidents affecting this tenant")
+    ic.add_argument("--reason", help="notify, resolve: why (written to the audit trails)")
     return p
 
 

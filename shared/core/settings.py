@@ -321,6 +321,24 @@ class Settings(BaseSettings):
         description="Functions this app registers, comma-separated: `api` (every HTTP route and timer but the owner jobs), `owner` (only the tenant purge and the audit retention, run as the schema owner: DATABASE_OWNER_URL); `api,owner` runs both in one process (local and test only).",
     )
 
+    # --- security incidents (docs/incidents.md) ---------------------------------------------
+    incident_schedule: str = Field(
+        ..., description="When security signals are swept into incidents and overdue notices escalated (NCRONTAB)."
+    )
+    incident_contact: str = Field(
+        "security@custos.example", min_length=3, max_length=200,
+        description="Contact named in every incident notice to tenant admins (an address or a phone line).",
+    )
+    incident_window_s: int = Field(
+        600, ge=60, le=86_400, description="Window over which refresh-token reuse bursts and throttling spikes are counted."
+    )
+    incident_reuse_burst: int = Field(
+        3, ge=1, le=1000, description="Refresh-token reuses in one tenant within the window that open an incident."
+    )
+    incident_throttle_spike: int = Field(
+        10, ge=1, le=100_000, description="Throttle crossings in one chain within the window that open an incident."
+    )
+
     @field_validator("mfa_encryption_key", "mfa_decryption_keys", "rate_limit_key", "rate_limit_previous_keys")
     @classmethod
     def _aes_keys(cls, v: str) -> str:
@@ -333,7 +351,7 @@ class Settings(BaseSettings):
                 raise ValueError("each key must be 32 bytes before base64")
         return v
 
-    @field_validator("tenant_purge_schedule", "sso_purge_schedule")
+    @field_validator("tenant_purge_schedule", "sso_purge_schedule", "incident_schedule")
     @classmethod
     def _tenant_purge_schedule(cls, v: str) -> str:
         if len(v.split()) != 6:

@@ -150,3 +150,99 @@ def list_exports(caller: Caller, *, limit: int) -> dict[str, Any]:
     with caller.tenant_tx() as conn:
         rows = jobs.recent(conn, kind=export.KIND, limit=limit)
     return {"exports": [_export_view(job, links=None) for job in rows]}
+
+
+# --- security incidents (docs/incidents.md) -------------------------------------------------
+
+
+def list_incidents(caller: Caller, *, state: str | None = None, tenant_id: uuid.UUID | None = None) -> dict[str, Any]:
+    """Incidents for operators (OPEN first), optionally in one state or affecting one tenant."""
+    from shared.lifecycle import incidents
+
+    return {"incidents": incidents.list_incidents(state=state, tenant_id=str(tenant_id) if tenant_id else None)}
+
+
+def get_incident(caller: Caller, incident_id: uuid.UUID) -> dict[str, Any]:
+    """One incident with its history (operators).
+
+    Raises:
+        NotFound: no such incident.
+    """
+    from shared.lifecycle import incidents
+
+    return incidents.get_incident(incident_id)
+
+
+def notify_incident(caller: Caller, incident_id: uuid.UUID, *, reason: str) -> dict[str, Any]:
+    """Mail the affected tenants' ADMINs the fixed notice; the incident turns NOTIFIED.
+
+    Raises:
+        StepUpRequired: no recent second factor (a notice goes to customers in the platform's name).
+        BlankValue, NotFound, IncidentStateConflict: see `incidents.notify`.
+    """
+    from shared.identity import mfa
+    from shared.lifecycle import incidents
+
+    mfa.require_recent_second_factor(caller.user)
+
+    return incidents.notify(incident_id, reason=reason, actor=caller.actor, meta=caller.meta)
+
+
+def resolve_incident(caller: Caller, incident_id: uuid.UUID, *, reason: str) -> dict[str, Any]:
+    """Resolve the incident with a reason.
+
+    Raises:
+        StepUpRequired: no recent second factor (resolving stops the 24-hour clock).
+        BlankValue, NotFound, IncidentStateConflict: see `incidents.resolve`.
+    """
+    from shared.identity import mfa
+    from shared.lifecycle import incidents
+
+    mfa.require_recent_second_factor(caller.user)
+
+    return incidents.resolve(incident_id, reason=reason, actor=caller.actor, meta=caller.meta)
+
+
+def my_incidents(caller: Caller) -> dict[str, Any]:
+    """The incidents affecting the caller's tenant (no other tenant is named in them)."""
+    from shared.lifecycle import incidents
+
+    with caller.tenant_tx() as conn:
+        return {"incidents": incidents.tenant_incidents(conn)}
+
+
+def my_incident(caller: Caller, incident_id: uuid.UUID) -> dict[str, Any]:
+    """One incident affecting the caller's tenant.
+
+    Raises:
+        NotFound: no such incident, or one not affecting the caller's tenant.
+    """
+    from shared.lifecycle import incidents
+
+    with caller.tenant_tx() as conn:
+        return incidents.tenant_incident(conn, incident_id)
+
+
+def sweep_incidents() -> str:
+    """The incident timer's run: sweep signals, escalate overdue notices, heartbeat; a chain
+    that could not be swept fails the run (after the heartbeat).
+
+    Raises:
+        RuntimeError: a chain could not be swept. Exception: the sweep itself failed.
+    """
+    import logging
+
+    from shared.core import health
+    from shared.lifecycle import incidents
+
+    try:
+        report = incidents.sweep()
+    except Exception as exc:
+        logging.getLogger("custos.incidents").exception("incident sweep failed")
+        health.record_heartbeat("incidents_sweep", ok=False, detail=f"failed: {type(exc).__name__}")
+        raise
+    detail = f"{report.signals} signals, {report.escalated} escalated, {len(report.failed_chains)} chains failed"
+    health.record_heartbeat("incidents_sweep", ok=not report.failed_chains, detail=detail)
+    if report.failed_chains:
+        raise RuntimeError(f"incident sweep failed for {len(report.failed_chains)} chains")
+    return detail

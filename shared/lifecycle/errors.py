@@ -84,3 +84,10 @@ class AuditRetentionRefused(Conflict):
     evidence stays for an operator to examine."""
 
     code, title = "audit-retention-refused", "The audit retention cut was refused"
+
+
+class IncidentStateConflict(Conflict):
+    """The incident is not in a state that allows this step (notify an incident already
+    RESOLVED, resolve one twice): nothing changed."""
+
+    code, title = "incident-state-conflict", "The incident's state does not allow this step"

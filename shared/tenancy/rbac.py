@@ -56,6 +56,7 @@ PERMISSIONS: dict[str, str] = {
     "tenant.export": "Export everything the tenant holds (tables, attachments, audit trail) as a signed archive",
     "jobs.read": "See the state and progress of the tenant's jobs",
     "sso.manage": "Configure identity providers (SAML, OIDC) and break-glass accounts",
+    "incidents.read": "See security incidents affecting the tenant and their notification state",
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[str]] = {

@@ -114,6 +114,14 @@ var rules = [
     window: 'PT3H'
     query: 'let runs = AppRequests | where Name == "purge_sso_state"; print failures = toscalar(runs | where Success == false | count), ok = toscalar(runs | where Success == true | count) | where failures > 0 or ok == 0'
   }
+  {
+    name: 'incident-notice-overdue'
+    severity: 0
+    description: 'A security incident affecting tenant data has gone 20 hours without notice to the tenant admins (24-hour commitment), or the incident sweep failed or did not run for an hour (docs/incidents.md).'
+    frequency: 'PT15M'
+    window: 'PT1H'
+    query: 'let runs = AppRequests | where Name == "incidents_sweep"; let bad = union (runs | where Success == false), (AppTraces | where Message startswith "incident notice overdue" or Message startswith "incident sweep failed"); print bad = toscalar(bad | count), runs = toscalar(runs | count) | where bad > 0 or runs == 0'
+  }
 ]
 
 resource alertRules 'Microsoft.Insights/scheduledQueryRules@2023-03-15-preview' = [for rule in rules: {

@@ -119,6 +119,11 @@ param hibpApiUrl string = 'https://api.pwnedpasswords.com'
 @maxValue(365)
 param blobSnapshotRetentionDays int = 35
 
+@description('Optional. Security contact named in incident notices to tenant admins (INCIDENT_CONTACT): an address or phone line customers can reach.')
+@minLength(3)
+@maxLength(200)
+param incidentContact string = 'security@custos.example'
+
 @description('Optional. Tags applied to every resource (azd-service-name is added).')
 param tags object = {}
 
@@ -254,6 +259,12 @@ var plainSettings = [
   { name: 'SSO_METADATA_TIMEOUT_S', value: '10' }
   { name: 'SSO_METADATA_ALLOW_LOOPBACK', value: 'false' }
   { name: 'SSO_PURGE_SCHEDULE', value: '0 */30 * * * *' }
+  // docs/incidents.md: signals swept into incidents every 5 minutes; the contact goes into every notice.
+  { name: 'INCIDENT_SCHEDULE', value: '0 */5 * * * *' }
+  { name: 'INCIDENT_CONTACT', value: incidentContact }
+  { name: 'INCIDENT_WINDOW_S', value: '600' }
+  { name: 'INCIDENT_REUSE_BURST', value: '3' }
+  { name: 'INCIDENT_THROTTLE_SPIKE', value: '10' }
 ]
 
 var keyVaultSettings = [for item in items(secretSettings): {
