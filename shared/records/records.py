@@ -333,22 +333,34 @@ def _with_source_state(conn: Conn, version: dict[str, Any]) -> dict[str, Any]:
     return version
 
 
+def _version_insert(
+    *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
+    references: list[dict[str, Any]], frozen: dict[str, Any], attachments: list[dict[str, Any]], actor: Principal,
+    reason: str | None, returning: str = VERSION_COLUMNS,
+) -> tuple[str, tuple[Any, ...]]:
+    """The insert of a version, returning `returning`, and its values."""
+    text = canonical(payload)
+    return (
+        f"""insert into record_versions (tenant_id, record_id, version, schema_version, payload, checksum, refs,
+                                         frozen_context, attachments, created_by, created_by_name, created_tz,
+                                         reason, previous_version)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {returning}""",
+        (tenant_id, record_id, version, schema_version, text, payload_checksum(text),
+         canonical([{"name": r["name"], "record_id": str(r["record_id"])} for r in references]),
+         canonical(frozen), canonical(attachments), actor.user_id, actor.name or actor.user_id, actor.time_zone,
+         reason, version - 1 if version > 1 else None),
+    )
+
+
 def _insert_version(
     conn: Conn, *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
     references: list[dict[str, Any]], frozen: dict[str, Any], attachments: list[dict[str, Any]], actor: Principal,
     reason: str | None,
 ) -> dict[str, Any]:
-    text = canonical(payload)
-    row = conn.execute(
-        f"""insert into record_versions (tenant_id, record_id, version, schema_version, payload, checksum, refs,
-                                         frozen_context, attachments, created_by, created_by_name, created_tz,
-                                         reason, previous_version)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {VERSION_COLUMNS}""",
-        (tenant_id, record_id, version, schema_version, text, payload_checksum(text),
-         canonical([{"name": r["name"], "record_id": str(r["record_id"])} for r in references]),
-         canonical(frozen), canonical(attachments), actor.user_id, actor.name or actor.user_id, actor.time_zone,
-         reason, version - 1 if version > 1 else None),
-    ).fetchone()
+    query, values = _version_insert(
+        tenant_id=tenant_id, record_id=record_id, version=version, schema_version=schema_version, payload=payload,
+        references=references, frozen=frozen, attachments=attachments, actor=actor, reason=reason)
+    row = conn.execute(query, values).fetchone()
     assert row is not None
     return _version_json(row)
 
@@ -362,15 +374,21 @@ def create_record(
     validate_payload(rtype["schema"], payload)
     record_id = str(uuid.uuid4())
     frozen = _freeze(conn, references, record_id)
+    # The record and its first version in one statement.
+    insert_version, version_values = _version_insert(
+        tenant_id=tenant_id, record_id=record_id, version=1, schema_version=rtype["schema_version"], payload=payload,
+        references=references, frozen=frozen, attachments=[], actor=actor, reason=None,
+        returning=_VERSION_RETURNING_AS_V)
     row = conn.execute(
-        f"""with r as (insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s) returning *)
-            select {RECORD_COLUMNS}, r.type_id from r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id""",
-        (tenant_id, record_id, rtype["id"], actor.user_id),
+        f"""with r as (insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s) returning *),
+                 v as ({insert_version})
+            select {RECORD_COLUMNS}, r.type_id, v.*
+              from r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id cross join v""",
+        (tenant_id, record_id, rtype["id"], actor.user_id, *version_values),
     ).fetchone()
     assert row is not None
-    version = _insert_version(conn, tenant_id=tenant_id, record_id=record_id, version=1,
-                              schema_version=rtype["schema_version"], payload=payload, references=references,
-                              frozen=frozen, attachments=[], actor=actor, reason=None)
+    version = _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")})
+    row = {k: v for k, v in row.items() if not k.startswith("v_")}
     # The answer is what a read returns (a new record has no signatures yet), built before the
     # audit event: the chain head's row lock is then held only for the append and the commit.
     record = _record_json(row)
@@ -390,18 +408,31 @@ def _record_json(row: dict[str, Any]) -> dict[str, Any]:
 def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
     """A record with its current version (and frozen context with source state). Raises NotFound."""
     # The record and its current version in one read.
-    row = conn.execute(
-        f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}
-              from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
-              join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
-             where r.id = %s{' for update of r' if lock else ''}""",
-        (str(record_id),),
-    ).fetchone()
+    if lock:  # FOR UPDATE refuses the aggregate below: the signatures come in a read of their own
+        row = conn.execute(
+            f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}
+                  from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+                  join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
+                 where r.id = %s for update of r""",
+            (str(record_id),),
+        ).fetchone()
+    else:  # the record, its current version and its signatures in one read
+        row = conn.execute(
+            f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}, {_SIGNATURE_ARRAYS}
+                  from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+                  join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
+                  cross join lateral (select {_SIGNATURE_AGGREGATES} from signatures s where s.record_id = r.id) s
+                 where r.id = %s""",
+            (str(record_id),),
+        ).fetchone()
     if row is None:
         raise NotFound("no such record")
-    record = _record_json({k: v for k, v in row.items() if not k.startswith("v_")})
+    record = _record_json({k: v for k, v in row.items() if not k.startswith(("v_", "s_"))})
     record["version"] = _with_source_state(conn, _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")}))
-    _add_signatures(conn, record)
+    if lock:
+        _add_signatures(conn, record)
+    else:
+        _set_signatures(record, _signature_rows(row))
     return record
 
 
@@ -416,13 +447,32 @@ def _prefixed(columns: str, table: str, prefix: str) -> str:
 
 
 _VERSION_AS_V = _prefixed(VERSION_COLUMNS, "v", "v_")
+_VERSION_RETURNING_AS_V = ", ".join(
+    f"{expression} as v_{name or expression}"
+    for expression, _, name in (c.strip().partition(" as ") for c in VERSION_COLUMNS.split(", ")))
+
+
+_SIGNATURE_FIELDS = tuple(c.strip() for c in SIGNATURE_COLUMNS.split(","))
+# One array per column, each in the same (total) order, so that the i-th items make one row.
+_SIGNATURE_AGGREGATES = ", ".join(f"array_agg(s.{c} order by s.signed_at, s.id) as {c}" for c in _SIGNATURE_FIELDS)
+_SIGNATURE_ARRAYS = ", ".join(f"s.{c} as s_{c}" for c in _SIGNATURE_FIELDS)
+
+
+def _signature_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The signature rows of a read that carried them as `_SIGNATURE_ARRAYS` (none: NULL arrays)."""
+    columns = [row[f"s_{c}"] or [] for c in _SIGNATURE_FIELDS]
+    return [dict(zip(_SIGNATURE_FIELDS, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _add_signatures(conn: Conn, record: dict[str, Any]) -> None:
     """§11.50: every read shows the signatures (printed name, time with zone, meaning), and
     whether the record changed after it was signed (§11.70: signatures stay on their version)."""
-    rows = conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at",
+    rows = conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at, id",
                         (record["id"],)).fetchall()
+    _set_signatures(record, rows)
+
+
+def _set_signatures(record: dict[str, Any], rows: list[Any]) -> None:
     record["signatures"] = [manifest_entry(r) for r in rows]
     current = record["current_version"]
     record["version"]["signatures"] = [s for s in record["signatures"] if s["version"] == current]

@@ -18,7 +18,7 @@ from shared.core import db, storage
 from shared.records import attachments
 from shared.tenancy.tenants import Tenant
 from shared.web.card_data import MARKER, normalise
-from tests.conftest import Host, Person, PersonFactory, auth
+from tests.conftest import Host, Person, PersonFactory, Wire, auth
 
 INVOICE = {"number": "INV-1", "issue_date": "2026-11-01", "currency": "EUR",
            "lines": [{"description": "Audit support", "quantity": 2, "unit_price": 150.5}]}
@@ -508,3 +508,34 @@ def test_a_poison_payload_stored_by_an_older_version_still_reads_back(
     assert page.status_code == 200 and page.json()["events"][-1]["after"]["payload"] == payload
     listing = client.get("/api/records", headers=h)
     assert listing.status_code == 200
+
+
+def test_a_record_is_created_and_read_in_one_statement_each(tenant: Tenant, people: dict[str, Person],
+                                                            wire: Wire) -> None:
+    """A create is: its type, the record with its first version, its audit event; a read is
+    one statement with its signatures. Each answers what the separate statements answered."""
+    from shared.identity.guards import Principal
+    from shared.records import records
+    from shared.tenancy.rbac import role_permissions
+
+    op = people["op"]
+    principal = Principal(user_id=op.id, tenant_id=tenant.id, session_id=str(uuid.uuid4()), role="OPERATOR",
+                          permissions=role_permissions("OPERATOR"), name="Otto Operator")
+    actor = audit.Actor(op.id, "Otto Operator")
+    with db.tenant_tx(tenant.id) as conn:  # the tenant's first event and its built-in types exist before counting
+        records.create_record(conn, actor=principal, type_name="document", payload={"title": "first"},
+                              references=[], meta=audit.RequestMeta(), audit_actor=actor)
+    with db.tenant_tx(tenant.id) as conn:
+        wire.clear()
+        created = records.create_record(conn, actor=principal, type_name="document", payload={"title": "T"},
+                                        references=[], meta=audit.RequestMeta(), audit_actor=actor)
+        assert len(wire.round_trips()) == 4, wire.round_trips()
+        wire.clear()
+        read = records.get_record(conn, created["id"])
+        assert len(wire.round_trips()) == 1, wire.round_trips()
+        assert read == created
+        locked = records.get_record(conn, created["id"], lock=True)
+        assert locked == read
+    assert read["version"]["payload"] == {"title": "T"} and read["signatures"] == []
+    [event] = [e for e in events(tenant.id, "record.created") if e["target_id"] == created["id"]]
+    assert event["after"]["checksum"] == read["version"]["checksum"]
