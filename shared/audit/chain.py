@@ -202,6 +202,17 @@ def append(
     """
     meta = meta or RequestMeta()
     tid = str(uuid.UUID(str(tenant_id)))
+    values = {
+        "tid": tid, "actor_id": actor.id, "actor_name": actor.name, "actor_type": actor.type, "action": action,
+        "target_type": target_type, "target_id": None if target_id is None else str(target_id),
+        "before": canonical_json(before), "after": canonical_json(after), "reason": reason, "ip": meta.ip,
+        "user_agent": meta.user_agent, "session_id": meta.session_id, "request_id": meta.request_id,
+        "app_version": get_settings().app_version,
+    }
+    done = conn.execute(_APPEND, values).fetchone()
+    if done is not None:
+        return Appended(seq=int(done["seq"]), checksum=done["checksum"], occurred_at=done["occurred_at"])
+    # The tenant's first event (no chain head yet): the head is created, then locked as always.
     lock_head = "select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %s for update"
     head = conn.execute(lock_head, (tid,)).fetchone()
     if head is None:  # the tenant's first event: create its head, then lock it like any other
@@ -433,6 +444,33 @@ _SQL_CANONICAL = " || ".join([
     "'}'",
 ])
 SQL_CHECKSUM = f"encode(sha256(convert_to({_SQL_CANONICAL}, 'UTF8')), 'hex')"
+
+_TIME_TEXT = "to_char({} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+# `append` in one round trip once the tenant's chain head exists: lock the head, build the
+# event beside it, checksum it with SQL_CHECKSUM (the very expression the verifier recomputes,
+# byte-identical to canonical_bytes: a test checks both), insert it and move the head. The
+# event's time is the clock after the head's lock was granted, as in the two-step form.
+_APPEND = f"""
+with head as (
+  select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %(tid)s for update
+), event as (
+  select %(tid)s::uuid as tenant_id, head.seq + 1 as seq, head.now as occurred_at,
+         %(actor_id)s::text as actor_id, %(actor_name)s::text as actor_name, %(actor_type)s::text as actor_type,
+         %(action)s::text as action, %(target_type)s::text as target_type, %(target_id)s::text as target_id,
+         %(before)s::json as before, %(after)s::json as after, %(reason)s::text as reason, %(ip)s::text as ip,
+         %(user_agent)s::text as user_agent, %(session_id)s::text as session_id,
+         %(request_id)s::text as request_id, %(app_version)s::text as app_version,
+         head.checksum as previous_checksum
+    from head
+), inserted as (
+  insert into audit_events ({', '.join(_COLUMNS)})
+  select {', '.join(_COLUMNS[:-1])}, {SQL_CHECKSUM} from event
+  returning seq, checksum, occurred_at
+)
+update audit_chain_heads h set seq = inserted.seq, checksum = inserted.checksum
+  from inserted where h.tenant_id = %(tid)s
+returning inserted.seq, inserted.checksum, {_TIME_TEXT.format('inserted.occurred_at')} as occurred_at"""
 
 
 def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Iterator[dict[str, Any]]:

@@ -25,7 +25,7 @@ from shared.core import db, storage
 from shared.core.errors import InvalidValue
 from shared.tenancy.tenant_settings import put_setting
 from shared.tenancy.tenants import Tenant, create_tenant
-from tests.conftest import ROOT, TokenFactory, auth
+from tests.conftest import ROOT, TokenFactory, Wire, auth
 
 ACTOR = audit.Actor(id="u-1", name="Ada Lovelace", type="user")
 
@@ -609,3 +609,40 @@ def test_database_canonical_form_equals_the_python_one(rows: list[dict]) -> None
             ).fetchone()
             assert bytes(text) == audit.canonical_bytes(r)
             assert digest == audit.compute_checksum(r)
+
+
+def test_an_append_to_an_existing_chain_is_one_round_trip(tenant: Tenant, wire: Wire) -> None:
+    add_events(tenant.id, 1)  # the chain head exists from here on
+    with db.tenant_tx(tenant.id) as conn:
+        wire.clear()
+        appended = audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="test.counted",
+                                after={"n": 1}, meta=audit.RequestMeta(request_id="r-1"))
+        assert len(wire.round_trips()) == 1, wire.round_trips()
+        [row] = audit.list_events(conn, after_seq=appended.seq - 1, limit=1)
+    assert (row["seq"], row["checksum"], row["occurred_at"]) == (appended.seq, appended.checksum, appended.occurred_at)
+    assert audit.verify_tenant(tenant.id, None).valid
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.fixed_dictionaries({name: st.one_of(st.none(), _text) for name in
+                                    ("target_type", "target_id", "reason", "ip", "user_agent", "session_id",
+                                     "request_id")}),
+       name=_text.filter(bool), before=_json, after=_json)
+def test_the_database_computed_checksum_of_an_append_is_the_python_one(
+        texts: dict, name: str, before: Any, after: Any) -> None:
+    """The one-statement append checksums the event in PostgreSQL: for any text (quotes,
+    backslashes, controls, any plane) it is the checksum of canonical_bytes, so the offline
+    verifier and the streaming walk agree with it."""
+    with db.platform_tx() as conn:
+        tenant = create_tenant(conn, slug=f"t-{uuid.uuid4().hex[:12]}", name="Canonical", region="uksouth")
+    add_events(tenant.id, 1)
+    with db.tenant_tx(tenant.id) as conn:
+        appended = audit.append(conn, tenant_id=tenant.id, actor=audit.Actor(id=name, name=name),
+                                action="test.canonical", before=before, after=after,
+                                meta=audit.RequestMeta(texts["ip"], texts["user_agent"], texts["session_id"],
+                                                       texts["request_id"]),
+                                target_type=texts["target_type"], target_id=texts["target_id"], reason=texts["reason"])
+        rows = list(audit.stream_rows(conn))
+    assert rows[-1]["seq"] == appended.seq
+    assert audit.compute_checksum(rows[-1]) == rows[-1]["checksum"] == appended.checksum
+    assert audit.verify_tenant_streaming(tenant.id, None).valid

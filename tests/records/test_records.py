@@ -529,7 +529,7 @@ def test_a_record_is_created_and_read_in_one_statement_each(tenant: Tenant, peop
         wire.clear()
         created = records.create_record(conn, actor=principal, type_name="document", payload={"title": "T"},
                                         references=[], meta=audit.RequestMeta(), audit_actor=actor)
-        assert len(wire.round_trips()) == 4, wire.round_trips()
+        assert len(wire.round_trips()) == 3, wire.round_trips()
         wire.clear()
         read = records.get_record(conn, created["id"])
         assert len(wire.round_trips()) == 1, wire.round_trips()
