@@ -240,6 +240,21 @@ def open_tenant_tx(tenant_id: uuid.UUID | str, then: str) -> tuple[Conn, list[Di
         return first_statement(first)
 
 
+def commit_with(conn: Conn, query: str, params: dict[str, Any] | tuple[Any, ...]) -> list[DictRow]:
+    """Run a transaction's LAST statement and commit in the same round trip (a pipeline of the
+    statement and COMMIT, one Sync), and return the statement's rows. The enclosing `tenant_tx`
+    or `held_tx` then finds nothing left to commit. If the statement fails, nothing commits and
+    the error is raised as usual.
+
+    Raises:
+        psycopg.Error: the statement or the commit failed (the enclosing transaction maps it).
+    """
+    with conn.pipeline():
+        cur = conn.execute(query, params)
+        conn.execute("commit")
+    return cur.fetchall()
+
+
 def release(conn: Conn) -> None:
     """End a transaction opened by `open_tenant_tx` that nobody used, and give the connection back.
 

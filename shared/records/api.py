@@ -57,7 +57,7 @@ def list_records(caller: Caller, *, type_name: str | None, status: str | None, a
 
 def get_record(caller: Caller, record_id: uuid.UUID) -> dict[str, Any]:
     with caller.tenant_tx() as conn:
-        return records.get_record(conn, record_id)
+        return records.get_record(conn, record_id, commit=True)
 
 
 def update_record(caller: Caller, *, record_id: uuid.UUID, expected_version: int, payload: Any,

@@ -352,6 +352,16 @@ def _version_insert(
     )
 
 
+def _source_state(version: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """`_with_source_state` from the sources' current versions read beside the record
+    (frozen name -> current version, None where the source is not visible)."""
+    for name, entry in version["frozen_context"].items():
+        now = current.get(name)
+        entry["source_current_version"] = now
+        entry["source_changed"] = now is None or now != entry["version"]
+    return version
+
+
 def _insert_version(
     conn: Conn, *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
     references: list[dict[str, Any]], frozen: dict[str, Any], attachments: list[dict[str, Any]], actor: Principal,
@@ -405,8 +415,14 @@ def _record_json(row: dict[str, Any]) -> dict[str, Any]:
             for k, v in row.items()}
 
 
-def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
-    """A record with its current version (and frozen context with source state). Raises NotFound."""
+def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False, commit: bool = False) -> dict[str, Any]:
+    """A record with its current version (and frozen context with source state). With
+    `commit`, the read is the transaction's last statement and commits with it (one round
+    trip fewer: the caller's transaction must end right after).
+
+    Raises:
+        NotFound: no such record in the transaction's tenant.
+    """
     # The record and its current version in one read.
     if lock:  # FOR UPDATE refuses the aggregate below: the signatures come in a read of their own
         row = conn.execute(
@@ -416,19 +432,28 @@ def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False) ->
                  where r.id = %s for update of r""",
             (str(record_id),),
         ).fetchone()
-    else:  # the record, its current version and its signatures in one read
-        row = conn.execute(
-            f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}, {_SIGNATURE_ARRAYS}
-                  from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
-                  join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
-                  cross join lateral (select {_SIGNATURE_AGGREGATES} from signatures s where s.record_id = r.id) s
-                 where r.id = %s""",
-            (str(record_id),),
-        ).fetchone()
+    else:  # the record, its current version, its sources' current versions and its signatures in one read
+        query = f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}, {_SIGNATURE_ARRAYS},
+                           (select json_object_agg(f.key, src.current_version)
+                              from json_each(v.frozen_context) f
+                              left join records src on src.id = (f.value ->> 'record_id')::uuid) as source_versions
+                      from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+                      join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
+                      cross join lateral (select {_SIGNATURE_AGGREGATES} from signatures s where s.record_id = r.id) s
+                     where r.id = %s"""
+        if commit:
+            rows = db.commit_with(conn, query, (str(record_id),))
+            row = rows[0] if rows else None
+        else:
+            row = conn.execute(query, (str(record_id),)).fetchone()
     if row is None:
         raise NotFound("no such record")
-    record = _record_json({k: v for k, v in row.items() if not k.startswith(("v_", "s_"))})
-    record["version"] = _with_source_state(conn, _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")}))
+    record = _record_json({k: v for k, v in row.items() if not k.startswith(("v_", "s_")) and k != "source_versions"})
+    version = _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")})
+    if lock:
+        record["version"] = _with_source_state(conn, version)
+    else:
+        record["version"] = _source_state(version, row["source_versions"] or {})
     if lock:
         _add_signatures(conn, record)
     else:

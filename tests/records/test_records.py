@@ -15,6 +15,7 @@ import pytest
 
 from shared.audit import chain as audit
 from shared.core import db, storage
+from shared.core.errors import NotFound
 from shared.records import attachments
 from shared.tenancy.tenants import Tenant
 from shared.web.card_data import MARKER, normalise
@@ -536,6 +537,13 @@ def test_a_record_is_created_and_read_in_one_statement_each(tenant: Tenant, peop
         assert read == created
         locked = records.get_record(conn, created["id"], lock=True)
         assert locked == read
+    wire.clear()
+    with db.tenant_tx(tenant.id) as conn:  # a read that commits with its statement: begin, read + commit
+        committed = records.get_record(conn, created["id"], commit=True)
+    assert len(wire.round_trips()) == 2, wire.round_trips()
+    assert committed == read
+    with pytest.raises(NotFound), db.tenant_tx(tenant.id) as conn:
+        records.get_record(conn, str(uuid.uuid4()), commit=True)
     assert read["version"]["payload"] == {"title": "T"} and read["signatures"] == []
     [event] = [e for e in events(tenant.id, "record.created") if e["target_id"] == created["id"]]
     assert event["after"]["checksum"] == read["version"]["checksum"]
