@@ -194,11 +194,18 @@ def append(
     after: Any = None,
     reason: str | None = None,
     meta: RequestMeta | None = None,
+    commit: bool = False,
 ) -> Appended:
     """Append one event to the tenant's chain inside the caller's transaction.
 
     The caller's transaction must have `tenant_id` set (shared.core.db.tenant_tx), so the
     event cannot be written to another tenant's chain (row-level security refuses it).
+    With `commit`, the append is the transaction's last statement and commits with it, in
+    its one round trip (`db.commit_with`): the caller's transaction must end right after.
+
+    Raises:
+        psycopg.Error: the database refused the event (mapped by the enclosing transaction);
+            with `commit`, nothing has committed then.
     """
     meta = meta or RequestMeta()
     tid = str(uuid.UUID(str(tenant_id)))
@@ -209,6 +216,9 @@ def append(
         "user_agent": meta.user_agent, "session_id": meta.session_id, "request_id": meta.request_id,
         "app_version": get_settings().app_version,
     }
+    if commit:
+        [started] = db.commit_with(conn, _APPEND_OR_START, values)
+        return Appended(seq=int(started["seq"]), checksum=started["checksum"], occurred_at=started["occurred_at"])
     done = conn.execute(_APPEND, values).fetchone()
     if done is not None:
         return Appended(seq=int(done["seq"]), checksum=done["checksum"], occurred_at=done["occurred_at"])
@@ -451,10 +461,7 @@ _TIME_TEXT = "to_char({} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'
 # event beside it, checksum it with SQL_CHECKSUM (the very expression the verifier recomputes,
 # byte-identical to canonical_bytes: a test checks both), insert it and move the head. The
 # event's time is the clock after the head's lock was granted, as in the two-step form.
-_APPEND = f"""
-with head as (
-  select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %(tid)s for update
-), event as (
+_EVENT = f"""event as (
   select %(tid)s::uuid as tenant_id, head.seq + 1 as seq, head.now as occurred_at,
          %(actor_id)s::text as actor_id, %(actor_name)s::text as actor_name, %(actor_type)s::text as actor_type,
          %(action)s::text as action, %(target_type)s::text as target_type, %(target_id)s::text as target_id,
@@ -467,10 +474,29 @@ with head as (
   insert into audit_events ({', '.join(_COLUMNS)})
   select {', '.join(_COLUMNS[:-1])}, {SQL_CHECKSUM} from event
   returning seq, checksum, occurred_at
-)
+)"""
+_APPEND = f"""
+with head as (
+  select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %(tid)s for update
+), {_EVENT}
 update audit_chain_heads h set seq = inserted.seq, checksum = inserted.checksum
   from inserted where h.tenant_id = %(tid)s
 returning inserted.seq, inserted.checksum, {_TIME_TEXT.format('inserted.occurred_at')} as occurred_at"""
+
+# The same, for an append that commits in its round trip (`commit=True`), where "no row" cannot
+# be answered by a second step: a missing head is the genesis head, created by the statement.
+# Two first appends of one tenant at once: the second fails on the first's event (a conflict).
+_APPEND_OR_START = f"""
+with locked as (
+  select seq, checksum from audit_chain_heads where tenant_id = %(tid)s for update
+), head as (
+  select seq, checksum, clock_timestamp() as now from locked
+  union all
+  select 0, '{GENESIS}', clock_timestamp() where not exists (select 1 from locked)
+), {_EVENT}
+insert into audit_chain_heads (tenant_id, seq, checksum) select %(tid)s, seq, checksum from inserted
+on conflict (tenant_id) do update set seq = excluded.seq, checksum = excluded.checksum
+returning seq, checksum, (select {_TIME_TEXT.format('occurred_at')} from inserted) as occurred_at"""
 
 
 def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Iterator[dict[str, Any]]:

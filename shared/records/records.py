@@ -377,8 +377,16 @@ def _insert_version(
 
 def create_record(
     conn: Conn, *, actor: Principal, type_name: str, payload: Any, references: list[dict[str, Any]],
-    meta: audit.RequestMeta, audit_actor: audit.Actor,
+    meta: audit.RequestMeta, audit_actor: audit.Actor, commit: bool = False,
 ) -> dict[str, Any]:
+    """A new record (version 1) and its audit event. With `commit`, the event's append commits
+    the transaction in its own round trip: the caller's transaction must end right after.
+
+    Raises:
+        NotFound: no such record type.
+        PayloadInvalid, RecordSchemaUnusable: see `validate_payload`.
+        ValidationFailed: a reference is missing, repeated or to the record itself.
+    """
     tenant_id = str(actor.tenant_id)
     rtype = get_type(conn, tenant_id, type_name)
     validate_payload(rtype["schema"], payload)
@@ -406,7 +414,8 @@ def create_record(
     record["signatures"], record["version"]["signatures"], record["changed_after_signing"] = [], [], False
     audit.append(conn, tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
                  target_id=record_id, after={"type": type_name, "version": 1, "checksum": version["checksum"],
-                                             "payload": payload, "references": version["references"]}, meta=meta)
+                                             "payload": payload, "references": version["references"]}, meta=meta,
+                 commit=commit)
     return record
 
 

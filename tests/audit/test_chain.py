@@ -646,3 +646,60 @@ def test_the_database_computed_checksum_of_an_append_is_the_python_one(
     assert rows[-1]["seq"] == appended.seq
     assert audit.compute_checksum(rows[-1]) == rows[-1]["checksum"] == appended.checksum
     assert audit.verify_tenant_streaming(tenant.id, None).valid
+
+
+def _count(tenant_id: str) -> int:
+    with db.tenant_tx(tenant_id) as conn:
+        row = conn.execute("select count(*) as n from audit_events").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_an_append_that_commits_starts_a_chain_and_commits_in_its_one_round_trip(wire: Wire) -> None:
+    chain = str(uuid.uuid4())  # a chain with no head yet (a new tenant's creation starts its own)
+    for n in (1, 2):
+        with db.tenant_tx(chain) as conn:
+            wire.clear()
+            appended = audit.append(conn, tenant_id=chain, actor=audit.SYSTEM, action="test.committed",
+                                    after={"n": n}, commit=True)
+            assert len(wire.round_trips()) == 1, wire.round_trips()
+        assert appended.seq == n
+    assert _count(chain) == 2
+    assert audit.verify_tenant(chain, None).valid
+    assert audit.verify_tenant_streaming(chain, None).valid
+
+
+def test_an_append_that_commits_and_fails_commits_nothing_of_its_transaction(tenant: Tenant) -> None:
+    add_events(tenant.id, 1)
+    before = _count(tenant.id)
+    with pytest.raises(InvalidValue), db.tenant_tx(tenant.id) as conn:
+        audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="test.kept_only_if_all_commit")
+        audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="Not An Action", commit=True)
+    assert _count(tenant.id) == before
+    assert audit.verify_tenant(tenant.id, None).valid
+
+
+def test_concurrent_appends_that_commit_make_a_gapless_valid_chain() -> None:
+    with db.platform_tx() as conn:
+        tenant = create_tenant(conn, slug=f"t-{uuid.uuid4().hex[:12]}", name="Race", region="uksouth")
+    add_events(tenant.id, 1)
+    first = _count(tenant.id)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(10):
+                with db.tenant_tx(tenant.id) as conn:
+                    audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="test.raced", commit=True)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    result = audit.verify_tenant(tenant.id, None)
+    assert result.valid, result.first_failure
+    assert result.events_checked == first + 80

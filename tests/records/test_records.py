@@ -538,6 +538,13 @@ def test_a_record_is_created_and_read_in_one_statement_each(tenant: Tenant, peop
         locked = records.get_record(conn, created["id"], lock=True)
         assert locked == read
     wire.clear()
+    with db.tenant_tx(tenant.id) as conn:  # a create that commits with its event: begin, type, insert, event + commit
+        again = records.create_record(conn, actor=principal, type_name="document", payload={"title": "C"},
+                                      references=[], meta=audit.RequestMeta(), audit_actor=actor, commit=True)
+    assert len(wire.round_trips()) == 4, wire.round_trips()
+    with db.tenant_tx(tenant.id) as conn:
+        assert records.get_record(conn, again["id"]) == again
+    wire.clear()
     with db.tenant_tx(tenant.id) as conn:  # a read that commits with its statement: begin, read + commit
         committed = records.get_record(conn, created["id"], commit=True)
     assert len(wire.round_trips()) == 2, wire.round_trips()
