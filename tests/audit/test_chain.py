@@ -276,6 +276,14 @@ _ATTACKS: dict[str, list[str]] = {
     "gap_then_edit": ["delete from audit_events where seq = 7", "update audit_events set reason = 'y' where seq = 8"],
     "far_seq": ["update audit_events set seq = 1000000 where seq = 9"],
     "checksum_column_only": ["update audit_events set checksum = repeat('c', 64) where seq = 6"],
+    # The links and the checksums are checked in separate passes: which failure comes first.
+    "edit_then_gap": ["update audit_events set reason = 'z' where seq = 3", "delete from audit_events where seq = 6"],
+    "edit_and_link_on_one_event": ["update audit_events set previous_checksum = repeat('d', 64), reason = 'w' "
+                                   "where seq = 4"],
+    "link_then_edit": ["update audit_events set previous_checksum = repeat('e', 64) where seq = 3",
+                       "update audit_events set reason = 'v' where seq = 7"],
+    "edit_checkpoint_and_after": ["update audit_events set checksum = repeat('f', 64) where seq = 5",
+                                  "update audit_events set reason = 'u' where seq = 8"],
 }
 
 
