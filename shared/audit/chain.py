@@ -209,15 +209,9 @@ def append(
     """
     meta = meta or RequestMeta()
     tid = str(uuid.UUID(str(tenant_id)))
-    values = {
-        "tid": tid, "actor_id": actor.id, "actor_name": actor.name, "actor_type": actor.type, "action": action,
-        "target_type": target_type, "target_id": None if target_id is None else str(target_id),
-        "before": canonical_json(before), "after": canonical_json(after), "reason": reason, "ip": meta.ip,
-        "user_agent": meta.user_agent, "session_id": meta.session_id, "request_id": meta.request_id,
-        "app_version": get_settings().app_version,
-    }
+    values = _append_values(tid, actor, action, target_type, target_id, before, after, reason, meta)
     if commit:
-        [started] = db.commit_with(conn, _APPEND_OR_START, values)
+        [[started]] = db.commit_with(conn, (_APPEND_OR_START, values))
         return Appended(seq=int(started["seq"]), checksum=started["checksum"], occurred_at=started["occurred_at"])
     done = conn.execute(_APPEND, values).fetchone()
     if done is not None:
@@ -263,6 +257,41 @@ def append(
         [*(row[c] for c in _COLUMNS), tid],
     )
     return Appended(seq=row["seq"], checksum=row["checksum"], occurred_at=row["occurred_at"])
+
+
+def _append_values(tid: str, actor: Actor, action: str, target_type: str | None, target_id: str | None,
+                   before: Any, after: Any, reason: str | None, meta: RequestMeta) -> dict[str, Any]:
+    return {
+        "tid": tid, "actor_id": actor.id, "actor_name": actor.name, "actor_type": actor.type, "action": action,
+        "target_type": target_type, "target_id": None if target_id is None else str(target_id),
+        "before": canonical_json(before), "after": canonical_json(after), "reason": reason, "ip": meta.ip,
+        "user_agent": meta.user_agent, "session_id": meta.session_id, "request_id": meta.request_id,
+        "app_version": get_settings().app_version,
+    }
+
+
+def append_statement(
+    *,
+    tenant_id: str,
+    actor: Actor,
+    action: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    reason: str | None = None,
+    meta: RequestMeta | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """`append(..., commit=True)` as a statement and its values, to go LAST in a
+    `db.commit_with(conn, ..., append_statement(...))`: the change's statements, its event and
+    the commit in one round trip. Its row: `seq`, `checksum`, `occurred_at`.
+
+    Raises:
+        ValueError: `tenant_id` is not a UUID.
+    """
+    tid = str(uuid.UUID(str(tenant_id)))
+    return _APPEND_OR_START, _append_values(tid, actor, action, target_type, target_id, before, after, reason,
+                                            meta or RequestMeta())
 
 
 def record(

@@ -240,19 +240,19 @@ def open_tenant_tx(tenant_id: uuid.UUID | str, then: str) -> tuple[Conn, list[Di
         return first_statement(first)
 
 
-def commit_with(conn: Conn, query: str, params: dict[str, Any] | tuple[Any, ...]) -> list[DictRow]:
-    """Run a transaction's LAST statement and commit in the same round trip (a pipeline of the
-    statement and COMMIT, one Sync), and return the statement's rows. The enclosing `tenant_tx`
-    or `held_tx` then finds nothing left to commit. If the statement fails, nothing commits and
-    the error is raised as usual.
+def commit_with(conn: Conn, *statements: tuple[str, dict[str, Any] | tuple[Any, ...]]) -> list[list[DictRow]]:
+    """Run a transaction's LAST statements and commit, all in one round trip (a pipeline of the
+    statements and COMMIT, one Sync), and return each statement's rows. The enclosing
+    `tenant_tx` or `held_tx` then finds nothing left to commit. If a statement fails, the
+    pipeline stops there: nothing after it runs, nothing commits, and the error is raised.
 
     Raises:
-        psycopg.Error: the statement or the commit failed (the enclosing transaction maps it).
+        psycopg.Error: a statement or the commit failed (the enclosing transaction maps it).
     """
     with conn.pipeline():
-        cur = conn.execute(query, params)
+        cursors = [conn.execute(query, params) for query, params in statements]
         conn.execute("commit")
-    return cur.fetchall()
+    return [cur.fetchall() for cur in cursors]
 
 
 def release(conn: Conn) -> None:

@@ -397,25 +397,35 @@ def create_record(
         tenant_id=tenant_id, record_id=record_id, version=1, schema_version=rtype["schema_version"], payload=payload,
         references=references, frozen=frozen, attachments=[], actor=actor, reason=None,
         returning=_VERSION_RETURNING_AS_V)
-    row = conn.execute(
+    insert = (
         f"""with r as (insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s) returning *),
                  v as ({insert_version})
             select {RECORD_COLUMNS}, r.type_id, v.*
               from r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id cross join v""",
         (tenant_id, record_id, rtype["id"], actor.user_id, *version_values),
-    ).fetchone()
-    assert row is not None
+    )
+    text = canonical(payload)
+    # What the version row stores, known before it is written: the event does not wait for it.
+    after = {"type": type_name, "version": 1, "checksum": payload_checksum(text), "payload": payload,
+             "references": [{"name": r["name"], "record_id": str(r["record_id"])} for r in references]}
+    if commit:  # the record, its event and the commit in one round trip
+        inserted, _ = db.commit_with(conn, insert, audit.append_statement(
+            tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
+            target_id=record_id, after=after, meta=meta))
+    else:
+        inserted = conn.execute(*insert).fetchall()
+    row = inserted[0]
     version = _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")})
     row = {k: v for k, v in row.items() if not k.startswith("v_")}
-    # The answer is what a read returns (a new record has no signatures yet), built before the
-    # audit event: the chain head's row lock is then held only for the append and the commit.
+    # The answer is what a read returns (a new record has no signatures yet). Its sources were
+    # read by _freeze in this transaction; a committed one reads them afresh after the commit.
     record = _record_json(row)
-    record["version"] = _with_source_state(conn, version)
+    record["version"] = _with_source_state(conn, version) if not commit else _source_state(
+        version, {name: entry["version"] for name, entry in version["frozen_context"].items()})
     record["signatures"], record["version"]["signatures"], record["changed_after_signing"] = [], [], False
-    audit.append(conn, tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
-                 target_id=record_id, after={"type": type_name, "version": 1, "checksum": version["checksum"],
-                                             "payload": payload, "references": version["references"]}, meta=meta,
-                 commit=commit)
+    if not commit:
+        audit.append(conn, tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
+                     target_id=record_id, after=after, meta=meta)
     return record
 
 
@@ -451,7 +461,7 @@ def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False, co
                       cross join lateral (select {_SIGNATURE_AGGREGATES} from signatures s where s.record_id = r.id) s
                      where r.id = %s"""
         if commit:
-            rows = db.commit_with(conn, query, (str(record_id),))
+            [rows] = db.commit_with(conn, (query, (str(record_id),)))
             row = rows[0] if rows else None
         else:
             row = conn.execute(query, (str(record_id),)).fetchone()

@@ -15,7 +15,7 @@ import pytest
 
 from shared.audit import chain as audit
 from shared.core import db, storage
-from shared.core.errors import NotFound
+from shared.core.errors import InvalidValue, NotFound
 from shared.records import attachments
 from shared.tenancy.tenants import Tenant
 from shared.web.card_data import MARKER, normalise
@@ -538,10 +538,10 @@ def test_a_record_is_created_and_read_in_one_statement_each(tenant: Tenant, peop
         locked = records.get_record(conn, created["id"], lock=True)
         assert locked == read
     wire.clear()
-    with db.tenant_tx(tenant.id) as conn:  # a create that commits with its event: begin, type, insert, event + commit
+    with db.tenant_tx(tenant.id) as conn:  # a create that commits with its event: begin, type, insert + event + commit
         again = records.create_record(conn, actor=principal, type_name="document", payload={"title": "C"},
                                       references=[], meta=audit.RequestMeta(), audit_actor=actor, commit=True)
-    assert len(wire.round_trips()) == 4, wire.round_trips()
+    assert len(wire.round_trips()) == 3, wire.round_trips()
     with db.tenant_tx(tenant.id) as conn:
         assert records.get_record(conn, again["id"]) == again
     wire.clear()
@@ -552,5 +552,29 @@ def test_a_record_is_created_and_read_in_one_statement_each(tenant: Tenant, peop
     with pytest.raises(NotFound), db.tenant_tx(tenant.id) as conn:
         records.get_record(conn, str(uuid.uuid4()), commit=True)
     assert read["version"]["payload"] == {"title": "T"} and read["signatures"] == []
-    [event] = [e for e in events(tenant.id, "record.created") if e["target_id"] == created["id"]]
-    assert event["after"]["checksum"] == read["version"]["checksum"]
+    for done in (created, again):
+        [event] = [e for e in events(tenant.id, "record.created") if e["target_id"] == done["id"]]
+        assert event["after"]["checksum"] == done["version"]["checksum"]
+        assert event["after"]["references"] == done["version"]["references"] == []
+    assert audit.verify_tenant(tenant.id, None).valid
+
+
+def test_a_committed_create_whose_insert_fails_writes_no_event(tenant: Tenant, people: dict[str, Person]) -> None:
+    """The record's statement, its event and the commit travel together: when the database
+    refuses the record, the event queued after it is never written and nothing commits."""
+    from shared.identity.guards import Principal
+    from shared.records import records
+    from shared.tenancy.rbac import role_permissions
+
+    op = people["op"]
+    with db.tenant_tx(tenant.id) as conn:  # the chain and the built-in types exist
+        audit.append(conn, tenant_id=tenant.id, actor=audit.Actor(op.id, "Otto"), action="test.ready")
+    # An actor id the records table cannot hold (not a UUID): the insert fails inside the pipeline.
+    forged = Principal(user_id="not-a-uuid", tenant_id=tenant.id, session_id=str(uuid.uuid4()), role="OPERATOR",
+                       permissions=role_permissions("OPERATOR"), name="Forged")
+    before = len(events(tenant.id, "record.created"))
+    with pytest.raises(InvalidValue), db.tenant_tx(tenant.id) as conn:
+        records.create_record(conn, actor=forged, type_name="document", payload={"title": "refused"}, references=[],
+                              meta=audit.RequestMeta(), audit_actor=audit.Actor(op.id, "Otto"), commit=True)
+    assert len(events(tenant.id, "record.created")) == before
+    assert audit.verify_tenant(tenant.id, None).valid
