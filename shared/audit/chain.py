@@ -553,33 +553,31 @@ _REASONS = {
     "checkpoint_mismatch": "event differs from the signed checkpoint",
 }
 
-# The segment's checks as two set-based passes, so the expensive one runs in parallel:
-# - links: one ordered pass over the stored seq, tenant, links and checksums (no hashing), each
-#   event beside the seq and stored checksum of the event before it (lag), along the primary
-#   key's order; the first event whose seq, tenant or link fails is the first row. Comparing a
-#   link with the *stored* checksum of the event before is as strict as comparing it with the
-#   recomputed one for the first failure: every event before it passed its checksum check.
-# - checksums: the lowest seq whose checksum, recomputed from its fields, differs from the
-#   stored one; an aggregate without an order, which PostgreSQL hashes in parallel workers
-#   (the previous single pass sorted the recomputed rows for its window, in one process).
-# The first failure is the earlier of the two (on one event, in the walk's order of checks).
-_SQL_LINKS = """
-select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum
+# One ordered pass over the segment: each event's checksum recomputed from its fields beside
+# the seq and checksum of the event before it (lag), so the table is read once and the first
+# failing event is the first row. The recomputation sits in its own subquery (OFFSET 0 keeps
+# the planner from folding it into the window's projection): that is what lets PostgreSQL
+# hash in parallel workers under the Gather, leaving only the ordered window to the leader.
+# Comparing each link with the *stored* checksum of the event before is as strict as
+# comparing it with the recomputed one for the first failure: every event before it passed
+# its checksum check.
+_SQL_SEGMENT = f"""
+select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum, bad_checksum
 from (
-  select seq, tenant_id, previous_checksum, lag(seq) over w as prev_seq, lag(checksum) over w as prev_checksum
-  from audit_events where seq >= %(start)s and seq <= %(end)s
+  select seq, tenant_id, previous_checksum, bad_checksum, bad_checkpoint,
+         lag(seq) over w as prev_seq, lag(checksum) over w as prev_checksum
+  from (select seq, tenant_id, previous_checksum, checksum,
+               {SQL_CHECKSUM} is distinct from checksum as bad_checksum,
+               seq = %(checkpoint_seq)s and {SQL_CHECKSUM} <> %(checkpoint_checksum)s as bad_checkpoint
+        from audit_events where seq >= %(start)s and seq <= %(end)s offset 0) recomputed
   window w as (order by seq)
 ) e
 where seq <> coalesce(prev_seq + 1, %(start)s)
    or tenant_id <> %(tenant)s::uuid
    or previous_checksum <> coalesce(prev_checksum, %(first_link)s, previous_checksum)
+   or bad_checksum
+   or bad_checkpoint
 order by seq limit 1"""
-# FILTER, not WHERE: with the condition in WHERE, PostgreSQL turns min(seq) into "the first
-# matching row along the primary key", a serial walk that hashes every event in one process.
-_SQL_CHECKSUMS = f"""
-select min(seq) filter (where {SQL_CHECKSUM} is distinct from checksum) as seq from audit_events
- where seq >= %(start)s and seq <= %(end)s"""
-_SQL_CHECKPOINT = f"select {SQL_CHECKSUM} <> %(checksum)s as differs from audit_events where seq = %(seq)s"
 
 
 def verify_segment(
@@ -600,34 +598,26 @@ def verify_segment(
     in_range = checkpoint is not None and start_seq <= checkpoint.seq <= end
     params = {
         "start": start_seq, "end": end, "tenant": tid, "first_link": GENESIS if start_seq == 1 else None,
+        # seq 0 matches no event: a NULL here would make every row evaluate the AND's right side.
+        "checkpoint_seq": checkpoint.seq if checkpoint is not None and in_range else 0,
+        "checkpoint_checksum": checkpoint.checksum if checkpoint is not None and in_range else "",
     }
-    # Candidates as (event at which the walk fails, order of the check on that event, seq reported, code).
-    candidates: list[tuple[int, int, int, str]] = []
-    bad = conn.execute(_SQL_LINKS, params).fetchone() if end >= start_seq else None
+    found: tuple[int, str] | None = None
+    bad = conn.execute(_SQL_SEGMENT, params).fetchone() if end >= start_seq else None
     if bad is not None:
         # The walk's order of checks on one event: seq, tenant, link, checksum, checkpoint.
         seq = int(bad["seq"])
         expected = int(bad["prev_seq"]) + 1 if bad["prev_seq"] is not None else start_seq
         if seq != expected:
-            candidates.append((seq, 0, expected, "missing_event" if seq > expected else "duplicate_event"))
+            found = (expected, "missing_event" if seq > expected else "duplicate_event")
         elif bad["tenant_id"] != tid:
-            candidates.append((seq, 1, seq, "foreign_event"))
+            found = (seq, "foreign_event")
+        elif bad["previous_checksum"] != (bad["prev_checksum"] or params["first_link"] or bad["previous_checksum"]):
+            found = (seq, "broken_link")
+        elif bad["bad_checksum"]:
+            found = (seq, "checksum_mismatch")
         else:
-            candidates.append((seq, 2, seq, "broken_link"))
-    # Only events before a link failure can be the first failure: the checksum pass stops there.
-    checks_end = min([end, *(c[0] for c in candidates)])
-    if checks_end >= start_seq:
-        summed = conn.execute(_SQL_CHECKSUMS, {**params, "end": checks_end}).fetchone()
-        if summed is not None and summed["seq"] is not None:
-            candidates.append((int(summed["seq"]), 3, int(summed["seq"]), "checksum_mismatch"))
-    if checkpoint is not None and in_range:
-        row = conn.execute(_SQL_CHECKPOINT, {"seq": checkpoint.seq, "checksum": checkpoint.checksum}).fetchone()
-        if row is not None and row["differs"]:
-            candidates.append((checkpoint.seq, 4, checkpoint.seq, "checkpoint_mismatch"))
-    found: tuple[int, str] | None = None
-    if candidates:
-        _, _, seq, code = min(candidates)
-        found = (seq, code)
+            found = (seq, "checkpoint_mismatch")
     failure: dict[str, Any] | None = None
     if found is not None:
         seq, code = found
