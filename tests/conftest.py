@@ -286,3 +286,52 @@ def make_token(make_person: PersonFactory) -> TokenFactory:
 
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# --- round trips on the wire ---------------------------------------------------------------
+# libpq's protocol trace of every pooled connection records each message the client sends;
+# each `Query` (simple protocol) or `Sync` (extended protocol) is one wait for the server.
+
+
+class Wire:
+    """The client messages of every pooled connection since the last `clear`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def clear(self) -> None:
+        self.path.write_text("")
+
+    def round_trips(self) -> list[str]:
+        """The messages that wait for the server: the simple `Query` and the extended `Sync`."""
+        out = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            # libpq keeps writing at its own offset after `clear` truncates: the gap reads as NULs
+            parts = line.lstrip("\x00").split("\t")
+            if len(parts) >= 3 and parts[0] == "F" and parts[2].split(" ")[0] in ("Query", "Sync"):
+                out.append(line)
+        return out
+
+
+@pytest.fixture
+def wire(tmp_path: Path) -> Iterator[Wire]:
+    from psycopg.pq import Trace
+
+    path = tmp_path / "wire.trace"
+    p = db.pool()
+    # Take every connection the pool may hold, so whichever one a call gets is traced.
+    conns = [p.getconn() for _ in range(p.max_size)]
+    handle = open(path, "w")  # noqa: SIM115 - libpq writes to it until untraced below
+    try:
+        for c in conns:
+            c.pgconn.trace(handle.fileno())
+            c.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+        for c in conns:
+            p.putconn(c)
+        yield Wire(path)
+    finally:
+        conns = [p.getconn() for _ in range(p.max_size)]
+        for c in conns:
+            c.pgconn.untrace()
+            p.putconn(c)
+        handle.close()

@@ -194,14 +194,29 @@ def append(
     after: Any = None,
     reason: str | None = None,
     meta: RequestMeta | None = None,
+    commit: bool = False,
 ) -> Appended:
     """Append one event to the tenant's chain inside the caller's transaction.
 
     The caller's transaction must have `tenant_id` set (shared.core.db.tenant_tx), so the
     event cannot be written to another tenant's chain (row-level security refuses it).
+    With `commit`, the append is the transaction's last statement and commits with it, in
+    its one round trip (`db.commit_with`): the caller's transaction must end right after.
+
+    Raises:
+        psycopg.Error: the database refused the event (mapped by the enclosing transaction);
+            with `commit`, nothing has committed then.
     """
     meta = meta or RequestMeta()
     tid = str(uuid.UUID(str(tenant_id)))
+    values = _append_values(tid, actor, action, target_type, target_id, before, after, reason, meta)
+    if commit:
+        [[started]] = db.commit_with(conn, (_APPEND_OR_START, values))
+        return Appended(seq=int(started["seq"]), checksum=started["checksum"], occurred_at=started["occurred_at"])
+    done = conn.execute(_APPEND, values).fetchone()
+    if done is not None:
+        return Appended(seq=int(done["seq"]), checksum=done["checksum"], occurred_at=done["occurred_at"])
+    # The tenant's first event (no chain head yet): the head is created, then locked as always.
     lock_head = "select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %s for update"
     head = conn.execute(lock_head, (tid,)).fetchone()
     if head is None:  # the tenant's first event: create its head, then lock it like any other
@@ -242,6 +257,41 @@ def append(
         [*(row[c] for c in _COLUMNS), tid],
     )
     return Appended(seq=row["seq"], checksum=row["checksum"], occurred_at=row["occurred_at"])
+
+
+def _append_values(tid: str, actor: Actor, action: str, target_type: str | None, target_id: str | None,
+                   before: Any, after: Any, reason: str | None, meta: RequestMeta) -> dict[str, Any]:
+    return {
+        "tid": tid, "actor_id": actor.id, "actor_name": actor.name, "actor_type": actor.type, "action": action,
+        "target_type": target_type, "target_id": None if target_id is None else str(target_id),
+        "before": canonical_json(before), "after": canonical_json(after), "reason": reason, "ip": meta.ip,
+        "user_agent": meta.user_agent, "session_id": meta.session_id, "request_id": meta.request_id,
+        "app_version": get_settings().app_version,
+    }
+
+
+def append_statement(
+    *,
+    tenant_id: str,
+    actor: Actor,
+    action: str,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    before: Any = None,
+    after: Any = None,
+    reason: str | None = None,
+    meta: RequestMeta | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """`append(..., commit=True)` as a statement and its values, to go LAST in a
+    `db.commit_with(conn, ..., append_statement(...))`: the change's statements, its event and
+    the commit in one round trip. Its row: `seq`, `checksum`, `occurred_at`.
+
+    Raises:
+        ValueError: `tenant_id` is not a UUID.
+    """
+    tid = str(uuid.UUID(str(tenant_id)))
+    return _APPEND_OR_START, _append_values(tid, actor, action, target_type, target_id, before, after, reason,
+                                            meta or RequestMeta())
 
 
 def record(
@@ -433,6 +483,49 @@ _SQL_CANONICAL = " || ".join([
     "'}'",
 ])
 SQL_CHECKSUM = f"encode(sha256(convert_to({_SQL_CANONICAL}, 'UTF8')), 'hex')"
+
+_TIME_TEXT = "to_char({} at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
+# `append` in one round trip once the tenant's chain head exists: lock the head, build the
+# event beside it, checksum it with SQL_CHECKSUM (the very expression the verifier recomputes,
+# byte-identical to canonical_bytes: a test checks both), insert it and move the head. The
+# event's time is the clock after the head's lock was granted, as in the two-step form.
+_EVENT = f"""event as (
+  select %(tid)s::uuid as tenant_id, head.seq + 1 as seq, head.now as occurred_at,
+         %(actor_id)s::text as actor_id, %(actor_name)s::text as actor_name, %(actor_type)s::text as actor_type,
+         %(action)s::text as action, %(target_type)s::text as target_type, %(target_id)s::text as target_id,
+         %(before)s::json as before, %(after)s::json as after, %(reason)s::text as reason, %(ip)s::text as ip,
+         %(user_agent)s::text as user_agent, %(session_id)s::text as session_id,
+         %(request_id)s::text as request_id, %(app_version)s::text as app_version,
+         head.checksum as previous_checksum
+    from head
+), inserted as (
+  insert into audit_events ({', '.join(_COLUMNS)})
+  select {', '.join(_COLUMNS[:-1])}, {SQL_CHECKSUM} from event
+  returning seq, checksum, occurred_at
+)"""  # noqa: S608  # nosec B608  # only module constants (columns, the genesis checksum) are interpolated; values are bound
+_APPEND = f"""
+with head as (
+  select seq, checksum, clock_timestamp() as now from audit_chain_heads where tenant_id = %(tid)s for update
+), {_EVENT}
+update audit_chain_heads h set seq = inserted.seq, checksum = inserted.checksum
+  from inserted where h.tenant_id = %(tid)s
+returning inserted.seq, inserted.checksum, {_TIME_TEXT.format('inserted.occurred_at')} as occurred_at"""  # noqa: S608  # nosec B608  # only module constants (columns, the genesis checksum) are interpolated; values are bound
+
+# The same, for an append that commits in its round trip (`commit=True`), where "no row" cannot
+# be answered by a second step: a missing head is the genesis head, created by the statement.
+# Two first appends of one tenant at once: the second fails on the first's event (a conflict).
+_APPEND_OR_START = f"""
+with locked as (
+  select seq, checksum from audit_chain_heads where tenant_id = %(tid)s for update
+), head as (
+  select seq, checksum, clock_timestamp() as now from locked
+  union all
+  select 0, '{GENESIS}', clock_timestamp() where not exists (select 1 from locked)
+), {_EVENT}
+insert into audit_chain_heads (tenant_id, seq, checksum) select %(tid)s, seq, checksum from inserted
+on conflict (tenant_id) do update set seq = excluded.seq, checksum = excluded.checksum
+returning seq, checksum, (select {_TIME_TEXT.format('occurred_at')} from inserted) as occurred_at"""  # noqa: S608  # nosec B608  # only module constants (columns, the genesis checksum) are interpolated; values are bound
 
 
 def stream_checksums(conn: Conn, batch: int = 5000, *, from_seq: int = 1) -> Iterator[dict[str, Any]]:

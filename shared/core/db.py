@@ -175,6 +175,19 @@ def first_statement(first: Callable[[Conn], T], *, timeout: float | None = None)
 def _transaction(begin: str) -> Iterator[Conn]:
     with _mapped_errors():
         conn, _ = first_statement(lambda c: c.execute(begin))
+    with held_tx(conn) as held:
+        yield held
+
+
+@contextmanager
+def held_tx(conn: Conn) -> Iterator[Conn]:
+    """The rest of a transaction already open on `conn` (see `open_tenant_tx`): committed when
+    the block ends, rolled back when it raises; the connection goes back to the pool either way.
+
+    Raises:
+        ServiceUnavailable, Conflict, ConcurrentChange, InvalidValue: see `_mapped_errors`.
+    """
+    with _mapped_errors():
         try:
             try:
                 yield conn
@@ -199,6 +212,64 @@ def tenant_tx(tenant_id: uuid.UUID | str) -> AbstractContextManager[Conn]:
     """
     tid = str(uuid.UUID(str(tenant_id)))  # a UUID's text: safe as a literal below
     return _transaction(f"begin; select set_config('app.tenant_id', '{tid}', true)")
+
+
+def open_tenant_tx(tenant_id: uuid.UUID | str, then: str) -> tuple[Conn, list[DictRow]]:
+    """Open a tenant transaction and run `then` in it, in ONE message: `begin; select
+    set_config(...); <then>`. Returns the connection, still inside the transaction (finish it
+    with `held_tx` or `release`), and the rows of `then`'s last statement.
+
+    For the statement that authenticates a request, so the request's own tenant transaction
+    costs no round trip of its own. `then` travels in the simple query protocol, so it takes
+    no parameters: every value in it must be a literal the caller has validated (UUIDs,
+    integers, constants). It runs under the retry rule, so it must not write.
+
+    Raises:
+        ValueError: `tenant_id` is not a UUID.
+        ServiceUnavailable: the database cannot be reached (after the retry rule).
+    """
+    tid = str(uuid.UUID(str(tenant_id)))
+
+    def first(c: Conn) -> list[DictRow]:
+        cur = c.execute(f"begin; select set_config('app.tenant_id', '{tid}', true); {then}")
+        while cur.nextset():
+            pass
+        return cur.fetchall()
+
+    with _mapped_errors():
+        return first_statement(first)
+
+
+def commit_with(conn: Conn, *statements: tuple[str, dict[str, Any] | tuple[Any, ...]]) -> list[list[DictRow]]:
+    """Run a transaction's LAST statements and commit, all in one round trip (a pipeline of the
+    statements and COMMIT, one Sync), and return each statement's rows. The enclosing
+    `tenant_tx` or `held_tx` then finds nothing left to commit. If a statement fails, the
+    pipeline stops there: nothing after it runs, nothing commits, and the error is raised.
+
+    Raises:
+        psycopg.Error: a statement or the commit failed (the enclosing transaction maps it).
+    """
+    with conn.pipeline():
+        cursors = [conn.execute(query, params) for query, params in statements]
+        conn.execute("commit")
+    return [cur.fetchall() for cur in cursors]
+
+
+def release(conn: Conn) -> None:
+    """End a transaction opened by `open_tenant_tx` that nobody used, and give the connection back.
+
+    Raises:
+        ServiceUnavailable: the database went away meanwhile.
+    """
+    import psycopg
+
+    with _mapped_errors():
+        try:
+            if not conn.broken:
+                with suppress(psycopg.Error):  # only begin and reads ran in it: nothing to lose
+                    conn.rollback()
+        finally:
+            pool().putconn(conn)
 
 
 def platform_tx() -> AbstractContextManager[Conn]:

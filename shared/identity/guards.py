@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import azure.functions as func
 
 from shared.audit import chain as audit
 from shared.core import db
+from shared.core.db import Conn
 from shared.core.errors import Forbidden, Unauthenticated
 from shared.core.settings import get_settings
 from shared.identity import sessions
@@ -127,7 +129,65 @@ def _tenant_user(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
         {"tid": tenant_id, "uid": user_id, "sid": session_id, "touch": sessions.TOUCH_EVERY_S,
          "mfa_key": MFA_ALL_ROLES_SETTING},
     )
+    return _tenant_principal(claims, meta, rows[0] if rows else None)
+
+
+_NO_TOUCH_S = 2**31 - 1
+"""custos_principal's touch interval that never touches: the read inside a transaction."""
+
+
+def principal_in_tenant_tx(claims: AccessClaims, meta: audit.RequestMeta) -> tuple[Principal, Conn | None]:
+    """`principal_for` of a tenant user, read in the same message that opens the request's
+    tenant transaction (`db.open_tenant_tx`): returns the principal and the connection inside
+    that transaction, for the handler's first `tenant_tx` (`db.held_tx`) or `db.release`.
+
+    The read writes nothing, so the request's transaction never holds a session row lock.
+    When the session's activity is due to be recorded (its last touch older than
+    TOUCH_EVERY_S) or the caller is to be refused, the transaction is released and
+    `principal_for`'s own statement touches or refuses, as for any request; the connection
+    returned is then None.
+
+    Raises:
+        Unauthenticated: as `principal_for`.
+        ValueError: `claims` has no tenant, or is a support token's.
+    """
+    if claims.tenant_id is None or claims.role == SUPPORT:
+        raise ValueError("principal_in_tenant_tx is for tenant users")
+    tenant_id, user_id, session_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
+    # Literals, not parameters (the simple query protocol carries several statements in one
+    # message): three validated UUIDs, integers and a constant.
+    conn, rows = db.open_tenant_tx(
+        tenant_id,
+        f"select p.*, (select s.last_seen_at < now() - make_interval(secs => {int(sessions.TOUCH_EVERY_S)})"  # noqa: S608  # nosec B608  # only validated UUIDs (uuid.UUID round trip) and module constants are interpolated
+        f"                from sessions s where s.id = '{session_id}' and s.user_id = '{user_id}') as touch_due"
+        f"  from custos_principal('{tenant_id}', '{user_id}', '{session_id}', {_NO_TOUCH_S},"
+        f"                        '{MFA_ALL_ROLES_SETTING}') p",
+    )
     row = rows[0] if rows else None
+    if row is None or not _live(row) or row["touch_due"]:
+        # A session to touch (at most once every TOUCH_EVERY_S) or a caller to refuse: the
+        # transaction is given back first (a second connection held by one request could
+        # starve the pool), and the autocommit read of `principal_for` touches or refuses.
+        db.release(conn)
+        return _tenant_user(claims, meta), None
+    try:
+        return _tenant_principal(claims, meta, row), conn
+    except BaseException:
+        db.release(conn)
+        raise
+
+
+def _live(row: Any) -> bool:
+    return (row["status"] == "active" and row["tenant_status"] not in ("PURGING", "PURGED") and row["session_state"] == "live")
+
+
+def _tenant_principal(claims: AccessClaims, meta: audit.RequestMeta, row: Any) -> Principal:
+    """The principal of custos_principal's row (an idle session is ended here).
+
+    Raises:
+        Unauthenticated: the account, the tenant or the session is not live.
+    """
+    tenant_id, user_id, session_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
     if row is None or row["status"] != "active" or row["tenant_status"] in ("PURGING", "PURGED"):
         raise Unauthenticated("the account is not active")
     if row["session_state"] == "idle":

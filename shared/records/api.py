@@ -46,7 +46,7 @@ def change_type_schema(caller: Caller, *, name: str, schema: dict[str, Any], rea
 def create_record(caller: Caller, *, type_name: str, payload: Any, references: list[dict[str, Any]]) -> dict[str, Any]:
     with caller.tenant_tx() as conn:
         return records.create_record(conn, actor=caller.user, type_name=type_name, payload=payload,
-                                     references=references, meta=caller.meta, audit_actor=caller.actor)
+                                     references=references, meta=caller.meta, audit_actor=caller.actor, commit=True)
 
 
 def list_records(caller: Caller, *, type_name: str | None, status: str | None, after: str | None,
@@ -57,7 +57,7 @@ def list_records(caller: Caller, *, type_name: str | None, status: str | None, a
 
 def get_record(caller: Caller, record_id: uuid.UUID) -> dict[str, Any]:
     with caller.tenant_tx() as conn:
-        return records.get_record(conn, record_id)
+        return records.get_record(conn, record_id, commit=True)
 
 
 def update_record(caller: Caller, *, record_id: uuid.UUID, expected_version: int, payload: Any,

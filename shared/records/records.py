@@ -333,52 +333,99 @@ def _with_source_state(conn: Conn, version: dict[str, Any]) -> dict[str, Any]:
     return version
 
 
+def _version_insert(
+    *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
+    references: list[dict[str, Any]], frozen: dict[str, Any], attachments: list[dict[str, Any]], actor: Principal,
+    reason: str | None, returning: str = VERSION_COLUMNS,
+) -> tuple[str, tuple[Any, ...]]:
+    """The insert of a version, returning `returning`, and its values."""
+    text = canonical(payload)
+    return (
+        f"""insert into record_versions (tenant_id, record_id, version, schema_version, payload, checksum, refs,
+                                         frozen_context, attachments, created_by, created_by_name, created_tz,
+                                         reason, previous_version)
+            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {returning}""",  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
+        (tenant_id, record_id, version, schema_version, text, payload_checksum(text),
+         canonical([{"name": r["name"], "record_id": str(r["record_id"])} for r in references]),
+         canonical(frozen), canonical(attachments), actor.user_id, actor.name or actor.user_id, actor.time_zone,
+         reason, version - 1 if version > 1 else None),
+    )
+
+
+def _source_state(version: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """`_with_source_state` from the sources' current versions read beside the record
+    (frozen name -> current version, None where the source is not visible)."""
+    for name, entry in version["frozen_context"].items():
+        now = current.get(name)
+        entry["source_current_version"] = now
+        entry["source_changed"] = now is None or now != entry["version"]
+    return version
+
+
 def _insert_version(
     conn: Conn, *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
     references: list[dict[str, Any]], frozen: dict[str, Any], attachments: list[dict[str, Any]], actor: Principal,
     reason: str | None,
 ) -> dict[str, Any]:
-    text = canonical(payload)
-    row = conn.execute(
-        f"""insert into record_versions (tenant_id, record_id, version, schema_version, payload, checksum, refs,
-                                         frozen_context, attachments, created_by, created_by_name, created_tz,
-                                         reason, previous_version)
-            values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) returning {VERSION_COLUMNS}""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
-        (tenant_id, record_id, version, schema_version, text, payload_checksum(text),
-         canonical([{"name": r["name"], "record_id": str(r["record_id"])} for r in references]),
-         canonical(frozen), canonical(attachments), actor.user_id, actor.name or actor.user_id, actor.time_zone,
-         reason, version - 1 if version > 1 else None),
-    ).fetchone()
+    query, values = _version_insert(
+        tenant_id=tenant_id, record_id=record_id, version=version, schema_version=schema_version, payload=payload,
+        references=references, frozen=frozen, attachments=attachments, actor=actor, reason=reason)
+    row = conn.execute(query, values).fetchone()
     assert row is not None
     return _version_json(row)
 
 
 def create_record(
     conn: Conn, *, actor: Principal, type_name: str, payload: Any, references: list[dict[str, Any]],
-    meta: audit.RequestMeta, audit_actor: audit.Actor,
+    meta: audit.RequestMeta, audit_actor: audit.Actor, commit: bool = False,
 ) -> dict[str, Any]:
+    """A new record (version 1) and its audit event. With `commit`, the event's append commits
+    the transaction in its own round trip: the caller's transaction must end right after.
+
+    Raises:
+        NotFound: no such record type.
+        PayloadInvalid, RecordSchemaUnusable: see `validate_payload`.
+        ValidationFailed: a reference is missing, repeated or to the record itself.
+    """
     tenant_id = str(actor.tenant_id)
     rtype = get_type(conn, tenant_id, type_name)
     validate_payload(rtype["schema"], payload)
     record_id = str(uuid.uuid4())
     frozen = _freeze(conn, references, record_id)
-    row = conn.execute(
-        f"""with r as (insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s) returning *)
-            select {RECORD_COLUMNS}, r.type_id from r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id""",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
-        (tenant_id, record_id, rtype["id"], actor.user_id),
-    ).fetchone()
-    assert row is not None
-    version = _insert_version(conn, tenant_id=tenant_id, record_id=record_id, version=1,
-                              schema_version=rtype["schema_version"], payload=payload, references=references,
-                              frozen=frozen, attachments=[], actor=actor, reason=None)
-    # The answer is what a read returns (a new record has no signatures yet), built before the
-    # audit event: the chain head's row lock is then held only for the append and the commit.
+    # The record and its first version in one statement.
+    insert_version, version_values = _version_insert(
+        tenant_id=tenant_id, record_id=record_id, version=1, schema_version=rtype["schema_version"], payload=payload,
+        references=references, frozen=frozen, attachments=[], actor=actor, reason=None,
+        returning=_VERSION_RETURNING_AS_V)
+    insert = (
+        f"""with r as (insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s) returning *),
+                 v as ({insert_version})
+            select {RECORD_COLUMNS}, r.type_id, v.*
+              from r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id cross join v""",  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
+        (tenant_id, record_id, rtype["id"], actor.user_id, *version_values),
+    )
+    text = canonical(payload)
+    # What the version row stores, known before it is written: the event does not wait for it.
+    after = {"type": type_name, "version": 1, "checksum": payload_checksum(text), "payload": payload,
+             "references": [{"name": r["name"], "record_id": str(r["record_id"])} for r in references]}
+    if commit:  # the record, its event and the commit in one round trip
+        inserted, _ = db.commit_with(conn, insert, audit.append_statement(
+            tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
+            target_id=record_id, after=after, meta=meta))
+    else:
+        inserted = conn.execute(*insert).fetchall()
+    row = inserted[0]
+    version = _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")})
+    row = {k: v for k, v in row.items() if not k.startswith("v_")}
+    # The answer is what a read returns (a new record has no signatures yet). Its sources were
+    # read by _freeze in this transaction; a committed one reads them afresh after the commit.
     record = _record_json(row)
-    record["version"] = _with_source_state(conn, version)
+    record["version"] = _with_source_state(conn, version) if not commit else _source_state(
+        version, {name: entry["version"] for name, entry in version["frozen_context"].items()})
     record["signatures"], record["version"]["signatures"], record["changed_after_signing"] = [], [], False
-    audit.append(conn, tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
-                 target_id=record_id, after={"type": type_name, "version": 1, "checksum": version["checksum"],
-                                             "payload": payload, "references": version["references"]}, meta=meta)
+    if not commit:
+        audit.append(conn, tenant_id=tenant_id, actor=audit_actor, action="record.created", target_type="record",
+                     target_id=record_id, after=after, meta=meta)
     return record
 
 
@@ -387,21 +434,49 @@ def _record_json(row: dict[str, Any]) -> dict[str, Any]:
             for k, v in row.items()}
 
 
-def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False) -> dict[str, Any]:
-    """A record with its current version (and frozen context with source state). Raises NotFound."""
+def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False, commit: bool = False) -> dict[str, Any]:
+    """A record with its current version (and frozen context with source state). With
+    `commit`, the read is the transaction's last statement and commits with it (one round
+    trip fewer: the caller's transaction must end right after).
+
+    Raises:
+        NotFound: no such record in the transaction's tenant.
+    """
     # The record and its current version in one read.
-    row = conn.execute(
-        f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}
-              from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
-              join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
-             where r.id = %s{' for update of r' if lock else ''}""",  # noqa: S608  # nosec B608  # only constants and a fixed FOR UPDATE clause; values are bound
-        (str(record_id),),
-    ).fetchone()
+    if lock:  # FOR UPDATE refuses the aggregate below: the signatures come in a read of their own
+        row = conn.execute(
+            f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}
+                  from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+                  join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
+                 where r.id = %s for update of r""",  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
+            (str(record_id),),
+        ).fetchone()
+    else:  # the record, its current version, its sources' current versions and its signatures in one read
+        query = f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}, {_SIGNATURE_ARRAYS},
+                           (select json_object_agg(f.key, src.current_version)
+                              from json_each(v.frozen_context) f
+                              left join records src on src.id = (f.value ->> 'record_id')::uuid) as source_versions
+                      from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+                      join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
+                      cross join lateral (select {_SIGNATURE_AGGREGATES} from signatures s where s.record_id = r.id) s
+                     where r.id = %s"""  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
+        if commit:
+            [rows] = db.commit_with(conn, (query, (str(record_id),)))
+            row = rows[0] if rows else None
+        else:
+            row = conn.execute(query, (str(record_id),)).fetchone()
     if row is None:
         raise NotFound("no such record")
-    record = _record_json({k: v for k, v in row.items() if not k.startswith("v_")})
-    record["version"] = _with_source_state(conn, _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")}))
-    _add_signatures(conn, record)
+    record = _record_json({k: v for k, v in row.items() if not k.startswith(("v_", "s_")) and k != "source_versions"})
+    version = _version_json({k[2:]: v for k, v in row.items() if k.startswith("v_")})
+    if lock:
+        record["version"] = _with_source_state(conn, version)
+    else:
+        record["version"] = _source_state(version, row["source_versions"] or {})
+    if lock:
+        _add_signatures(conn, record)
+    else:
+        _set_signatures(record, _signature_rows(row))
     return record
 
 
@@ -416,13 +491,32 @@ def _prefixed(columns: str, table: str, prefix: str) -> str:
 
 
 _VERSION_AS_V = _prefixed(VERSION_COLUMNS, "v", "v_")
+_VERSION_RETURNING_AS_V = ", ".join(
+    f"{expression} as v_{name or expression}"
+    for expression, _, name in (c.strip().partition(" as ") for c in VERSION_COLUMNS.split(", ")))
+
+
+_SIGNATURE_FIELDS = tuple(c.strip() for c in SIGNATURE_COLUMNS.split(","))
+# One array per column, each in the same (total) order, so that the i-th items make one row.
+_SIGNATURE_AGGREGATES = ", ".join(f"array_agg(s.{c} order by s.signed_at, s.id) as {c}" for c in _SIGNATURE_FIELDS)
+_SIGNATURE_ARRAYS = ", ".join(f"s.{c} as s_{c}" for c in _SIGNATURE_FIELDS)
+
+
+def _signature_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The signature rows of a read that carried them as `_SIGNATURE_ARRAYS` (none: NULL arrays)."""
+    columns = [row[f"s_{c}"] or [] for c in _SIGNATURE_FIELDS]
+    return [dict(zip(_SIGNATURE_FIELDS, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _add_signatures(conn: Conn, record: dict[str, Any]) -> None:
     """§11.50: every read shows the signatures (printed name, time with zone, meaning), and
     whether the record changed after it was signed (§11.70: signatures stay on their version)."""
-    rows = conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at",  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
+    rows = conn.execute(f"select {SIGNATURE_COLUMNS} from signatures where record_id = %s order by signed_at, id",  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
                         (record["id"],)).fetchall()
+    _set_signatures(record, rows)
+
+
+def _set_signatures(record: dict[str, Any], rows: list[Any]) -> None:
     record["signatures"] = [manifest_entry(r) for r in rows]
     current = record["current_version"]
     record["version"]["signatures"] = [s for s in record["signatures"] if s["version"] == current]

@@ -59,6 +59,7 @@ from shared.identity.guards import (
     Principal,
     bearer_token,
     principal_for,
+    principal_in_tenant_tx,
     require_mfa_enrolment,
     require_operator,
     require_permission,
@@ -148,6 +149,8 @@ class RequestContext:
     query: Any = None
     json: Any = None
     cors_origin: str | None = None
+    held_tx: Conn | None = None
+    """The tenant transaction opened with the caller's authentication, for the first `tenant_tx`."""
 
     @property
     def route(self) -> dict[str, str]:
@@ -178,7 +181,11 @@ class RequestContext:
         return audit.context_actor(self)[1]
 
     def tenant_tx(self) -> AbstractContextManager[Conn]:
-        """A transaction in the caller's tenant (see shared.web.caller: domain calls open it)."""
+        """A transaction in the caller's tenant (see shared.web.caller: domain calls open it).
+        The first one is the transaction the authentication already opened, when it did."""
+        held, self.held_tx = self.held_tx, None
+        if held is not None:
+            return db.held_tx(held)
         return db.tenant_tx(self.tenant_id)
 
     def int_param(self, name: str) -> int:
@@ -415,8 +422,13 @@ def _stage_authenticate(ctx: RequestContext, spec: EndpointSpec) -> None:
         ctx.principal = scim_tokens.authenticate(bearer_token(ctx.request))
     elif spec.auth:
         ctx.claims = claims = verify_access_token(bearer_token(ctx.request))
-        ctx.principal = principal_for(
-            claims, RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id))
+        meta = RequestMeta(ctx.client_ip or None, ctx.user_agent or None, claims.session_id, ctx.request_id)
+        if spec.permission and claims.tenant_id is not None and claims.role != SUPPORT:
+            # A tenant endpoint: its handler's first tenant transaction opens in the message
+            # that loads the caller (one round trip fewer per request).
+            ctx.principal, ctx.held_tx = principal_in_tenant_tx(claims, meta)
+        else:
+            ctx.principal = principal_for(claims, meta)
 
 
 def _stage_authorize(ctx: RequestContext, spec: EndpointSpec) -> None:
@@ -478,11 +490,23 @@ def _handle(spec: EndpointSpec, handler: Handler, req: func.HttpRequest) -> func
     except Exception:
         log.exception("unhandled error request_id=%s", ctx.request_id)
         response = _scim_error(InternalError()) if spec.scim else _problem(InternalError(), ctx.request_id)
+    if ctx.held_tx is not None:  # refused before the handler, or a handler that used no tenant transaction
+        _release_held(ctx)
     if ctx.claims is not None and ctx.claims.role == SUPPORT:
         response = _audit_support_request(ctx, req, response)
     _finish(response, ctx.request_id, ctx.cors_origin, spec)
     _log_access(ctx, req, response, started)
     return response
+
+
+def _release_held(ctx: RequestContext) -> None:
+    """Give back the unused transaction opened with the authentication (nothing was written in it)."""
+    held, ctx.held_tx = ctx.held_tx, None
+    assert held is not None
+    try:
+        db.release(held)
+    except AppError:
+        log.warning("could not end an unused transaction request_id=%s", ctx.request_id)
 
 
 def _authorize(ctx: RequestContext, spec: EndpointSpec, req: func.HttpRequest) -> None:

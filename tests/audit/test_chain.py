@@ -25,7 +25,7 @@ from shared.core import db, storage
 from shared.core.errors import InvalidValue
 from shared.tenancy.tenant_settings import put_setting
 from shared.tenancy.tenants import Tenant, create_tenant
-from tests.conftest import ROOT, TokenFactory, auth
+from tests.conftest import ROOT, TokenFactory, Wire, auth
 
 ACTOR = audit.Actor(id="u-1", name="Ada Lovelace", type="user")
 
@@ -282,6 +282,14 @@ _ATTACKS: dict[str, list[str]] = {
     "gap_then_edit": ["delete from audit_events where seq = 7", "update audit_events set reason = 'y' where seq = 8"],
     "far_seq": ["update audit_events set seq = 1000000 where seq = 9"],
     "checksum_column_only": ["update audit_events set checksum = repeat('c', 64) where seq = 6"],
+    # The links and the checksums are checked in separate passes: which failure comes first.
+    "edit_then_gap": ["update audit_events set reason = 'z' where seq = 3", "delete from audit_events where seq = 6"],
+    "edit_and_link_on_one_event": ["update audit_events set previous_checksum = repeat('d', 64), reason = 'w' "
+                                   "where seq = 4"],
+    "link_then_edit": ["update audit_events set previous_checksum = repeat('e', 64) where seq = 3",
+                       "update audit_events set reason = 'v' where seq = 7"],
+    "edit_checkpoint_and_after": ["update audit_events set checksum = repeat('f', 64) where seq = 5",
+                                  "update audit_events set reason = 'u' where seq = 8"],
 }
 
 
@@ -635,3 +643,97 @@ def test_event_time_is_the_database_clock_at_the_append_not_the_callers(tenant: 
         stored = conn.execute("select occurred_at from audit_events where seq = %s", (appended.seq,)).fetchone()
     stamped = datetime.fromisoformat(appended.occurred_at)
     assert before <= stamped <= after and stored["occurred_at"] == stamped
+
+
+def test_an_append_to_an_existing_chain_is_one_round_trip(tenant: Tenant, wire: Wire) -> None:
+    add_events(tenant.id, 1)  # the chain head exists from here on
+    with db.tenant_tx(tenant.id) as conn:
+        wire.clear()
+        appended = audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="test.counted",
+                                after={"n": 1}, meta=audit.RequestMeta(request_id="r-1"))
+        assert len(wire.round_trips()) == 1, wire.round_trips()
+        [row] = audit.list_events(conn, after_seq=appended.seq - 1, limit=1)
+    assert (row["seq"], row["checksum"], row["occurred_at"]) == (appended.seq, appended.checksum, appended.occurred_at)
+    assert audit.verify_tenant(tenant.id, None).valid
+
+
+@settings(max_examples=40, deadline=None)
+@given(texts=st.fixed_dictionaries({name: st.one_of(st.none(), _text) for name in
+                                    ("target_type", "target_id", "reason", "ip", "user_agent", "session_id",
+                                     "request_id")}),
+       name=_text.filter(bool), before=_json, after=_json)
+def test_the_database_computed_checksum_of_an_append_is_the_python_one(
+        texts: dict, name: str, before: Any, after: Any) -> None:
+    """The one-statement append checksums the event in PostgreSQL: for any text (quotes,
+    backslashes, controls, any plane) it is the checksum of canonical_bytes, so the offline
+    verifier and the streaming walk agree with it."""
+    with db.platform_tx() as conn:
+        tenant = create_tenant(conn, slug=f"t-{uuid.uuid4().hex[:12]}", name="Canonical", region="uksouth")
+    add_events(tenant.id, 1)
+    with db.tenant_tx(tenant.id) as conn:
+        appended = audit.append(conn, tenant_id=tenant.id, actor=audit.Actor(id=name, name=name),
+                                action="test.canonical", before=before, after=after,
+                                meta=audit.RequestMeta(texts["ip"], texts["user_agent"], texts["session_id"],
+                                                       texts["request_id"]),
+                                target_type=texts["target_type"], target_id=texts["target_id"], reason=texts["reason"])
+        rows = list(audit.stream_rows(conn))
+    assert rows[-1]["seq"] == appended.seq
+    assert audit.compute_checksum(rows[-1]) == rows[-1]["checksum"] == appended.checksum
+    assert audit.verify_tenant_streaming(tenant.id, None).valid
+
+
+def _count(tenant_id: str) -> int:
+    with db.tenant_tx(tenant_id) as conn:
+        row = conn.execute("select count(*) as n from audit_events").fetchone()
+    assert row is not None
+    return int(row["n"])
+
+
+def test_an_append_that_commits_starts_a_chain_and_commits_in_its_one_round_trip(wire: Wire) -> None:
+    chain = str(uuid.uuid4())  # a chain with no head yet (a new tenant's creation starts its own)
+    for n in (1, 2):
+        with db.tenant_tx(chain) as conn:
+            wire.clear()
+            appended = audit.append(conn, tenant_id=chain, actor=audit.SYSTEM, action="test.committed",
+                                    after={"n": n}, commit=True)
+            assert len(wire.round_trips()) == 1, wire.round_trips()
+        assert appended.seq == n
+    assert _count(chain) == 2
+    assert audit.verify_tenant(chain, None).valid
+    assert audit.verify_tenant_streaming(chain, None).valid
+
+
+def test_an_append_that_commits_and_fails_commits_nothing_of_its_transaction(tenant: Tenant) -> None:
+    add_events(tenant.id, 1)
+    before = _count(tenant.id)
+    with pytest.raises(InvalidValue), db.tenant_tx(tenant.id) as conn:
+        audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="test.kept_only_if_all_commit")
+        audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="Not An Action", commit=True)
+    assert _count(tenant.id) == before
+    assert audit.verify_tenant(tenant.id, None).valid
+
+
+def test_concurrent_appends_that_commit_make_a_gapless_valid_chain() -> None:
+    with db.platform_tx() as conn:
+        tenant = create_tenant(conn, slug=f"t-{uuid.uuid4().hex[:12]}", name="Race", region="uksouth")
+    add_events(tenant.id, 1)
+    first = _count(tenant.id)
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            for _ in range(10):
+                with db.tenant_tx(tenant.id) as conn:
+                    audit.append(conn, tenant_id=tenant.id, actor=audit.SYSTEM, action="test.raced", commit=True)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    result = audit.verify_tenant(tenant.id, None)
+    assert result.valid, result.first_failure
+    assert result.events_checked == first + 80

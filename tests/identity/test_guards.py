@@ -1,68 +1,21 @@
 """Guards: authentication costs one database round trip, for every kind of caller.
 
-Round trips are counted on the wire: libpq's protocol trace of every pooled connection
-records each message the client sends, and each `Query` (simple protocol) or `Sync`
-(extended protocol) is one wait for the server.
+Round trips are counted on the wire (`tests.conftest.wire`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from shared.audit import chain as audit
 from shared.core import db
 from shared.core.errors import Unauthenticated
-from shared.identity.guards import Principal, principal_for
+from shared.identity.guards import Principal, principal_for, principal_in_tenant_tx
 from shared.identity.tokens import verify_access_token
 from shared.tenancy.tenants import Tenant
-from tests.conftest import PersonFactory, token_for
-
-
-class Wire:
-    """The client messages of every pooled connection since the last `clear`."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def clear(self) -> None:
-        self.path.write_text("")
-
-    def round_trips(self) -> list[str]:
-        """The messages that wait for the server: the simple `Query` and the extended `Sync`."""
-        out = []
-        for line in self.path.read_text(errors="replace").splitlines():
-            parts = line.split("\t")
-            if len(parts) >= 3 and parts[0] == "F" and parts[2].split(" ")[0] in ("Query", "Sync"):
-                out.append(line)
-        return out
-
-
-@pytest.fixture
-def wire(tmp_path: Path) -> Iterator[Wire]:
-    from psycopg.pq import Trace
-
-    path = tmp_path / "wire.trace"
-    p = db.pool()
-    # Take every connection the pool may hold, so whichever one a call gets is traced.
-    conns = [p.getconn() for _ in range(p.max_size)]
-    handle = open(path, "w")  # noqa: SIM115 - libpq writes to it until untraced below
-    try:
-        for c in conns:
-            c.pgconn.trace(handle.fileno())
-            c.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
-        for c in conns:
-            p.putconn(c)
-        yield Wire(path)
-    finally:
-        conns = [p.getconn() for _ in range(p.max_size)]
-        for c in conns:
-            c.pgconn.untrace()
-            p.putconn(c)
-        handle.close()
+from tests.conftest import PersonFactory, Wire, token_for
 
 
 def _principal(token: str) -> Principal:
@@ -128,3 +81,61 @@ def test_a_token_for_another_tenant_finds_no_user(tenant: Tenant, make_person: P
     forged = token_for(person.id, str(uuid.uuid4()), "VIEWER", session_id=claims.session_id)
     with pytest.raises(Unauthenticated, match="not active"):
         _principal(forged)
+
+
+def _in_tx(token: str) -> tuple[Principal, db.Conn | None]:
+    return principal_in_tenant_tx(verify_access_token(token), audit.RequestMeta())
+
+
+def test_a_tenant_user_and_their_request_transaction_share_one_round_trip(tenant: Tenant, make_person: PersonFactory,
+                                                                         wire: Wire) -> None:
+    person = make_person(tenant.id, "ADMIN")
+    _principal(person.token)  # the session was just touched: no touch is due below
+    wire.clear()
+    principal, conn = _in_tx(person.token)
+    assert conn is not None
+    with db.held_tx(conn) as c:
+        assert principal.user_id == person.id
+        assert len(wire.round_trips()) == 1, wire.round_trips()
+        row = c.execute("select current_setting('app.tenant_id') as tid, (select count(*) from users) as n").fetchone()
+        assert row is not None and row["tid"] == tenant.id and row["n"] >= 1
+    # the transaction's own statement and its commit: three waits in all, where a separate
+    # authentication and transaction took four
+    assert len(wire.round_trips()) == 3, wire.round_trips()
+
+
+def test_a_session_due_for_its_touch_is_touched_and_holds_no_transaction(tenant: Tenant,
+                                                                         make_person: PersonFactory) -> None:
+    person = make_person(tenant.id, "VIEWER")
+    session_id = str(verify_access_token(person.token).session_id)
+    with db.tenant_tx(tenant.id) as conn:
+        conn.execute("update sessions set last_seen_at = now() - interval '5 minutes' where id = %s", (session_id,))
+    principal, conn = _in_tx(person.token)
+    assert principal.user_id == person.id and conn is None
+    with db.tenant_tx(tenant.id) as c:
+        row = c.execute("select last_seen_at > now() - interval '1 minute' as fresh from sessions where id = %s",
+                        (session_id,)).fetchone()
+    assert row is not None and row["fresh"]
+
+
+def test_refused_callers_give_back_every_transaction_opened_for_them(tenant: Tenant,
+                                                                     make_person: PersonFactory) -> None:
+    """A revoked session and a token forged for another tenant are refused as by
+    `principal_for`, more times than the pool has connections: none is kept."""
+    revoked, victim = (make_person(tenant.id, "VIEWER") for _ in range(2))
+    with db.tenant_tx(tenant.id) as conn:
+        conn.execute("update sessions set revoked_at = now() where id = %s",
+                     (str(verify_access_token(revoked.token).session_id),))
+    claims = verify_access_token(victim.token)
+    forged = token_for(victim.id, str(uuid.uuid4()), "VIEWER", session_id=claims.session_id)
+    for _ in range(db.pool().max_size + 1):
+        with pytest.raises(Unauthenticated, match="the session has ended"):
+            _in_tx(revoked.token)
+        with pytest.raises(Unauthenticated, match="not active"):
+            _in_tx(forged)
+    stats = db.pool().get_stats()
+    assert stats.get("pool_size", 0) - stats.get("pool_available", 0) == 0, stats
+    principal, conn = _in_tx(victim.token)
+    assert principal.user_id == victim.id
+    if conn is not None:
+        db.release(conn)

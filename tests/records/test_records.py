@@ -15,10 +15,11 @@ import pytest
 
 from shared.audit import chain as audit
 from shared.core import db, storage
+from shared.core.errors import InvalidValue, NotFound
 from shared.records import attachments
 from shared.tenancy.tenants import Tenant
 from shared.web.card_data import MARKER, normalise
-from tests.conftest import Host, Person, PersonFactory, auth
+from tests.conftest import Host, Person, PersonFactory, Wire, auth
 
 INVOICE = {"number": "INV-1", "issue_date": "2026-11-01", "currency": "EUR",
            "lines": [{"description": "Audit support", "quantity": 2, "unit_price": 150.5}]}
@@ -513,3 +514,72 @@ def test_a_poison_payload_stored_by_an_older_version_still_reads_back(
     assert page.status_code == 200 and page.json()["events"][-1]["after"]["payload"] == payload
     listing = client.get("/api/records", headers=h)
     assert listing.status_code == 200
+
+
+def test_a_record_is_created_and_read_in_one_statement_each(tenant: Tenant, people: dict[str, Person],
+                                                            wire: Wire) -> None:
+    """A create is: its type, the record with its first version, its audit event; a read is
+    one statement with its signatures. Each answers what the separate statements answered."""
+    from shared.identity.guards import Principal
+    from shared.records import records
+    from shared.tenancy.rbac import role_permissions
+
+    op = people["op"]
+    principal = Principal(user_id=op.id, tenant_id=tenant.id, session_id=str(uuid.uuid4()), role="OPERATOR",
+                          permissions=role_permissions("OPERATOR"), name="Otto Operator")
+    actor = audit.Actor(op.id, "Otto Operator")
+    with db.tenant_tx(tenant.id) as conn:  # the tenant's first event and its built-in types exist before counting
+        records.create_record(conn, actor=principal, type_name="document", payload={"title": "first"},
+                              references=[], meta=audit.RequestMeta(), audit_actor=actor)
+    with db.tenant_tx(tenant.id) as conn:
+        wire.clear()
+        created = records.create_record(conn, actor=principal, type_name="document", payload={"title": "T"},
+                                        references=[], meta=audit.RequestMeta(), audit_actor=actor)
+        assert len(wire.round_trips()) == 3, wire.round_trips()
+        wire.clear()
+        read = records.get_record(conn, created["id"])
+        assert len(wire.round_trips()) == 1, wire.round_trips()
+        assert read == created
+        locked = records.get_record(conn, created["id"], lock=True)
+        assert locked == read
+    wire.clear()
+    with db.tenant_tx(tenant.id) as conn:  # a create that commits with its event: begin, type, insert + event + commit
+        again = records.create_record(conn, actor=principal, type_name="document", payload={"title": "C"},
+                                      references=[], meta=audit.RequestMeta(), audit_actor=actor, commit=True)
+    assert len(wire.round_trips()) == 3, wire.round_trips()
+    with db.tenant_tx(tenant.id) as conn:
+        assert records.get_record(conn, again["id"]) == again
+    wire.clear()
+    with db.tenant_tx(tenant.id) as conn:  # a read that commits with its statement: begin, read + commit
+        committed = records.get_record(conn, created["id"], commit=True)
+    assert len(wire.round_trips()) == 2, wire.round_trips()
+    assert committed == read
+    with pytest.raises(NotFound), db.tenant_tx(tenant.id) as conn:
+        records.get_record(conn, str(uuid.uuid4()), commit=True)
+    assert read["version"]["payload"] == {"title": "T"} and read["signatures"] == []
+    for done in (created, again):
+        [event] = [e for e in events(tenant.id, "record.created") if e["target_id"] == done["id"]]
+        assert event["after"]["checksum"] == done["version"]["checksum"]
+        assert event["after"]["references"] == done["version"]["references"] == []
+    assert audit.verify_tenant(tenant.id, None).valid
+
+
+def test_a_committed_create_whose_insert_fails_writes_no_event(tenant: Tenant, people: dict[str, Person]) -> None:
+    """The record's statement, its event and the commit travel together: when the database
+    refuses the record, the event queued after it is never written and nothing commits."""
+    from shared.identity.guards import Principal
+    from shared.records import records
+    from shared.tenancy.rbac import role_permissions
+
+    op = people["op"]
+    with db.tenant_tx(tenant.id) as conn:  # the chain and the built-in types exist
+        audit.append(conn, tenant_id=tenant.id, actor=audit.Actor(op.id, "Otto"), action="test.ready")
+    # An actor id the records table cannot hold (not a UUID): the insert fails inside the pipeline.
+    forged = Principal(user_id="not-a-uuid", tenant_id=tenant.id, session_id=str(uuid.uuid4()), role="OPERATOR",
+                       permissions=role_permissions("OPERATOR"), name="Forged")
+    before = len(events(tenant.id, "record.created"))
+    with pytest.raises(InvalidValue), db.tenant_tx(tenant.id) as conn:
+        records.create_record(conn, actor=forged, type_name="document", payload={"title": "refused"}, references=[],
+                              meta=audit.RequestMeta(), audit_actor=audit.Actor(op.id, "Otto"), commit=True)
+    assert len(events(tenant.id, "record.created")) == before
+    assert audit.verify_tenant(tenant.id, None).valid

@@ -536,3 +536,18 @@ def test_triggers_write_no_sql_and_no_audit_events() -> None:
                     a.name == "db" for a in node.names):
                 offenders.append(f"{path.name}:{node.lineno} imports shared.core.db")
     assert offenders == []
+
+
+def test_requests_refused_after_authentication_keep_no_connection(client: httpx.Client, tenant: Tenant,
+                                                                  make_token: TokenFactory) -> None:
+    """The tenant transaction opened with the caller's authentication is given back when the
+    wrapper refuses the request (403) or the handler fails: more refusals than the host's
+    pool has connections, and the next request is still served."""
+    viewer = make_token(tenant.id, "VIEWER")
+    for _ in range(2 * get_settings().db_pool_max + 1):
+        resp = client.put(SETTING_URL, json={"value": 30, "reason": "nope"}, headers=auth(viewer))
+        assert resp.status_code == 403
+        resp = client.get(f"/api/records/{uuid.uuid4()}", headers=auth(viewer))
+        assert resp.status_code == 404
+    resp = client.get("/api/records", headers=auth(viewer))
+    assert resp.status_code == 200, resp.text
