@@ -35,3 +35,13 @@ def audit_retention(timer: func.TimerRequest) -> None:
     events only up to its newest signed checkpoint, behind a signed retention checkpoint."""
     from shared.lifecycle import audit_retention  # loads the audit machinery on first use, not at import
     audit_retention.enqueue_due()
+
+
+@bp.queue_trigger(arg_name="msg", queue_name="%OWNER_JOBS_QUEUE%", connection="JobsStorage")
+def run_owner_job(msg: func.QueueMessage) -> None:
+    """Run the owner job (audit retention) a message of OWNER_JOBS_QUEUE names; any other kind
+    is failed, not run. An unexpected failure raises, so the host retries it and, after
+    maxDequeueCount tries, moves it to the poison queue."""
+    from shared.lifecycle import api  # loads the lifecycle machinery on first message, not at import
+
+    api.run_owner_job_message(msg.get_body().decode("utf-8", errors="replace"))

@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 from shared.audit import chain as audit
 from shared.core import db, health, mail, storage
 from shared.core.errors import AppError, CheckFailed, Conflict, NotFound
-from shared.core.migrate import MigrationError, ensure_app_role, migrate
+from shared.core.migrate import MigrationError, ensure_app_role, ensure_owner_role, migrate
 from shared.core.settings import Settings, SettingsError, get_settings, load_local_settings
 from shared.identity.opaque import new_token
 from shared.identity.operators import SETUP_TTL
@@ -291,6 +291,12 @@ def parser() -> argparse.ArgumentParser:
     ic.add_argument("--state", choices=["OPEN", "NOTIFIED", "RESOLVED"], help="list: only this state")
     ic.add_argument("--tenant", metavar="TENANT_ID", type=_uuid_arg, help="list: only incidents affecting this tenant")
     ic.add_argument("--reason", help="notify, resolve: why (written to the audit trails)")
+    orl = sub.add_parser("create-owner-role", help=(cmd_create_owner_role.__doc__ or "").split("\n")[0],
+                         description=cmd_create_owner_role.__doc__)
+    orl.add_argument("--principal-name", required=True, metavar="NAME",
+                     help="the owner-jobs app's managed identity name (its database role)")
+    orl.add_argument("--principal-id", metavar="OBJECT_ID",
+                     help="Azure only: the managed identity's object (principal) id the role maps to")
     return p
 
 
@@ -316,6 +322,18 @@ def main(argv: list[str] | None = None) -> int:
     if result or args.command != "restore-drill":  # the drill's table is already printed
         print(json.dumps(result, default=str, indent=2))
     return 0
+
+
+def cmd_create_owner_role(args: argparse.Namespace) -> dict[str, Any]:
+    """Create the owner-jobs app's login role (its managed identity) as the owner if missing and
+    grant it the schema owner role; safe to re-run; refuses the app's own role. Run it after
+    `migrate` (docs/deploy.md)."""
+    url, app_role = _owner_settings("create the owner role")
+    role = ensure_owner_role(url, args.principal_name, app_role=app_role, entra_object_id=args.principal_id)
+    return {"role": role.__dict__}
+
+
+COMMANDS["create-owner-role"] = cmd_create_owner_role
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ os.environ.setdefault("CUSTOS_LOCAL_DIR", str(ROOT / ".local" / "test"))
 os.environ.setdefault("AzureWebJobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
 os.environ.setdefault("JobsStorage", os.environ["STORAGE_CONNECTION_STRING"])
 os.environ.setdefault("JOBS_QUEUE", "custos-jobs")
+os.environ.setdefault("OWNER_JOBS_QUEUE", "custos-owner-jobs")
 
 from shared.core import db  # noqa: E402  (settings must be in the environment first)
 from shared.core.migrate import MigrationError, migrate  # noqa: E402

@@ -65,10 +65,11 @@ def test_azure_yaml_deploys_the_function_app_from_the_bicep_and_runs_the_hook() 
     assert isinstance(doc.get("name"), str) and doc["name"]
     assert doc["infra"]["provider"] == "bicep"
     assert doc["infra"]["path"] == "infra/bicep" and doc["infra"].get("module", "main") == "main"
-    assert set(doc["services"]) == {"api"}
-    api = doc["services"]["api"]
-    assert (api["host"], api["language"]) == ("function", "python")
-    assert (ROOT / api["project"] / "function_app.py").is_file()
+    assert set(doc["services"]) == {"api", "owner-jobs"}
+    for service in doc["services"].values():
+        assert (service["host"], service["language"]) == ("function", "python")
+        assert (ROOT / service["project"] / "function_app.py").is_file()
+    assert doc["services"]["owner-jobs"]["project"] == doc["services"]["api"]["project"], "one package, two apps"
     hook = doc["hooks"]["postprovision"]
     for platform in ("posix", "windows"):
         assert hook[platform]["shell"] == "sh"
@@ -191,7 +192,7 @@ def test_readme_shows_deploying_in_three_lines_and_links_the_guides() -> None:
 def test_hook_calls_cli_options_that_exist_in_the_right_order() -> None:
     script = HOOK.read_text()
     calls = re.findall(r'^"\$py" -m shared\.cli (.+)$', script, re.M)
-    assert [c.split()[0] for c in calls] == ["create-app-role", "migrate"]
+    assert [c.split()[0] for c in calls] == ["create-app-role", "migrate", "create-owner-role"]
     for call in calls:
         argv = [a.strip('"') for a in call.split()]
         parser().parse_args([a if not a.startswith("$") else "00000000-0000-0000-0000-000000000000" for a in argv])
@@ -210,6 +211,9 @@ INPUTS = {
     "AZURE_APP_IDENTITY_NAME": "id-custos-api",
     "AZURE_APP_IDENTITY_PRINCIPAL_ID": "3f2504e0-4f89-11d3-9a0c-0305e82c3301",
     "AZURE_POSTGRES_OWNER": "ops@example.com",
+    "AZURE_OWNER_IDENTITY_NAME": "id-custos-owner",
+    "AZURE_OWNER_IDENTITY_PRINCIPAL_ID": "9a1c0e4b-7d2f-4e8a-b6c3-2f5d8e1a0b7c",
+    "AZURE_KEY_VAULT_NAME": "kv-custos-uks",
 }
 
 
@@ -220,6 +224,7 @@ def test_hook_names_a_missing_bicep_output(missing: str, tmp_path: Path) -> None
 
 
 def test_hook_says_the_server_is_private_when_it_cannot_reach_it(tmp_path: Path) -> None:
+    _fake_az(tmp_path, secret_exists=True)
     out = _hook({**INPUTS, "AZURE_POSTGRES_PORT": str(free_port())}, tmp_path)
     assert out.returncode == 2
     assert "private access" in out.stderr and "Traceback" not in out.stderr
@@ -238,3 +243,47 @@ def test_hook_insists_on_verified_tls_and_never_prints_the_token(tmp_path: Path)
     assert "database unavailable" in out.stderr and "SSL" in out.stderr
     assert "Traceback" not in out.stderr
     assert token not in out.stdout + out.stderr and "stand-in-token" not in out.stdout + out.stderr
+
+
+def test_azure_yaml_services_are_the_bicep_apps_tags() -> None:
+    bicep = (ROOT / "infra" / "bicep" / "modules" / "functionapp.bicep").read_text()
+    tag = re.search(r"'azd-service-name': isOwner \? '([a-z-]+)' : '([a-z-]+)'", bicep)
+    assert tag is not None, "functionapp.bicep tags each app with its azd service name"
+    assert set(load(AZURE_YAML)["services"]) == {tag.group(1), tag.group(2)}
+
+
+def _fake_az(tmp_path: Path, *, secret_exists: bool) -> Path:
+    """A stand-in for the Azure CLI (the one outside edge here): logs its arguments, answers the
+    vault id, and says whether the secret exists as ARM would (exit 3: ResourceNotFound)."""
+    log = tmp_path / "az.log"
+    vault = "/subscriptions/0000/resourceGroups/rg-custos/providers/Microsoft.KeyVault/vaults/kv-custos-uks"
+    (tmp_path / "az").write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{log}"\n'
+        f'case "$1 $2" in\n'
+        f'  "keyvault show") echo "{vault}" ;;\n'
+        f'  "resource show") {"echo found" if secret_exists else "exit 3"} ;;\n'
+        '  "role assignment") echo "{}" ;;\n'
+        '  *) echo "stand-in-token" ;;\n'
+        "esac\n")
+    (tmp_path / "az").chmod(0o755)
+    return log
+
+
+def test_hook_grants_the_owner_identity_only_the_signing_key_secret(tmp_path: Path) -> None:
+    log = _fake_az(tmp_path, secret_exists=True)
+    out = _hook({**INPUTS, "AZURE_POSTGRES_PORT": str(free_port())}, tmp_path)  # stops at the database probe
+    assert out.returncode == 2 and "private access" in out.stderr
+    grants = [line for line in log.read_text().splitlines() if line.startswith("role assignment create")]
+    assert len(grants) == 1
+    assert f"--assignee-object-id {INPUTS['AZURE_OWNER_IDENTITY_PRINCIPAL_ID']} " in grants[0]
+    assert " --role Key Vault Secrets User " in grants[0]
+    scope = re.search(r"--scope (\S+)", grants[0])
+    assert scope is not None and scope.group(1).endswith("/vaults/kv-custos-uks/secrets/audit-signing-key")
+
+
+def test_hook_waits_for_the_secret_before_granting_and_says_so(tmp_path: Path) -> None:
+    log = _fake_az(tmp_path, secret_exists=False)
+    out = _hook({**INPUTS, "AZURE_POSTGRES_PORT": str(free_port())}, tmp_path)
+    assert "audit-signing-key is not in kv-custos-uks yet" in out.stderr and "azd hooks run postprovision" in out.stderr
+    assert not [line for line in log.read_text().splitlines() if line.startswith("role assignment")]

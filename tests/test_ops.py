@@ -225,3 +225,49 @@ def test_cli_purge_due_lists_cancelled_tenants_within_the_horizon() -> None:
     assert soon.returncode == 0, soon.stderr
     row = next(t for t in json.loads(soon.stdout)["tenants"] if t["id"] == tenant.id)
     assert row["status"] == "CANCELLED" and row["due"] is False and row["purge_after"]
+
+
+def test_cli_create_owner_role_grants_the_schema_owner_idempotently_and_never_to_the_app() -> None:
+    role = f"id_custos_owner_{uuid.uuid4().hex[:10]}"
+    app_role = os.environ["DATABASE_APP_ROLE"]
+    pivot = f"custos_pivot_{uuid.uuid4().hex[:10]}"
+    try:
+        first = _cli("create-owner-role", "--principal-name", role)
+        assert first.returncode == 0, first.stderr
+        made = json.loads(first.stdout)["role"]
+        assert made == {"name": role, "created": True, "owner_role": made["owner_role"], "entra_object_id": None}
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            owner = conn.execute("select tableowner from pg_tables where tablename = 'audit_events'").fetchone()
+            assert owner is not None and made["owner_role"] == owner[0]
+            held = conn.execute("select pg_has_role(%s, %s, 'MEMBER')", (role, owner[0])).fetchone()
+            assert held is not None and held[0] is True
+        again = _cli("create-owner-role", "--principal-name", role)
+        assert again.returncode == 0, again.stderr
+        assert json.loads(again.stdout)["role"]["created"] is False
+        for name in (app_role, "custos_app_rw"):
+            refused = _cli("create-owner-role", "--principal-name", name)
+            assert refused.returncode == 2 and "app" in refused.stderr and "Traceback" not in refused.stderr
+        # A role the app role is a member of would pass the owner's rights on to the app.
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("create role {} nologin").format(psycopg.sql.Identifier(pivot)))
+            conn.execute(psycopg.sql.SQL("grant {} to {}").format(psycopg.sql.Identifier(pivot), psycopg.sql.Identifier(app_role)))
+        pivoted = _cli("create-owner-role", "--principal-name", pivot)
+        assert pivoted.returncode == 2 and "is a member of" in pivoted.stderr
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            app_is_owner = conn.execute("select pg_has_role(%s, %s, 'MEMBER')", (app_role, made["owner_role"])).fetchone()
+            assert app_is_owner is not None and app_is_owner[0] is False
+        bad = _cli("create-owner-role", "--principal-name", role, "--principal-id", "'; drop role custos_owner; --")
+        assert bad.returncode == 2 and "not a UUID" in bad.stderr and "Traceback" not in bad.stderr
+        # Azure's Entra mapping function does not exist on stock PostgreSQL: a clear refusal, no role.
+        entra = f"id_custos_owner_{uuid.uuid4().hex[:10]}"
+        no_entra = _cli("create-owner-role", "--principal-name", entra, "--principal-id", str(uuid.uuid4()))
+        assert no_entra.returncode == 2 and "pgaadauth_create_principal_with_oid is missing" in no_entra.stderr
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            assert conn.execute("select 1 from pg_roles where rolname = %s", (entra,)).fetchone() is None
+        # An existing role without the identity's Entra mapping is not taken over.
+        unmapped = _cli("create-owner-role", "--principal-name", role, "--principal-id", str(uuid.uuid4()))
+        assert unmapped.returncode == 2 and "is not the Entra principal" in unmapped.stderr
+    finally:
+        with psycopg.connect(os.environ["DATABASE_ADMIN_URL"], autocommit=True) as conn:
+            for name in (role, pivot):
+                conn.execute(psycopg.sql.SQL("drop role if exists {}").format(psycopg.sql.Identifier(name)))

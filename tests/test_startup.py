@@ -50,7 +50,7 @@ def test_the_heavy_modules_load_when_first_used() -> None:
     assert [name for name in HEAVY if name not in ("fido2", "azure.identity") and not _loaded(modules, name)] == []
 
 
-OWNER_JOBS = {"purge_cancelled_tenants", "audit_retention"}
+OWNER_JOBS = {"purge_cancelled_tenants", "audit_retention", "run_owner_job"}
 
 
 def _names(groups: tuple[str, ...]) -> set[str]:
@@ -59,12 +59,14 @@ def _names(groups: tuple[str, ...]) -> set[str]:
     return {fn.get_function_name() for fn in create_app(groups).get_functions()}
 
 
-def test_the_owner_group_registers_only_the_owner_timers_and_no_route() -> None:
+def test_the_owner_group_registers_only_the_owner_timers_and_queue_and_no_route() -> None:
     from function_app import create_app
 
     functions = create_app(("owner",)).get_functions()
     assert {fn.get_function_name() for fn in functions} == OWNER_JOBS
-    assert {fn.get_trigger().get_binding_name() for fn in functions} == {"timerTrigger"}
+    assert {fn.get_trigger().get_binding_name() for fn in functions} == {"timerTrigger", "queueTrigger"}
+    queue = next(fn.get_trigger() for fn in functions if fn.get_function_name() == "run_owner_job")
+    assert (queue.queue_name, queue.connection) == ("%OWNER_JOBS_QUEUE%", "JobsStorage")
 
 
 def test_the_api_group_registers_everything_but_the_owner_jobs() -> None:

@@ -183,15 +183,15 @@ def test_health_answers_through_the_worker_invocation_path(indexed: dict[str, An
     assert json.loads(health["body"])["ok"] is True
 
 
-def test_worker_indexes_only_the_owner_timers_in_the_owner_app(indexed_owner: dict[str, Any]) -> None:
+def test_worker_indexes_only_the_owner_jobs_in_the_owner_app(indexed_owner: dict[str, Any]) -> None:
     functions = indexed_owner["functions"]
-    assert sorted(functions) == ["audit_retention", "purge_cancelled_tenants"]
+    assert sorted(functions) == ["audit_retention", "purge_cancelled_tenants", "run_owner_job"]
     for name, bindings in _expected(("owner",)).items():
         assert sorted(functions[name]["raw_bindings"], key=lambda b: b["name"]) == bindings, name
     triggers = {b["type"] for fn in functions.values() for b in fn["raw_bindings"]}
-    assert triggers == {"timerTrigger"}, "the owner app must have no HTTP route"
+    assert triggers == {"timerTrigger", "queueTrigger"}, "the owner app must have no HTTP route"
     assert "invocation" not in indexed_owner, "the probe found a health route in the owner app"
 
 
 def test_worker_indexes_no_owner_job_in_the_api_app(indexed: dict[str, Any]) -> None:
-    assert not {"audit_retention", "purge_cancelled_tenants"} & set(indexed["functions"])
+    assert not {"audit_retention", "purge_cancelled_tenants", "run_owner_job"} & set(indexed["functions"])

@@ -231,3 +231,93 @@ def _check_memberships(conn: psycopg.Connection, app_role: str) -> None:
             f"role {app_role!r} is a member of {', '.join(r[0] for r in rows)}: the app role may only "
             f"hold {APP_GROUP_ROLE}; revoke the membership by hand"
         )
+
+
+@dataclass(frozen=True)
+class OwnerRole:
+    """What `ensure_owner_role` found or did: the login role, `created` this run, and the schema
+    owner role it now holds (`owner_role`)."""
+
+    name: str
+    created: bool
+    owner_role: str
+    entra_object_id: str | None
+
+
+def ensure_owner_role(owner_url: str, name: str, *, app_role: str, entra_object_id: str | None = None) -> OwnerRole:
+    """Create the owner-jobs app's login role if missing and grant it the schema owner role (the
+    owner of `schema_migrations`, that is of every table the migrations made); idempotent.
+
+    With `entra_object_id` (Azure) the role is created by Flexible Server's
+    `pgaadauth_create_principal_with_oid` as the Entra principal of that object (the owner-jobs
+    app's managed identity), and an existing role must already carry that mapping. Without it
+    (local) a plain LOGIN role without a password is created. The grant is refused when it would
+    reach the app: to the app role, to its group role, or to any role the app role is a member
+    of (membership passes the owner's rights on, so the HTTP-facing app could delete the trail).
+
+    Raises:
+        MigrationError: the name is empty or would reach the app role, the object id is not a
+            UUID, the migrations have not run (no schema owner yet), the role exists mapped to a
+            different (or no) Entra object, the Entra function is missing (not an Azure server
+            with Entra authentication), or the owner may not create or grant the role.
+    """
+    if not name.strip():
+        raise MigrationError("--principal-name: required (the owner-jobs app identity's name)")
+    if entra_object_id is not None:
+        try:
+            entra_object_id = str(uuid.UUID(entra_object_id))
+        except ValueError:
+            raise MigrationError(f"--principal-id {entra_object_id!r}: not a UUID") from None
+    if name in (app_role, APP_GROUP_ROLE):
+        raise MigrationError(f"role {name!r} is the app's role: the HTTP-facing app must never hold the schema owner")
+    created = False
+    with psycopg.connect(owner_url, autocommit=True) as conn:
+        conn.execute("select pg_advisory_lock(%s)", (LOCK_KEY,))
+        try:
+            row = conn.execute(
+                "select tableowner from pg_tables where schemaname = current_schema() and tablename = 'schema_migrations'"
+            ).fetchone()
+            if row is None:
+                raise MigrationError("no schema owner yet: run `migrate` before `create-owner-role`")
+            owner_role = str(row[0])
+            if name == owner_role:
+                raise MigrationError(f"role {name!r} is the schema owner itself: give the owner-jobs app a role of its own")
+            exists = conn.execute("select 1 from pg_roles where rolname = %s", (name,)).fetchone() is not None
+            if exists:
+                reaches_app = conn.execute(
+                    "select 1 from pg_roles a where a.rolname = %s and pg_has_role(a.oid, %s, 'MEMBER')",
+                    (app_role, name),
+                ).fetchone()
+                if reaches_app is not None:
+                    raise MigrationError(f"role {app_role!r} (the app) is a member of {name!r}: granting it the schema "
+                                         "owner would give the HTTP-facing app the owner's rights; revoke that membership")
+                if entra_object_id is not None:
+                    _check_entra_label(conn, name, entra_object_id)
+            else:
+                _create_owner_login(conn, name, entra_object_id)
+                created = True
+            try:
+                conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(owner_role), sql.Identifier(name)))
+            except psycopg.Error as exc:
+                raise MigrationError(f"could not grant {owner_role!r} to {name!r}: {exc.diag.message_primary or exc}") from None
+        finally:
+            conn.execute("select pg_advisory_unlock(%s)", (LOCK_KEY,))
+    return OwnerRole(name, created, owner_role, entra_object_id)
+
+
+def _create_owner_login(conn: psycopg.Connection, name: str, entra_object_id: str | None) -> None:
+    try:
+        if entra_object_id is None:
+            conn.execute(sql.SQL(
+                "create role {} login nosuperuser nocreatedb nocreaterole noreplication inherit"
+            ).format(sql.Identifier(name)))
+            return
+        with conn.transaction():
+            conn.execute(ENTRA_CREATE_PRINCIPAL, (name, entra_object_id))
+    except psycopg.errors.UndefinedFunction:
+        raise MigrationError(
+            "pgaadauth_create_principal_with_oid is missing: the server is not Azure Database for "
+            "PostgreSQL Flexible Server with Microsoft Entra authentication, or the owner is not its Entra admin"
+        ) from None
+    except psycopg.Error as exc:
+        raise MigrationError(f"could not create role {name!r}: {exc.diag.message_primary or exc}") from None

@@ -97,3 +97,8 @@ def send(name: str, text: str, *, delay_s: int = 0) -> str:
 def jobs_queue() -> str:
     """The name of the job queue (setting JOBS_QUEUE)."""
     return get_settings().jobs_queue
+
+
+def owner_jobs_queue() -> str:
+    """The name of the owner jobs' queue (setting OWNER_JOBS_QUEUE), read by the owner-jobs app."""
+    return get_settings().owner_jobs_queue

@@ -278,6 +278,10 @@ class Settings(BaseSettings):
     export_link_ttl_s: int = Field(
         300, ge=30, le=3600, description="Lifetime of a tenant export's download links (signed URL or SAS)."
     )
+    owner_jobs_queue: str = Field(
+        "custos-owner-jobs", pattern=r"^[a-z0-9][a-z0-9-]{1,53}[a-z0-9]$",
+        description="Storage queue of the owner jobs (audit retention), run only by the owner-jobs app (its poison queue is <name>-poison); the trigger reads %OWNER_JOBS_QUEUE%.",
+    )
 
 
     # --- single sign-on (docs/sso.md) ------------------------------------------------------

@@ -30,6 +30,17 @@ def run_job_message(text: str) -> str:
     return jobs.run_message(text)
 
 
+def run_owner_job_message(text: str) -> str:
+    """Handle one message of the owner jobs' queue (the owner-jobs app): only owner kinds run.
+
+    Raises:
+        Exception: an unexpected failure of the job's attempt, so the host retries the message.
+    """
+    from shared.lifecycle import audit_retention  # noqa: F401  registers its job kind; loads on first message
+
+    return jobs.run_message(text, owner=True)
+
+
 def get_job(caller: Caller, job_id: uuid.UUID) -> dict[str, Any]:
     """The job's state, progress and error.
 

@@ -1,6 +1,9 @@
 """The audit retention timer and its jobs: every tenant with an `audit.retention_days` window
 gets its cut (`shared.audit.retention.cut_tenant`) as a job on the job queue, one per tenant.
 
+Both the timer and the jobs run in the owner-jobs app: the kind is registered as an owner
+kind, so its messages go to OWNER_JOBS_QUEUE, and only that app's role may cut audit events.
+
 The daily timer only enqueues (`enqueue_due`): a cut verifies the tenant's whole remaining
 chain and streams an archive, which for a large tenant may outlast the Functions timeout, and
 one slow tenant must not starve the others. Each job (kind `audit_retention`, in the tenant's
@@ -106,7 +109,7 @@ def _enqueue(tenant_id: str, days: int, now: datetime) -> jobs.Job | None:
     return job
 
 
-@jobs.register(KIND)
+@jobs.register(KIND, owner=True)
 def run_job(run: jobs.Run) -> dict[str, Any]:
     """One tenant's cut, at the window and instant its job names.
 

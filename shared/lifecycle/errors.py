@@ -42,6 +42,14 @@ class UnknownJobKind(AppError):
     status, code, title = 500, "job-kind-unknown", "No handler for this kind of job"
 
 
+class JobWrongApp(AppError):
+    """A job message reached the other app's queue: an owner job (audit retention) on the API
+    app's queue, whose database role cannot run it, or an API job on the owner-jobs app's queue,
+    which must run nothing but the owner jobs (docs/purge.md, "The owner-jobs app")."""
+
+    status, code, title = 500, "job-wrong-app", "The job was sent to an app that does not run its kind"
+
+
 class JobCrashed(InternalError):
     """A job attempt raised an unexpected error (details only in the logs, never in the job)."""
 

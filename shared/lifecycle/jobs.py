@@ -23,6 +23,13 @@ message to the poison queue.
 
 Handlers are registered by kind (`register`), so other parts of the lifecycle (purge,
 snapshots, retention) add their kinds without touching this module.
+
+Two queues, two apps: a kind registered with `owner=True` (audit retention) needs the schema
+owner's database role, which only the owner-jobs app holds, so its messages go to
+OWNER_JOBS_QUEUE, read only by that app; every other kind goes to JOBS_QUEUE, read by the API
+app. A message that reaches the other app's queue (sent by an older release, or by hand) is
+acked and its job FAILED (`job-wrong-app`, audited): neither app runs the other's kinds
+(docs/purge.md, "The owner-jobs app").
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ from shared.core import db, queues
 from shared.core.db import Conn
 from shared.core.errors import AppError, NotFound, ServiceUnavailable
 from shared.core.settings import get_settings
-from shared.lifecycle.errors import JobCrashed, UnknownJobKind
+from shared.lifecycle.errors import JobCrashed, JobWrongApp, UnknownJobKind
 
 log = logging.getLogger("custos.jobs")
 
@@ -128,10 +135,12 @@ class Run:
 
 Handler = Callable[[Run], dict[str, Any] | None]
 _HANDLERS: dict[str, Handler] = {}
+_OWNER_KINDS: set[str] = set()
 
 
-def register(kind: str) -> Callable[[Handler], Handler]:
+def register(kind: str, *, owner: bool = False) -> Callable[[Handler], Handler]:
     """Decorator: `handler` runs the jobs of `kind` and returns their result (a JSON object).
+    `owner`: the kind runs only in the owner-jobs app, from OWNER_JOBS_QUEUE.
 
     Raises:
         ValueError: `kind` already has a handler.
@@ -141,9 +150,21 @@ def register(kind: str) -> Callable[[Handler], Handler]:
         if _HANDLERS.get(kind, handler) is not handler:
             raise ValueError(f"job kind {kind!r} already has a handler")
         _HANDLERS[kind] = handler
+        if owner:
+            _OWNER_KINDS.add(kind)
         return handler
 
     return decorate
+
+
+def is_owner_kind(kind: str) -> bool:
+    """Whether jobs of `kind` run only in the owner-jobs app (registered with `owner=True`)."""
+    return kind in _OWNER_KINDS
+
+
+def queue_for(kind: str) -> str:
+    """The queue of a kind's messages: OWNER_JOBS_QUEUE for owner kinds, JOBS_QUEUE otherwise."""
+    return queues.owner_jobs_queue() if is_owner_kind(kind) else queues.jobs_queue()
 
 
 def create(conn: Conn, *, tenant_id: str, kind: str, created_by: str | None,
@@ -169,12 +190,13 @@ def message(job: Job) -> str:
 
 
 def send(job: Job, *, queue: str | None = None) -> None:
-    """Put the job's message on the job queue (`queue`: another one, for tests) after its row committed.
+    """Put the job's message on its kind's queue (`queue_for`; `queue`: another one, for tests)
+    after its row committed.
 
     Raises:
         ServiceUnavailable: the queue service could not be reached (the job stays QUEUED).
     """
-    queues.send(queue or queues.jobs_queue(), message(job))
+    queues.send(queue or queue_for(job.kind), message(job))
 
 
 def start(tx: AbstractContextManager[Conn], *, tenant_id: str, kind: str, created_by: str | None,
@@ -221,12 +243,13 @@ def get(conn: Conn, job_id: uuid.UUID | str, *, kind: str | None = None) -> Job:
     return Job.from_row(row)
 
 
-def claim(tenant_id: str, job_id: str, *, now: datetime | None = None) -> Job | None:
+def claim(tenant_id: str, job_id: str, *, now: datetime | None = None, owner: bool = False) -> Job | None:
     """Take the job for this worker: QUEUED, or RUNNING past its lease (its worker died).
 
     None when there is nothing to run: no such row (purged), DONE, FAILED, or RUNNING in
     another worker's lease. The claim is one conditional UPDATE, so two deliveries of one
-    message cannot both win.
+    message cannot both win. Its `job.started` event names the app that runs it (`owner`:
+    the owner-jobs app).
 
     Raises:
         ServiceUnavailable: the database cannot be reached.
@@ -246,7 +269,8 @@ def claim(tenant_id: str, job_id: str, *, now: datetime | None = None) -> Job | 
             return None
         job = Job.from_row(row)
         audit.append(conn, tenant_id=tenant_id, actor=audit.SYSTEM, action="job.started", target_type="job",
-                     target_id=job.id, after={"kind": job.kind, "attempt": job.attempts})
+                     target_id=job.id, after={"kind": job.kind, "attempt": job.attempts,
+                                              "app": "owner-jobs" if owner else "api"})
         return job
 
 
@@ -295,8 +319,42 @@ def _parse(text: str) -> tuple[str, str] | None:
         return None
 
 
-def run_message(text: str, *, now: datetime | None = None) -> str:
-    """Handle one queue message; returns what happened: done, failed, held, dropped, malformed.
+def _refuse_other_app(tenant_id: str, job_id: str, *, owner: bool, now: datetime | None) -> str | None:
+    """None when the job is of this app's kinds (or gone): the caller runs it as usual.
+    Otherwise "refused" (the job was QUEUED, or RUNNING past its lease, and is now FAILED,
+    audited) or "dropped" (it is finished, or its own app is running it)."""
+    with db.tenant_tx(tenant_id) as conn:
+        row = conn.execute("select kind from jobs where id = %s for update", (job_id,)).fetchone()
+        if row is None or is_owner_kind(row["kind"]) == owner:
+            return None
+        kind = row["kind"]
+        here, there = ("owner-jobs", "API") if owner else ("API", "owner-jobs")
+        error = JobWrongApp(f"a {kind!r} job runs only in the {there} app; its message reached the {here} app's "
+                            "queue and was not run: start it again")
+        failed = conn.execute(
+            """update jobs set state = 'FAILED', finished_at = coalesce(%(now)s, now()), lease_until = null,
+                      error_type = %(type)s, error_detail = %(detail)s
+                where id = %(id)s
+                  and (state = 'QUEUED' or (state = 'RUNNING' and lease_until < coalesce(%(now)s, now())))
+            returning id""",
+            {"now": now, "type": error.type, "detail": error.detail, "id": job_id},
+        ).fetchone()
+        if failed is None:
+            log.info("job %s (%s) on the %s app's queue is finished or running in its own app: message dropped",
+                     job_id, kind, here)
+            return "dropped"
+        audit.append(conn, tenant_id=tenant_id, actor=audit.SYSTEM, action="job.failed", target_type="job",
+                     target_id=job_id, after={"kind": kind, "state": "FAILED",
+                                              "error": {"type": error.type, "detail": error.detail}})
+    log.error("job failed: %s (%s): its message reached the %s app's queue", job_id, kind, here)
+    return "refused"
+
+
+def run_message(text: str, *, owner: bool = False, now: datetime | None = None) -> str:
+    """Handle one queue message; returns what happened: done, failed, held, dropped, malformed,
+    refused. `owner`: the message came from OWNER_JOBS_QUEUE (the owner-jobs app), which runs
+    only owner kinds; JOBS_QUEUE (the API app) runs only the others. A job of the other app's
+    kinds is FAILED, not run (`job-wrong-app`).
 
     Raises:
         Exception: whatever the handler raised that is not an `AppError`, after putting the
@@ -307,7 +365,10 @@ def run_message(text: str, *, now: datetime | None = None) -> str:
         log.error("job message is not {job_id, tenant_id}: dropped")
         return "malformed"
     tenant_id, job_id = ids
-    job = claim(tenant_id, job_id, now=now)
+    refused = _refuse_other_app(tenant_id, job_id, owner=owner, now=now)
+    if refused is not None:
+        return refused
+    job = claim(tenant_id, job_id, now=now, owner=owner)
     if job is None:
         held = _held_for(tenant_id, job_id, now=now)
         if held is None:
@@ -316,7 +377,7 @@ def run_message(text: str, *, now: datetime | None = None) -> str:
         # Another worker holds it. If that worker dies, no message is left to rescue the job:
         # look again when its lease runs out (a worker that lives on renews its lease, and the
         # look after that finds the job finished and drops the message).
-        queues.send(queues.jobs_queue(), text, delay_s=held + 1)
+        queues.send(queues.owner_jobs_queue() if owner else queues.jobs_queue(), text, delay_s=held + 1)
         log.info("job %s is held by another worker: looking again in %d s", job_id, held + 1)
         return "held"
     if job.attempts > MAX_ATTEMPTS:

@@ -16,7 +16,9 @@ import pytest
 
 from shared.audit import chain as audit
 from shared.core import db, health
+from shared.core.settings import get_settings
 from shared.lifecycle import audit_retention as retention
+from shared.lifecycle import jobs
 from shared.tenancy.tenant_settings import put_setting
 from shared.tenancy.tenants import Tenant, create_tenant
 from tests.audit.test_chain import add_events, checkpoint_now
@@ -120,3 +122,44 @@ def test_the_timer_runs_on_demand_through_the_host(client: httpx.Client) -> None
     job = wait_finished(tenant.id, jobs_of(tenant.id)[0]["id"])
     assert job["state"] == "DONE" and job["result"] == {"cut": None}  # nothing is older than seven years yet
     assert seqs(tenant.id)[0] == 1
+
+
+def started_by(tenant_id: str, job_id: str) -> list[str]:
+    with db.tenant_tx(tenant_id) as conn:
+        rows = conn.execute("select after from audit_events where target_id = %s and action = 'job.started' "
+                            "order by seq", (job_id,)).fetchall()
+    return [r["after"].get("app") for r in rows]
+
+
+def test_a_retention_job_goes_to_the_owner_queue_and_the_owner_trigger_cuts_it(client: httpx.Client) -> None:
+    tenant = new_tenant()
+    add_events(tenant.id, 3)
+    set_window(tenant.id, WINDOW)
+    checkpoint_now(client)
+    assert jobs.queue_for(retention.KIND) == get_settings().owner_jobs_queue
+    now = occurred(tenant.id, 4) + timedelta(days=WINDOW, microseconds=1)
+    job = wait_finished(tenant.id, retention.enqueue_due(now=now).jobs[tenant.id])
+    assert job["state"] == "DONE", job
+    assert started_by(tenant.id, job["id"]) == ["owner-jobs"]
+    assert seqs(tenant.id)[0] == 5
+
+
+def test_a_retention_message_on_the_api_queue_is_refused_and_cuts_nothing(client: httpx.Client) -> None:
+    """An older release (or someone by hand) put a retention job on the API app's queue: the
+    real API trigger fails it (job-wrong-app, audited) and no event is removed."""
+    tenant = new_tenant()
+    add_events(tenant.id, 3)
+    checkpoint_now(client)
+    as_of = occurred(tenant.id, 4) + timedelta(days=WINDOW, microseconds=1)
+    with db.tenant_tx(tenant.id) as conn:
+        job = jobs.create(conn, tenant_id=tenant.id, kind=retention.KIND, created_by=None,
+                          params={"window_days": WINDOW, "as_of": audit.format_time(as_of)})
+    before = seqs(tenant.id)
+    jobs.send(job, queue=get_settings().jobs_queue)
+    failed = wait_finished(tenant.id, job.id)
+    assert failed["state"] == "FAILED" and failed["error_type"] == "urn:custos:problem:job-wrong-app", failed
+    assert started_by(tenant.id, job.id) == []
+    assert seqs(tenant.id)[:len(before)] == before
+    with db.tenant_tx(tenant.id) as conn:
+        refused = audit.list_events(conn, action="job.failed", target_id=job.id)
+    assert [e["after"]["error"]["type"] for e in refused] == ["urn:custos:problem:job-wrong-app"]

@@ -46,6 +46,15 @@ def _crash(run: jobs.Run) -> None:
     raise RuntimeError("/srv/secret/path.py line 7: boom")
 
 
+owner_calls: list[str] = []
+
+
+@jobs.register("test.owner", owner=True)
+def _owner(run: jobs.Run) -> dict[str, Any]:
+    owner_calls.append(run.job.id)
+    return {"owner": True}
+
+
 @jobs.register("test.slow")
 def _slow(run: jobs.Run) -> None:
     entered.set()
@@ -249,3 +258,70 @@ def test_a_job_whose_message_cannot_be_queued_is_failed_not_left_waiting(tenant:
     assert len(rows) == 1 and rows[0]["state"] == "FAILED"
     assert rows[0]["error_type"] == "urn:custos:problem:unavailable"
     assert _actions(tenant.id, str(rows[0]["id"])) == ["job.failed"]
+
+
+def _started(tenant_id: str, job_id: str) -> list[dict[str, Any]]:
+    with db.tenant_tx(tenant_id) as conn:
+        rows = conn.execute("select after from audit_events where target_id = %s and action = 'job.started' "
+                            "order by seq", (job_id,)).fetchall()
+    return [r["after"] for r in rows]
+
+
+def test_owner_kinds_are_sent_to_the_owner_queue_and_the_others_to_the_jobs_queue() -> None:
+    settings = get_settings()
+    assert settings.owner_jobs_queue != settings.jobs_queue
+    assert jobs.queue_for("test.owner") == settings.owner_jobs_queue
+    assert jobs.queue_for("test.count") == jobs.queue_for("export") == settings.jobs_queue
+
+
+def test_the_owner_trigger_runs_an_owner_job_and_records_which_app_ran_it(tenant: Tenant) -> None:
+    job = _job(tenant.id, "test.owner")
+    assert jobs.run_message(jobs.message(job), owner=True) == "done"
+    assert owner_calls[-1] == job.id and _row(tenant.id, job.id).state == jobs.State.DONE
+    assert [e["app"] for e in _started(tenant.id, job.id)] == ["owner-jobs"]
+
+
+def test_the_api_trigger_refuses_an_owner_job_without_running_it_and_audits_the_refusal(tenant: Tenant) -> None:
+    """An owner job's message on the API app's queue (an older release sent it there, or
+    someone by hand): the API app's role cannot cut, so the job fails at once, clearly."""
+    job = _job(tenant.id, "test.owner")
+    before = len(owner_calls)
+    assert jobs.run_message(jobs.message(job)) == "refused"
+    seen = _row(tenant.id, job.id)
+    assert seen.state == jobs.State.FAILED and seen.error_type == "urn:custos:problem:job-wrong-app"
+    assert seen.error_detail is not None and "owner-jobs app" in seen.error_detail
+    assert seen.attempts == 0 and len(owner_calls) == before
+    assert _actions(tenant.id, job.id) == ["job.failed"]
+    assert jobs.run_message(jobs.message(job)) == "dropped"  # redelivered: acked, nothing more
+    assert jobs.run_message(jobs.message(job), owner=True) == "dropped"  # the job failed: its own app does not run it either
+    assert len(owner_calls) == before and _actions(tenant.id, job.id) == ["job.failed"]
+
+
+def test_the_owner_trigger_refuses_an_api_job(tenant: Tenant) -> None:
+    """The owner-jobs app runs as the schema owner: it must run nothing but the owner kinds."""
+    job = _job(tenant.id, "test.count")
+    before = len(calls)
+    assert jobs.run_message(jobs.message(job), owner=True) == "refused"
+    seen = _row(tenant.id, job.id)
+    assert seen.state == jobs.State.FAILED and seen.error_type == "urn:custos:problem:job-wrong-app"
+    assert len(calls) == before and _actions(tenant.id, job.id) == ["job.failed"]
+
+
+def test_a_stray_message_for_an_owner_job_its_own_app_is_running_leaves_it_alone(tenant: Tenant) -> None:
+    job = _job(tenant.id, "test.owner")
+    claimed = jobs.claim(tenant.id, job.id, owner=True)
+    assert claimed is not None
+    assert jobs.run_message(jobs.message(job)) == "dropped"
+    assert _row(tenant.id, job.id).state == jobs.State.RUNNING
+
+
+def test_another_tenants_id_on_a_wrong_queue_message_fails_nothing(tenant: Tenant) -> None:
+    """A forged message pairing a real owner job with another tenant's id cannot fail the job."""
+    from shared.tenancy.tenants import create_tenant
+
+    job = _job(tenant.id, "test.owner")
+    with db.platform_tx() as conn:
+        other = create_tenant(conn, slug=f"o-{uuid.uuid4().hex[:12]}", name="Other", region="uksouth")
+    forged = json.dumps({"job_id": job.id, "tenant_id": other.id})
+    assert jobs.run_message(forged) == "dropped"
+    assert _row(tenant.id, job.id).state == jobs.State.QUEUED

@@ -245,6 +245,8 @@ var plainSettings = [
   { name: 'JobsStorage__credential', value: 'managedidentity' }
   { name: 'JobsStorage__clientId', value: identityClientId }
   { name: 'JOBS_QUEUE', value: 'custos-jobs' }
+  // The owner jobs (audit retention) go to their own queue, read only by the owner-jobs app (docs/purge.md).
+  { name: 'OWNER_JOBS_QUEUE', value: 'custos-owner-jobs' }
   { name: 'JOB_LEASE_S', value: '900' }
   { name: 'EXPORT_LINK_TTL_S', value: '300' }
   { name: 'HOUSEKEEPING_SCHEDULE', value: '0 */15 * * * *' }

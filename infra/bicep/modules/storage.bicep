@@ -178,6 +178,13 @@ resource jobQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-
   name: name
 }]
 
+// The owner jobs (functions/owner.py, OWNER_JOBS_QUEUE): read only by the owner-jobs app, whose
+// role may cut audit events; the API app sends nothing there (docs/purge.md, "The owner-jobs app").
+resource ownerJobQueues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in ['custos-owner-jobs', 'custos-owner-jobs-poison']: {
+  parent: queueService
+  name: name
+}]
+
 resource fileService 'Microsoft.Storage/storageAccounts/fileServices@2023-05-01' = {
   parent: account
   name: 'default'
