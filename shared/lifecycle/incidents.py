@@ -41,6 +41,8 @@ ESCALATE_AFTER = timedelta(hours=20)
 MAX_EVIDENCE = 100
 """Evidence references kept per incident (the newest); `signals` counts every one."""
 SWEEP_BATCH = 1000
+#: Batches one sweep reads from one chain: a backlog larger than this waits for the next run.
+MAX_BATCHES_PER_CHAIN = 50
 """Events read per chain per sweep; the rest wait for the next run."""
 
 
@@ -155,9 +157,18 @@ def _record(conn: db.Conn, incident: dict[str, Any], *, action: str, actor: audi
         if "evidence" in own:  # another tenant's chain and seq would name that tenant
             own["evidence"] = [e for e in own["evidence"] if e.get("chain") == str(tid)]
         _chain(conn, str(tid))
-        audit.append(conn, tenant_id=str(tid), actor=actor, action=f"incident.{action}", target_type="incident",
-                     target_id=str(incident["id"]), before={"state": from_state} if from_state else None,
-                     after=own, reason=reason, meta=meta)
+        try:
+            # A savepoint: the chain an incident is about may be the one that is damaged (a head
+            # out of step with its events refuses the append), and the incident must still open.
+            with conn.transaction():
+                audit.append(conn, tenant_id=str(tid), actor=actor, action=f"incident.{action}",
+                             target_type="incident", target_id=str(incident["id"]),
+                             before={"state": from_state} if from_state else None, after=own, reason=reason,
+                             meta=meta)
+        except Exception as exc:  # the platform chain still records the step, naming the tenant
+            log.error("incident event not written to the tenant's chain tenant=%s incident=%s (%s)",
+                      tid, incident["id"], type(exc).__name__)
+            common.setdefault("tenant_chains_refused", []).append(str(tid))
     _chain(conn, audit.PLATFORM_CHAIN)
     audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=actor, action=f"platform.incident_{action}",
                  target_type="incident", target_id=str(incident["id"]),
@@ -248,8 +259,9 @@ def _affected(chain: str, event: dict[str, Any]) -> list[str]:
     return []
 
 
-def _sweep_chain(chain: str, *, window: timedelta) -> int:
-    """Turn the chain's signals after its watermark into incidents; returns how many signals."""
+def _sweep_chain(chain: str, *, window: timedelta) -> tuple[int, bool]:
+    """Turn the chain's signals after its watermark into incidents, one batch of at most
+    `SWEEP_BATCH`; returns how many signals, and whether a full batch was read (more may wait)."""
     source = f"chain:{chain}"
     since = int(_watermark(source)["seq"])
     settings = get_settings()
@@ -268,7 +280,7 @@ def _sweep_chain(chain: str, *, window: timedelta) -> int:
         _advance(conn, source)
         held = conn.execute("select seq from incident_watermarks where source = %s for update", (source,)).fetchone()
         if held is None or int(held["seq"]) != since:
-            return 0
+            return 0, False
         for event in rows:
             if not _counts(event):
                 continue
@@ -288,7 +300,7 @@ def _sweep_chain(chain: str, *, window: timedelta) -> int:
                          seen_at=event["occurred_at"], conn=conn)
             raised += 1
         _advance(conn, source, seq=last)
-    return raised
+    return raised, len(rows) == SWEEP_BATCH
 
 
 def _sweep_heartbeats() -> int:
@@ -334,7 +346,11 @@ def sweep(*, now: datetime | None = None) -> SweepReport:
     signals, failed = 0, []
     for chain in _chain_ids():
         try:
-            signals += _sweep_chain(chain, window=window)
+            for _ in range(MAX_BATCHES_PER_CHAIN):  # a backlog is read to its end, within a bound
+                raised, more = _sweep_chain(chain, window=window)
+                signals += raised
+                if not more:
+                    break
         except Exception:
             log.exception("incident sweep failed chain=%s", chain)
             failed.append(chain)

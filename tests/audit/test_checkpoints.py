@@ -161,6 +161,7 @@ def test_production_refuses_checkpoints_less_often_than_daily(monkeypatch: pytes
         ).decode()
 
     monkeypatch.setenv("CUSTOS_ENV", "production")
+    monkeypatch.setenv("CUSTOS_FUNCTION_GROUPS", "api")  # production runs one group per app
     monkeypatch.setenv("JWT_SIGNING_KEY", pem(ec.generate_private_key(ec.SECP256R1())))
     monkeypatch.setenv("AUDIT_SIGNING_KEY", pem(ed25519.Ed25519PrivateKey.generate()))
     monkeypatch.setenv("MFA_ENCRYPTION_KEY", base64.b64encode(bytes(32)).decode())

@@ -253,7 +253,7 @@ def test_two_sweeps_that_read_the_same_signals_count_them_once(tenant: Tenant) -
                     break
                 time.sleep(0.005)
             holder.commit()
-            counted = sorted(r.result() for r in runs)
+            counted = sorted(r.result()[0] for r in runs)
     assert counted == [0, 1]
     incident = one(tenant.id, "attachment_integrity")
     assert len(incident["evidence"]) == 1
@@ -449,3 +449,19 @@ def test_the_sweep_timer_runs_on_demand_through_the_host_and_heartbeats(client: 
     assert client.post("/admin/functions/incidents_sweep").status_code == 202
     assert health.heartbeats()["incidents_sweep"]["ok"] is True
     assert one(tenant.id, "attachment_integrity")["state"] == "OPEN"
+
+
+def test_an_incident_opens_even_when_the_damaged_chain_refuses_its_event(tenant: Tenant) -> None:
+    """The attacker also wound the chain head back: every append to that chain now collides.
+    The incident about it must still open (its step recorded in the platform chain, naming the
+    refused tenant chain), and the sweep must go on for other chains."""
+    tamper(tenant.id)
+    with superuser() as conn:
+        conn.execute("update audit_chain_heads set seq = 0 where tenant_id = %s", (tenant.id,))
+    checkpoints.verify_all()
+    report = incidents.sweep()
+    assert audit.PLATFORM_CHAIN not in report.failed_chains
+    found = one(tenant.id, "audit_chain_invalid")
+    with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+        opened = [e for e in audit.list_events(conn, action="platform.incident_opened", target_id=found["id"], limit=10)]
+    assert opened and opened[0]["after"]["tenant_chains_refused"] == [tenant.id]
