@@ -174,7 +174,7 @@ def test_a_throttling_spike_past_the_threshold_opens_an_incident_without_a_clock
         Storage throttle): the email+IP key crosses once."""
         for _ in range(5):
             with pytest.raises((InvalidCredentials, TooManyRequests)):
-                signin.login(tenant_slug=tenant.slug, email=f"v{victim}@example.test", password="wrong-password-123",
+                signin.login(tenant_slug=tenant.slug, email=f"v{victim}@example.test", password="wrong-password-123",  # pragma: allowlist secret
                              remember_me=False, meta=audit.RequestMeta(ip=f"198.18.{base}.{victim + 1}"))
 
     for victim in range(9):
