@@ -161,7 +161,7 @@ def ensure_app_role(owner_url: str, app_role: str, *, entra_object_id: str | Non
                 (app_role,),
             ).fetchone()
             if existing is None:
-                _create_app_role(conn, app_role, entra_object_id)
+                _create_login(conn, app_role, entra_object_id)
                 created = True
             else:
                 unsafe = [a.removeprefix("rol").upper() for a, on in zip(_UNSAFE_ROLE_ATTRIBUTES, existing, strict=True) if on]
@@ -181,7 +181,9 @@ def ensure_app_role(owner_url: str, app_role: str, *, entra_object_id: str | Non
     return AppRole(app_role, created, granted, entra_object_id)
 
 
-def _create_app_role(conn: psycopg.Connection, app_role: str, entra_object_id: str | None) -> None:
+def _create_login(conn: psycopg.Connection, app_role: str, entra_object_id: str | None) -> None:
+    """A login role with no power of its own (the app role, or the owner-jobs login, which gets the
+    owner's rights by membership only), or an Entra principal mapped to `entra_object_id`."""
     try:
         if entra_object_id is None:
             conn.execute(sql.SQL(
@@ -294,7 +296,7 @@ def ensure_owner_role(owner_url: str, name: str, *, app_role: str, entra_object_
                 if entra_object_id is not None:
                     _check_entra_label(conn, name, entra_object_id)
             else:
-                _create_owner_login(conn, name, entra_object_id)
+                _create_login(conn, name, entra_object_id)
                 created = True
             try:
                 conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(owner_role), sql.Identifier(name)))
@@ -303,21 +305,3 @@ def ensure_owner_role(owner_url: str, name: str, *, app_role: str, entra_object_
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (LOCK_KEY,))
     return OwnerRole(name, created, owner_role, entra_object_id)
-
-
-def _create_owner_login(conn: psycopg.Connection, name: str, entra_object_id: str | None) -> None:
-    try:
-        if entra_object_id is None:
-            conn.execute(sql.SQL(
-                "create role {} login nosuperuser nocreatedb nocreaterole noreplication inherit"
-            ).format(sql.Identifier(name)))
-            return
-        with conn.transaction():
-            conn.execute(ENTRA_CREATE_PRINCIPAL, (name, entra_object_id))
-    except psycopg.errors.UndefinedFunction:
-        raise MigrationError(
-            "pgaadauth_create_principal_with_oid is missing: the server is not Azure Database for "
-            "PostgreSQL Flexible Server with Microsoft Entra authentication, or the owner is not its Entra admin"
-        ) from None
-    except psycopg.Error as exc:
-        raise MigrationError(f"could not create role {name!r}: {exc.diag.message_primary or exc}") from None

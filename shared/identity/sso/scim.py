@@ -459,12 +459,16 @@ def _load_user(conn: Conn, user_id: str, *, lock: bool = False) -> dict[str, Any
     return row
 
 
-def _user_answer(row: dict[str, Any], base: str, status: int = 200) -> ScimAnswer:
-    body = _user_json(row, base)
+def _resource_answer(body: dict[str, Any], status: int) -> ScimAnswer:
+    """A resource with its ETag (and, when created, its Location)."""
     headers = {"ETag": body["meta"]["version"]}
     if status == 201:
         headers["Location"] = body["meta"]["location"]
     return ScimAnswer(body, status, headers)
+
+
+def _user_answer(row: dict[str, Any], base: str, status: int = 200) -> ScimAnswer:
+    return _resource_answer(_user_json(row, base), status)
 
 
 def list_users(caller: ScimCaller, *, search: bool = False) -> ScimAnswer:
@@ -961,11 +965,7 @@ def _load_group(conn: Conn, group_id: str, *, lock: bool = False) -> dict[str, A
 
 
 def _group_answer(conn: Conn, row: dict[str, Any], base: str, status: int = 200) -> ScimAnswer:
-    body = _group_json(row, _members(conn, [row["id"]])[row["id"]], base)
-    headers = {"ETag": body["meta"]["version"]}
-    if status == 201:
-        headers["Location"] = body["meta"]["location"]
-    return ScimAnswer(body, status, headers)
+    return _resource_answer(_group_json(row, _members(conn, [row["id"]])[row["id"]], base), status)
 
 
 def list_groups(caller: ScimCaller, *, search: bool = False) -> ScimAnswer:
