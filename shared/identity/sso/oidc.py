@@ -13,8 +13,9 @@ MFA, session, audit). The browser gets a one-time code in the console URL's frag
 a token. Every refusal appends `auth.sso_login_failed` with the failed check as `reason`.
 
 JOSE is PyJWT (already the app's JWT library; docs/sso.md says why not authlib); the HTTP to
-the provider is httpx with bounded timeouts and size caps, to https hosts with public
-addresses only (loopback http only when SSO_METADATA_ALLOW_LOOPBACK allows it, for tests).
+the provider goes through `shared.identity.sso.outbound` (the SSRF guard SAML uses too): https
+hosts with public addresses only, connected to the address that was checked, bounded timeouts and
+size caps (loopback http only when SSO_METADATA_ALLOW_LOOPBACK allows it, for tests).
 """
 
 from __future__ import annotations
@@ -22,10 +23,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
-import socket
 import threading
 import time
 import uuid
@@ -34,8 +33,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import httpx
-
 if TYPE_CHECKING:
     import jwt  # PyJWT (and cryptography under it) loads with the first sign-in, not at import
 
@@ -43,7 +40,7 @@ from shared.audit import chain as audit
 from shared.core import db
 from shared.core.settings import get_settings
 from shared.identity.mfa import Sealed, SecretUnreadable, secret_box
-from shared.identity.sso import accounts
+from shared.identity.sso import accounts, outbound
 from shared.identity.sso.accounts import VerifiedIdentity, record_refusal
 from shared.identity.sso.errors import (
     AssertionRejected,
@@ -52,7 +49,7 @@ from shared.identity.sso.errors import (
     MetadataUrlRefused,
     ProviderUnavailable,
 )
-from shared.identity.sso.providers import loopback_allowed, open_client_secret, provider_row
+from shared.identity.sso.providers import open_client_secret, provider_row
 
 FLOW_COOKIE = "custos_oidc"
 FLOW_AAD = b"custos-oidc-flow"
@@ -69,49 +66,11 @@ DEFAULT_MFA_AMR = ("mfa",)
 # --- fetching from the provider --------------------------------------------------------------
 
 
-def _refuse_address(url: str) -> None:
-    """SSRF guard: https to a host whose every address is public; loopback http only when allowed.
-
-    Raises:
-        MetadataUrlRefused.
-    """
-    loopback = loopback_allowed()  # the test setting, never in production
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.scheme not in ("https", "http") or not host or parts.username or parts.password:
-        raise MetadataUrlRefused("the provider URL must be an absolute https URL without credentials")
-    if parts.scheme == "http" and not loopback:
-        raise MetadataUrlRefused("the provider URL must be https")
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise MetadataUrlRefused("the provider URL has an invalid port") from None
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, ValueError, UnicodeError):
-        raise MetadataUnavailable("the provider's host name does not resolve") from None
-    addresses = {ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos}
-    if loopback and all(a.is_loopback for a in addresses):
-        return
-    if parts.scheme != "https":
-        raise MetadataUrlRefused("the provider URL must be https")
-    if not all(a.is_global for a in addresses):
-        raise MetadataUrlRefused("the provider URL names a private, loopback or link-local address")
+PROVIDER_URL = "the provider URL"
+USER_AGENT = "custos-oidc"
 
 
-def _http() -> httpx.Client:
-    settings = get_settings()
-    return httpx.Client(timeout=httpx.Timeout(settings.sso_metadata_timeout_s), follow_redirects=False,
-                        headers={"Accept": "application/json", "User-Agent": "custos-oidc"})
-
-
-def _read_json(response: httpx.Response, what: str) -> dict[str, Any]:
-    limit = get_settings().sso_metadata_max_bytes
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise MetadataUnavailable(f"the provider's {what} is larger than {limit} bytes")
+def _json_doc(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError):
@@ -122,19 +81,13 @@ def _read_json(response: httpx.Response, what: str) -> dict[str, Any]:
 
 
 def fetch_json(url: str, what: str) -> dict[str, Any]:
-    """GET a JSON document from a provider (guarded address, timeout, size cap, no redirects).
+    """GET a JSON document from a provider through the SSRF guard (shared.identity.sso.outbound:
+    public https address checked once and connected to, timeout, size cap, no redirects).
 
     Raises:
         MetadataUrlRefused, MetadataUnavailable.
     """
-    _refuse_address(url)
-    try:
-        with _http() as client, client.stream("GET", url) as response:
-            if response.status_code != 200:
-                raise MetadataUnavailable(f"the provider's {what} answered HTTP {response.status_code}")
-            return _read_json(response, what)
-    except httpx.HTTPError:
-        raise MetadataUnavailable(f"the provider's {what} could not be fetched") from None
+    return _json_doc(outbound.get(url, what=PROVIDER_URL, accept="application/json", user_agent=USER_AGENT), what)
 
 
 @dataclass
@@ -182,7 +135,7 @@ def _checked(doc: dict[str, Any], issuer: str) -> dict[str, Any]:
         value = doc.get(name)
         if not isinstance(value, str):
             raise MetadataUnavailable(f"the discovery document has no {name}")
-        _refuse_address(value)
+        outbound.resolve(value, PROVIDER_URL)
     return doc
 
 
@@ -524,15 +477,11 @@ def _token_request(row: dict[str, Any], doc: dict[str, Any], *, tenant_id: str, 
             auth = (quote(config["client_id"], safe=""), quote(secret, safe=""))
         else:
             data["client_secret"] = secret
-    url = doc["token_endpoint"]
-    _refuse_address(url)
-    try:
-        with _http() as client, client.stream("POST", url, data=data, auth=auth) as response:
-            if response.status_code != 200:
-                raise AssertionRejected("code_rejected", "the provider refused the authorization code")
-            body = _read_json(response, "token response")
-    except httpx.HTTPError:
-        raise MetadataUnavailable("the provider's token endpoint could not be reached") from None
+    status, raw = outbound.post_form(doc["token_endpoint"], what="the provider's token endpoint", data=data, auth=auth,
+                                     user_agent=USER_AGENT)
+    if status != 200:
+        raise AssertionRejected("code_rejected", "the provider refused the authorization code")
+    body = _json_doc(raw, "token response")
     token = body.get("id_token")
     if not isinstance(token, str):
         raise AssertionRejected("malformed", "the token response has no ID token")

@@ -22,10 +22,8 @@ import base64
 import binascii
 import functools
 import hashlib
-import ipaddress
 import os
 import secrets
-import socket
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,20 +35,17 @@ from shared.audit import chain as audit
 from shared.core import db, storage
 from shared.core.errors import MalformedRequest, ServiceUnavailable, UnsupportedMediaType
 from shared.core.settings import Settings, SettingsError, get_settings
-from shared.identity.sso import accounts
+from shared.identity.sso import accounts, outbound
 from shared.identity.sso.accounts import BINDING_COOKIE, VerifiedIdentity, binding_hash, record_refusal
 from shared.identity.sso.errors import (
     AssertionRejected,
     AssertionReplayed,
     InvalidProviderConfig,
     MetadataUnavailable,
-    MetadataUrlRefused,
     ProviderUnavailable,
 )
 from shared.identity.sso.providers import (
-    check_url,
     get_provider,
-    loopback_allowed,
     provider_row,
     tenant_by_slug,
     update_provider,
@@ -215,70 +210,16 @@ def sp_metadata(slug: str) -> str:
     return metadata.decode("utf-8") if isinstance(metadata, bytes) else str(metadata)
 
 
-def _is_public(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    return ip.is_global and not ip.is_multicast
-
-
-def _metadata_target(url: str) -> tuple[str, list[str]]:
-    """The URL's host and the addresses it resolves to, if fetching it is allowed.
-
-    Raises:
-        MetadataUrlRefused: not https, or a private/loopback/link-local address (loopback http
-            only where SSO_METADATA_ALLOW_LOOPBACK is on, for tests).
-    """
-    allow_loopback = loopback_allowed()
-    try:
-        check_url(url, "metadata_url", allow_http_loopback=allow_loopback)
-    except InvalidProviderConfig:
-        raise MetadataUrlRefused("the metadata URL must be https") from None
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80),
-                                   type=socket.SOCK_STREAM)
-    except OSError:
-        raise MetadataUnavailable("the metadata host does not resolve") from None
-    addresses = sorted({str(info[4][0]) for info in infos})
-    for address in addresses:
-        ip = ipaddress.ip_address(address)
-        if not (_is_public(address) or (allow_loopback and ip.is_loopback)):
-            raise MetadataUrlRefused("the metadata URL names a private, loopback or link-local address")
-    return host, addresses
-
-
 def fetch_metadata_document(url: str) -> bytes:
-    """GET the IdP metadata once: https only, public addresses only, no redirects, at most
-    SSO_METADATA_MAX_BYTES within SSO_METADATA_TIMEOUT_S. The connection goes to the address
-    that was checked (no second DNS lookup an attacker's name server could answer differently);
-    TLS still verifies the certificate for the host name (SNI and Host carry it).
+    """GET the IdP metadata once through the SSRF guard (shared.identity.sso.outbound): https
+    only, public addresses only, connected to the address that was checked, no redirects, at
+    most SSO_METADATA_MAX_BYTES within SSO_METADATA_TIMEOUT_S.
 
     Raises:
         MetadataUrlRefused, MetadataUnavailable.
     """
-    import httpx
-
-    s = get_settings()
-    host, addresses = _metadata_target(url)
-    parts = urlsplit(url)
-    address = addresses[0]
-    literal = f"[{address}]" if ":" in address else address
-    target = parts._replace(netloc=f"{literal}:{parts.port}" if parts.port else literal).geturl()
-    body = bytearray()
-    try:
-        with httpx.Client(timeout=s.sso_metadata_timeout_s, follow_redirects=False, trust_env=False) as client:
-            with client.stream("GET", target, extensions={"sni_hostname": host},
-                               headers={"Host": parts.netloc.rsplit("@", 1)[-1],
-                                        "Accept": "application/samlmetadata+xml, application/xml"}) as r:
-                if r.status_code != 200:
-                    raise MetadataUnavailable(f"the metadata URL answered {r.status_code}")
-                for chunk in r.iter_bytes():
-                    body += chunk
-                    if len(body) > s.sso_metadata_max_bytes:
-                        raise MetadataUnavailable(f"the metadata is larger than {s.sso_metadata_max_bytes} bytes")
-    except httpx.HTTPError as exc:
-        raise MetadataUnavailable(f"the metadata could not be fetched ({type(exc).__name__})") from None
-    return bytes(body)
+    return outbound.get(url, what="the metadata URL", accept="application/samlmetadata+xml, application/xml",
+                        user_agent="custos-saml")
 
 
 def parse_idp_metadata(xml: bytes, entity_id: str | None = None) -> dict[str, Any]:
