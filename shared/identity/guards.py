@@ -132,10 +132,6 @@ def _tenant_user(claims: AccessClaims, meta: audit.RequestMeta) -> Principal:
     return _tenant_principal(claims, meta, rows[0] if rows else None)
 
 
-_NO_TOUCH_S = 2**31 - 1
-"""custos_principal's touch interval that never touches: the read inside a transaction."""
-
-
 def principal_in_tenant_tx(claims: AccessClaims, meta: audit.RequestMeta) -> tuple[Principal, Conn | None]:
     """`principal_for` of a tenant user, read in the same message that opens the request's
     tenant transaction (`db.open_tenant_tx`): returns the principal and the connection inside
@@ -155,13 +151,13 @@ def principal_in_tenant_tx(claims: AccessClaims, meta: audit.RequestMeta) -> tup
         raise ValueError("principal_in_tenant_tx is for tenant users")
     tenant_id, user_id, session_id = _uuid(claims.tenant_id), _uuid(claims.subject), _uuid(claims.session_id)
     # Literals, not parameters (the simple query protocol carries several statements in one
-    # message): three validated UUIDs, integers and a constant.
+    # message): two validated UUIDs, an integer and a constant. custos_principal_tx (migration
+    # 0034) reads what custos_principal does, plus `touch_due`, and writes nothing; its query is
+    # planned once per connection (an ad-hoc statement here was planned on every request).
     conn, rows = db.open_tenant_tx(
         tenant_id,
-        f"select p.*, (select s.last_seen_at < now() - make_interval(secs => {int(sessions.TOUCH_EVERY_S)})"  # noqa: S608  # nosec B608  # only validated UUIDs (uuid.UUID round trip) and module constants are interpolated
-        f"                from sessions s where s.id = '{session_id}' and s.user_id = '{user_id}') as touch_due"
-        f"  from custos_principal('{tenant_id}', '{user_id}', '{session_id}', {_NO_TOUCH_S},"
-        f"                        '{MFA_ALL_ROLES_SETTING}') p",
+        f"select * from custos_principal_tx('{user_id}', '{session_id}', {int(sessions.TOUCH_EVERY_S)},"  # noqa: S608  # nosec B608  # only validated UUIDs (uuid.UUID round trip) and module constants are interpolated
+        f" '{MFA_ALL_ROLES_SETTING}')",
     )
     row = rows[0] if rows else None
     if row is None or not _live(row) or row["touch_due"]:

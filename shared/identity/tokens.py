@@ -7,13 +7,15 @@ from our own key ring, never from anything inside the token (no `jku`, `jwk`, `x
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from shared.core.errors import Unauthenticated
 from shared.core.keys import EcKeyRing, load_jwt_keyring
-from shared.core.settings import get_settings
+from shared.core.settings import Settings, get_settings
 
 ALGORITHM = "ES256"
 REQUIRED_CLAIMS = ("sub", "sid", "role", "iat", "nbf", "exp", "iss", "aud", "jti")
@@ -94,17 +96,34 @@ def _numeric_date(value: object) -> int:
     return value
 
 
-def verify_access_token(token: str, *, now: float | None = None) -> AccessClaims:
-    """Check signature, algorithm, key id and every registered claim. `iat`, `nbf` and `exp`
-    must be integers, and `exp - iat` at most JWT_ACCESS_TTL_S (plus leeway).
+VERIFIED_CACHE_MAX = 4096
+"""Most signature-checked tokens a worker remembers (about 1 KiB each)."""
+
+
+@dataclass(frozen=True)
+class _Verified:
+    claims: dict[str, Any]
+    kid: str
+    key: object
+    settings: object
+
+
+_verified: dict[str, _Verified] = {}
+_verified_lock = threading.Lock()
+
+
+def _signature_checked(token: str, settings: Settings, ring: EcKeyRing) -> dict[str, Any]:
+    """The claims of a token whose header, signature, `iss`, `aud` and required claims hold,
+    from the worker's memory of tokens already checked (see `verify_access_token`).
 
     Raises:
-        Unauthenticated: with a short reason; never says which key or claim value was expected.
+        Unauthenticated.
     """
+    hit = _verified.get(token)
+    if hit is not None and hit.settings is settings and ring.verifying.get(hit.kid) is hit.key:
+        return hit.claims
     import jwt
 
-    settings = get_settings()
-    ring = keyring()
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError:
@@ -113,12 +132,13 @@ def verify_access_token(token: str, *, now: float | None = None) -> AccessClaims
         raise Unauthenticated("token algorithm not accepted")
     if set(header) - {"alg", "kid", "typ"}:
         raise Unauthenticated("token header not accepted")
-    key = ring.verifying.get(str(header.get("kid", "")))
+    kid = str(header.get("kid", ""))
+    key = ring.verifying.get(kid)
     if key is None:
         raise Unauthenticated("unknown signing key")
     try:
-        # Times are checked below against `now`, so tests can pin the clock.
-        claims = jwt.decode(
+        # Times are checked by the caller against `now`, so tests can pin the clock.
+        claims: dict[str, Any] = jwt.decode(
             token,
             key,
             algorithms=[ALGORITHM],
@@ -133,6 +153,39 @@ def verify_access_token(token: str, *, now: float | None = None) -> AccessClaims
         )
     except jwt.PyJWTError:
         raise Unauthenticated("invalid token") from None
+    with _verified_lock:
+        if len(_verified) >= VERIFIED_CACHE_MAX:
+            _forget_expired()
+        _verified[token] = _Verified(claims, kid, key, settings)
+    return claims
+
+
+def _forget_expired() -> None:
+    """Make room in the memory of checked tokens: the expired ones go, or all if none has."""
+    at = time.time()
+    expired = [t for t, v in _verified.items() if not isinstance(v.claims.get("exp"), int) or v.claims["exp"] < at]
+    for t in expired:
+        del _verified[t]
+    if len(_verified) >= VERIFIED_CACHE_MAX:
+        _verified.clear()
+
+
+def verify_access_token(token: str, *, now: float | None = None) -> AccessClaims:
+    """Check signature, algorithm, key id and every registered claim. `iat`, `nbf` and `exp`
+    must be integers, and `exp - iat` at most JWT_ACCESS_TTL_S (plus leeway).
+
+    The signature check (ES256, about 150 us) is done once per token and worker: a token whose
+    signature, `iss` and `aud` held is remembered (at most VERIFIED_CACHE_MAX, only tokens we
+    signed can be in it) while its key is still in the key ring and the settings are the same.
+    Everything that can change between two uses of a token is checked on every call: its times
+    here, and its session, account and tenant in the database by the caller, so no revocation
+    waits for the memory (docs/security.md).
+
+    Raises:
+        Unauthenticated: with a short reason; never says which key or claim value was expected.
+    """
+    settings = get_settings()
+    claims = _signature_checked(token, settings, keyring())
     at = time.time() if now is None else now
     leeway = settings.jwt_leeway_s
     exp, nbf, iat = _numeric_date(claims["exp"]), _numeric_date(claims["nbf"]), _numeric_date(claims["iat"])

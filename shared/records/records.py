@@ -97,6 +97,9 @@ BUILTIN_TYPES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def canonical(value: Any) -> str:
+    """`value` as RFC 8785 canonical JSON text."""
+    if not value and isinstance(value, (list, dict)):
+        return "{}" if isinstance(value, dict) else "[]"  # what rfc8785 writes, without its walk
     return rfc8785.dumps(json_safe(value)).decode("utf-8")
 
 
@@ -336,10 +339,11 @@ def _with_source_state(conn: Conn, version: dict[str, Any]) -> dict[str, Any]:
 def _version_insert(
     *, tenant_id: str, record_id: str, version: int, schema_version: int, payload: Any,
     references: list[dict[str, Any]], frozen: dict[str, Any], attachments: list[dict[str, Any]], actor: Principal,
-    reason: str | None, returning: str = VERSION_COLUMNS,
+    reason: str | None, returning: str = VERSION_COLUMNS, payload_text: str | None = None,
 ) -> tuple[str, tuple[Any, ...]]:
-    """The insert of a version, returning `returning`, and its values."""
-    text = canonical(payload)
+    """The insert of a version, returning `returning`, and its values (`payload_text`: the
+    payload's canonical text, when the caller has it already)."""
+    text = canonical(payload) if payload_text is None else payload_text
     return (
         f"""insert into record_versions (tenant_id, record_id, version, schema_version, payload, checksum, refs,
                                          frozen_context, attachments, created_by, created_by_name, created_tz,
@@ -392,11 +396,12 @@ def create_record(
     validate_payload(rtype["schema"], payload)
     record_id = str(uuid.uuid4())
     frozen = _freeze(conn, references, record_id)
+    text = canonical(payload)
     # The record and its first version in one statement.
     insert_version, version_values = _version_insert(
         tenant_id=tenant_id, record_id=record_id, version=1, schema_version=rtype["schema_version"], payload=payload,
         references=references, frozen=frozen, attachments=[], actor=actor, reason=None,
-        returning=_VERSION_RETURNING_AS_V)
+        returning=_VERSION_RETURNING_AS_V, payload_text=text)
     insert = (
         f"""with r as (insert into records (tenant_id, id, type_id, created_by) values (%s, %s, %s, %s) returning *),
                  v as ({insert_version})
@@ -404,7 +409,6 @@ def create_record(
               from r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id cross join v""",  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
         (tenant_id, record_id, rtype["id"], actor.user_id, *version_values),
     )
-    text = canonical(payload)
     # What the version row stores, known before it is written: the event does not wait for it.
     after = {"type": type_name, "version": 1, "checksum": payload_checksum(text), "payload": payload,
              "references": [{"name": r["name"], "record_id": str(r["record_id"])} for r in references]}
