@@ -44,6 +44,14 @@ class RouteTemplate:
             found = self.regex.match(path[:-1])
         return None if found is None else found.groupdict()
 
+    def literal_key(self) -> tuple[str, str] | None:
+        """The first two segments in lower case when both are literals (a path can only match
+        if its own first two segments are these, case aside), else None."""
+        segments = self.text.split("/")
+        if len(segments) < 2 or self.precedence[:2] != (_LITERAL, _LITERAL):
+            return None
+        return segments[0].lower(), segments[1].lower()
+
 
 def parse_template(text: str) -> RouteTemplate:
     """Compile a route template of a form the app uses.

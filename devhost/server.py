@@ -40,6 +40,7 @@ __all__ = [
     "HttpFunction",
     "MethodNotAllowed",
     "OtherFunction",
+    "Routes",
     "collect_functions",
     "create_asgi_app",
     "route_request",
@@ -128,7 +129,31 @@ def collect_functions(
                     fn=f.get_user_function(),
                 )
             )
-    return sorted(http, key=lambda h: (h.template.precedence, h.template.text.lower())), other
+    return Routes(sorted(http, key=lambda h: (h.template.precedence, h.template.text.lower()))), other
+
+
+class Routes(list[HttpFunction]):
+    """HTTP functions, most specific first, indexed by their first two literal segments so that
+    a request's path is matched against its few candidates instead of every route (the app has
+    about a hundred, nearly all under ``api/<resource>``). The candidates keep the list's order,
+    so the most specific match still wins."""
+
+    def __init__(self, functions: list[HttpFunction]) -> None:
+        super().__init__(functions)
+        keyed: dict[tuple[str, str], list[int]] = {}
+        generic: list[int] = []
+        for index, function in enumerate(self):
+            key = function.template.literal_key()
+            (keyed.setdefault(key, []) if key is not None else generic).append(index)
+        self._generic = [self[i] for i in generic]
+        self._by_key = {key: [self[i] for i in sorted(indexes + generic)] for key, indexes in keyed.items()}
+
+    def candidates(self, path: str) -> list[HttpFunction]:
+        """The functions that may serve ``path``, in the list's order."""
+        parts = path.lstrip("/").split("/", 2)
+        if len(parts) < 2:
+            return self._generic
+        return self._by_key.get((parts[0].lower(), parts[1].lower()), self._generic)
 
 
 class MethodNotAllowed(AppError):
@@ -158,7 +183,7 @@ def route_request(functions: list[HttpFunction], method: str, path: str) -> tupl
     """
     allowed: set[str] = set()
     path_served = False
-    for function in functions:
+    for function in functions.candidates(path) if isinstance(functions, Routes) else functions:
         values = function.template.match(path)
         if values is None:
             continue

@@ -28,7 +28,7 @@ from devhost import create_asgi_app
 from devhost.__main__ import load_local_settings, read_route_prefix
 from devhost.queues import QueueOptions, decode_body, read_options
 from devhost.routing import decode_path, join_route, parse_template
-from devhost.server import MethodNotAllowed, collect_functions, route_request
+from devhost.server import MethodNotAllowed, Routes, collect_functions, route_request
 from devhost.timers import DevTimerRequest, next_fire, resolve_schedule, run_timer_loop
 from shared.core.errors import NotFound
 
@@ -662,3 +662,30 @@ def test_admin_runs_queue_function_with_input(server: Server, client: httpx.Clie
     assert client.post("/admin/functions/queued", json={"input": tag}).status_code == 202
     assert f"{tag} dequeue_count=1" in _lines(server)
     _problem(client.post("/admin/functions/queued", json={"input": "fail-now"}), 500, "internal")
+
+
+def test_the_route_index_picks_what_a_scan_of_every_route_picks() -> None:
+    """`Routes` matches a path against the routes sharing its first two literal segments (and
+    those without such a key); that must pick what trying every route in order picks, whatever
+    the case, a trailing slash, or a path no route serves."""
+    from function_app import create_app
+
+    http, _ = collect_functions(create_app())
+    assert isinstance(http, Routes) and max(len(c) for c in http._by_key.values()) < len(http) / 3
+    scan = list(http)
+    paths = {"/", "/api", "/api/", "/api/nothing", "/API/Records", "/api/records/", "//api/records", "/x/y/z"}
+    for h in http:
+        for value in ("7", "r-1", "export", "schema"):
+            path = "/" + "/".join(value if "{" in s else s for s in h.template.text.split("/"))
+            paths |= {path, path.upper(), path + "/", path + "/extra"}
+
+    def outcome(routes: list, method: str, path: str) -> object:
+        try:
+            function, values = route_request(routes, method, path)
+        except (MethodNotAllowed, NotFound) as exc:
+            return type(exc).__name__, sorted(getattr(exc, "allowed", ()))
+        return function.name, values
+
+    for path in sorted(paths):
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"):
+            assert outcome(http, method, path) == outcome(scan, method, path), (method, path)

@@ -163,7 +163,29 @@ def redact_card_numbers(text: str, *, limit: int | None = None) -> str:
     a longer run of digits cannot make a new one."""
     if limit is not None:
         return redact_card_numbers(redact_card_numbers(text)[:limit])
-    if _digitish_count_below(text, 13) or not holds_card_number(text):
+    if _digitish_count_below(text, 13):
+        return text
+    if text in _clean:
+        return text
+    redacted = _redacted(text)
+    if redacted is text and len(text) <= _CLEAN_CHARS:
+        if len(_clean) >= _CLEAN_MAX:
+            _clean.clear()
+        _clean[text] = None
+    return redacted
+
+
+_CLEAN_CHARS = 256
+_CLEAN_MAX = 4096
+_clean: dict[str, None] = {}
+"""Short texts known to hold no card number: the UUIDs, paths and addresses of every request's
+log lines come back request after request. Only clean texts are remembered, never one that
+held a card number (that would keep it in memory), and at most _CLEAN_MAX of them (then the
+memory starts again): a flood of new texts costs the scan it would have cost anyway."""
+
+
+def _redacted(text: str) -> str:
+    if not holds_card_number(text):
         return text
     spans = _card_spans(text)
     if not spans:  # normalising piece by piece saw it differently: give nothing away

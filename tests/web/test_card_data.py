@@ -236,3 +236,23 @@ def test_every_log_record_is_redacted_once_installed() -> None:
 def test_keys_without_words_are_never_an_error(key: str) -> None:
     assert find_card_data({key: ""}) is None
     assert find_card_data({key: "x"}) is None
+
+
+def test_only_clean_texts_are_remembered_and_the_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Log lines repeat the same ids request after request, so texts found clean are remembered;
+    a text that held a card number never is (that would keep the number in memory), and the
+    answer for it is the redacted one every time."""
+    from shared.web import card_data
+
+    monkeypatch.setattr(card_data, "_CLEAN_MAX", 4)
+    card_data._clean.clear()
+    request_id = "0f9e4b1c-2d3a-4e5f-8a7b-1234567890ab"
+    assert card_data.redact_card_numbers(request_id) == request_id
+    assert request_id in card_data._clean
+    dirty = "paid with 4111 1111 1111 1111 today"
+    for _ in range(2):
+        assert card_data.redact_card_numbers(dirty) == f"paid with {card_data.MARKER} today"
+    assert dirty not in card_data._clean and not any("4111" in t for t in card_data._clean)
+    for n in range(10):
+        card_data.redact_card_numbers(f"{n}{request_id}")
+        assert len(card_data._clean) <= 4
