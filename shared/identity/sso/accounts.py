@@ -14,12 +14,16 @@ Browsers cannot be handed tokens in a URL, so the browser flows split this in tw
 `begin_handoff` resolves the account and stores a one-time code bound to the browser's
 cookie; `exchange` trades that code (once, within SSO_HANDOFF_TTL_S, from the same browser)
 for what `complete_sign_in` returns. Every refusal appends a security audit event
-(`auth.sso_login_failed`) that commits before the refusal is raised.
+(`auth.sso_login_failed`) that commits before the refusal is raised, up to a budget per
+tenant and client address (`RefusalBudget`: anonymous junk must not grow the chain at will).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +39,8 @@ from shared.identity.sso.errors import AccountRefused, InvalidHandoff, ProviderU
 from shared.identity.sso.providers import provider_row
 from shared.tenancy.rbac import Role
 from shared.tenancy.users import create_sso_user, normalize_email
+
+log = logging.getLogger("custos.sso")
 
 SSO_ACTOR_TYPE = "user"
 BINDING_COOKIE = "custos_sso"
@@ -66,15 +72,85 @@ def _actor(user: dict[str, Any] | None, identity: VerifiedIdentity) -> audit.Act
     return audit.Actor(id=str(user["id"]), name=user.get("display_name") or user["email"], type=SSO_ACTOR_TYPE)
 
 
+REFUSALS_AUDITED_PER_ADDRESS = 20
+"""Refused SSO sign-ins audited per tenant and client address in one REFUSAL_WINDOW_S."""
+REFUSALS_AUDITED_PER_TENANT = 200
+"""Refused SSO sign-ins audited per tenant in one REFUSAL_WINDOW_S, whatever the address."""
+REFUSAL_WINDOW_S = 600
+_REFUSAL_KEYS_MAX = 10_000
+
+
+class RefusalBudget:
+    """How many refused sign-ins a worker writes to a tenant's audit chain (see `record_refusal`).
+
+    The ACS and the OIDC callback take anonymous requests, and each refusal appended an audit
+    event: anyone could make a tenant's chain (and its database) grow as fast as they can send
+    junk. Within a window of REFUSAL_WINDOW_S, the first REFUSALS_AUDITED_PER_ADDRESS refusals
+    from one address and REFUSALS_AUDITED_PER_TENANT in all are audited; the rest are counted
+    (and logged once per address and window), and the next audited refusal of the tenant says
+    how many were left out (`after.refusals_not_audited`). Per worker, in memory, bounded
+    (_REFUSAL_KEYS_MAX addresses per window; beyond that only the tenant's budget applies).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._window = 0.0
+        self._per_address: dict[tuple[str, str], int] = {}
+        self._per_tenant: dict[str, int] = {}
+        self._left_out: dict[str, int] = {}
+
+    def take(self, tenant_id: str, address: str | None, *, now: float | None = None) -> tuple[bool, int, bool]:
+        """(audit this refusal?, refusals left out before it to report with it, first left out
+        of this address in this window?)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if now - self._window >= REFUSAL_WINDOW_S:
+                self._window, self._per_address, self._per_tenant = now, {}, {}
+            key = (tenant_id, address or "")
+            known = key in self._per_address
+            by_address = self._per_address.get(key, 0) + 1
+            if known or len(self._per_address) < _REFUSAL_KEYS_MAX:
+                self._per_address[key] = by_address
+            audited = self._per_tenant.get(tenant_id, 0)
+            if by_address > REFUSALS_AUDITED_PER_ADDRESS or audited >= REFUSALS_AUDITED_PER_TENANT:
+                self._left_out[tenant_id] = self._left_out.get(tenant_id, 0) + 1
+                first = by_address == REFUSALS_AUDITED_PER_ADDRESS + 1 or self._left_out[tenant_id] == 1
+                return False, 0, first
+            self._per_tenant[tenant_id] = audited + 1
+            return True, self._left_out.pop(tenant_id, 0), False
+
+    def put_back(self, tenant_id: str, left_out: int) -> None:
+        """An audited refusal that failed to commit: its count of left-out refusals is kept."""
+        if left_out:
+            with self._lock:
+                self._left_out[tenant_id] = self._left_out.get(tenant_id, 0) + left_out
+
+
+refusal_budget = RefusalBudget()
+
+
 def record_refusal(*, tenant_id: str, provider_id: str | None, reason: str, meta: audit.RequestMeta,
                    subject: str | None = None, details: dict[str, Any] | None = None,
                    action: str = "auth.sso_login_failed") -> None:
-    """Append a security event for a refused SSO sign-in, in its own committed transaction."""
-    with db.tenant_tx(tenant_id) as conn:
-        audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(id=None, name="sso", type="system"),
-                     action=action, target_type="sso_provider", target_id=provider_id,
-                     after={"reason": reason, **({"subject": subject[:512]} if subject else {}), **(details or {})},
-                     meta=meta)
+    """Append a security event for a refused SSO sign-in, in its own committed transaction,
+    within the worker's `refusal_budget` (beyond it the refusal is counted and logged, and the
+    tenant's next audited refusal reports the count)."""
+    audited, left_out, first = refusal_budget.take(tenant_id, meta.ip)
+    if not audited:
+        if first:
+            log.warning("sso refusals beyond the audit budget: counted, not audited",
+                        extra={"tenant": tenant_id, "ip": meta.ip, "reason": reason, "action": action,
+                               "window_s": REFUSAL_WINDOW_S})
+        return
+    after = {"reason": reason, **({"subject": subject[:512]} if subject else {}), **(details or {}),
+             **({"refusals_not_audited": left_out} if left_out else {})}
+    try:
+        with db.tenant_tx(tenant_id) as conn:
+            audit.append(conn, tenant_id=tenant_id, actor=audit.Actor(id=None, name="sso", type="system"),
+                         action=action, target_type="sso_provider", target_id=provider_id, after=after, meta=meta)
+    except BaseException:
+        refusal_budget.put_back(tenant_id, left_out)
+        raise
 
 
 def role_for(mapping: dict[str, Any], groups: tuple[str, ...], *, allow_admin: bool) -> str:

@@ -250,3 +250,65 @@ def test_an_invited_user_is_activated_by_a_linking_sign_in_and_the_invitation_di
         assert conn.execute("select revoked_at is not null as r from invitations").fetchone()["r"] is True
     [activated] = events(tenant.id, "user.activated")
     assert (activated["before"], activated["after"]["status"]) == ({"status": "invited"}, "active")
+
+
+def _refuse(tenant_id: str, ip: str) -> None:
+    accounts.record_refusal(tenant_id=tenant_id, provider_id=None, reason="bad_signature",
+                            meta=audit.RequestMeta(ip=ip, request_id=str(uuid.uuid4())))
+
+
+def test_anonymous_refusals_reach_the_audit_chain_within_a_budget_and_the_rest_are_counted(
+        tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Junk posted to the ACS or the callback cannot grow a tenant's chain at will: per worker
+    and window, 20 refusals per address and 200 per tenant are audited; the next audited
+    refusal says how many were left out, and the chain stays valid."""
+    budget = accounts.RefusalBudget()
+    monkeypatch.setattr(accounts, "refusal_budget", budget)
+    monkeypatch.setattr(accounts, "REFUSALS_AUDITED_PER_TENANT", 30)
+    clock = [1000.0]
+    take = budget.take
+    monkeypatch.setattr(budget, "take", lambda t, a, now=None: take(t, a, now=clock[0]))
+
+    for _ in range(25):
+        _refuse(tenant.id, "203.0.113.7")
+    assert len(events(tenant.id, "auth.sso_login_failed")) == accounts.REFUSALS_AUDITED_PER_ADDRESS
+    for n in range(15):  # other addresses: audited until the tenant's budget (30) is spent
+        _refuse(tenant.id, f"198.51.100.{n}")
+    audited = sorted(events(tenant.id, "auth.sso_login_failed"), key=lambda e: e["seq"])
+    assert len(audited) == 30
+    # the first audited after the flood reports the first address's 5 that were left out
+    assert [e["after"].get("refusals_not_audited") for e in audited[19:22]] == [None, 5, None]
+
+    clock[0] += accounts.REFUSAL_WINDOW_S  # a new window
+    _refuse(tenant.id, "203.0.113.7")
+    audited = events(tenant.id, "auth.sso_login_failed")
+    assert len(audited) == 31
+    newest = max(audited, key=lambda e: e["seq"])
+    assert newest["after"]["refusals_not_audited"] == 5  # the 5 over the tenant's budget
+    _refuse(tenant.id, "203.0.113.7")
+    newest = max(events(tenant.id, "auth.sso_login_failed"), key=lambda e: e["seq"])
+    assert "refusals_not_audited" not in newest["after"]
+    with db.tenant_tx(tenant.id) as conn:
+        assert audit.verify_segment(conn, tenant_id=tenant.id, checkpoint=None).valid
+
+
+def test_one_tenants_flood_leaves_another_tenants_refusals_audited(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = accounts.RefusalBudget()
+    monkeypatch.setattr(accounts, "refusal_budget", budget)
+    with db.platform_tx() as conn:
+        flooded, other = (create_tenant(conn, slug=f"sso-flood-{uuid.uuid4().hex[:8]}", name="Flood", region="uksouth")
+                          for _ in range(2))
+    for _ in range(accounts.REFUSALS_AUDITED_PER_ADDRESS + 5):
+        _refuse(flooded.id, "203.0.113.9")
+    _refuse(other.id, "203.0.113.9")
+    assert len(events(flooded.id, "auth.sso_login_failed")) == accounts.REFUSALS_AUDITED_PER_ADDRESS
+    assert len(events(other.id, "auth.sso_login_failed")) == 1
+
+
+def test_the_budget_memory_is_bounded() -> None:
+    budget = accounts.RefusalBudget()
+    tenant_id = str(uuid.uuid4())
+    for n in range(accounts._REFUSAL_KEYS_MAX + 50):
+        budget.take(tenant_id, f"addr-{n}", now=5.0)
+    assert len(budget._per_address) <= accounts._REFUSAL_KEYS_MAX
+    assert budget.take(tenant_id, "addr-new", now=5.0)[0] is False  # the tenant's budget still applies
