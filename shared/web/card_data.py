@@ -301,6 +301,21 @@ def install_log_redaction() -> None:
     _redact_extra_fields()
 
 
+REDACTED_FIELDS = "_custos_redacted_fields"
+"""The record attribute naming the `extra=` fields redacted when the record was made, with the
+values as redacted (a field set or replaced later does not match and is scanned again)."""
+
+
+def redacted_already(record: logging.LogRecord, key: str, value: Any) -> bool:
+    """Whether `value` is what record field `key` held once redacted when the record was made."""
+    marked = record.__dict__.get(REDACTED_FIELDS)
+    if not marked or marked[0] != id(record):
+        return False
+    done = marked[1]
+    # Only values nobody can change in place: a list or dict could have been added to since.
+    return key in done and done[key] is value and isinstance(value, str | int | float | bool | None)
+
+
 def _redact_extra_fields() -> None:
     """Redact the `extra=` fields too: `Logger.makeRecord` sets them after the factory has
     run, and structured logging puts request data there (Application Insights sends them
@@ -315,6 +330,8 @@ def _redact_extra_fields() -> None:
         if extra:
             for key in extra:
                 record.__dict__[key] = redact_value(record.__dict__[key])
+            # Which fields hold a redacted value (and whose): a formatter need not scan them again.
+            record.__dict__[REDACTED_FIELDS] = (id(record), {key: record.__dict__[key] for key in extra})
         return record
 
     redacting_make_record.custos_redacting = True  # type: ignore[attr-defined]

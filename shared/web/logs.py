@@ -6,7 +6,9 @@ devhost writes them with `JsonFormatter`. A field is never JSON inside the messa
 
 Every record is redacted for card numbers when it is made (`card_data.install_log_redaction`:
 message, arguments, traceback and `extra` fields); `JsonFormatter` redacts each value it
-writes once more, so a handler that gets a record from elsewhere cannot print one either.
+writes once more, so a handler that gets a record from elsewhere cannot print one either,
+except the `extra` fields the record says were redacted when it was made and still hold
+the redacted value (`card_data.redacted_already`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from shared.web.card_data import install_log_redaction, redact_value
+from shared.web.card_data import install_log_redaction, redact_value, redacted_already
 
 #: Loggers of the Azure SDK held at WARNING: at INFO, `azure.core.pipeline.policies.http_logging_policy`
 #: writes every Storage request and response with their headers (most of what `make run`
@@ -52,15 +54,19 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        entry = redact_value(entry)
         for key, value in fields(record).items():
-            entry.setdefault(key, value)
+            if key not in entry:
+                # A field redacted when the record was made (and not replaced since) is not
+                # scanned twice; anything else is.
+                entry[key] = value if redacted_already(record, key, value) else redact_value(value)
         if record.exc_info:
-            entry["exception"] = record.exc_text or self.formatException(record.exc_info)
+            entry["exception"] = redact_value(record.exc_text or self.formatException(record.exc_info))
         elif record.exc_text:
-            entry["exception"] = record.exc_text
+            entry["exception"] = redact_value(record.exc_text)
         if record.stack_info:
-            entry["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(redact_value(entry), default=str, ensure_ascii=False)
+            entry["stack"] = redact_value(self.formatStack(record.stack_info))
+        return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def configure_logging(stream: IO[str] | None = None, *, level: int = logging.INFO) -> logging.Handler:

@@ -101,6 +101,29 @@ def test_json_formatter_redacts_what_it_writes(capture: io.StringIO) -> None:
     assert CARD not in line and json.loads(line)["note"] == MARKER
 
 
+def test_a_field_changed_after_the_record_was_made_is_scanned_again(capture: io.StringIO) -> None:
+    """The formatter skips only the `extra=` fields redacted when the record was made and still
+    holding that very value; one replaced, or a list added to, is redacted again."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    logger = logging.getLogger(f"custos.test.{uuid.uuid4().hex}")
+    logger.propagate = False
+    logger.addHandler(Keep())
+    logger.setLevel(logging.INFO)
+    logger.info("paid", extra={"note": "nothing here", "items": ["a"], "kept": "0f9e4b1c-2d3a-4e5f-8a7b-1234567890ab"})
+    (record,) = records
+    record.__dict__["note"] = f"card {CARD}"  # replaced by a filter or handler after creation
+    record.__dict__["items"].append(CARD)  # added to in place
+    entry = json.loads(JsonFormatter().format(record))
+    assert CARD not in json.dumps(entry)
+    assert entry["note"] == f"card {MARKER}" and entry["items"] == ["a", MARKER]
+    assert entry["kept"] == "0f9e4b1c-2d3a-4e5f-8a7b-1234567890ab"
+
+
 def test_configured_logging_keeps_the_azure_sdk_quiet(capture: io.StringIO) -> None:
     quiet_azure_sdk()
     logging.getLogger("azure.core.pipeline.policies.http_logging_policy").info("Request URL: 'http://x'")
