@@ -172,8 +172,35 @@ def _prune(container: ContainerClient, base: BlobProperties | None, snaps: list[
         report.snapshots_deleted += 1
 
 
+RUN_STALE_AFTER = timedelta(hours=6)
+"""An unfinished run older than this is taken for dead (its worker stopped): it no longer keeps
+another from starting."""
+
+
+RUN_LOCK = "custos.snapshot_runs"
+"""The advisory lock (its name's hashtext) that serialises starting a run."""
+
+
+class SnapshotRunInProgress(RuntimeError):
+    """Another snapshot run is under way (two at once would snapshot the same blobs twice)."""
+
+
 def _start_run() -> tuple[int, datetime | None, datetime]:
+    """Record a new run, unless another has started within RUN_STALE_AFTER and not finished;
+    the check and the insert are serialised by a transaction-level advisory lock.
+
+    Raises:
+        SnapshotRunInProgress.
+    """
     with db.platform_tx() as conn:
+        conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (RUN_LOCK,))
+        running = conn.execute(
+            "select id from snapshot_runs where finished_at is null and started_at > now() - %s"
+            " order by started_at desc limit 1",
+            (RUN_STALE_AFTER,),
+        ).fetchone()
+        if running is not None:
+            raise SnapshotRunInProgress(f"snapshot run {running['id']} is under way")
         last = conn.execute(
             "select watermark from snapshot_runs where ok order by started_at desc limit 1"
         ).fetchone()
@@ -204,6 +231,7 @@ def run(*, now: datetime | None = None) -> RunReport:
     database's own time, so a pinned clock in a test cannot hide later blobs from later runs.
 
     Raises:
+        SnapshotRunInProgress: another run is under way (nothing was done).
         ServiceUnavailable: the database or storage could not be reached (the run is recorded
             as failed when the database still answers).
         azure.core.exceptions.AzureError: storage failed mid-run (recorded as failed).
@@ -241,9 +269,11 @@ class SnapshotRunFailed(RuntimeError):
     """A snapshot run found blobs that do not match their content address (the timer fails)."""
 
 
-def scheduled_run(*, now: datetime | None = None) -> RunReport:
+def scheduled_run(*, now: datetime | None = None) -> RunReport | None:
     """The timer's run: `run`, then its heartbeat; a failed run heartbeats ok=False and raises,
-    so the host records the invocation as failed (the `blob-snapshot-failed` alert).
+    so the host records the invocation as failed (the `blob-snapshot-failed` alert). When
+    another run is under way (a second instance, a manual run) this one does nothing and
+    returns None: the run under way records its own heartbeat.
 
     Raises:
         SnapshotRunFailed: blobs did not match their content address.
@@ -251,6 +281,9 @@ def scheduled_run(*, now: datetime | None = None) -> RunReport:
     """
     try:
         report = run(now=now)
+    except SnapshotRunInProgress as exc:
+        log.info("blob snapshot run skipped: %s", exc)
+        return None
     except Exception as exc:
         health.record_heartbeat("snapshot_blobs", ok=False, detail=f"failed: {type(exc).__name__}")
         raise

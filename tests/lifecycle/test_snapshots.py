@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -202,3 +203,49 @@ def test_retention_deletes_old_snapshots_but_keeps_the_newest_verified_one(tenan
     # The kept copy is what makes a late restore possible.
     assert snapshots.restore(tenant.id, sha, kept["snapshot"], reason="late find", actor=OPERATOR)["restored"]
     assert _sha(_blob(tenant, sha)) == sha
+
+
+def test_a_run_does_nothing_while_another_is_under_way_unless_that_one_is_stale(tenant: Tenant) -> None:
+    """Two runs at once (a second instance's timer, a manual run) would snapshot the same blobs
+    twice: the second finds the first's unfinished row and does nothing; a row left unfinished
+    by a worker that died stops blocking after RUN_STALE_AFTER."""
+    snapshots.run()
+    sha = _store(tenant, "while another runs")
+    with db.platform_tx() as conn:
+        running = conn.execute("insert into snapshot_runs (watermark) values (now()) returning id").fetchone()["id"]
+    try:
+        with pytest.raises(snapshots.SnapshotRunInProgress):
+            snapshots.run()
+        assert snapshots.scheduled_run() is None
+        assert snapshots.list_snapshots(tenant.id, blob=sha) == []
+        with db.platform_tx() as conn:  # the worker of that run died hours ago
+            conn.execute("update snapshot_runs set started_at = now() - %s - interval '1 minute' where id = %s",
+                         (snapshots.RUN_STALE_AFTER, running))
+        assert snapshots.run().ok
+        assert len(snapshots.list_snapshots(tenant.id, blob=sha)) == 1
+    finally:
+        with db.platform_tx() as conn:
+            conn.execute("update snapshot_runs set finished_at = greatest(now(), started_at), ok = false,"
+                         " error = 'test' where id = %s and finished_at is null", (running,))
+
+
+def test_a_run_starting_while_another_is_being_recorded_waits_for_it_and_does_nothing() -> None:
+    """Starting a run is serialised: while another start holds the lock and has not committed
+    its row (which a second start could not see yet), the second waits, then sees it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    running = None
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            with db.platform_tx() as conn:
+                conn.execute("select pg_advisory_xact_lock(hashtext(%s))", (snapshots.RUN_LOCK,))
+                running = conn.execute("insert into snapshot_runs (watermark) values (now()) returning id").fetchone()["id"]
+                second = pool.submit(snapshots._start_run)
+                time.sleep(0.5)
+                assert not second.done()  # waiting for the lock, not racing past the uncommitted row
+            with pytest.raises(snapshots.SnapshotRunInProgress):
+                second.result(timeout=10)
+    finally:
+        with db.platform_tx() as c:
+            c.execute("update snapshot_runs set finished_at = greatest(now(), started_at), ok = false, error = 'test'"
+                      " where id = %s and finished_at is null", (running,))
