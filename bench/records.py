@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from bench.runner import HttpLoad, Measured, Table, devhost, loopback_address, machine, migrate, setup_env
+from bench.runner import CpuShare, HttpLoad, Measured, Table, devhost, loopback_address, machine, migrate, setup_env
 
 ROUTES = ("bare", "create", "read")
 AIMS = {"create": 3.0, "read": 2.0}
@@ -100,7 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         app_load = HttpLoad(app.url, threads=args.threads, headers=headers, local_address=ip)
         bare_load = HttpLoad(bare_host.url, threads=args.threads, headers={"User-Agent": "custos-bench/1"}, local_address=ip)
 
-        def run(route: str, count: int) -> Measured:
+        cpu = {route: CpuShare() for route in ROUTES}
+
+        def send(route: str, count: int) -> Measured:
             if route == "bare":
                 return bare_load.run("/bench/bare", count, max_seconds=args.max_seconds)
             if route == "create":
@@ -108,13 +110,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     on_response=ids.created, max_seconds=args.max_seconds)
             return app_load.run(ids.next_path, count, max_seconds=args.max_seconds)
 
+        def run(route: str, count: int, *, account: bool = False) -> Measured:
+            if not account:
+                return send(route, count)
+            share = cpu[route]
+            with share.during((bare_host if route == "bare" else app).proc.pid):
+                measured = send(route, count)
+            share.requests += measured.count + measured.errors
+            return measured
+
         for route in ROUTES:
             warm = run(route, warmup)
             if warm.errors:
                 raise SystemExit(f"warm-up of {route} failed: {warm.first_error}")
         for _ in range(max(1, args.rounds)):
             for route in ROUTES:
-                measured = run(route, per_round)
+                measured = run(route, per_round, account=True)
                 results[route] = results[route].merge(measured) if route in results else measured
 
     table = Table(["route", "requests", "errors", "req/s", "p50 ms", "p99 ms"],
@@ -128,6 +139,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         m = results[route]
         table.add(f"ratio {LABELS[route]} / bare", None, None, m.rate / base.rate, m.p50 / base.p50, m.p99 / base.p99)
     table.print()
+    shares = {route: cpu[route].per_request_us() for route in ROUTES}
+    if all(v is not None for v in shares.values()):
+        cpu_table = Table(["route", "host us", "client us", "PostgreSQL us", "total us", "x bare total"],
+                          title="CPU per request, by process (Linux /proc; all of them share the same cores)")
+        bare_total = sum(shares["bare"] or ())
+        for route in ROUTES:
+            host_us, client_us, pg_us = shares[route] or (0.0, 0.0, 0.0)
+            total = host_us + client_us + pg_us
+            cpu_table.add(LABELS[route], host_us, client_us, pg_us, total, total / bare_total if bare_total else None)
+        cpu_table.print()
+        print("With the clients, both hosts and PostgreSQL on the same cores, a closed loop's p50 ratio follows the\n"
+              "ratio of total CPU per request: that column says where a route's time goes.\n", flush=True)
     for route, aim in AIMS.items():
         ratio = results[route].p50 / base.p50
         print(f"aim: {LABELS[route]} p50 <= {aim:g} x bare: measured {ratio:.2f} x ({'met' if ratio <= aim else 'NOT met'})",

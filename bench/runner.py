@@ -306,6 +306,63 @@ class HttpLoad:
                 c.close()
 
 
+# ----------------------------------------------------------------------------- CPU accounting
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process (Linux /proc), or None where it cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_s() -> float | None:
+    """CPU seconds of every process named `postgres` on this machine (the test server's
+    backends, when it is the only one running), or None without /proc."""
+    total, seen = 0.0, False
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if (entry / "comm").read_text().strip() != "postgres":
+                continue
+        except OSError:
+            continue
+        cpu = process_cpu_s(int(entry.name))
+        if cpu is not None:
+            total, seen = total + cpu, True
+    return total if seen else None
+
+
+@dataclass
+class CpuShare:
+    """CPU seconds spent by the host process, this (client) process and PostgreSQL over the
+    phases measured with `during`, and the requests they served."""
+
+    host: float = 0.0
+    client: float = 0.0
+    postgres: float = 0.0
+    requests: int = 0
+    complete: bool = True
+
+    @contextmanager
+    def during(self, host_pid: int) -> Iterator[None]:
+        before = (process_cpu_s(host_pid), process_cpu_s(os.getpid()), postgres_cpu_s())
+        yield
+        after = (process_cpu_s(host_pid), process_cpu_s(os.getpid()), postgres_cpu_s())
+        if None in before or None in after:
+            self.complete = False
+            return
+        self.host += after[0] - before[0]  # type: ignore[operator]
+        self.client += after[1] - before[1]  # type: ignore[operator]
+        self.postgres += after[2] - before[2]  # type: ignore[operator]
+
+    def per_request_us(self) -> tuple[float, float, float] | None:
+        if not self.complete or not self.requests:
+            return None
+        return tuple(x / self.requests * 1e6 for x in (self.host, self.client, self.postgres))  # type: ignore[return-value]
+
+
 # ----------------------------------------------------------------------------- devhost
 
 
