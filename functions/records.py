@@ -171,7 +171,8 @@ def record_retire(ctx: RequestContext) -> dict[str, Any]:
 
 
 @bp.route(route="api/records/{id}/attachments", methods=["POST"])
-@endpoint(response=Attached, permission="records.update", query=AttachQuery, body_limit="attachment_max_bytes", status=201, tags=("records",))
+@endpoint(response=Attached, permission="records.update", query=AttachQuery, body_limit="attachment_max_bytes", status=201,
+          tags=("records",), raw_body={"*/*": None})
 def record_attach(ctx: RequestContext) -> Reply:
     """Attach a file (raw body, its Content-Type, filename in Content-Disposition): a new version."""
     req = ctx.request

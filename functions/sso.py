@@ -225,8 +225,15 @@ def saml_login(ctx: RequestContext) -> Reply:
     return Reply(status=302, headers={"Location": location, **({"Set-Cookie": cookie} if cookie else {})})
 
 
+class SamlAcsForm(Strict):
+    """The HTTP-POST binding's form (SAML 2.0 Bindings, section 3.5)."""
+
+    SAMLResponse: str = Field(description="The IdP's base64 SAML Response")  # noqa: N815 - the binding's name
+    RelayState: str | None = Field(None, description="What the SP-initiated request sent along")  # noqa: N815
+
+
 @bp.route(route="api/sso/saml/{tenant}/acs", methods=["POST"])
-@endpoint(auth=False, status=303, tags=("sso",))
+@endpoint(auth=False, status=303, tags=("sso",), raw_body={"application/x-www-form-urlencoded": SamlAcsForm})
 def saml_acs(ctx: RequestContext) -> Reply:
     """The Assertion Consumer Service: verify the IdP's response, then redirect to the console with a one-time code."""
     location, cookie = api.saml_acs(slug=ctx.route["tenant"], content_type=ctx.request.headers.get("Content-Type"),

@@ -104,7 +104,9 @@ class EndpointSpec:
     query: type[BaseModel] | None
     response: type[BaseModel] | None
     status: int
-    raw_body: bool
+    raw_body: tuple[tuple[str, type[BaseModel] | None], ...]
+    """Bodies the handler reads itself (not JSON into `body`), for the OpenAPI document: each
+    media type with the model of its fields (a form) or None (any bytes)."""
     preflight: bool
     operator: bool
     body_limit: str
@@ -214,7 +216,7 @@ def endpoint(
     query: type[BaseModel] | None = None,
     response: type[BaseModel] | None = None,
     status: int = 200,
-    raw_body: bool = False,
+    raw_body: dict[str, type[BaseModel] | None] | None = None,
     preflight: bool = False,
     operator: bool = False,
     body_limit: str = "max_body_bytes",
@@ -238,7 +240,9 @@ def endpoint(
     `response` is the model of the JSON success body (the OpenAPI document shows it, and in
     the test environment every answer is checked against it); `media_type` names a non-JSON
     success body; `statuses` are the statuses the handler answers beyond the wrapper's own
-    (e.g. 502 when a stored file fails its hash check).
+    (e.g. 502 when a stored file fails its hash check). `raw_body` documents a body the handler
+    reads itself instead of `body`'s JSON: media type -> the model of its form fields, or None
+    for any bytes (an attachment).
 
     `scim` makes a SCIM 2.0 endpoint (shared.identity.sso.scim): it authenticates with a
     tenant's SCIM bearer token instead of a user's access token (the token decides the tenant;
@@ -258,6 +262,8 @@ def endpoint(
         raise ValueError("an endpoint with a permission must authenticate")
     if permission and operator:
         raise ValueError("operator endpoints take no tenant permission")
+    if body is not None and raw_body:
+        raise ValueError("an endpoint reads a JSON body into `body` or reads its body itself (`raw_body`), not both")
     if scim and (permission or operator or not auth):
         raise ValueError("a SCIM endpoint authenticates with a SCIM token and takes no permission")
 
@@ -269,7 +275,7 @@ def endpoint(
             query=query,
             response=response,
             status=status,
-            raw_body=raw_body,
+            raw_body=tuple((raw_body or {}).items()),
             preflight=preflight,
             operator=operator,
             body_limit=body_limit,

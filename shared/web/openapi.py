@@ -186,6 +186,12 @@ def build_openapi(app: func.FunctionApp, *, version: str) -> dict[str, Any]:
                     "required": True,
                     "content": {"application/json": {"schema": _schema(spec.body, schemas)}},
                 }
+            elif spec.raw_body:
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {media: {"schema": _schema(model, schemas) if model is not None else {}}
+                                for media, model in spec.raw_body},
+                }
             paths.setdefault(path, {})[method] = operation
     return {
         "openapi": "3.1.0",
