@@ -63,7 +63,21 @@ def cmd_create_app_role(args: argparse.Namespace) -> dict[str, Any]:
     principal of the app's managed identity. Run it before `migrate` on a new server."""
     url, app_role = _owner_settings("create the app role")
     role = ensure_app_role(url, args.role or app_role, entra_object_id=args.entra_object_id)
-    return {"role": role.__dict__}
+    return {"role": role.__dict__, "audit": _audit_role(url, "platform.app_role_ensured", role.name, role.__dict__)}
+
+
+def _audit_role(owner_url: str, action: str, name: str, after: dict[str, Any]) -> dict[str, Any] | None:
+    """The platform chain's record of a database role the ops CLI created or granted (as the
+    owner, like `create-operator`): the event's seq, or None before the first `migrate` (no audit
+    table yet: `create-app-role` runs first on a new server, and `migrate` records nothing of it)."""
+    try:
+        with psycopg.connect(owner_url, row_factory=dict_row) as conn:
+            conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
+            appended = audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=_cli_actor(), action=action,
+                                    target_type="database_role", target_id=name, after=after)
+    except psycopg.errors.UndefinedTable:
+        return None
+    return {"seq": appended.seq}
 
 
 def _cli_actor() -> audit.Actor:
@@ -330,7 +344,7 @@ def cmd_create_owner_role(args: argparse.Namespace) -> dict[str, Any]:
     `migrate` (docs/deploy.md)."""
     url, app_role = _owner_settings("create the owner role")
     role = ensure_owner_role(url, args.principal_name, app_role=app_role, entra_object_id=args.principal_id)
-    return {"role": role.__dict__}
+    return {"role": role.__dict__, "audit": _audit_role(url, "platform.owner_role_ensured", role.name, role.__dict__)}
 
 
 COMMANDS["create-owner-role"] = cmd_create_owner_role

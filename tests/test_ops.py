@@ -77,6 +77,14 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _role_events(action: str, role: str) -> list[dict]:
+    """The platform chain's events of `action` about database role `role`."""
+    from shared.audit import chain as audit
+
+    with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
+        return [e for e in audit.list_events(conn, action=action, limit=1000) if e["target_id"] == role]
+
+
 def test_cli_create_tenant_and_duplicate() -> None:
     slug = f"cli-{uuid.uuid4().hex[:10]}"
     out = _cli("create-tenant", "--slug", slug, "--name", "CLI Tenant")
@@ -109,6 +117,11 @@ def test_cli_create_app_role_is_idempotent_and_rejects_bad_input() -> None:
         again = _cli("create-app-role", "--role", role)
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["role"]["created"] is False
+        # Both runs are in the platform chain, with what each found or did and who ran it.
+        events = _role_events("platform.app_role_ensured", role)
+        assert [e["after"]["created"] for e in sorted(events, key=lambda e: e["seq"])] == [True, False]
+        assert json.loads(again.stdout)["audit"]["seq"] == max(e["seq"] for e in events)
+        assert all(e["actor_type"] == "operator" and e["actor_name"].startswith("ops CLI") for e in events)
         bad = _cli("create-app-role", "--role", role, "--entra-object-id", "'; drop role custos_owner; --")
         assert bad.returncode == 2 and "not a UUID" in bad.stderr and "Traceback" not in bad.stderr
     finally:
@@ -244,6 +257,9 @@ def test_cli_create_owner_role_grants_the_schema_owner_idempotently_and_never_to
         again = _cli("create-owner-role", "--principal-name", role)
         assert again.returncode == 0, again.stderr
         assert json.loads(again.stdout)["role"]["created"] is False
+        granted = _role_events("platform.owner_role_ensured", role)
+        assert sorted(e["after"]["created"] for e in granted) == [False, True]
+        assert {e["after"]["owner_role"] for e in granted} == {made["owner_role"]}
         for name in (app_role, "custos_app_rw"):
             refused = _cli("create-owner-role", "--principal-name", name)
             assert refused.returncode == 2 and "app" in refused.stderr and "Traceback" not in refused.stderr
