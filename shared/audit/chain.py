@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import rfc8785
 
 from shared.core import db
 from shared.core.db import Conn
-from shared.core.settings import get_settings
+from shared.core.settings import Settings, SettingsError, get_settings
 from shared.web.jsonio import loads_stored
 
 if TYPE_CHECKING:
@@ -244,7 +245,7 @@ def append(
         "user_agent": meta.user_agent,
         "session_id": meta.session_id,
         "request_id": meta.request_id,
-        "app_version": get_settings().app_version,
+        "app_version": app_version(),
         "previous_checksum": head["checksum"],
     }
     row["checksum"] = compute_checksum(row)
@@ -259,6 +260,16 @@ def append(
     return Appended(seq=row["seq"], checksum=row["checksum"], occurred_at=row["occurred_at"])
 
 
+def app_version() -> str:
+    """The version written into an event: the settings' APP_VERSION, or, where the settings
+    cannot load (the deploy steps hold the owner URL and nothing else), APP_VERSION from the
+    environment or the settings' default."""
+    try:
+        return get_settings().app_version
+    except SettingsError:
+        return os.environ.get("APP_VERSION") or str(Settings.model_fields["app_version"].default)
+
+
 def _append_values(tid: str, actor: Actor, action: str, target_type: str | None, target_id: str | None,
                    before: Any, after: Any, reason: str | None, meta: RequestMeta) -> dict[str, Any]:
     return {
@@ -266,7 +277,7 @@ def _append_values(tid: str, actor: Actor, action: str, target_type: str | None,
         "target_type": target_type, "target_id": None if target_id is None else str(target_id),
         "before": canonical_json(before), "after": canonical_json(after), "reason": reason, "ip": meta.ip,
         "user_agent": meta.user_agent, "session_id": meta.session_id, "request_id": meta.request_id,
-        "app_version": get_settings().app_version,
+        "app_version": app_version(),
     }
 
 

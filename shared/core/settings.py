@@ -342,6 +342,11 @@ class Settings(BaseSettings):
     incident_throttle_spike: int = Field(
         10, ge=1, le=100_000, description="Throttle crossings in one chain within the window that open an incident."
     )
+    incident_first_sweep_lookback_s: int = Field(
+        7 * 86_400, ge=0, le=366 * 86_400,
+        description="How far back the first sweep of a chain (after deployment, or a new tenant) looks for signals; "
+                    "older events are history, not incidents.",
+    )
 
     @field_validator("mfa_encryption_key", "mfa_decryption_keys", "rate_limit_key", "rate_limit_previous_keys")
     @classmethod

@@ -226,9 +226,20 @@ def raise_signal(kind: str, tenant_ids: Sequence[str], evidence: Sequence[dict[s
 
 
 def _watermark(source: str) -> dict[str, Any]:
+    """The source's watermark (`seq`, `at`), and whether it was ever swept (`swept`)."""
     with db.platform_tx() as conn:
         row = conn.execute("select seq, at from incident_watermarks where source = %s", (source,)).fetchone()
-    return dict(row) if row else {"seq": 0, "at": None}
+    return {**row, "swept": True} if row else {"seq": 0, "at": None, "swept": False}
+
+
+def _first_watermark(chain: str, history_before: datetime) -> int:
+    """Where the first sweep of a chain starts: after its last event before `history_before`
+    (the sweep's start less INCIDENT_FIRST_SWEEP_LOOKBACK_S), so that a deployment does not open
+    incidents for years of history; a new tenant's chain has none, and starts at its first event."""
+    with db.tenant_tx(chain) as conn:
+        row = conn.execute("select coalesce(max(seq), 0) as seq from audit_events where occurred_at < %s",
+                           (history_before,)).fetchone()
+    return int(row["seq"]) if row else 0
 
 
 def _advance(conn: db.Conn, source: str, *, seq: int = 0, at: datetime | None = None) -> None:
@@ -259,12 +270,15 @@ def _affected(chain: str, event: dict[str, Any]) -> list[str]:
     return []
 
 
-def _sweep_chain(chain: str, *, window: timedelta) -> tuple[int, bool]:
+def _sweep_chain(chain: str, *, window: timedelta, history_before: datetime | None = None) -> tuple[int, bool]:
     """Turn the chain's signals after its watermark into incidents, one batch of at most
     `SWEEP_BATCH`; returns how many signals, and whether a full batch was read (more may wait)."""
     source = f"chain:{chain}"
-    since = int(_watermark(source)["seq"])
     settings = get_settings()
+    mark = _watermark(source)
+    if history_before is None:
+        history_before = datetime.now(UTC) - timedelta(seconds=settings.incident_first_sweep_lookback_s)
+    since = int(mark["seq"]) if mark["swept"] else _first_watermark(chain, history_before)
     with db.tenant_tx(chain) as conn:
         rows = conn.execute(
             """select seq, action, occurred_at, target_type, target_id, after from audit_events
@@ -277,7 +291,7 @@ def _sweep_chain(chain: str, *, window: timedelta) -> tuple[int, bool]:
     with db.platform_tx() as conn:
         # Two sweeps at once (the schedule and an on-demand run) would count the same events
         # twice: the watermark row is the lock, and the later one finds it moved and stops.
-        _advance(conn, source)
+        _advance(conn, source, seq=since)
         held = conn.execute("select seq from incident_watermarks where source = %s for update", (source,)).fetchone()
         if held is None or int(held["seq"]) != since:
             return 0, False
@@ -334,7 +348,8 @@ class SweepReport:
 
 
 def sweep(*, now: datetime | None = None) -> SweepReport:
-    """Read every chain's signals since its watermark and the timers' heartbeats into incidents,
+    """Read every chain's signals since its watermark (a chain swept for the first time: since
+    INCIDENT_FIRST_SWEEP_LOOKBACK_S before `now`) and the timers' heartbeats into incidents,
     then escalate overdue notices. One chain's failure is logged ("incident sweep failed") and
     does not stop the others.
 
@@ -342,12 +357,14 @@ def sweep(*, now: datetime | None = None) -> SweepReport:
         Exception: reading the heartbeats or escalating failed (the run fails; signals already
             swept are kept, the watermarks say where the next run starts).
     """
-    window = timedelta(seconds=get_settings().incident_window_s)
+    settings = get_settings()
+    window = timedelta(seconds=settings.incident_window_s)
+    history_before = (now or datetime.now(UTC)) - timedelta(seconds=settings.incident_first_sweep_lookback_s)
     signals, failed = 0, []
     for chain in _chain_ids():
         try:
             for _ in range(MAX_BATCHES_PER_CHAIN):  # a backlog is read to its end, within a bound
-                raised, more = _sweep_chain(chain, window=window)
+                raised, more = _sweep_chain(chain, window=window, history_before=history_before)
                 signals += raised
                 if not more:
                     break

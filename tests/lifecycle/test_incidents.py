@@ -465,3 +465,33 @@ def test_an_incident_opens_even_when_the_damaged_chain_refuses_its_event(tenant:
     with db.tenant_tx(audit.PLATFORM_CHAIN) as conn:
         opened = [e for e in audit.list_events(conn, action="platform.incident_opened", target_id=found["id"], limit=10)]
     assert opened and opened[0]["after"]["tenant_chains_refused"] == [tenant.id]
+
+
+def test_the_first_sweep_of_a_chain_leaves_history_older_than_its_lookback_alone(
+        tenant: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a deployment, the first sweep of a chain must not open incidents for years of
+    history: it starts after the chain's last event older than INCIDENT_FIRST_SWEEP_LOOKBACK_S
+    before the sweep (a minute here, seven days by default). Later sweeps start at their watermark."""
+    from datetime import UTC, datetime
+
+    from shared.core.settings import get_settings
+
+    signal(tenant.id, "integrity.attachment_mismatch")  # history, for a sweep a minute later
+    time.sleep(0.05)
+    history_ends = datetime.now(UTC)
+    time.sleep(0.05)
+    signal(tenant.id, "integrity.attachment_mismatch")
+    monkeypatch.setenv("INCIDENT_FIRST_SWEEP_LOOKBACK_S", "60")
+    get_settings.cache_clear()
+    try:
+        incidents.sweep(now=history_ends + timedelta(seconds=60))
+        with db.tenant_tx(tenant.id) as conn:
+            seqs = [r["seq"] for r in conn.execute(
+                "select seq from audit_events where action = 'integrity.attachment_mismatch' order by seq").fetchall()]
+        assert [e["seq"] for e in one(tenant.id, "attachment_integrity")["evidence"]] == [seqs[1]]
+        signal(tenant.id, "integrity.attachment_mismatch")  # after the first sweep: counted by the next
+        incidents.sweep()
+        assert len(one(tenant.id, "attachment_integrity")["evidence"]) == 2
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

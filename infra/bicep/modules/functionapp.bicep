@@ -267,6 +267,7 @@ var plainSettings = [
   { name: 'INCIDENT_WINDOW_S', value: '600' }
   { name: 'INCIDENT_REUSE_BURST', value: '3' }
   { name: 'INCIDENT_THROTTLE_SPIKE', value: '10' }
+  { name: 'INCIDENT_FIRST_SWEEP_LOOKBACK_S', value: '604800' }
 ]
 
 var keyVaultSettings = [for item in items(secretSettings): {
