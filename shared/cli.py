@@ -72,12 +72,18 @@ def _audit_role(owner_url: str, action: str, name: str, after: dict[str, Any]) -
     table yet: `create-app-role` runs first on a new server, and `migrate` records nothing of it)."""
     try:
         with psycopg.connect(owner_url, row_factory=dict_row) as conn:
-            conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
-            appended = audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=_cli_actor(), action=action,
-                                    target_type="database_role", target_id=name, after=after)
+            appended = _append_platform(conn, action, target_type="database_role", target_id=name, after=after)
     except psycopg.errors.UndefinedTable:
         return None
     return {"seq": appended.seq}
+
+
+def _append_platform(conn: Any, action: str, *, target_type: str, target_id: str, after: dict[str, Any]) -> Any:
+    """An ops CLI event in the platform chain, appended in `conn`'s transaction (the owner's
+    connection: row-level security is forced on the owner too, hence the tenant setting)."""
+    conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
+    return audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=_cli_actor(), action=action,
+                        target_type=target_type, target_id=target_id, after=after)
 
 
 def _cli_actor() -> audit.Actor:
@@ -117,9 +123,8 @@ def cmd_create_operator(args: argparse.Namespace) -> dict[str, Any]:
                 (email, args.name or email, hashed, SETUP_TTL),
             ).fetchone()
             assert row is not None
-            conn.execute("select set_config('app.tenant_id', %s, true)", (audit.PLATFORM_CHAIN,))
-            audit.append(conn, tenant_id=audit.PLATFORM_CHAIN, actor=_cli_actor(), action="platform.operator_created",
-                         target_type="operator", target_id=str(row["id"]), after={"email": email})
+            _append_platform(conn, "platform.operator_created", target_type="operator", target_id=str(row["id"]),
+                             after={"email": email})
     except psycopg.errors.UniqueViolation:
         raise Conflict("an operator with that email exists") from None
     return {"operator": {**row, "id": str(row["id"])}, "setup": {"token": token, "expires_at": row["setup_expires_at"]}}

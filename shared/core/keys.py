@@ -107,17 +107,23 @@ def dev_private_key_pem(settings: Settings, name: str, generate: Any) -> str:
                 serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-            try:
-                os.link(tmp, path)  # atomic: a concurrent worker's key wins, never a torn file
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
+            write_private_file_once(path, pem)
         return path.read_text()
+
+
+def write_private_file_once(path: Path, data: bytes) -> None:
+    """Create `path` with `data`, mode 0600, unless it exists: written to a temporary file and
+    linked into place, so a concurrent worker's file wins whole and no reader sees a torn one."""
+    tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
 
 
 def load_jwt_keyring(settings: Settings) -> EcKeyRing:

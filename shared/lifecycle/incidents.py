@@ -232,6 +232,11 @@ def _watermark(source: str) -> dict[str, Any]:
     return {**row, "swept": True} if row else {"seq": 0, "at": None, "swept": False}
 
 
+def _history_before(now: datetime | None) -> datetime:
+    """Events before this are history to a chain's first sweep: `now` less INCIDENT_FIRST_SWEEP_LOOKBACK_S."""
+    return (now or datetime.now(UTC)) - timedelta(seconds=get_settings().incident_first_sweep_lookback_s)
+
+
 def _first_watermark(chain: str, history_before: datetime) -> int:
     """Where the first sweep of a chain starts: after its last event before `history_before`
     (the sweep's start less INCIDENT_FIRST_SWEEP_LOOKBACK_S), so that a deployment does not open
@@ -276,9 +281,7 @@ def _sweep_chain(chain: str, *, window: timedelta, history_before: datetime | No
     source = f"chain:{chain}"
     settings = get_settings()
     mark = _watermark(source)
-    if history_before is None:
-        history_before = datetime.now(UTC) - timedelta(seconds=settings.incident_first_sweep_lookback_s)
-    since = int(mark["seq"]) if mark["swept"] else _first_watermark(chain, history_before)
+    since = int(mark["seq"]) if mark["swept"] else _first_watermark(chain, history_before or _history_before(None))
     with db.tenant_tx(chain) as conn:
         rows = conn.execute(
             """select seq, action, occurred_at, target_type, target_id, after from audit_events
@@ -357,9 +360,8 @@ def sweep(*, now: datetime | None = None) -> SweepReport:
         Exception: reading the heartbeats or escalating failed (the run fails; signals already
             swept are kept, the watermarks say where the next run starts).
     """
-    settings = get_settings()
-    window = timedelta(seconds=settings.incident_window_s)
-    history_before = (now or datetime.now(UTC)) - timedelta(seconds=settings.incident_first_sweep_lookback_s)
+    window = timedelta(seconds=get_settings().incident_window_s)
+    history_before = _history_before(now)
     signals, failed = 0, []
     for chain in _chain_ids():
         try:

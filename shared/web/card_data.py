@@ -308,10 +308,7 @@ values as redacted (a field set or replaced later does not match and is scanned 
 
 def redacted_already(record: logging.LogRecord, key: str, value: Any) -> bool:
     """Whether `value` is what record field `key` held once redacted when the record was made."""
-    marked = record.__dict__.get(REDACTED_FIELDS)
-    if not marked or marked[0] != id(record):
-        return False
-    done = marked[1]
+    done = record.__dict__.get(REDACTED_FIELDS) or {}
     # Only values nobody can change in place: a list or dict could have been added to since.
     return key in done and done[key] is value and isinstance(value, str | int | float | bool | None)
 
@@ -330,8 +327,8 @@ def _redact_extra_fields() -> None:
         if extra:
             for key in extra:
                 record.__dict__[key] = redact_value(record.__dict__[key])
-            # Which fields hold a redacted value (and whose): a formatter need not scan them again.
-            record.__dict__[REDACTED_FIELDS] = (id(record), {key: record.__dict__[key] for key in extra})
+            # Which fields hold a redacted value: a formatter need not scan them again.
+            record.__dict__[REDACTED_FIELDS] = {key: record.__dict__[key] for key in extra}
         return record
 
     redacting_make_record.custos_redacting = True  # type: ignore[attr-defined]

@@ -22,7 +22,6 @@ import base64
 import binascii
 import functools
 import hashlib
-import os
 import secrets
 import threading
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from urllib.parse import quote, urlsplit
 from shared.audit import chain as audit
 from shared.core import db, storage
 from shared.core.errors import MalformedRequest, ServiceUnavailable, UnsupportedMediaType
+from shared.core.keys import write_private_file_once
 from shared.core.settings import Settings, SettingsError, get_settings
 from shared.identity.sso import accounts, outbound
 from shared.identity.sso.accounts import BINDING_COOKIE, VerifiedIdentity, binding_hash, record_refusal
@@ -94,16 +94,7 @@ def _dev_sp_key(settings: Settings) -> SpKey:
                     .not_valid_after(now + timedelta(days=3650)).sign(key, hashes.SHA256()))
             pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()) + cert.public_bytes(serialization.Encoding.PEM)
-            tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(pem)
-            try:
-                os.link(tmp, path)  # atomic: a concurrent worker's pair wins, never a torn file
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
+            write_private_file_once(path, pem)
         text = path.read_text()
     cut = text.index("-----BEGIN CERTIFICATE-----")
     return SpKey(text[:cut], text[cut:])
