@@ -7,18 +7,26 @@ other `bench.bench_app:app` (the foundation benchmark's bare route, `/bench/bare
 HTTP stack and no wrapper, no database). A fresh tenant, an active OPERATOR user and a live
 session give the bearer token (`tests.conftest.token_for`). Then, with the same closed-loop
 load (`--threads` keep-alive clients, `--requests` requests each per route, after a
-warm-up, in `--rounds` alternating rounds so drift hits every route alike):
+warm-up, in `--rounds` alternating rounds so drift hits every route alike), in this order:
 
+* `GET /bench/bare` on the other devhost (200);
+* `GET /api/records/{id}` over the ids created so far (200);
+* `GET /bench/floor/records/{id}` on the other devhost, over the same ids: the least an
+  authenticated read can cost on this stack, with no wrapper and no checks (one
+  simple-query message with the caller's principal row and the record read, prepared once
+  per connection; the row as JSON, the security headers, one log line). Its ratio to the
+  bare route bounds what any implementation of the read can reach on this machine;
 * `POST /api/records` with `{"type": "document", "payload": {"title": ...}}`: token
   check, session read, permission, body validation, JSON Schema validation of the payload,
   then in one RLS transaction the record, its first version and its audit event (hash
-  chain), and the created record read back (201);
-* `GET /api/records/{id}` over the ids created so far (200);
-* `GET /bench/bare` on the other devhost (200).
+  chain), and the created record read back (201).
 
-The table gives req/s, p50 and p99 of each and their ratios to the bare route. All clients
-connect from this run's own random loopback address (127.x.y.z). The records stay in the
-test database, in their own tenant (`bench-records-<random>`), as the tests' data does.
+Before each measured phase the run waits (at most 20 s) for PostgreSQL to go quiet, so the
+autovacuum and checkpoint work the creates leave behind is not billed to the next phase.
+The table gives req/s, p50 and p99 of each and their ratios to the bare route, then the CPU
+each route costs per request in each process. All clients connect from this run's own random
+loopback address (127.x.y.z). The records stay in the test database, in their own tenant
+(`bench-records-<random>`), as the tests' data does.
 """
 
 from __future__ import annotations
@@ -30,15 +38,27 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from bench.runner import CpuShare, HttpLoad, Measured, Table, devhost, loopback_address, machine, migrate, setup_env
+from bench.runner import (
+    CpuShare,
+    HttpLoad,
+    Measured,
+    Table,
+    devhost,
+    loopback_address,
+    machine,
+    migrate,
+    setup_env,
+    wait_for_quiet_postgres,
+)
 
-ROUTES = ("bare", "create", "read")
+ROUTES = ("bare", "read", "floor", "create")
 AIMS = {"create": 3.0, "read": 2.0}
 """p50 ratio to the bare route that issue 12 aims for (printed, never asserted)."""
 LABELS = {
     "bare": "GET /bench/bare (bare, other devhost)",
     "create": "POST /api/records",
     "read": "GET /api/records/{id}",
+    "floor": "floor: one round trip, no wrapper",
 }
 
 
@@ -99,8 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         headers = {"Authorization": f"Bearer {token}", "User-Agent": "custos-bench/1"}
         app_load = HttpLoad(app.url, threads=args.threads, headers=headers, local_address=ip)
         bare_load = HttpLoad(bare_host.url, threads=args.threads, headers={"User-Agent": "custos-bench/1"}, local_address=ip)
+        floor_load = HttpLoad(bare_host.url, threads=args.threads, headers=headers, local_address=ip)
 
         cpu = {route: CpuShare() for route in ROUTES}
+        quiet_waits: list[float] = []
 
         def send(route: str, count: int) -> Measured:
             if route == "bare":
@@ -108,18 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             if route == "create":
                 return app_load.run("/api/records", count, method="POST", json=body, expect=201,
                                     on_response=ids.created, max_seconds=args.max_seconds)
+            if route == "floor":
+                return floor_load.run(lambda: "/bench/floor" + ids.next_path().removeprefix("/api"), count,
+                                      max_seconds=args.max_seconds)
             return app_load.run(ids.next_path, count, max_seconds=args.max_seconds)
 
         def run(route: str, count: int, *, account: bool = False) -> Measured:
             if not account:
                 return send(route, count)
             share = cpu[route]
-            with share.during((bare_host if route == "bare" else app).proc.pid):
+            quiet_waits.append(wait_for_quiet_postgres())
+            with share.during((bare_host if route in ("bare", "floor") else app).proc.pid):
                 measured = send(route, count)
             share.requests += measured.count + measured.errors
             return measured
 
-        for route in ROUTES:
+        for route in sorted(ROUTES, key=lambda r: r != "create"):  # the reads need records to read
             warm = run(route, warmup)
             if warm.errors:
                 raise SystemExit(f"warm-up of {route} failed: {warm.first_error}")
@@ -135,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         m = results[route]
         table.add(LABELS[route], m.count, m.errors, m.rate, m.p50, m.p99)
     base = results["bare"]
-    for route in ("create", "read"):
+    for route in ("create", "read", "floor"):
         m = results[route]
         table.add(f"ratio {LABELS[route]} / bare", None, None, m.rate / base.rate, m.p50 / base.p50, m.p99 / base.p99)
     table.print()
@@ -155,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ratio = results[route].p50 / base.p50
         print(f"aim: {LABELS[route]} p50 <= {aim:g} x bare: measured {ratio:.2f} x ({'met' if ratio <= aim else 'NOT met'})",
               flush=True)
+    print(f"floor: an authenticated read with no wrapper at all is {results['floor'].p50 / base.p50:.2f} x bare at p50 here;\n"
+          f"the wrapped read is {results['read'].p50 / results['floor'].p50:.2f} x the floor.", flush=True)
+    print(f"Before each measured phase the run waited for PostgreSQL to go quiet (autovacuum and the\n"
+          f"checkpointer after the creates): {sum(quiet_waits):.1f} s in all, at most {max(quiet_waits, default=0):.1f} s.")
     print(f"Tenant {slug}: {len(ids.ids)} records created (warm-up included); reads went round them.\n"
           "Both devhosts and the clients share the CPUs; each devhost's logs went to a file.\n", flush=True)
 

@@ -334,6 +334,24 @@ def postgres_cpu_s() -> float | None:
     return total if seen else None
 
 
+def wait_for_quiet_postgres(max_s: float = 20.0, window_s: float = 0.5, busy: float = 0.03) -> float:
+    """Wait until PostgreSQL's processes on this machine use less than `busy` of a core over
+    `window_s` (autovacuum, the checkpointer and the background writer catching up after a
+    write-heavy phase), at most `max_s`; returns the seconds waited (0 without /proc).
+
+    Called before each measured phase, so work one phase leaves behind is not billed to the
+    next one's latency and CPU."""
+    waited, before = 0.0, postgres_cpu_s()
+    while before is not None and waited < max_s:
+        time.sleep(window_s)
+        waited += window_s
+        after = postgres_cpu_s()
+        if after is None or (after - before) / window_s < busy:
+            break
+        before = after
+    return waited
+
+
 @dataclass
 class CpuShare:
     """CPU seconds spent by the host process, this (client) process and PostgreSQL over the

@@ -447,7 +447,7 @@ def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False, co
         NotFound: no such record in the transaction's tenant.
     """
     # The record and its current version in one read.
-    if lock:  # FOR UPDATE refuses the aggregate below: the signatures come in a read of their own
+    if lock:  # FOR UPDATE refuses the aggregate of RECORD_READ: the signatures come in a read of their own
         row = conn.execute(
             f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}
                   from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
@@ -455,20 +455,11 @@ def get_record(conn: Conn, record_id: uuid.UUID | str, *, lock: bool = False, co
                  where r.id = %s for update of r""",  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
             (str(record_id),),
         ).fetchone()
-    else:  # the record, its current version, its sources' current versions and its signatures in one read
-        query = f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}, {_SIGNATURE_ARRAYS},
-                           (select json_object_agg(f.key, src.current_version)
-                              from json_each(v.frozen_context) f
-                              left join records src on src.id = (f.value ->> 'record_id')::uuid) as source_versions
-                      from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
-                      join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
-                      cross join lateral (select {_SIGNATURE_AGGREGATES} from signatures s where s.record_id = r.id) s
-                     where r.id = %s"""  # noqa: S608  # nosec B608  # only module constants (column lists, the version insert) are interpolated; values are bound
-        if commit:
-            [rows] = db.commit_with(conn, (query, (str(record_id),)))
-            row = rows[0] if rows else None
-        else:
-            row = conn.execute(query, (str(record_id),)).fetchone()
+    elif commit:
+        [rows] = db.commit_with(conn, (RECORD_READ, (str(record_id),)))
+        row = rows[0] if rows else None
+    else:
+        row = conn.execute(RECORD_READ, (str(record_id),)).fetchone()
     if row is None:
         raise NotFound("no such record")
     record = _record_json({k: v for k, v in row.items() if not k.startswith(("v_", "s_")) and k != "source_versions"})
@@ -504,6 +495,16 @@ _SIGNATURE_FIELDS = tuple(c.strip() for c in SIGNATURE_COLUMNS.split(","))
 # One array per column, each in the same (total) order, so that the i-th items make one row.
 _SIGNATURE_AGGREGATES = ", ".join(f"array_agg(s.{c} order by s.signed_at, s.id) as {c}" for c in _SIGNATURE_FIELDS)
 _SIGNATURE_ARRAYS = ", ".join(f"s.{c} as s_{c}" for c in _SIGNATURE_FIELDS)
+
+# The record, its current version, its sources' current versions and its signatures in one read.
+RECORD_READ = f"""select {RECORD_COLUMNS}, r.type_id, {_VERSION_AS_V}, {_SIGNATURE_ARRAYS},
+                         (select json_object_agg(f.key, src.current_version)
+                            from json_each(v.frozen_context) f
+                            left join records src on src.id = (f.value ->> 'record_id')::uuid) as source_versions
+                    from records r join record_types t on t.tenant_id = r.tenant_id and t.id = r.type_id
+                    join record_versions v on v.tenant_id = r.tenant_id and v.record_id = r.id and v.version = r.current_version
+                    cross join lateral (select {_SIGNATURE_AGGREGATES} from signatures s where s.record_id = r.id) s
+                   where r.id = %s"""  # noqa: S608  # nosec B608  # only module constants (column lists) are interpolated; values are bound
 
 
 def _signature_rows(row: dict[str, Any]) -> list[dict[str, Any]]:
