@@ -8,7 +8,8 @@ Full verify. One tenant with `--events` events, correctly chained, bulk-loaded o
 it after checking it is complete and verifies. Measured, each the median of `--repeats`:
 
 * `verify_tenant(full)`: the verifier, links and recomputed checksums checked inside
-  PostgreSQL (the number);
+  PostgreSQL, a chain this long in pieces on sibling connections sharing one snapshot
+  (docs/audit.md) (the number);
 * the baseline, same run: `verify_tenant_streaming`, the previous implementation (every
   event's recomputed checksum streamed to Python and walked there);
 * beside them, so a reader sees where the time goes: SHA-256 alone over every event's

@@ -15,7 +15,8 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -571,24 +572,39 @@ _REASONS = {
 # hash in parallel workers under the Gather, leaving only the ordered window to the leader.
 # Comparing each link with the *stored* checksum of the event before is as strict as
 # comparing it with the recomputed one for the first failure: every event before it passed
-# its checksum check.
+# its checksum check. Rows before `check_from` are read only as the link of the first one
+# checked, and a walk whose last event falls short of `end` is missing the next one: both
+# matter only to a piece of a parallel verify (see `verify_segment`), since a whole segment
+# starts at `check_from` and ends at its last event.
 _SQL_SEGMENT = f"""
-select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum, bad_checksum
+select seq, tenant_id::text as tenant_id, previous_checksum, prev_seq, prev_checksum, next_seq, bad_checksum, bad_checkpoint
 from (
   select seq, tenant_id, previous_checksum, bad_checksum, bad_checkpoint,
-         lag(seq) over w as prev_seq, lag(checksum) over w as prev_checksum
+         lag(seq) over w as prev_seq, lag(checksum) over w as prev_checksum, lead(seq) over w as next_seq
   from (select seq, tenant_id, previous_checksum, checksum,
                {SQL_CHECKSUM} is distinct from checksum as bad_checksum,
                seq = %(checkpoint_seq)s and {SQL_CHECKSUM} <> %(checkpoint_checksum)s as bad_checkpoint
         from audit_events where seq >= %(start)s and seq <= %(end)s offset 0) recomputed
   window w as (order by seq)
 ) e
-where seq <> coalesce(prev_seq + 1, %(start)s)
-   or tenant_id <> %(tenant)s::uuid
-   or previous_checksum <> coalesce(prev_checksum, %(first_link)s, previous_checksum)
-   or bad_checksum
-   or bad_checkpoint
+where (seq >= %(check_from)s
+       and (seq <> coalesce(prev_seq + 1, %(start)s)
+            or tenant_id <> %(tenant)s::uuid
+            or previous_checksum <> coalesce(prev_checksum, %(first_link)s, previous_checksum)
+            or bad_checksum
+            or bad_checkpoint))
+   or (next_seq is null and seq < %(end)s)
 order by seq limit 1"""  # noqa: S608  # nosec B608  # only module constants are interpolated; values are bound
+
+
+PARALLEL_MIN_EVENTS = 20_000
+"""A segment at least this long is verified in pieces on sibling connections, when the caller
+offers them (`verify_tenant` does, for a full verify): below it the extra connections cost
+more than they save."""
+
+FULL_VERIFY_CONNECTIONS = 2
+"""Connections (so PostgreSQL backends, so cores) a full verify of a long chain uses at most:
+its own and one sibling sharing its snapshot (docs/audit.md)."""
 
 
 def verify_segment(
@@ -598,6 +614,7 @@ def verify_segment(
     checkpoint: CheckpointRef | None,
     start_seq: int = 1,
     first_link: str | None = None,
+    siblings: Callable[[], AbstractContextManager[list[Conn]]] | None = None,
 ) -> Verification:
     """`verify_rows` over the transaction tenant's events from `start_seq` on, done by
     PostgreSQL: the same checks and the same first failure, without shipping each event
@@ -608,6 +625,11 @@ def verify_segment(
     (its own link is covered by that checksum, which hashes `previous_checksum`). After a
     retention cut the walk starts at the cut's seq + 1 and `first_link` is the signed
     checksum of the last removed event, which the first remaining event must link to.
+
+    With `siblings` (transactions seeing exactly what `conn` sees: `db.sibling_txs` of a
+    `db.snapshot_tx`) a segment of PARALLEL_MIN_EVENTS or more is cut into consecutive
+    pieces, one per connection, checked at once: each piece also reads the event before it,
+    as the link of its first event, and the first failure is the first piece's that has one.
     """
     started = time.perf_counter()
     tid = normal_tenant_id(tenant_id)
@@ -619,27 +641,18 @@ def verify_segment(
     if first_link is None and start_seq == 1:
         first_link = GENESIS
     params = {
-        "start": start_seq, "end": end, "tenant": tid, "first_link": first_link,
+        "start": start_seq, "check_from": start_seq, "end": end, "tenant": tid, "first_link": first_link,
         # seq 0 matches no event: a NULL here would make every row evaluate the AND's right side.
         "checkpoint_seq": checkpoint.seq if checkpoint is not None and in_range else 0,
         "checkpoint_checksum": checkpoint.checksum if checkpoint is not None and in_range else "",
     }
     found: tuple[int, str] | None = None
-    bad = conn.execute(_SQL_SEGMENT, params).fetchone() if end >= start_seq else None
-    if bad is not None:
-        # The walk's order of checks on one event: seq, tenant, link, checksum, checkpoint.
-        seq = int(bad["seq"])
-        expected = int(bad["prev_seq"]) + 1 if bad["prev_seq"] is not None else start_seq
-        if seq != expected:
-            found = (expected, "missing_event" if seq > expected else "duplicate_event")
-        elif bad["tenant_id"] != tid:
-            found = (seq, "foreign_event")
-        elif bad["previous_checksum"] != (bad["prev_checksum"] or params["first_link"] or bad["previous_checksum"]):
-            found = (seq, "broken_link")
-        elif bad["bad_checksum"]:
-            found = (seq, "checksum_mismatch")
+    if end >= start_seq:
+        if siblings is not None and end - start_seq + 1 >= PARALLEL_MIN_EVENTS:
+            with siblings() as others:
+                found = _segment_in_pieces([conn, *others], params)
         else:
-            found = (seq, "checkpoint_mismatch")
+            found = _first_failure(conn.execute(_SQL_SEGMENT, params).fetchone(), params)
     failure: dict[str, Any] | None = None
     if found is not None:
         seq, code = found
@@ -665,6 +678,62 @@ def verify_segment(
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         from_seq=start_seq,
     )
+
+
+def _segment_in_pieces(conns: list[Conn], params: dict[str, Any]) -> tuple[int, str] | None:
+    """The first failure of `_SQL_SEGMENT` over [start, end], walked in consecutive pieces,
+    one per connection, all at once (each statement waits on its own backend, so the threads
+    hold no lock meanwhile).
+
+    A piece after the first starts one event early: that event is the link of the piece's
+    first, and is checked by the piece before. A piece also fails when its last event falls
+    short of its end (the events after it are missing) and when it holds no event at all (its
+    first is missing). Every piece's failures come after the failures of the pieces before,
+    so the first failure is the first piece's that has one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start, end, n = params["start"], params["end"], len(conns)
+    bounds = [start + (end - start + 1) * i // n for i in range(n)]
+    pieces = [
+        {**params, "start": lo if i == 0 else lo - 1, "check_from": lo, "first_link": params["first_link"] if i == 0 else None,
+         "end": (bounds[i + 1] - 1) if i + 1 < n else end}
+        for i, lo in enumerate(bounds)
+    ]
+
+    def run(conn: Conn, piece: dict[str, Any]) -> tuple[int, str] | None:
+        conn.execute("set local max_parallel_workers_per_gather = 0")  # one core per piece, not more
+        found = _first_failure(conn.execute(_SQL_SEGMENT, piece).fetchone(), piece)
+        if found is None and piece["end"] >= piece["start"] and conn.execute(
+                "select 1 from audit_events where seq >= %s and seq <= %s limit 1", (piece["start"], piece["end"])).fetchone() is None:
+            found = (piece["start"], "missing_event")  # nothing at all in the piece
+        return found
+
+    with ThreadPoolExecutor(max_workers=max(1, n - 1), thread_name_prefix="audit-verify") as pool:
+        others = [pool.submit(run, c, p) for c, p in zip(conns[1:], pieces[1:], strict=True)]
+        first = run(conns[0], pieces[0])
+        return next((f for f in (first, *(o.result() for o in others)) if f is not None), None)
+
+
+def _first_failure(bad: Any, walk: dict[str, Any]) -> tuple[int, str] | None:
+    """The failure `_SQL_SEGMENT`'s row `bad` stands for in the walk `walk` (its parameters),
+    in the walk's order of checks on one event: seq, tenant, link, checksum, checkpoint; then,
+    for the last event of a piece, that the events after it up to the piece's end are missing."""
+    if bad is None:
+        return None
+    seq = int(bad["seq"])
+    if seq >= walk["check_from"]:
+        expected = int(bad["prev_seq"]) + 1 if bad["prev_seq"] is not None else walk["start"]
+        if seq != expected:
+            return (expected, "missing_event" if seq > expected else "duplicate_event")
+        if bad["tenant_id"] != walk["tenant"]:
+            return (seq, "foreign_event")
+        if bad["previous_checksum"] != (bad["prev_checksum"] or walk["first_link"] or bad["previous_checksum"]):
+            return (seq, "broken_link")
+        if bad["bad_checksum"]:
+            return (seq, "checksum_mismatch")
+        if bad["bad_checkpoint"]:
+            return (seq, "checkpoint_mismatch")
+    return (seq + 1, "missing_event")  # the last event read, short of the walk's end
 
 
 @dataclass(frozen=True)
@@ -701,9 +770,11 @@ def verify_tenant(
     tid = normal_tenant_id(tenant_id)
     incremental = not full and checkpoint is not None and checkpoint.seq > base.seq
     start = checkpoint.seq if incremental and checkpoint is not None else base.seq + 1
-    with db.tenant_tx(tid) as conn:
+    # One snapshot for the whole walk, which a long chain's pieces share on sibling connections.
+    with db.snapshot_tx(tid) as conn:
         result = verify_segment(conn, tenant_id=tid, checkpoint=checkpoint, start_seq=start,
-                                first_link=None if incremental else base.checksum)
+                                first_link=None if incremental else base.checksum,
+                                siblings=lambda: db.sibling_txs(conn, tid, FULL_VERIFY_CONNECTIONS - 1))
         if result.valid and stale_after is not None:
             covered = checkpoint.seq if checkpoint else 0
             oldest = conn.execute(

@@ -276,6 +276,11 @@ _ATTACKS: dict[str, list[str]] = {
     "delete_first": ["delete from audit_events where seq = 1"],
     "delete_checkpointed_event": ["delete from audit_events where seq = 5"],
     "cut_tail": ["delete from audit_events where seq >= 4"],
+    # Runs of missing events that empty a whole piece of a parallel verify, or end one.
+    "delete_run": ["delete from audit_events where seq between 2 and 5"],
+    "delete_run_late": ["delete from audit_events where seq between 6 and 7"],
+    "delete_first_two": ["delete from audit_events where seq between 1 and 2"],
+    "delete_checkpoint_and_next": ["delete from audit_events where seq between 5 and 6"],
     "cut_all": ["delete from audit_events"],
     "broken_link": ["update audit_events set previous_checksum = repeat('a', 64) where seq = 8"],
     "genesis_link": ["update audit_events set previous_checksum = repeat('b', 64) where seq = 1"],
@@ -294,9 +299,13 @@ _ATTACKS: dict[str, list[str]] = {
 
 
 @pytest.mark.parametrize("attack", sorted(_ATTACKS))
-def test_database_verifier_reports_what_the_streaming_walk_reports(tenant: Tenant, attack: str) -> None:
+def test_database_verifier_reports_what_the_streaming_walk_reports(tenant: Tenant, attack: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """verify_segment (the checks in SQL) against verify_rows (every event walked in
-    Python), in full and from a checkpoint at seq 5, on the same tampered chain."""
+    Python), in full and from a checkpoint at seq 5, on the same tampered chain; and
+    verify_segment in 2 and 3 pieces on sibling connections (their boundaries fall on the
+    attacked events) against the one-statement walk."""
+    monkeypatch.setattr(audit, "PARALLEL_MIN_EVENTS", 1)
     add_events(tenant.id, 8)
     with db.tenant_tx(tenant.id) as conn:
         at_five = conn.execute("select checksum from audit_events where seq = 5").fetchone()
@@ -318,9 +327,47 @@ def test_database_verifier_reports_what_the_streaming_walk_reports(tenant: Tenan
             # A walk that met no event names where it started; the database knows where the chain ends.
             walked["first_failure"]["seq"] = end + 1
         assert in_sql == walked, (start, ref)
+        for pieces in (2, 3):
+            used: list[int] = []
+            with db.snapshot_tx(tenant.id) as conn:
+
+                @contextmanager
+                def siblings(conn: db.Conn = conn, pieces: int = pieces, used: list[int] = used) -> Iterator[list[db.Conn]]:
+                    with db.sibling_txs(conn, tenant.id, pieces - 1) as given:
+                        used.append(len(given))
+                        yield given
+
+                in_pieces = audit.verify_segment(conn, tenant_id=tenant.id, checkpoint=ref, start_seq=start,
+                                                 siblings=siblings).as_dict()
+            in_pieces.pop("duration_ms")
+            assert in_pieces == in_sql, (start, ref, pieces)
+            assert used in ([pieces - 1], []), used  # cut in pieces whenever there was an event to walk
         if start == 1 and ref is not None:
             full_walk_valid = walked["valid"]
     assert full_walk_valid is (attack == "untouched")
+
+
+def test_a_full_verify_of_a_long_chain_walks_it_in_pieces_on_one_snapshot(tenant: Tenant,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """verify_tenant cuts a long segment in pieces on sibling connections (here any segment is
+    long) and finds what the one-statement walk finds: nothing on a sound chain, the first of
+    two edits on a tampered one."""
+    add_events(tenant.id, 12)
+    expected = {}
+    for long_from in (10**9, 1):  # first the one-statement walk, then pieces
+        monkeypatch.setattr(audit, "PARALLEL_MIN_EVENTS", long_from)
+        expected.setdefault("sound", audit.verify_tenant(tenant.id, None, full=True).as_dict())
+        sound = audit.verify_tenant(tenant.id, None, full=True).as_dict()
+        assert sound["valid"] and sound["events_checked"] == sound["head"]["seq"] >= 12
+        sound.pop("duration_ms"), expected["sound"].pop("duration_ms", None)
+        assert sound == expected["sound"]
+    with attacker(tenant.id) as conn:
+        conn.execute("update audit_events set reason = 'x' where tenant_id = %s and seq in (9, 4)", (tenant.id,))
+    for long_from in (10**9, 1):
+        monkeypatch.setattr(audit, "PARALLEL_MIN_EVENTS", long_from)
+        tampered = audit.verify_tenant(tenant.id, None, full=True).as_dict()
+        assert not tampered["valid"] and tampered["first_failure"]["seq"] == 4, tampered
+        assert tampered["first_failure"]["code"] == "checksum_mismatch" and tampered["events_checked"] == 3
 
 
 # --- append-only and transactions -------------------------------------------------------------

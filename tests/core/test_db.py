@@ -257,3 +257,61 @@ def test_health_answers_503_when_the_database_never_answers(silent_database: str
         assert resp.json()["components"]["database"] == "unavailable"
     finally:
         h.stop()
+
+
+# --- one snapshot on several connections (a long audit walk in pieces) --------------------------
+
+
+def _checked_out() -> int:
+    stats = db.pool().get_stats()
+    return stats.get("pool_size", 0) - stats.get("pool_available", 0)
+
+
+def test_sibling_transactions_see_exactly_the_snapshot_of_theirs(tenant: Tenant, make_person: PersonFactory) -> None:
+    """Rows committed after the snapshot was taken are invisible to the siblings opened after
+    the commit; the siblings are read-only and in the tenant; all go back to the pool."""
+    make_person(tenant.id, "VIEWER")
+    with db.snapshot_tx(tenant.id) as conn:
+        before = conn.execute("select count(*) as n from users").fetchone()["n"]
+        make_person(tenant.id, "VIEWER")  # committed meanwhile, by another connection
+        with db.sibling_txs(conn, tenant.id, 2) as siblings:
+            assert len(siblings) == 2
+            for sibling in siblings:
+                row = sibling.execute("select count(*) as n, current_setting('app.tenant_id') as tid from users").fetchone()
+                assert row is not None and (row["n"], row["tid"]) == (before, tenant.id)
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    sibling.execute("update users set display_name = 'x'")
+        assert conn.execute("select count(*) as n from users").fetchone()["n"] == before
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("update users set display_name = 'x'")
+    with db.tenant_tx(tenant.id) as conn:
+        assert conn.execute("select count(*) as n from users").fetchone()["n"] == before + 1
+    assert _checked_out() == 0
+
+
+def test_a_busy_pool_gives_fewer_siblings_and_nothing_waits_long(tenant: Tenant) -> None:
+    p = db.pool()
+    with db.snapshot_tx(tenant.id) as conn:
+        held = [p.getconn() for _ in range(p.max_size - 1)]  # every connection but conn's
+        try:
+            with db.sibling_txs(conn, tenant.id, 2, wait_s=0.2) as siblings:
+                assert siblings == []
+        finally:
+            for c in held:
+                p.putconn(c)
+        with db.sibling_txs(conn, tenant.id, p.max_size + 3, wait_s=0.2) as siblings:
+            assert len(siblings) == p.max_size - 1  # as many as there are
+    assert _checked_out() == 0
+
+
+def test_a_snapshot_that_ended_gives_no_siblings(tenant: Tenant) -> None:
+    """Outside a transaction the exported snapshot ends with its own statement: no sibling can
+    import it, so none is given (the caller walks alone), and every connection goes back."""
+    p = db.pool()
+    conn = p.getconn()
+    try:
+        with db.sibling_txs(conn, tenant.id, 2, wait_s=0.2) as siblings:
+            assert siblings == []
+    finally:
+        p.putconn(conn)
+    assert _checked_out() == 0
