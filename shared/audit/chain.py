@@ -627,7 +627,7 @@ def verify_segment(
     checksum of the last removed event, which the first remaining event must link to.
 
     With `siblings` (transactions seeing exactly what `conn` sees: `db.sibling_txs` of a
-    `db.snapshot_tx`) a segment of PARALLEL_MIN_EVENTS or more is cut into consecutive
+    `db.tenant_snapshot_tx`) a segment of PARALLEL_MIN_EVENTS or more is cut into consecutive
     pieces, one per connection, checked at once: each piece also reads the event before it,
     as the link of its first event, and the first failure is the first piece's that has one.
     """
@@ -771,7 +771,7 @@ def verify_tenant(
     incremental = not full and checkpoint is not None and checkpoint.seq > base.seq
     start = checkpoint.seq if incremental and checkpoint is not None else base.seq + 1
     # One snapshot for the whole walk, which a long chain's pieces share on sibling connections.
-    with db.snapshot_tx(tid) as conn:
+    with db.tenant_snapshot_tx(tid) as conn:
         result = verify_segment(conn, tenant_id=tid, checkpoint=checkpoint, start_seq=start,
                                 first_link=None if incremental else base.checksum,
                                 siblings=lambda: db.sibling_txs(conn, tid, FULL_VERIFY_CONNECTIONS - 1))

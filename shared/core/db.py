@@ -215,66 +215,6 @@ def tenant_tx(tenant_id: uuid.UUID | str) -> AbstractContextManager[Conn]:
     return _transaction(f"begin; select set_config('app.tenant_id', '{tid}', true)")
 
 
-def snapshot_tx(tenant_id: uuid.UUID | str) -> AbstractContextManager[Conn]:
-    """A read-only REPEATABLE READ transaction in one tenant: every statement in it sees the
-    database as of its first one, and `sibling_txs` can share that view with other connections.
-
-    Raises:
-        ValueError: `tenant_id` is not a UUID.
-        ServiceUnavailable: the database cannot be reached (after the retry rule).
-    """
-    tid = str(uuid.UUID(str(tenant_id)))
-    return _transaction(f"begin isolation level repeatable read read only; select set_config('app.tenant_id', '{tid}', true)")
-
-
-_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
-
-
-@contextmanager
-def sibling_txs(conn: Conn, tenant_id: uuid.UUID | str, count: int, *, wait_s: float = 1.0) -> Iterator[list[Conn]]:
-    """Up to `count` more read-only transactions in `tenant_id` that see exactly what `conn`'s
-    `snapshot_tx` sees (`pg_export_snapshot`, then `SET TRANSACTION SNAPSHOT` in each), for
-    reading one large thing in parallel pieces. Each waits at most `wait_s` for a pool
-    connection; fewer (or none) are given when the pool is busy or a connection is broken,
-    so the caller must cope with any number. All are rolled back and given back at the end.
-
-    Raises:
-        ValueError: `tenant_id` is not a UUID.
-        ServiceUnavailable: `conn` is no longer usable.
-    """
-    import psycopg
-    from psycopg_pool import PoolTimeout
-
-    tid = str(uuid.UUID(str(tenant_id)))
-    with _mapped_errors():
-        row = conn.execute("select pg_export_snapshot() as id").fetchone()
-    snapshot = str(row["id"]) if row else ""
-    if not _SNAPSHOT_ID.fullmatch(snapshot):  # the server's own format; never interpolate anything else
-        raise ServiceUnavailable("the database gave no usable snapshot", component="database")
-    p, siblings = pool(), []
-    try:
-        for _ in range(count):
-            try:
-                sibling = p.getconn(timeout=wait_s)
-            except PoolTimeout:
-                break
-            try:
-                sibling.execute(f"begin isolation level repeatable read read only; set transaction snapshot '{snapshot}';"
-                                f" select set_config('app.tenant_id', '{tid}', true)")
-            except psycopg.Error:
-                p.putconn(sibling)
-                log.warning("a sibling transaction could not share the snapshot: going on with fewer")
-                continue
-            siblings.append(sibling)
-        yield siblings
-    finally:
-        for sibling in siblings:
-            if not sibling.broken:
-                with suppress(psycopg.Error):
-                    sibling.rollback()
-            p.putconn(sibling)
-
-
 def open_tenant_tx(tenant_id: uuid.UUID | str, then: str) -> tuple[Conn, list[DictRow]]:
     """Open a tenant transaction and run `then` in it, in ONE message: `begin; select
     set_config(...); <then>`. Returns the connection, still inside the transaction (finish it
@@ -400,3 +340,51 @@ def tenant_snapshot_tx(tenant_id: uuid.UUID | str) -> AbstractContextManager[Con
     return _transaction(
         f"begin isolation level repeatable read read only; select set_config('app.tenant_id', '{tid}', true)"
     )
+
+
+_SNAPSHOT_ID = re.compile(r"[0-9A-F]+-[0-9A-F]+-[0-9]+")
+
+
+@contextmanager
+def sibling_txs(conn: Conn, tenant_id: uuid.UUID | str, count: int, *, wait_s: float = 1.0) -> Iterator[list[Conn]]:
+    """Up to `count` more read-only transactions in `tenant_id` that see exactly what `conn`'s
+    `tenant_snapshot_tx` sees (`pg_export_snapshot`, then `SET TRANSACTION SNAPSHOT` in each), for
+    reading one large thing in parallel pieces. Each waits at most `wait_s` for a pool
+    connection; fewer (or none) are given when the pool is busy or a connection is broken,
+    so the caller must cope with any number. All are rolled back and given back at the end.
+
+    Raises:
+        ValueError: `tenant_id` is not a UUID.
+        ServiceUnavailable: `conn` is no longer usable.
+    """
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    tid = str(uuid.UUID(str(tenant_id)))
+    with _mapped_errors():
+        row = conn.execute("select pg_export_snapshot() as id").fetchone()
+    snapshot = str(row["id"]) if row else ""
+    if not _SNAPSHOT_ID.fullmatch(snapshot):  # the server's own format; never interpolate anything else
+        raise ServiceUnavailable("the database gave no usable snapshot", component="database")
+    p, siblings = pool(), []
+    try:
+        for _ in range(count):
+            try:
+                sibling = p.getconn(timeout=wait_s)
+            except PoolTimeout:
+                break
+            try:
+                sibling.execute(f"begin isolation level repeatable read read only; set transaction snapshot '{snapshot}';"
+                                f" select set_config('app.tenant_id', '{tid}', true)")
+            except psycopg.Error:
+                p.putconn(sibling)
+                log.warning("a sibling transaction could not share the snapshot: going on with fewer")
+                continue
+            siblings.append(sibling)
+        yield siblings
+    finally:
+        for sibling in siblings:
+            if not sibling.broken:
+                with suppress(psycopg.Error):
+                    sibling.rollback()
+            p.putconn(sibling)

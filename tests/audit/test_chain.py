@@ -329,7 +329,7 @@ def test_database_verifier_reports_what_the_streaming_walk_reports(tenant: Tenan
         assert in_sql == walked, (start, ref)
         for pieces in (2, 3):
             used: list[int] = []
-            with db.snapshot_tx(tenant.id) as conn:
+            with db.tenant_snapshot_tx(tenant.id) as conn:
 
                 @contextmanager
                 def siblings(conn: db.Conn = conn, pieces: int = pieces, used: list[int] = used) -> Iterator[list[db.Conn]]:

@@ -271,7 +271,7 @@ def test_sibling_transactions_see_exactly_the_snapshot_of_theirs(tenant: Tenant,
     """Rows committed after the snapshot was taken are invisible to the siblings opened after
     the commit; the siblings are read-only and in the tenant; all go back to the pool."""
     make_person(tenant.id, "VIEWER")
-    with db.snapshot_tx(tenant.id) as conn:
+    with db.tenant_snapshot_tx(tenant.id) as conn:
         before = conn.execute("select count(*) as n from users").fetchone()["n"]
         make_person(tenant.id, "VIEWER")  # committed meanwhile, by another connection
         with db.sibling_txs(conn, tenant.id, 2) as siblings:
@@ -291,7 +291,7 @@ def test_sibling_transactions_see_exactly_the_snapshot_of_theirs(tenant: Tenant,
 
 def test_a_busy_pool_gives_fewer_siblings_and_nothing_waits_long(tenant: Tenant) -> None:
     p = db.pool()
-    with db.snapshot_tx(tenant.id) as conn:
+    with db.tenant_snapshot_tx(tenant.id) as conn:
         held = [p.getconn() for _ in range(p.max_size - 1)]  # every connection but conn's
         try:
             with db.sibling_txs(conn, tenant.id, 2, wait_s=0.2) as siblings:
