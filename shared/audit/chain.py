@@ -687,9 +687,10 @@ def _segment_in_pieces(conns: list[Conn], params: dict[str, Any]) -> tuple[int, 
 
     A piece after the first starts one event early: that event is the link of the piece's
     first, and is checked by the piece before. A piece also fails when its last event falls
-    short of its end (the events after it are missing) and when it holds no event at all (its
-    first is missing). Every piece's failures come after the failures of the pieces before,
-    so the first failure is the first piece's that has one."""
+    short of its end (the events after it are missing). Every piece's failures come after the
+    failures of the pieces before, so the first failure is the first piece's that has one. An
+    empty piece after a piece with events is therefore reported by that piece; only an empty
+    first piece needs a look of its own (its first event is missing)."""
     from concurrent.futures import ThreadPoolExecutor
 
     start, end, n = params["start"], params["end"], len(conns)
@@ -703,9 +704,9 @@ def _segment_in_pieces(conns: list[Conn], params: dict[str, Any]) -> tuple[int, 
     def run(conn: Conn, piece: dict[str, Any]) -> tuple[int, str] | None:
         conn.execute("set local max_parallel_workers_per_gather = 0")  # one core per piece, not more
         found = _first_failure(conn.execute(_SQL_SEGMENT, piece).fetchone(), piece)
-        if found is None and piece["end"] >= piece["start"] and conn.execute(
+        if found is None and piece is pieces[0] and conn.execute(
                 "select 1 from audit_events where seq >= %s and seq <= %s limit 1", (piece["start"], piece["end"])).fetchone() is None:
-            found = (piece["start"], "missing_event")  # nothing at all in the piece
+            found = (piece["start"], "missing_event")  # nothing at all in the first piece
         return found
 
     with ThreadPoolExecutor(max_workers=max(1, n - 1), thread_name_prefix="audit-verify") as pool:

@@ -75,7 +75,8 @@ def test_no_azure_sdk_request_dumps_after_a_request_that_uses_storage(host: Host
     assert "Request URL" not in log and "Response status" not in log
 
 
-def test_extra_fields_are_redacted_for_every_handler() -> None:
+def _keeping_logger() -> tuple[logging.Logger, list[logging.LogRecord]]:
+    """A fresh INFO logger of its own (not propagating) and the list of the records it emits."""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -86,6 +87,11 @@ def test_extra_fields_are_redacted_for_every_handler() -> None:
     logger.propagate = False
     logger.addHandler(Keep())
     logger.setLevel(logging.INFO)
+    return logger, records
+
+
+def test_extra_fields_are_redacted_for_every_handler() -> None:
+    logger, records = _keeping_logger()
     import function_app  # noqa: F401  (installs the redaction, as in a worker)
 
     logger.info("paid", extra={"user_agent": f"card {CARD}", "nested": {"k": [f"#{CARD.replace(' ', '-')}"]}})
@@ -104,16 +110,7 @@ def test_json_formatter_redacts_what_it_writes(capture: io.StringIO) -> None:
 def test_a_field_changed_after_the_record_was_made_is_scanned_again(capture: io.StringIO) -> None:
     """The formatter skips only the `extra=` fields redacted when the record was made and still
     holding that very value; one replaced, or a list added to, is redacted again."""
-    records: list[logging.LogRecord] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
-
-    logger = logging.getLogger(f"custos.test.{uuid.uuid4().hex}")
-    logger.propagate = False
-    logger.addHandler(Keep())
-    logger.setLevel(logging.INFO)
+    logger, records = _keeping_logger()
     logger.info("paid", extra={"note": "nothing here", "items": ["a"], "kept": "0f9e4b1c-2d3a-4e5f-8a7b-1234567890ab"})
     (record,) = records
     record.__dict__["note"] = f"card {CARD}"  # replaced by a filter or handler after creation
